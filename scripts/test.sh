@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (idempotent), add the test dependencies to the same .venv, and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh text,test
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,85 @@
+"""The one place where errors become HTTP responses (DESIGN.md, 'HTTP error mapping')."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from genforge.errors import GenforgeError, InvalidRequest, NotFound, PayloadTooLarge
+
+log = logging.getLogger("genforge.api")
+
+
+def error_response(exc: GenforgeError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.details["retry_after"])} if "retry_after" in exc.details else None
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
+
+
+def _validation_error(exc: RequestValidationError) -> InvalidRequest:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    if err.get("type") == "json_invalid":
+        return InvalidRequest(f"the body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}",
+                              field="body", hint="Send a JSON object with Content-Type: application/json.")
+    field = ".".join(loc) or "body"
+    return InvalidRequest(f"{field}: {err['msg']}", field=field)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GenforgeError)
+    async def _genforge(_: Request, exc: GenforgeError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        return error_response(_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return error_response(NotFound(str(exc.detail) if exc.detail != "Not Found" else "no such path"))
+        if exc.status_code == 413:
+            return error_response(PayloadTooLarge(str(exc.detail)))
+        if 400 <= exc.status_code < 500:
+            err = InvalidRequest(str(exc.detail))
+            err.status = exc.status_code
+            return error_response(err)
+        return error_response(GenforgeError(str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return error_response(GenforgeError(f"internal error: {type(exc).__name__}"))
+
+
+class BodySizeLimit:
+    """Refuse bodies over the configured size with 413 before they are read into memory."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await error_response(self._too_large())(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise self._too_large()
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the body is larger than the limit of {self.max_bytes} bytes")

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from genforge import __version__
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    report = request.app.state.runtime.readiness()
+    return JSONResponse(report, status_code=200 if report["ready"] else 503)

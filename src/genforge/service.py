@@ -1,0 +1,247 @@
+"""ContentService: the ONE path a request takes: record -> engine -> validate -> store -> finalize.
+
+A record ends `succeeded` only after the engine ran, the validator passed, the artifact is durable
+with its sha256, and the final commit went through. Every other outcome ends `failed` with a typed
+error that carries the record's id.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from genforge.catalog import PACKAGED, QUALITY, ModelCatalog
+from genforge.config import Settings
+from genforge.db import ContentRow, Database
+from genforge.engines.base import Emit, GenerationJob
+from genforge.errors import GenforgeError, InvalidRequest, ModelNotFound, ModelUnavailable, NotFound
+from genforge.schemas import GenerateRequest, TextParams
+from genforge.storage import ArtifactStore, sha256_file
+from genforge.validation import validate
+
+log = logging.getLogger("genforge.service")
+
+# Content types whose engines are not part of this build yet: valid requests, honest 503s.
+NOT_YET = {
+    "image": "Image generation is not available in this version of genforge; "
+             "it needs an image engine (diffusers checkpoint or the portrait model).",
+    "speech": "Speech generation is not available in this version of genforge; it needs a speech engine (Piper).",
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def pydantic_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    """The first pydantic error as an InvalidRequest naming its field."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+    return InvalidRequest(f"{field}: {err['msg']}", field=field)
+
+
+def record_dict(row: ContentRow) -> dict:
+    """The content record every client relies on (see README, 'The content record')."""
+    artifact = None
+    if row.artifact_sha256:
+        artifact = {"sha256": row.artifact_sha256, "size_bytes": row.artifact_size,
+                    "media_type": row.artifact_media_type, "url": f"/api/v1/content/{row.id}/file"}
+    error = None
+    if row.error_code:
+        error = {"code": row.error_code, "message": row.error_message, "hint": row.error_hint}
+    rec = {
+        "id": row.id, "content_type": row.content_type, "status": row.status, "prompt": row.prompt,
+        "system": row.system, "quality": row.quality,
+        "model": {"name": row.model_name, "engine": row.model_engine, "engine_version": row.engine_version,
+                  "file_sha256": row.model_sha256},
+        "params": row.params, "artifact": artifact,
+        "timings": {"load_ms": row.load_ms, "generate_ms": row.generate_ms, "total_ms": row.total_ms},
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+        "error": error,
+    }
+    if row.content_type == "text":
+        rec.update(text=row.text, finish_reason=row.finish_reason,
+                   usage={"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens})
+    extra = dict(row.extra or {})
+    rec["warnings"] = extra.pop("warnings", [])
+    rec.update(extra)
+    return rec
+
+
+class ContentService:
+    def __init__(self, settings: Settings, db: Database, catalog: ModelCatalog, store: ArtifactStore, runner):
+        self.settings = settings
+        self.db = db
+        self.catalog = catalog
+        self.store = store
+        self.runner = runner  # EngineWorker in production; anything with .generate(job, emit, cancel=...)
+
+    # --- planning: everything that can be refused before a record exists ------------------------
+    def _plan_text(self, req: GenerateRequest) -> tuple[str, dict]:
+        try:
+            given = TextParams.model_validate(req.params)
+        except ValidationError as exc:
+            raise pydantic_error(exc, "params") from None
+        preset = QUALITY[req.quality]
+        model = req.model or (self.settings.default_text_model if req.quality == "standard" else preset.model)
+        params = {
+            "max_tokens": given.max_tokens or preset.max_tokens,
+            "temperature": preset.temperature if given.temperature is None else given.temperature,
+            "top_p": given.top_p or preset.top_p,
+            "seed": secrets.randbelow(2**31) if given.seed is None else given.seed,
+            "stop": given.stop or [],
+        }
+        if params["max_tokens"] >= self.settings.context_size:
+            raise InvalidRequest(f"params.max_tokens: {params['max_tokens']} does not fit the context of "
+                                 f"{self.settings.context_size} tokens", field="params.max_tokens",
+                                 hint=f"Ask for fewer than {self.settings.context_size} tokens.")
+        return model, params
+
+    def _plan(self, req: GenerateRequest) -> tuple[str | None, dict]:
+        if req.content_type != "text":
+            return req.model, dict(req.params)
+        model, params = self._plan_text(req)
+        if model not in self.catalog.names():
+            raise ModelNotFound(
+                f"unknown model {model!r}; installed: {', '.join(self.catalog.installed_names()) or 'none'}",
+                field="model", details={"installed": self.catalog.installed_names()})
+        spec_type = PACKAGED[model].content_type if model in PACKAGED else "text"
+        if spec_type != req.content_type:
+            raise InvalidRequest(f"model {model!r} makes {spec_type}, not {req.content_type}", field="model")
+        return model, params
+
+    # --- the one path ------------------------------------------------------------------------
+    def generate(self, req: GenerateRequest, emit: Emit | None = None,
+                 cancel: threading.Event | None = None) -> dict:
+        model_name, params = self._plan(req)
+        started = time.perf_counter()
+        content_id = str(uuid.uuid4())
+        with self.db.session() as s:
+            s.add(ContentRow(id=content_id, content_type=req.content_type, status="pending", prompt=req.prompt,
+                             system=req.system, quality=req.quality, params=params, model_name=model_name,
+                             extra={}, created_at=_now()))
+        log.info("content=%s accepted type=%s model=%s", content_id, req.content_type, model_name)
+        try:
+            return self._run(content_id, req, model_name, params, started, emit, cancel)
+        except GenforgeError as exc:
+            exc.content_id = content_id
+            self._fail(content_id, exc.code, exc.message, exc.hint, started)
+            raise
+        except Exception as exc:
+            log.exception("content=%s unexpected failure", content_id)
+            err = GenforgeError(f"internal error: {type(exc).__name__}: {exc}", content_id=content_id)
+            self._fail(content_id, err.code, err.message, err.hint, started)
+            raise err from exc
+
+    def _run(self, content_id, req, model_name, params, started, emit, cancel) -> dict:
+        if req.content_type in NOT_YET:
+            raise ModelUnavailable(NOT_YET[req.content_type],
+                                   hint=f"Generate text for now; {req.content_type} engines are on the roadmap "
+                                        "(see README, 'Content types').")
+        model = self.catalog.resolve(model_name)
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            row.status, row.started_at = "running", _now()
+            row.model_engine, row.model_sha256 = model.engine, model.sha256
+        job = GenerationJob(content_id, req.content_type, model, req.prompt, req.system, params)
+        out = self.runner.generate(job, emit=emit, cancel=cancel)
+        validate(req.content_type, out)
+        stored = self.store.write(out.data, out.media_type)
+        try:
+            with self.db.session() as s:
+                row = s.get(ContentRow, content_id)
+                row.status, row.finished_at = "succeeded", _now()
+                row.engine_version = out.engine_version
+                row.text, row.finish_reason = out.text, out.finish_reason
+                if out.usage:
+                    row.prompt_tokens = out.usage.get("prompt_tokens")
+                    row.completion_tokens = out.usage.get("completion_tokens")
+                row.extra = out.extra
+                row.artifact_sha256, row.artifact_size = stored.sha256, stored.size_bytes
+                row.artifact_media_type, row.artifact_path = stored.media_type, stored.relpath
+                row.load_ms, row.generate_ms = round(out.load_ms, 2), round(out.generate_ms, 2)
+                row.total_ms = round((time.perf_counter() - started) * 1000, 2)
+                result = record_dict(row)
+        except Exception:
+            if stored.created:  # ours alone: an identical artifact of another record stays
+                self.store.remove(stored.relpath)
+            raise
+        log.info("content=%s succeeded tokens=%s sha256=%s total_ms=%s", content_id,
+                 (out.usage or {}).get("completion_tokens"), stored.sha256[:12], result["timings"]["total_ms"])
+        return result
+
+    def _fail(self, content_id: str, code: str, message: str, hint: str | None, started: float) -> None:
+        log.warning("content=%s failed code=%s: %s", content_id, code, message)
+        try:
+            with self.db.session() as s:
+                row = s.get(ContentRow, content_id)
+                row.status = "cancelled" if code == "cancelled" else "failed"
+                row.error_code, row.error_message, row.error_hint = code, message, hint
+                row.finished_at = _now()
+                row.total_ms = round((time.perf_counter() - started) * 1000, 2)
+        except Exception:
+            # The database itself is failing: the record stays unfinished (never `succeeded`);
+            # the original error still reaches the caller.
+            log.exception("content=%s could not record the failure", content_id)
+
+    # --- reading and deleting ------------------------------------------------------------------
+    def get(self, content_id: str) -> dict:
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            if row is None:
+                raise NotFound(f"no content with id {content_id!r}", field="id")
+            return record_dict(row)
+
+    def list(self, content_type: str | None = None, status: str | None = None, limit: int = 50,
+             offset: int = 0) -> dict:
+        with self.db.session() as s:
+            q = s.query(ContentRow)
+            if content_type:
+                q = q.filter(ContentRow.content_type == content_type)
+            if status:
+                q = q.filter(ContentRow.status == status)
+            total = q.count()
+            rows = q.order_by(ContentRow.created_at.desc()).offset(offset).limit(limit).all()
+            return {"items": [record_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+    def artifact(self, content_id: str) -> tuple[Path, str]:
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            if row is None:
+                raise NotFound(f"no content with id {content_id!r}", field="id")
+            if not row.artifact_path:
+                raise NotFound(f"content {content_id} has no file (status {row.status})", field="id")
+            path = self.store.resolve(row.artifact_path)
+            if not path.is_file():
+                raise NotFound(f"the file of content {content_id} is missing from the data directory",
+                               hint="It was removed outside genforge; the record keeps its sha256.")
+            return path, row.artifact_media_type
+
+    def delete(self, content_id: str) -> None:
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            if row is None:
+                raise NotFound(f"no content with id {content_id!r}", field="id")
+            relpath = row.artifact_path
+            s.delete(row)
+            shared = relpath and s.query(ContentRow).filter(ContentRow.artifact_path == relpath,
+                                                             ContentRow.id != content_id).count()
+        if relpath and not shared:
+            self.store.remove(relpath)
+        log.info("content=%s deleted", content_id)
+
+    def find_by_file(self, path: Path) -> tuple[str, list[dict]]:
+        """(sha256 of the file, the succeeded records whose artifact it is)."""
+        digest = sha256_file(path)
+        with self.db.session() as s:
+            rows = s.query(ContentRow).filter(ContentRow.artifact_sha256 == digest,
+                                              ContentRow.status == "succeeded").all()
+            return digest, [record_dict(r) for r in rows]

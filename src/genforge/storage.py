@@ -1,0 +1,72 @@
+"""ArtifactStore: content-addressed files, written atomically (temp file, fsync, rename, fsync dir)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from genforge.errors import StorageFailed
+
+SUFFIX = {"text/plain": ".txt", "image/png": ".png", "audio/wav": ".wav"}
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    sha256: str
+    size_bytes: int
+    media_type: str
+    path: Path  # absolute
+    relpath: str  # relative to the store root, as recorded in the database
+    created: bool  # False when an identical artifact was already stored (content addressing)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path_for(self, sha256: str, media_type: str) -> tuple[Path, str]:
+        rel = f"{sha256[:2]}/{sha256}{SUFFIX.get(media_type, '.bin')}"
+        return self.root / rel, rel
+
+    def write(self, data: bytes, media_type: str) -> StoredArtifact:
+        """Durably store `data`; on any failure nothing is left behind and StorageFailed is raised."""
+        digest = hashlib.sha256(data).hexdigest()
+        final, rel = self.path_for(digest, media_type)
+        tmp_name = None
+        existed = final.exists()
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=final.suffix)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, final)
+            tmp_name = None
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            if tmp_name is not None:
+                Path(tmp_name).unlink(missing_ok=True)
+            raise StorageFailed(f"could not write the artifact: {exc.strerror or exc}") from exc
+        return StoredArtifact(digest, len(data), media_type, final, rel, created=not existed)
+
+    def resolve(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def remove(self, relpath: str) -> None:
+        (self.root / relpath).unlink(missing_ok=True)
