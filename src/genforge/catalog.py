@@ -264,8 +264,8 @@ class ModelCatalog:
             expected = spec.sha256 if spec else rows[entry["name"]].sha256
             digest = sha256_file(Path(entry["path"]))
             ok = digest == expected
-            results.append({"name": entry["name"], "ok": ok, "sha256": digest,
-                            "detail": "sha256 matches" if ok else f"sha256 {digest[:12]}… != expected {expected[:12]}…"})
+            detail = "sha256 matches" if ok else f"sha256 {digest[:12]}… != expected {expected[:12]}…"
+            results.append({"name": entry["name"], "ok": ok, "sha256": digest, "detail": detail})
         return results
 
 

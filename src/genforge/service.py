@@ -44,7 +44,14 @@ def pydantic_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
     """The first pydantic error as an InvalidRequest naming its field."""
     err = exc.errors()[0]
     field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-    return InvalidRequest(f"{field}: {err['msg']}", field=field)
+    return InvalidRequest(f"{field}: {err['msg'].removeprefix('Value error, ')}", field=field)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC; SQLite hands back naive datetimes for what was stored as UTC."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def record_dict(row: ContentRow) -> dict:
@@ -63,8 +70,7 @@ def record_dict(row: ContentRow) -> dict:
                   "file_sha256": row.model_sha256},
         "params": row.params, "artifact": artifact,
         "timings": {"load_ms": row.load_ms, "generate_ms": row.generate_ms, "total_ms": row.total_ms},
-        "created_at": row.created_at.isoformat() if row.created_at else None,
-        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+        "created_at": _iso(row.created_at), "finished_at": _iso(row.finished_at),
         "error": error,
     }
     if row.content_type == "text":

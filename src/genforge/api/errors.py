@@ -26,7 +26,7 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
         return InvalidRequest(f"the body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}",
                               field="body", hint="Send a JSON object with Content-Type: application/json.")
     field = ".".join(loc) or "body"
-    return InvalidRequest(f"{field}: {err['msg']}", field=field)
+    return InvalidRequest(f"{field}: {err['msg'].removeprefix('Value error, ')}", field=field)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -44,6 +44,9 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(NotFound(str(exc.detail) if exc.detail != "Not Found" else "no such path"))
         if exc.status_code == 413:
             return error_response(PayloadTooLarge(str(exc.detail)))
+        if exc.status_code == 400:  # FastAPI could not decode the body (e.g. bytes that are not UTF-8)
+            return error_response(InvalidRequest(f"the body could not be read: {exc.detail}", field="body",
+                                                 hint="Send UTF-8 encoded JSON."))
         if 400 <= exc.status_code < 500:
             err = InvalidRequest(str(exc.detail))
             err.status = exc.status_code

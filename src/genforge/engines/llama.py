@@ -10,11 +10,10 @@ from genforge.catalog import ResolvedModel
 from genforge.engines.base import Emit, EngineOutput, GenerationJob
 from genforge.errors import Cancelled, EngineFailed, InvalidRequest, ModelUnavailable
 
-
-def engine_version() -> str:
+try:  # the text extra; its absence is reported when a model is loaded
     import llama_cpp
-
-    return llama_cpp.__version__
+except ImportError:  # pragma: no cover - depends on the installation
+    llama_cpp = None
 
 
 class LlamaEngine:
@@ -32,15 +31,13 @@ class LlamaEngine:
         """Keep one model warm; loading another replaces it."""
         if self._model is not None and self._model.path == model.path and self._model.sha256 == model.sha256:
             return 0.0
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:
+        if llama_cpp is None:
             raise ModelUnavailable("llama-cpp-python is not installed",
-                                   hint="Install the text extra: `pip install 'genforge[text]'`.") from exc
+                                   hint="Install the text extra: `pip install 'genforge[text]'`.")
         start = time.perf_counter()
         self._llm = self._model = self._formatter = None
         try:
-            llm = Llama(model_path=model.path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+            llm = llama_cpp.Llama(model_path=model.path, n_ctx=self.n_ctx, n_threads=self.n_threads,
                         n_threads_batch=self.n_threads, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelUnavailable(f"llama.cpp could not load {model.name!r} from {model.path}: {exc}",
@@ -90,8 +87,6 @@ class LlamaEngine:
         max_tokens = min(p["max_tokens"], self.n_ctx - len(prompt))
         stops = [s for s in [*template_stops, *(p.get("stop") or [])] if s]
         llm.set_seed(p["seed"])
-        import llama_cpp
-
         vocab = llm._model.vocab
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -129,7 +124,7 @@ class LlamaEngine:
             emit({"type": "token", "text": text[emitted:]})
         generate_ms = (time.perf_counter() - start) * 1000
         return EngineOutput(
-            data=text.encode("utf-8"), media_type="text/plain", engine_version=engine_version(),
+            data=text.encode("utf-8"), media_type="text/plain", engine_version=llama_cpp.__version__,
             load_ms=load_ms, generate_ms=generate_ms, text=text, finish_reason=finish,
             usage={"prompt_tokens": len(prompt), "completion_tokens": generated},
             extra={"ttft_ms": round(first_token_ms, 2) if first_token_ms is not None else None,
