@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     # llama.cpp threads; 0 means one per core.
     threads: int = 0
     context_size: int = 2048
+    # Text sequences decoded together in one llama.cpp context (batched decoding), and so the number
+    # of jobs that run at once; more wait in the queue.
+    parallel: int = 4
+    # Jobs that may wait for a free slot; beyond it requests get 429 queue_full.
+    queue_size: int = 32
     generation_timeout_s: float = 600.0
     max_body_bytes: int = 1_000_000
     # Preload the default text model when the server starts, so the first request is warm.

@@ -64,7 +64,16 @@ class GenerationTimeout(GenforgeError):
 
 
 class Cancelled(GenforgeError):
-    code, status, hint = "cancelled", 499, "The generation was cancelled before it finished."
+    code, status, hint = "cancelled", 409, "The generation was cancelled before it finished."
+
+
+class Conflict(GenforgeError):
+    code, status, hint = "conflict", 409, "The content is no longer in a state where this is possible."
+
+
+class QueueFull(GenforgeError):
+    code, status = "queue_full", 429
+    hint = "The server is busy; retry after the number of seconds in Retry-After, or raise GENFORGE_QUEUE_SIZE."
 
 
 class StorageFailed(GenforgeError):

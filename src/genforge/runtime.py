@@ -9,6 +9,7 @@ from genforge.catalog import ModelCatalog
 from genforge.config import Settings
 from genforge.db import Database
 from genforge.errors import GenforgeError
+from genforge.jobs import JobRunner
 from genforge.service import ContentService
 from genforge.storage import ArtifactStore
 from genforge.worker import EngineWorker
@@ -28,6 +29,7 @@ class Runtime:
     catalog: ModelCatalog
     store: ArtifactStore
     worker: EngineWorker
+    runner: JobRunner
     service: ContentService
     preload_error: str | None = None
     preloaded: bool = False
@@ -40,7 +42,10 @@ class Runtime:
         catalog = ModelCatalog(settings, db)
         store = ArtifactStore(settings.artifacts_dir)
         worker = EngineWorker(settings)
-        return cls(settings, db, catalog, store, worker, ContentService(settings, db, catalog, store, worker))
+        runner = JobRunner(workers=settings.parallel, queue_size=settings.queue_size)
+        service = ContentService(settings, db, catalog, store, worker, runner)
+        service.recover()
+        return cls(settings, db, catalog, store, worker, runner, service)
 
     def preload(self) -> None:
         """Load the default text model into the engine worker so the first request is warm."""
@@ -69,8 +74,12 @@ class Runtime:
             checks["default_text_model"] = {"ok": False, "detail": f"{exc.message} ({exc.hint})"}
         checks["engine_worker"] = {"ok": True, "pid": self.worker.pid, "restarts": self.worker.restarts,
                                    "detail": "model loaded" if self.preloaded else "starts on demand"}
+        checks["queue"] = {"ok": self.runner.depth < self.runner.queue_size, "depth": self.runner.depth,
+                           "running": self.runner.running, "detail": f"{self.runner.depth} waiting, "
+                           f"{self.runner.running} running, {self.runner.queue_size} places"}
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
     def close(self) -> None:
+        self.runner.close()
         self.worker.stop()
         self.db.dispose()

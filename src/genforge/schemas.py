@@ -19,6 +19,9 @@ class GenerateRequest(BaseModel):
     model: str | None = Field(default=None, min_length=1, max_length=200)
     system: str | None = Field(default=None, max_length=100_000)
     params: dict = Field(default_factory=dict)
+    # How to answer (not recorded): wait for the result, or 202 at once and run as a job; stream events.
+    mode: Literal["sync", "async"] = "sync"
+    stream: bool = False
 
     @field_validator("content_type", mode="before")
     @classmethod

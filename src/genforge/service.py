@@ -21,7 +21,16 @@ from genforge.catalog import PACKAGED, QUALITY, ModelCatalog
 from genforge.config import Settings
 from genforge.db import ContentRow, Database
 from genforge.engines.base import Emit, GenerationJob
-from genforge.errors import GenforgeError, InvalidRequest, ModelNotFound, ModelUnavailable, NotFound
+from genforge.errors import (
+    Cancelled,
+    Conflict,
+    GenforgeError,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    NotFound,
+)
+from genforge.jobs import Job, JobRunner
 from genforge.schemas import GenerateRequest, TextParams
 from genforge.storage import ArtifactStore, sha256_file
 from genforge.validation import validate
@@ -83,12 +92,14 @@ def record_dict(row: ContentRow) -> dict:
 
 
 class ContentService:
-    def __init__(self, settings: Settings, db: Database, catalog: ModelCatalog, store: ArtifactStore, runner):
+    def __init__(self, settings: Settings, db: Database, catalog: ModelCatalog, store: ArtifactStore, engines,
+                 runner: JobRunner):
         self.settings = settings
         self.db = db
         self.catalog = catalog
         self.store = store
-        self.runner = runner  # EngineWorker in production; anything with .generate(job, emit, cancel=...)
+        self.engines = engines  # EngineWorker in production; anything with .generate(job, emit=, cancel=)
+        self.runner = runner
 
     # --- planning: everything that can be refused before a record exists ------------------------
     def _plan_text(self, req: GenerateRequest) -> tuple[str, dict]:
@@ -125,18 +136,55 @@ class ContentService:
         return model, params
 
     # --- the one path ------------------------------------------------------------------------
-    def generate(self, req: GenerateRequest, emit: Emit | None = None,
-                 cancel: threading.Event | None = None) -> dict:
+    def submit(self, req: GenerateRequest) -> Job:
+        """Accept a request: plan it, write its `pending` record and queue it (or raise QueueFull)."""
         model_name, params = self._plan(req)
         started = time.perf_counter()
         content_id = str(uuid.uuid4())
-        with self.db.session() as s:
-            s.add(ContentRow(id=content_id, content_type=req.content_type, status="pending", prompt=req.prompt,
-                             system=req.system, quality=req.quality, params=params, model_name=model_name,
-                             extra={}, created_at=_now()))
-        log.info("content=%s accepted type=%s model=%s", content_id, req.content_type, model_name)
+
+        def accept() -> None:
+            with self.db.session() as s:
+                s.add(ContentRow(id=content_id, content_type=req.content_type, status="pending", prompt=req.prompt,
+                                 system=req.system, quality=req.quality, params=params, model_name=model_name,
+                                 extra={}, created_at=_now()))
+            log.info("content=%s accepted type=%s model=%s", content_id, req.content_type, model_name)
+
+        def run(job: Job) -> dict:
+            return self._execute(content_id, req, model_name, params, started, job)
+
+        return self.runner.submit(content_id, run, on_accept=accept)
+
+    def generate(self, req: GenerateRequest, emit: Emit | None = None,
+                 cancel: threading.Event | None = None) -> dict:
+        """Submit and wait for the final record; engine events go to `emit` as they happen."""
+        job = self.submit(req)
+        if emit is not None:
+            job.listen(lambda event: event["type"] != "final" and emit(event))
+        while not job.done.wait(0.1):
+            if cancel is not None and cancel.is_set() and not job.cancel.is_set():
+                self.cancel(job.content_id)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def cancel(self, content_id: str, wait: bool = True) -> dict | None:
+        """Stop queued or running work; the record ends `cancelled`, without an artifact."""
+        job = self.runner.cancel(content_id)
+        if job is None:
+            rec = self.get(content_id)
+            raise Conflict(f"content {content_id} is already {rec['status']}", content_id=content_id)
+        if job.state == "queued":  # never started: removed from the queue
+            err = Cancelled("cancelled while waiting in the queue", content_id=content_id)
+            self._fail(content_id, err.code, err.message, err.hint, time.perf_counter())
+            job.finish(None, err)
+        if not wait:
+            return None
+        job.done.wait(timeout=30)  # a running job stops between tokens
+        return self.get(content_id)
+
+    def _execute(self, content_id, req, model_name, params, started, job: Job) -> dict:
         try:
-            return self._run(content_id, req, model_name, params, started, emit, cancel)
+            return self._run(content_id, req, model_name, params, started, job.publish, job.cancel)
         except GenforgeError as exc:
             exc.content_id = content_id
             self._fail(content_id, exc.code, exc.message, exc.hint, started)
@@ -158,7 +206,7 @@ class ContentService:
             row.status, row.started_at = "running", _now()
             row.model_engine, row.model_sha256 = model.engine, model.sha256
         job = GenerationJob(content_id, req.content_type, model, req.prompt, req.system, params)
-        out = self.runner.generate(job, emit=emit, cancel=cancel)
+        out = self.engines.generate(job, emit=emit, cancel=cancel)
         validate(req.content_type, out)
         stored = self.store.write(out.data, out.media_type)
         try:
@@ -204,7 +252,10 @@ class ContentService:
             row = s.get(ContentRow, content_id)
             if row is None:
                 raise NotFound(f"no content with id {content_id!r}", field="id")
-            return record_dict(row)
+            rec = record_dict(row)
+        if rec["status"] == "pending":
+            rec["queue_position"] = self.runner.position(content_id)
+        return rec
 
     def list(self, content_type: str | None = None, status: str | None = None, limit: int = 50,
              offset: int = 0) -> dict:
@@ -243,6 +294,26 @@ class ContentService:
         if relpath and not shared:
             self.store.remove(relpath)
         log.info("content=%s deleted", content_id)
+
+    def recover(self) -> dict:
+        """After a crash: records left pending/running end `failed` (code `interrupted`), and artifact
+        files no record refers to (written just before a crash, or temp files) are removed."""
+        with self.db.session() as s:
+            stale = s.query(ContentRow).filter(ContentRow.status.in_(["pending", "running"])).all()
+            for row in stale:
+                row.error_message = f"the server stopped while this generation was {row.status}"
+                row.status, row.finished_at = "failed", _now()
+                row.error_code = "interrupted"
+                row.error_hint = "Submit the request again."
+            referenced = {r for (r,) in s.query(ContentRow.artifact_path).filter(ContentRow.artifact_path.isnot(None))}
+        orphans = [p for p in self.store.root.rglob("*") if p.is_file()
+                   and str(p.relative_to(self.store.root)) not in referenced]
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        if stale or orphans:
+            log.warning("recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed",
+                        len(stale), len(orphans))
+        return {"interrupted": [r.id for r in stale], "orphans_removed": len(orphans)}
 
     def find_by_file(self, path: Path) -> tuple[str, list[dict]]:
         """(sha256 of the file, the succeeded records whose artifact it is)."""

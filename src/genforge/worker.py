@@ -1,18 +1,21 @@
 """The engine worker: engines run in a supervised child process.
 
 A native engine can crash its process (llama.cpp segfaults on some CPUs). Running it in a child
-turns a crash into `engine_failed` on the request that hit it; the supervisor starts a new child
-and the server keeps serving. One engine thread owns the cores (see DESIGN.md on threads).
+turns a crash into `engine_failed` on the requests that were in it; the supervisor starts a new
+child (and reloads the last model) and the server keeps serving. Inside the child one thread owns
+the cores: batching engines (llama.cpp) interleave all running jobs in one loop; other engines run
+one job at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
+import queue
 import signal
 import threading
 import time
-from multiprocessing.connection import wait
 
 from genforge import errors
 from genforge.catalog import ResolvedModel
@@ -22,11 +25,14 @@ from genforge.engines.base import Emit, EngineOutput, GenerationJob
 log = logging.getLogger("genforge.worker")
 engine_log = logging.getLogger("genforge.engine.output")
 
+CANCEL_GRACE_S = 5.0  # how long a timed-out job may take to stop before the worker is killed
 
+
+# --- the child process -------------------------------------------------------------------------------
 def _error_to_wire(exc: BaseException) -> tuple:
     if isinstance(exc, errors.GenforgeError):
-        return ("error", type(exc).__name__, exc.message, exc.hint, exc.field)
-    return ("error", "EngineFailed", f"{type(exc).__name__}: {exc}", None, None)
+        return (type(exc).__name__, exc.message, exc.hint, exc.field)
+    return ("EngineFailed", f"{type(exc).__name__}: {exc}", None, None)
 
 
 def _error_from_wire(name: str, message: str, hint: str | None, field: str | None) -> errors.GenforgeError:
@@ -36,144 +42,238 @@ def _error_from_wire(name: str, message: str, hint: str | None, field: str | Non
     return cls(message, hint=hint, field=field)
 
 
-def _engine_for(kind: str, settings: Settings, engines: dict):
-    if kind not in engines:
-        if kind == "llama.cpp":
-            from genforge.engines.llama import LlamaEngine
+def _make_engine(kind: str, settings: Settings):
+    if kind == "llama.cpp":
+        from genforge.engines.llama import LlamaEngine
 
-            engines[kind] = LlamaEngine(n_threads=settings.n_threads, n_ctx=settings.context_size)
-        else:
-            raise errors.ModelUnavailable(f"no engine {kind!r} in this worker")
-    return engines[kind]
+        return LlamaEngine(n_threads=settings.n_threads, n_ctx=settings.context_size, n_parallel=settings.parallel)
+    raise errors.ModelUnavailable(f"no engine {kind!r} in this worker")
 
 
-def worker_main(conn, cancel_event, settings_json: str) -> None:
-    """Child process: receive jobs, run engines, send events back. Never returns on its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    settings = Settings.model_validate_json(settings_json)
-    engines: dict = {}
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
+class _Child:
+    """The loop inside the worker process."""
+
+    def __init__(self, conn, settings: Settings):
+        self.conn = conn
+        self.settings = settings
+        self.engines: dict = {}
+
+    def engine(self, kind: str):
+        if kind not in self.engines:
+            self.engines[kind] = _make_engine(kind, self.settings)
+        return self.engines[kind]
+
+    def send(self, events) -> None:
+        for job_id, kind, payload in events:
+            self.conn.send((job_id, kind, _error_to_wire(payload) if kind == "error" else payload))
+
+    def handle(self, msg: tuple) -> bool:
         op = msg[0]
+        if op == "stop":
+            return False
         try:
-            if op == "stop":
-                return
-            if op == "load":
-                model: ResolvedModel = msg[1]
-                ms = _engine_for(model.engine, settings, engines).load(model)
-                conn.send(("loaded", ms))
-            elif op == "generate":
+            if op == "generate":
                 job: GenerationJob = msg[1]
-                engine = _engine_for(job.model.engine, settings, engines)
-                out = engine.generate(job, lambda ev: conn.send(("event", ev)), cancel_event.is_set)
-                conn.send(("done", out))
+                engine = self.engine(job.model.engine)
+                if hasattr(engine, "step"):
+                    self.send(engine.submit(job))
+                else:  # one job at a time, events straight through
+                    out = engine.generate(job, lambda ev: self.conn.send((job.content_id, "event", ev)),
+                                          lambda: False)
+                    self.send([(job.content_id, "done", out)])
+            elif op == "cancel":
+                for engine in self.engines.values():
+                    self.send(engine.cancel(msg[1]))
+            elif op == "load":
+                request_id, model = msg[1], msg[2]
+                self.send([(request_id, "done", self.engine(model.engine).load(model))])
         except Exception as exc:  # every failure goes back to the parent as a typed error
-            conn.send(_error_to_wire(exc))
+            self.send([(_job_id(msg), "error", exc)])
+        return True
+
+    def run(self) -> None:
+        while True:
+            busy = [e for e in self.engines.values() if getattr(e, "busy", False)]
+            # Block for the next message when idle; between steps take whatever has arrived.
+            while not busy or self.conn.poll(0):
+                try:
+                    msg = self.conn.recv()
+                except EOFError:
+                    return
+                if not self.handle(msg):
+                    return
+                busy = [e for e in self.engines.values() if getattr(e, "busy", False)]
+            for engine in busy:
+                self.send(engine.step())
 
 
+def _job_id(msg: tuple) -> str:
+    op = msg[0]
+    if op == "generate":
+        return msg[1].content_id
+    return msg[1]
+
+
+def worker_main(conn, settings_json: str) -> None:
+    """Child process entry point. Never returns on its own while the parent lives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    _Child(conn, Settings.model_validate_json(settings_json)).run()
+
+
+# --- the parent side ----------------------------------------------------------------------------------
 class EngineWorker:
-    """Supervises one engine child process and runs one job at a time on it."""
+    """Supervises one engine child process and multiplexes jobs over its pipe."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._ctx = mp.get_context("spawn")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the process, the pipe and the job table together
         self._proc = None
         self._conn = None
-        self._cancel = self._ctx.Event()
+        self._jobs: dict[str, queue.Queue] = {}
+        self._ids = itertools.count()
+        self._last_model: ResolvedModel | None = None
+        self._stopping = False
         self.restarts = 0
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc and self._proc.is_alive() else None
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
 
-    def start(self) -> None:
+    def _start_locked(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=worker_main, args=(child, self._cancel, self.settings.model_dump_json()),
-                                       name="genforge-engine", daemon=True)
-        self._proc.start()
+        proc = self._ctx.Process(target=worker_main, args=(child, self.settings.model_dump_json()),
+                                 name="genforge-engine", daemon=True)
+        proc.start()
         child.close()
-        self._conn = parent
-        log.info("engine worker started pid=%s", self._proc.pid)
+        self._proc, self._conn = proc, parent
+        threading.Thread(target=self._read, args=(proc, parent), name="genforge-engine-reader", daemon=True).start()
+        log.info("engine worker started pid=%s", proc.pid)
 
-    def _ensure_running(self) -> None:
-        if self._proc is None or not self._proc.is_alive():
-            self.start()
+    def _read(self, proc, conn) -> None:
+        """Route the child's messages to waiting jobs; on its death fail them and start a new child."""
+        while True:
+            try:
+                job_id, kind, payload = conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                box = self._jobs.get(job_id)
+            if box is not None:
+                box.put((kind, payload))
+        with self._lock:
+            if self._stopping or proc is not self._proc:
+                return
+            how = self._reap_locked()
+            self.restarts += 1
+            log.error("engine worker %s; failing %d running job(s) and restarting it", how, len(self._jobs))
+            for box in self._jobs.values():
+                box.put(("dead", how))
+            self._jobs.clear()
+            self._start_locked()
+            if self._last_model is not None:  # keep the next request warm
+                self._send_locked(f"reload-{next(self._ids)}", ("load", None, self._last_model), None)
 
-    def _reap(self) -> str:
-        """Collect a dead (or wedged) child and describe how it ended."""
+    def _reap_locked(self) -> str:
         proc = self._proc
         if proc.is_alive():
             proc.kill()
         proc.join(timeout=10)
-        code = proc.exitcode
         self._conn.close()
         self._proc = self._conn = None
-        self.restarts += 1
+        code = proc.exitcode
         if code is not None and code < 0:
-            return f"killed by {signal.Signals(-code).name}"
+            return f"was killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
 
-    def stop(self) -> None:
-        with self._lock:
-            if self._proc is None:
-                return
-            try:
-                self._conn.send(("stop",))
-                self._proc.join(timeout=5)
-            except OSError:
-                pass  # already gone; _reap below collects it either way
-            self._reap()
+    def _send_locked(self, job_id: str, msg: tuple, box: queue.Queue | None) -> None:
+        if self._proc is None:
+            self._start_locked()
+        if box is not None:
+            self._jobs[job_id] = box
+        if msg[0] == "load":
+            msg = ("load", job_id, msg[2])
+        self._conn.send(msg)
 
-    def _exchange(self, request: tuple, emit: Emit | None, timeout: float, cancel: threading.Event | None,
-                  content_id: str | None = None):
-        """Send one request and pump its events until the answer; turn a dead child into EngineFailed."""
+    def _submit(self, job_id: str, msg: tuple) -> queue.Queue:
+        box: queue.Queue = queue.Queue()
         with self._lock:
-            self._ensure_running()
-            self._cancel.clear()
-            self._conn.send(request)
-            deadline = time.monotonic() + timeout
+            self._stopping = False
+            self._send_locked(job_id, msg, box)
+        return box
+
+    def _cancel(self, job_id: str) -> None:
+        with self._lock:
+            if self._conn is not None and job_id in self._jobs:
+                self._conn.send(("cancel", job_id))
+
+    def _kill(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                self._proc.kill()  # the reader thread sees it die, fails the jobs and restarts
+
+    def _wait(self, job_id: str, box: queue.Queue, emit: Emit | None, timeout: float,
+              cancel: threading.Event | None):
+        deadline = time.monotonic() + timeout
+        cancel_sent = timed_out = False
+        try:
             while True:
-                if cancel is not None and cancel.is_set():
-                    self._cancel.set()  # the engine stops between tokens and answers Cancelled
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    how = self._reap()
-                    log.warning("content=%s generation timed out after %.0f s; engine worker %s, restarting",
-                                content_id, timeout, how)
-                    self.start()
+                if cancel is not None and cancel.is_set() and not cancel_sent:
+                    self._cancel(job_id)
+                    cancel_sent = True
+                if not timed_out and time.monotonic() > deadline:
+                    timed_out = True
+                    self._cancel(job_id)
+                    deadline = time.monotonic() + CANCEL_GRACE_S
+                elif timed_out and time.monotonic() > deadline:
+                    log.warning("content=%s did not stop after its timeout; killing the engine worker", job_id)
+                    self._kill()
                     raise errors.GenerationTimeout(f"generation did not finish within {timeout:.0f} s")
-                ready = wait([self._conn, self._proc.sentinel], timeout=min(remaining, 0.25))
-                if not ready:
-                    continue
                 try:
-                    if self._conn not in ready and not self._conn.poll():
-                        raise EOFError
-                    msg = self._conn.recv()
-                except (EOFError, OSError):
-                    how = self._reap()
-                    log.error("content=%s engine worker %s mid-request; restarting it", content_id, how)
-                    self.start()
-                    raise errors.EngineFailed(f"the engine worker process {how} during generation") from None
-                kind = msg[0]
+                    kind, payload = box.get(timeout=0.1)
+                except queue.Empty:
+                    continue
                 if kind == "event":
-                    event = msg[1]
-                    if event.get("type") == "token":
-                        engine_log.info("content=%s %r", content_id, event["text"])
+                    if payload.get("type") == "token":
+                        engine_log.info("content=%s %r", job_id, payload["text"])
                     if emit is not None:
-                        emit(event)
-                elif kind == "error":
-                    raise _error_from_wire(*msg[1:])
+                        emit(payload)
+                elif kind == "done":
+                    return payload
+                elif kind == "dead":
+                    raise errors.EngineFailed(f"the engine worker process {payload} during generation")
                 else:
-                    return msg[1]
+                    err = _error_from_wire(*payload)
+                    if timed_out and isinstance(err, errors.Cancelled):
+                        raise errors.GenerationTimeout(f"generation did not finish within {timeout:.0f} s")
+                    raise err
+        finally:
+            with self._lock:
+                self._jobs.pop(job_id, None)
 
     def load(self, model: ResolvedModel, timeout: float = 300) -> float:
-        return self._exchange(("load", model), None, timeout, None)
+        job_id = f"load-{next(self._ids)}"
+        ms = self._wait(job_id, self._submit(job_id, ("load", None, model)), None, timeout, None)
+        self._last_model = model
+        return ms
 
     def generate(self, job: GenerationJob, emit: Emit | None = None, timeout: float | None = None,
                  cancel: threading.Event | None = None) -> EngineOutput:
-        return self._exchange(("generate", job), emit, timeout or self.settings.generation_timeout_s, cancel,
-                              content_id=job.content_id)
+        box = self._submit(job.content_id, ("generate", job))
+        out = self._wait(job.content_id, box, emit, timeout or self.settings.generation_timeout_s, cancel)
+        self._last_model = job.model
+        return out
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            proc, conn = self._proc, self._conn
+            if proc is None:
+                return
+            try:
+                conn.send(("stop",))
+            except OSError:
+                log.info("engine worker already gone at stop")
+            proc.join(timeout=5)
+            self._reap_locked()

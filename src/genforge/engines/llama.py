@@ -1,48 +1,117 @@
-"""llama.cpp through llama-cpp-python. Runs inside the engine worker process (worker.py)."""
+"""llama.cpp through llama-cpp-python, with batched decoding. Runs inside the engine worker process.
+
+Several text requests share one llama.cpp context: each is a sequence with its own KV-cache slot
+and its own sampler (and seed); every step decodes one token of every active sequence in a single
+`llama_decode` call. One engine thread owns the cores (DESIGN.md on threads), so N concurrent
+requests cost far less than N times one. A single request takes the same path, alone in its batch.
+"""
 
 from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from genforge.catalog import ResolvedModel
-from genforge.engines.base import Emit, EngineOutput, GenerationJob
-from genforge.errors import Cancelled, EngineFailed, InvalidRequest, ModelUnavailable
+from genforge.engines.base import EngineOutput, GenerationJob
+from genforge.errors import Cancelled, EngineFailed, GenforgeError, InvalidRequest, ModelUnavailable
 
 try:  # the text extra; its absence is reported when a model is loaded
     import llama_cpp
+    from llama_cpp import _internals
 except ImportError:  # pragma: no cover - depends on the installation
     llama_cpp = None
+
+PREFILL_CHUNK = 512  # prompt tokens per llama_decode call (the context's n_batch)
+
+
+@dataclass
+class Sequence:
+    """One request being generated in a slot of the shared context."""
+
+    job: GenerationJob
+    slot: int
+    prompt: list[int]
+    max_tokens: int
+    stops: list[str]
+    sampler: object
+    started: float
+    load_ms: float
+    n_past: int = 0
+    next_token: int | None = None  # sampled, not yet decoded
+    generated: int = 0
+    text: str = ""
+    emitted: int = 0
+    finish: str | None = None
+    first_token_ms: float | None = None
+    cancelled: bool = False
+    batch_size_max: int = 1  # most sequences decoded together with this one (provenance)
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    @property
+    def hold(self) -> int:
+        """Characters held back because they may still become a stop string."""
+        return max((len(s) for s in self.stops), default=1) - 1
+
+
+# Events the engine hands the worker loop: (job_id, "event"|"done"|"error", payload).
+Event = tuple[str, str, object]
 
 
 class LlamaEngine:
     kind = "llama.cpp"
     content_types = ("text",)
 
-    def __init__(self, n_threads: int, n_ctx: int):
+    def __init__(self, n_threads: int, n_ctx: int, n_parallel: int = 4):
         self.n_threads = n_threads
-        self.n_ctx = n_ctx
+        self.n_ctx = n_ctx  # per sequence
+        self.n_parallel = n_parallel
         self._model: ResolvedModel | None = None
         self._llm = None
+        self._ctx = None
+        self._batch = None
         self._formatter = None
+        self._active: dict[str, Sequence] = {}
+        self._waiting: list[GenerationJob] = []
 
+    @property
+    def busy(self) -> bool:
+        return bool(self._active or self._waiting)
+
+    # --- loading -----------------------------------------------------------------------------
     def load(self, model: ResolvedModel) -> float:
-        """Keep one model warm; loading another replaces it."""
-        if self._model is not None and self._model.path == model.path and self._model.sha256 == model.sha256:
+        """Keep one model warm; loading another replaces it (only when no sequence is running)."""
+        if self._is_loaded(model):
             return 0.0
+        if self._active:
+            raise ModelUnavailable(f"cannot switch to {model.name!r} while {self._model.name!r} is generating",
+                                   hint="Try again when the running generations finish.")
         if llama_cpp is None:
             raise ModelUnavailable("llama-cpp-python is not installed",
                                    hint="Install the text extra: `pip install 'genforge[text]'`.")
         start = time.perf_counter()
-        self._llm = self._model = self._formatter = None
+        self._llm = self._model = self._formatter = self._ctx = self._batch = None
         try:
-            llm = llama_cpp.Llama(model_path=model.path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                        n_threads_batch=self.n_threads, verbose=False)
+            # The Llama object gives us the model, tokenizer and metadata; its own context stays small.
+            llm = llama_cpp.Llama(model_path=model.path, n_ctx=256, n_batch=256, n_threads=self.n_threads,
+                                  n_threads_batch=self.n_threads, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelUnavailable(f"llama.cpp could not load {model.name!r} from {model.path}: {exc}",
                                    hint="The file may be corrupt or not a model llama.cpp supports; "
                                         "check it with `genforge models verify`.") from exc
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.n_ctx * self.n_parallel  # split evenly: every slot holds a full context
+        params.n_batch = params.n_ubatch = PREFILL_CHUNK
+        params.n_seq_max = self.n_parallel
+        params.n_threads = params.n_threads_batch = self.n_threads
+        params.kv_unified = False
+        try:
+            self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise ModelUnavailable(f"llama.cpp could not create a context for {model.name!r}: {exc}") from exc
+        self._batch = _internals.LlamaBatch(n_tokens=max(PREFILL_CHUNK, self.n_parallel), embd=0, n_seq_max=1,
+                                            verbose=False)
         self._llm, self._model = llm, model
         self._formatter = self._chat_formatter(llm) if model.chat else None
         return (time.perf_counter() - start) * 1000
@@ -55,78 +124,171 @@ class LlamaEngine:
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             return None
-        vocab = llm._model
 
         def piece(token_id: int) -> str:
-            return vocab.token_get_text(token_id) if token_id >= 0 else ""
+            return llm._model.token_get_text(token_id) if token_id >= 0 else ""
 
         return Jinja2ChatFormatter(template=template, eos_token=piece(llm.token_eos()),
                                    bos_token=piece(llm.token_bos()), stop_token_ids=[llm.token_eos()])
 
-    def _prompt_tokens(self, job: GenerationJob) -> tuple[list[int], list[str]]:
+    # --- admission ---------------------------------------------------------------------------
+    def _prompt_tokens(self, job: GenerationJob) -> list[int]:
+        """The prompt as tokens: chat models get their template; base models (or raw requests) the text.
+
+        The template's end-of-turn marker needs no stop string: it is an end-of-generation token,
+        recognised by id, and holding text back for it would delay every streamed token.
+        """
         llm = self._llm
-        if self._formatter is None:  # base model: the prompt is the text to continue
+        if self._formatter is None or job.params.get("raw"):
             text = (job.system + "\n\n" if job.system else "") + job.prompt
-            return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False), []
-        messages = ([{"role": "system", "content": job.system}] if job.system else [])
-        messages.append({"role": "user", "content": job.prompt})
+            return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        messages = job.params.get("messages") or [
+            *([{"role": "system", "content": job.system}] if job.system else []),
+            {"role": "user", "content": job.prompt}]
         formatted = self._formatter(messages=messages)
-        stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
-        tokens = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
-        return tokens, stops
+        return llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
-    def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
-        load_ms = self.load(job.model)
-        llm = self._llm
-        p = job.params
+    def _sampler(self, p: dict):
+        s = _internals.LlamaSampler()
+        if p["temperature"] == 0:
+            s.add_greedy()
+        else:  # the chain llama-cpp-python uses for the same parameters
+            s.add_top_k(40)
+            s.add_top_p(p["top_p"], 1)
+            s.add_min_p(0.05, 1)
+            s.add_temp(p["temperature"])
+            s.add_dist(p["seed"])
+        return s
+
+    def submit(self, job: GenerationJob) -> list[Event]:
+        """Queue a job; it starts at the next step with a free slot."""
+        self._waiting.append(job)
+        return []
+
+    def _is_loaded(self, model: ResolvedModel) -> bool:
+        return self._model is not None and self._model.path == model.path and self._model.sha256 == model.sha256
+
+    def cancel(self, job_id: str) -> list[Event]:
+        if job_id in self._active:
+            self._active[job_id].cancelled = True
+            return []
+        for i, job in enumerate(self._waiting):
+            if job.content_id == job_id:
+                del self._waiting[i]
+                return [(job_id, "error", Cancelled("cancelled before it started"))]
+        return []
+
+    def _admit(self, job: GenerationJob, load_ms: float) -> list[Event]:
         start = time.perf_counter()
-        prompt, template_stops = self._prompt_tokens(job)
+        prompt = self._prompt_tokens(job)
         if len(prompt) >= self.n_ctx:
-            raise InvalidRequest(f"the prompt is {len(prompt)} tokens; the model's context holds {self.n_ctx}",
-                                 field="prompt", hint="Shorten the prompt or raise GENFORGE_CONTEXT_SIZE.")
-        max_tokens = min(p["max_tokens"], self.n_ctx - len(prompt))
-        stops = [s for s in [*template_stops, *(p.get("stop") or [])] if s]
-        llm.set_seed(p["seed"])
-        vocab = llm._model.vocab
+            return [(job.content_id, "error", InvalidRequest(
+                f"the prompt is {len(prompt)} tokens; the model's context holds {self.n_ctx}", field="prompt",
+                hint="Shorten the prompt or raise GENFORGE_CONTEXT_SIZE."))]
+        p = job.params
+        slot = min(set(range(self.n_parallel)) - {s.slot for s in self._active.values()})
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, -1, -1)
+        seq = Sequence(job=job, slot=slot, prompt=prompt, max_tokens=min(p["max_tokens"], self.n_ctx - len(prompt)),
+                       stops=[s for s in p.get("stop") or [] if s],
+                       sampler=self._sampler(p), started=start, load_ms=load_ms)
+        self._active[job.content_id] = seq
+        return self._prefill(seq)
 
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text, emitted, generated, finish = "", 0, 0, "length"
-        first_token_ms = None
-        hold = max((len(s) for s in stops), default=1) - 1  # text that may still become a stop string
+    # --- generation ----------------------------------------------------------------------------
+    def _decode(self) -> None:
+        if llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch) != 0:
+            raise EngineFailed("llama_decode failed (context full or internal error)")
+
+    def _prefill(self, seq: Sequence) -> list[Event]:
+        """Evaluate the prompt in chunks and sample the first token from its last position."""
+        b = self._batch.batch
+        for start in range(0, len(seq.prompt), PREFILL_CHUNK):
+            chunk = seq.prompt[start:start + PREFILL_CHUNK]
+            b.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, start + i, 1, False
+                b.seq_id[i][0] = seq.slot
+            b.logits[len(chunk) - 1] = True
+            self._decode()
+        seq.n_past = len(seq.prompt)
+        return self._accept(seq, seq.sampler.sample(self._ctx, len(chunk) - 1))
+
+    def step(self) -> list[Event]:
+        """Admit waiting jobs into free slots, then decode one token for every active sequence."""
+        events: list[Event] = []
         try:
-            for token in llm.generate(prompt, temp=p["temperature"], top_p=p["top_p"], top_k=40,
-                                      repeat_penalty=1.0, reset=True):
-                if cancelled():
-                    raise Cancelled("cancelled between tokens")
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                generated += 1
-                if first_token_ms is None:
-                    first_token_ms = (time.perf_counter() - start) * 1000
-                text += decoder.decode(llm.detokenize([token], special=False))
-                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-                    break
-                safe = len(text) - hold
-                if safe > emitted:
-                    emit({"type": "token", "text": text[emitted:safe]})
-                    emitted = safe
-                if generated >= max_tokens:
-                    break
-        except (Cancelled, InvalidRequest):
-            raise
-        except Exception as exc:
-            raise EngineFailed(f"llama.cpp failed during generation: {type(exc).__name__}: {exc}") from exc
-        text += decoder.decode(b"", final=True)
-        if len(text) > emitted:
-            emit({"type": "token", "text": text[emitted:]})
-        generate_ms = (time.perf_counter() - start) * 1000
-        return EngineOutput(
-            data=text.encode("utf-8"), media_type="text/plain", engine_version=llama_cpp.__version__,
-            load_ms=load_ms, generate_ms=generate_ms, text=text, finish_reason=finish,
-            usage={"prompt_tokens": len(prompt), "completion_tokens": generated},
-            extra={"ttft_ms": round(first_token_ms, 2) if first_token_ms is not None else None,
-                   "max_tokens_effective": max_tokens},
+            for job_id in [j for j, s in self._active.items() if s.cancelled]:
+                del self._active[job_id]
+                events.append((job_id, "error", Cancelled("cancelled between tokens")))
+            while self._waiting and len(self._active) < self.n_parallel:
+                job, load_ms = self._waiting[0], 0.0
+                if not self._is_loaded(job.model):
+                    if self._active:
+                        break  # another model: switch once the running sequences finish
+                    try:
+                        load_ms = self.load(job.model)
+                    except GenforgeError as exc:
+                        self._waiting.pop(0)
+                        events.append((job.content_id, "error", exc))
+                        continue
+                self._waiting.pop(0)
+                events += self._admit(job, load_ms)
+            running = [s for s in self._active.values() if s.finish is None]
+            if running:
+                b = self._batch.batch
+                b.n_tokens = len(running)
+                for i, seq in enumerate(running):
+                    b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = seq.next_token, seq.n_past, 1, True
+                    b.seq_id[i][0] = seq.slot
+                self._decode()
+                for i, seq in enumerate(running):
+                    seq.n_past += 1
+                    seq.batch_size_max = max(seq.batch_size_max, len(running))
+                    events += self._accept(seq, seq.sampler.sample(self._ctx, i))
+        except Exception as exc:  # the whole batch shares the failure: fail every sequence in it
+            err = exc if isinstance(exc, GenforgeError) else EngineFailed(
+                f"llama.cpp failed during generation: {type(exc).__name__}: {exc}")
+            events += [(job_id, "error", err) for job_id in self._active]
+            self._active.clear()
+        return events
+
+    def _accept(self, seq: Sequence, token: int) -> list[Event]:
+        """Take one sampled token: stop, or add its text and emit what is safe to show."""
+        events: list[Event] = []
+        if llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token):
+            seq.finish = "stop"
+        else:
+            seq.generated += 1
+            if seq.first_token_ms is None:
+                seq.first_token_ms = (time.perf_counter() - seq.started) * 1000
+            seq.text += seq.decoder.decode(self._llm.detokenize([token], special=False))
+            cut = min((i for i in (seq.text.find(s) for s in seq.stops) if i >= 0), default=-1)
+            if cut >= 0:
+                seq.text, seq.finish = seq.text[:cut], "stop"
+            else:
+                safe = len(seq.text) - seq.hold
+                if safe > seq.emitted:
+                    events.append((seq.job.content_id, "event", {"type": "token", "text": seq.text[seq.emitted:safe]}))
+                    seq.emitted = safe
+                if seq.generated >= seq.max_tokens:
+                    seq.finish = "length"
+                seq.next_token = token
+        if seq.finish:
+            events += self._finish(seq)
+        return events
+
+    def _finish(self, seq: Sequence) -> list[Event]:
+        del self._active[seq.job.content_id]
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, -1, -1)
+        seq.text += seq.decoder.decode(b"", final=True)
+        events: list[Event] = []
+        if len(seq.text) > seq.emitted:
+            events.append((seq.job.content_id, "event", {"type": "token", "text": seq.text[seq.emitted:]}))
+        out = EngineOutput(
+            data=seq.text.encode("utf-8"), media_type="text/plain", engine_version=llama_cpp.__version__,
+            load_ms=seq.load_ms, generate_ms=(time.perf_counter() - seq.started) * 1000, text=seq.text,
+            finish_reason=seq.finish, usage={"prompt_tokens": len(seq.prompt), "completion_tokens": seq.generated},
+            extra={"ttft_ms": round(seq.first_token_ms, 2) if seq.first_token_ms is not None else None,
+                   "batch_size_max": seq.batch_size_max},
         )
+        return [*events, (seq.job.content_id, "done", out)]

@@ -1,0 +1,155 @@
+"""JobRunner: a bounded queue and a pool of executor threads, with per-job event streams.
+
+The service hands the runner a callable per content id; the runner decides when it runs, lets it
+be cancelled, and fans its events out to listeners (the sync caller, SSE clients). A Celery backend
+can implement the same four calls (submit, get, position, cancel) without touching the service's
+callers or the routers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from genforge.errors import GenforgeError, QueueFull
+
+log = logging.getLogger("genforge.jobs")
+
+
+@dataclass
+class Job:
+    content_id: str
+    run: Callable[[Job], dict]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    state: str = "queued"  # queued | running | finished
+    result: dict | None = None
+    error: GenforgeError | None = None
+    history: list[dict] = field(default_factory=list)
+    _listeners: list[Callable[[dict], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def publish(self, event: dict) -> None:
+        """Record an event and hand it to every listener (called from the executing thread)."""
+        with self._lock:
+            self.history.append(event)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(event)
+
+    def listen(self, listener: Callable[[dict], None], replay: bool = True) -> None:
+        """Receive every event from now on (and, with replay, those already published)."""
+        with self._lock:
+            past = list(self.history) if replay else []
+            self._listeners.append(listener)
+        for event in past:
+            listener(event)
+
+    def unlisten(self, listener: Callable[[dict], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def listen_async(self) -> asyncio.Queue:
+        """An asyncio queue fed with this job's events (history first), for SSE responses."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        self.listen(lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+        return q
+
+    def finish(self, result: dict | None, error: GenforgeError | None) -> None:
+        self.result, self.error, self.state = result, error, "finished"
+        self.publish({"type": "final"})
+        self.done.set()
+
+
+class JobRunner:
+    def __init__(self, workers: int, queue_size: int):
+        self.workers = workers
+        self.queue_size = queue_size
+        self._queue: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self.running = 0
+        self._threads = [threading.Thread(target=self._loop, name=f"genforge-job-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, content_id: str, run: Callable[[Job], dict],
+               on_accept: Callable[[], None] | None = None) -> Job:
+        """Queue a job, or raise QueueFull. `on_accept` runs (e.g. writes the record) only if it is queued."""
+        with self._cond:
+            if len(self._queue) >= self.queue_size:
+                raise QueueFull(f"the queue is full ({self.queue_size} waiting)",
+                                details={"retry_after": 1 + len(self._queue) // max(1, self.workers)})
+            if on_accept is not None:
+                on_accept()
+            job = Job(content_id, run)
+            self._queue.append(job)
+            self._jobs[content_id] = job
+            self._cond.notify()
+        return job
+
+    def get(self, content_id: str) -> Job | None:
+        return self._jobs.get(content_id)
+
+    def position(self, content_id: str) -> int | None:
+        """1-based place in the queue while waiting; None once running or unknown."""
+        with self._cond:
+            for i, job in enumerate(self._queue):
+                if job.content_id == content_id:
+                    return i + 1
+        return None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def cancel(self, content_id: str) -> Job | None:
+        """Remove a waiting job (returned finished) or signal a running one; None when unknown."""
+        with self._cond:
+            job = self._jobs.get(content_id)
+            if job is None:
+                return None
+            job.cancel.set()
+            if job in self._queue:
+                self._queue.remove(job)
+                self._jobs.pop(content_id, None)
+                return job
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._queue.popleft()
+                job.state = "running"
+                self.running += 1
+            try:
+                job.finish(job.run(job), None)
+            except GenforgeError as exc:
+                job.finish(None, exc)
+            except Exception as exc:  # the service turns failures into GenforgeErrors; this is a last guard
+                log.exception("content=%s job crashed", job.content_id)
+                job.finish(None, GenforgeError(f"internal error: {type(exc).__name__}: {exc}",
+                                               content_id=job.content_id))
+            finally:
+                with self._cond:
+                    self.running -= 1
+                    self._jobs.pop(job.content_id, None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for job in self._queue:
+                job.cancel.set()
+            self._cond.notify_all()
