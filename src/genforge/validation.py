@@ -11,7 +11,7 @@ from genforge.errors import InvalidOutput
 SPECIAL_TOKENS = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|<(?:start|end)_of_turn>|\[/?INST\]|<pad>|<unk>")
 
 
-def validate_text(out: EngineOutput) -> None:
+def validate_text(out: EngineOutput, params: dict) -> None:
     try:
         decoded = out.data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -30,5 +30,6 @@ def validate_text(out: EngineOutput) -> None:
 VALIDATORS = {"text": validate_text}
 
 
-def validate(content_type: str, out: EngineOutput) -> None:
-    VALIDATORS[content_type](out)
+def validate(content_type: str, out: EngineOutput, params: dict) -> None:
+    """Raise InvalidOutput unless `out` is real, usable content of this type for these parameters."""
+    VALIDATORS[content_type](out, params)

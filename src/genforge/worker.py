@@ -20,6 +20,7 @@ import time
 from genforge import errors
 from genforge.catalog import ResolvedModel
 from genforge.config import Settings
+from genforge.engines import create_engine
 from genforge.engines.base import Emit, EngineOutput, GenerationJob
 
 log = logging.getLogger("genforge.worker")
@@ -42,14 +43,6 @@ def _error_from_wire(name: str, message: str, hint: str | None, field: str | Non
     return cls(message, hint=hint, field=field)
 
 
-def _make_engine(kind: str, settings: Settings):
-    if kind == "llama.cpp":
-        from genforge.engines.llama import LlamaEngine
-
-        return LlamaEngine(n_threads=settings.n_threads, n_ctx=settings.context_size, n_parallel=settings.parallel)
-    raise errors.ModelUnavailable(f"no engine {kind!r} in this worker")
-
-
 class _Child:
     """The loop inside the worker process."""
 
@@ -60,7 +53,7 @@ class _Child:
 
     def engine(self, kind: str):
         if kind not in self.engines:
-            self.engines[kind] = _make_engine(kind, self.settings)
+            self.engines[kind] = create_engine(kind, self.settings)
         return self.engines[kind]
 
     def send(self, events) -> None:
@@ -277,3 +270,39 @@ class EngineWorker:
                 log.info("engine worker already gone at stop")
             proc.join(timeout=5)
             self._reap_locked()
+
+
+class EnginePool:
+    """One supervised engine worker per content type, so a slow image never stalls streaming text."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._workers: dict[str, EngineWorker] = {}
+        self._lock = threading.Lock()
+
+    def worker(self, content_type: str) -> EngineWorker:
+        with self._lock:
+            if content_type not in self._workers:
+                self._workers[content_type] = EngineWorker(self.settings)
+            return self._workers[content_type]
+
+    @property
+    def pid(self) -> int | None:
+        """The text engine's worker process (the one most requests use)."""
+        worker = self._workers.get("text")
+        return worker.pid if worker else None
+
+    @property
+    def restarts(self) -> int:
+        return sum(w.restarts for w in self._workers.values())
+
+    def load(self, model: ResolvedModel, timeout: float = 300) -> float:
+        return self.worker(model.content_type).load(model, timeout)
+
+    def generate(self, job: GenerationJob, emit: Emit | None = None, timeout: float | None = None,
+                 cancel: threading.Event | None = None) -> EngineOutput:
+        return self.worker(job.content_type).generate(job, emit=emit, timeout=timeout, cancel=cancel)
+
+    def stop(self) -> None:
+        for worker in list(self._workers.values()):
+            worker.stop()

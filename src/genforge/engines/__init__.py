@@ -1,0 +1,18 @@
+"""Engines by kind. Each module named here has `create(settings)` returning an engine (see base.py)."""
+
+from __future__ import annotations
+
+import importlib
+
+ENGINE_MODULES: dict[str, str] = {
+    "llama.cpp": "genforge.engines.llama",
+}
+
+
+def create_engine(kind: str, settings):
+    from genforge.errors import ModelUnavailable
+
+    module = ENGINE_MODULES.get(kind)
+    if module is None:
+        raise ModelUnavailable(f"genforge has no engine {kind!r}")
+    return importlib.import_module(module).create(settings)

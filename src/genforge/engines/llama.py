@@ -292,3 +292,7 @@ class LlamaEngine:
                    "batch_size_max": seq.batch_size_max},
         )
         return [*events, (seq.job.content_id, "done", out)]
+
+
+def create(settings) -> LlamaEngine:
+    return LlamaEngine(n_threads=settings.n_threads, n_ctx=settings.context_size, n_parallel=settings.parallel)
