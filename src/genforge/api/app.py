@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from genforge import __version__
-from genforge.api import content, models, system
+from genforge.api import content, models, openai, system
 from genforge.api.errors import BodySizeLimit, install_error_handlers
 from genforge.config import Settings
 from genforge.runtime import Runtime
@@ -35,4 +35,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(content.router)
     app.include_router(models.router)
+    app.include_router(openai.router)
     return app

@@ -9,13 +9,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genforge.errors import GenforgeError, InvalidRequest, NotFound, PayloadTooLarge
+from genforge.errors import GenforgeError, InvalidRequest, ModelNotFound, NotFound, PayloadTooLarge
 
 log = logging.getLogger("genforge.api")
 
 
-def error_response(exc: GenforgeError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.details["retry_after"])} if "retry_after" in exc.details else None
+def openai_error_body(exc: GenforgeError) -> dict:
+    """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    code = "model_not_found" if isinstance(exc, ModelNotFound) else exc.code
+    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": code,
+                      "hint": exc.hint, "content_id": exc.content_id}}
+
+
+def error_response(exc: GenforgeError, request: Request | None = None) -> JSONResponse:
+    """Our error shape, or OpenAI's under /v1 (where invalid requests are 400, as OpenAI answers)."""
+    headers = {"Retry-After": str(exc.details["retry_after"])} if "retry_after" in exc.details else {}
+    if exc.content_id:
+        headers["X-Genforge-Content-Id"] = exc.content_id
+    if request is not None and request.url.path.startswith("/v1/"):
+        status = 400 if exc.status == 422 else exc.status
+        return JSONResponse(openai_error_body(exc), status_code=status, headers=headers)
     return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
 
 
@@ -31,32 +45,36 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GenforgeError)
-    async def _genforge(_: Request, exc: GenforgeError):
-        return error_response(exc)
+    async def _genforge(request: Request, exc: GenforgeError):
+        return error_response(exc, request)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError):
-        return error_response(_validation_error(exc))
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return error_response(_validation_error(exc), request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
-        if exc.status_code == 404:
-            return error_response(NotFound(str(exc.detail) if exc.detail != "Not Found" else "no such path"))
-        if exc.status_code == 413:
-            return error_response(PayloadTooLarge(str(exc.detail)))
-        if exc.status_code == 400:  # FastAPI could not decode the body (e.g. bytes that are not UTF-8)
-            return error_response(InvalidRequest(f"the body could not be read: {exc.detail}", field="body",
-                                                 hint="Send UTF-8 encoded JSON."))
-        if 400 <= exc.status_code < 500:
-            err = InvalidRequest(str(exc.detail))
-            err.status = exc.status_code
-            return error_response(err)
-        return error_response(GenforgeError(str(exc.detail)))
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(_http_error(exc), request)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error")
-        return error_response(GenforgeError(f"internal error: {type(exc).__name__}"))
+        return error_response(GenforgeError(f"internal error: {type(exc).__name__}"), request)
+
+
+def _http_error(exc: StarletteHTTPException) -> GenforgeError:
+    if exc.status_code == 404:
+        return NotFound(str(exc.detail) if exc.detail != "Not Found" else "no such path")
+    if exc.status_code == 413:
+        return PayloadTooLarge(str(exc.detail))
+    if exc.status_code == 400:  # FastAPI could not decode the body (e.g. bytes that are not UTF-8)
+        return InvalidRequest(f"the body could not be read: {exc.detail}", field="body",
+                              hint="Send UTF-8 encoded JSON.")
+    if 400 <= exc.status_code < 500:
+        err = InvalidRequest(str(exc.detail))
+        err.status = exc.status_code
+        return err
+    return GenforgeError(str(exc.detail))
 
 
 class BodySizeLimit:
