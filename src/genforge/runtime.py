@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
 from genforge.db import Database
@@ -45,6 +46,7 @@ class Runtime:
         runner = JobRunner(workers=settings.parallel, queue_size=settings.queue_size)
         service = ContentService(settings, db, catalog, store, worker, runner)
         service.recover()
+        metrics.track_runner(runner)
         return cls(settings, db, catalog, store, worker, runner, service)
 
     def preload(self) -> None:

@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
 from genforge.db import ContentRow, Database
@@ -170,6 +171,7 @@ class ContentService:
             if stored.created:  # ours alone: an identical artifact of another record stays
                 self.store.remove(stored.relpath)
             raise
+        metrics.observe_success(result)
         log.info("content=%s succeeded tokens=%s sha256=%s total_ms=%s", content_id,
                  (out.usage or {}).get("completion_tokens"), stored.sha256[:12], result["timings"]["total_ms"])
         return result
@@ -179,6 +181,7 @@ class ContentService:
         try:
             with self.db.session() as s:
                 row = s.get(ContentRow, content_id)
+                metrics.observe_failure(row.content_type, code)
                 row.status = "cancelled" if code == "cancelled" else "failed"
                 row.error_code, row.error_message, row.error_hint = code, message, hint
                 row.finished_at = _now()

@@ -1,0 +1,43 @@
+"""Prometheus metrics (GET /metrics). Module-level: one set per process, like the registry itself."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("genforge_requests", "Generation requests by content type and final status",
+                   ["content_type", "status"])
+FAILURES = Counter("genforge_failures", "Failed generations by error code", ["code"])
+GENERATION_SECONDS = Histogram("genforge_generation_seconds", "Engine time per successful generation",
+                               ["content_type"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
+TOKENS = Counter("genforge_tokens_generated", "Completion tokens generated")
+TOKENS_PER_SECOND = Histogram("genforge_tokens_per_second", "Decoding speed per text generation",
+                              buckets=(5, 10, 20, 40, 60, 80, 100, 120, 160, 200, 300))
+MODEL_LOAD_SECONDS = Histogram("genforge_model_load_seconds", "Model load time when a request had to load it",
+                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+QUEUE_DEPTH = Gauge("genforge_queue_depth", "Jobs waiting for a free slot")
+RUNNING = Gauge("genforge_jobs_running", "Jobs running now")
+
+
+def observe_success(record: dict) -> None:
+    REQUESTS.labels(record["content_type"], "succeeded").inc()
+    timings = record["timings"]
+    if timings.get("generate_ms"):
+        GENERATION_SECONDS.labels(record["content_type"]).observe(timings["generate_ms"] / 1000)
+    if timings.get("load_ms"):
+        MODEL_LOAD_SECONDS.observe(timings["load_ms"] / 1000)
+    tokens = (record.get("usage") or {}).get("completion_tokens")
+    if tokens:
+        TOKENS.inc(tokens)
+        if timings.get("generate_ms"):
+            TOKENS_PER_SECOND.observe(tokens / (timings["generate_ms"] / 1000))
+
+
+def observe_failure(content_type: str, code: str) -> None:
+    REQUESTS.labels(content_type, "cancelled" if code == "cancelled" else "failed").inc()
+    FAILURES.labels(code).inc()
+
+
+def track_runner(runner) -> None:
+    """Read queue depth and running jobs from the runner at scrape time."""
+    QUEUE_DEPTH.set_function(lambda: runner.depth)
+    RUNNING.set_function(lambda: runner.running)
