@@ -46,6 +46,8 @@ class Sequence:
     first_token_ms: float | None = None
     cancelled: bool = False
     batch_size_max: int = 1  # most sequences decoded together with this one (provenance)
+    kv_tokens: list[int] = field(default_factory=list)  # tokens whose KV cache is in the slot
+    prompt_cached: int = 0  # prompt tokens reused from the slot's cache
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
@@ -73,6 +75,7 @@ class LlamaEngine:
         self._batch = None
         self._formatter = None
         self._active: dict[str, Sequence] = {}
+        self._slot_tokens: dict[int, list[int]] = {}  # per free slot: the tokens its KV cache holds
         self._waiting: list[GenerationJob] = []
 
     @property
@@ -92,6 +95,7 @@ class LlamaEngine:
                                    hint="Install the text extra: `pip install 'genforge[text]'`.")
         start = time.perf_counter()
         self._llm = self._model = self._formatter = self._ctx = self._batch = None
+        self._slot_tokens = {}
         try:
             # The Llama object gives us the model, tokenizer and metadata; its own context stays small.
             llm = llama_cpp.Llama(model_path=model.path, n_ctx=256, n_batch=256, n_threads=self.n_threads,
@@ -186,13 +190,36 @@ class LlamaEngine:
                 f"the prompt is {len(prompt)} tokens; the model's context holds {self.n_ctx}", field="prompt",
                 hint="Shorten the prompt or raise GENFORGE_CONTEXT_SIZE."))]
         p = job.params
-        slot = min(set(range(self.n_parallel)) - {s.slot for s in self._active.values()})
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, -1, -1)
+        slot, reuse = self._pick_slot(prompt)
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, reuse, -1)
         seq = Sequence(job=job, slot=slot, prompt=prompt, max_tokens=min(p["max_tokens"], self.n_ctx - len(prompt)),
                        stops=[s for s in p.get("stop") or [] if s],
-                       sampler=self._sampler(p), started=start, load_ms=load_ms)
+                       sampler=self._sampler(p), started=start, load_ms=load_ms, kv_tokens=prompt[:reuse])
         self._active[job.content_id] = seq
         return self._prefill(seq)
+
+    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """A free slot, preferring the one whose cached tokens share the longest prefix with `prompt`
+        (as llama.cpp's server does): that prefix's KV cache is reused instead of evaluated again.
+        At least the last prompt token is always evaluated, for fresh logits."""
+        busy = {s.slot for s in self._active.values()}
+        best, best_len = None, -1
+        for slot in range(self.n_parallel):
+            if slot in busy:
+                continue
+            cached = self._slot_tokens.get(slot, [])
+            common = 0
+            for a, b in zip(cached, prompt, strict=False):
+                if a != b:
+                    break
+                common += 1
+            if common > best_len:
+                best, best_len = slot, common
+        return best, min(best_len, len(prompt) - 1)
+
+    def _forget(self, slot: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, -1, -1)
+        self._slot_tokens.pop(slot, None)
 
     # --- generation ----------------------------------------------------------------------------
     def _decode(self) -> None:
@@ -202,7 +229,7 @@ class LlamaEngine:
     def _prefill(self, seq: Sequence) -> list[Event]:
         """Evaluate the prompt in chunks and sample the first token from its last position."""
         b = self._batch.batch
-        for start in range(0, len(seq.prompt), PREFILL_CHUNK):
+        for start in range(len(seq.kv_tokens), len(seq.prompt), PREFILL_CHUNK):
             chunk = seq.prompt[start:start + PREFILL_CHUNK]
             b.n_tokens = len(chunk)
             for i, tok in enumerate(chunk):
@@ -210,6 +237,8 @@ class LlamaEngine:
                 b.seq_id[i][0] = seq.slot
             b.logits[len(chunk) - 1] = True
             self._decode()
+        seq.prompt_cached = len(seq.kv_tokens)
+        seq.kv_tokens = list(seq.prompt)
         seq.n_past = len(seq.prompt)
         return self._accept(seq, seq.sampler.sample(self._ctx, len(chunk) - 1))
 
@@ -218,7 +247,7 @@ class LlamaEngine:
         events: list[Event] = []
         try:
             for job_id in [j for j, s in self._active.items() if s.cancelled]:
-                del self._active[job_id]
+                self._forget(self._active.pop(job_id).slot)
                 events.append((job_id, "error", Cancelled("cancelled between tokens")))
             while self._waiting and len(self._active) < self.n_parallel:
                 job, load_ms = self._waiting[0], 0.0
@@ -242,6 +271,7 @@ class LlamaEngine:
                     b.seq_id[i][0] = seq.slot
                 self._decode()
                 for i, seq in enumerate(running):
+                    seq.kv_tokens.append(seq.next_token)
                     seq.n_past += 1
                     seq.batch_size_max = max(seq.batch_size_max, len(running))
                     events += self._accept(seq, seq.sampler.sample(self._ctx, i))
@@ -249,6 +279,8 @@ class LlamaEngine:
             err = exc if isinstance(exc, GenforgeError) else EngineFailed(
                 f"llama.cpp failed during generation: {type(exc).__name__}: {exc}")
             events += [(job_id, "error", err) for job_id in self._active]
+            for seq in self._active.values():
+                self._forget(seq.slot)
             self._active.clear()
         return events
 
@@ -279,7 +311,7 @@ class LlamaEngine:
 
     def _finish(self, seq: Sequence) -> list[Event]:
         del self._active[seq.job.content_id]
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, -1, -1)
+        self._slot_tokens[seq.slot] = seq.kv_tokens  # kept for the next prompt with the same prefix
         seq.text += seq.decoder.decode(b"", final=True)
         events: list[Event] = []
         if len(seq.text) > seq.emitted:
@@ -289,7 +321,11 @@ class LlamaEngine:
             load_ms=seq.load_ms, generate_ms=(time.perf_counter() - seq.started) * 1000, text=seq.text,
             finish_reason=seq.finish, usage={"prompt_tokens": len(seq.prompt), "completion_tokens": seq.generated},
             extra={"ttft_ms": round(seq.first_token_ms, 2) if seq.first_token_ms is not None else None,
-                   "batch_size_max": seq.batch_size_max},
+                   "batch_size_max": seq.batch_size_max, "prompt_tokens_cached": seq.prompt_cached,
+                   **({"warnings": [f"max_tokens {seq.job.params['max_tokens']} did not fit the context beside "
+                                    f"the {len(seq.prompt)}-token prompt; generation was limited to "
+                                    f"{seq.max_tokens} tokens"]}
+                      if seq.max_tokens < seq.job.params["max_tokens"] else {})},
         )
         return [*events, (seq.job.content_id, "done", out)]
 
