@@ -41,6 +41,7 @@ NEUTRAL: dict[str, tuple] = {
     "service_tier": (None, "auto", "default"), "modalities": (None, ["text"]), "prediction": (None,),
     "audio": (None,), "reasoning_effort": (None,), "web_search_options": (None,),
 }
+OPENAI_VOICES = {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
 # Accepted and recorded in the request only (no effect on generation).
 IGNORED_METADATA = {"user", "stream_options"}
 
@@ -275,7 +276,12 @@ async def audio_speech(body: SpeechRequest, svc: Service):
     if body.response_format not in (None, "wav"):
         raise InvalidRequest(f"response_format {body.response_format!r} is not supported; genforge makes wav",
                              field="response_format")
-    params = {k: v for k, v in {"voice": body.voice, "speed": body.speed}.items() if v is not None}
+    if body.voice in OPENAI_VOICES:
+        raise InvalidRequest(f"voice {body.voice!r} is one of OpenAI's voices, which genforge does not have",
+                             field="voice", hint="Use voice='default' for the model's own voice, or a speaker of "
+                                                 "the model (see `genforge models list`).")
+    voice = None if body.voice == "default" else body.voice
+    params = {k: v for k, v in {"voice": voice, "speed": body.speed}.items() if v is not None}
     req = GenerateRequest(content_type="speech", prompt=body.input, model=body.model, params=params)
     record = await run_in_threadpool(svc.generate, req)
     path, media_type = await run_in_threadpool(svc.artifact, record["id"])
