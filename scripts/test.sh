@@ -2,5 +2,5 @@
 # Set up (idempotent), add the test dependencies to the same .venv, and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh text,test
+bash scripts/install.sh text,image,speech,test
 exec .venv/bin/python -m pytest "$@"

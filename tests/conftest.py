@@ -57,21 +57,6 @@ def long_generation_body(max_tokens: int = 1500) -> dict:
 
 
 # --- known bugs --------------------------------------------------------------------------------------
-class KnownBug(AssertionError):
-    """Raised only by the check that exposes a known bug, so that `xfail(raises=KnownBug, strict=True)`
-    cannot hide any other failure of the same test (a broken precondition fails as usual)."""
-
-
-def bug_unless(condition, message: str) -> None:
-    if not condition:
-        raise KnownBug(message)
-
-
-def known_bug(reason: str):
-    """Mark a test that exposes a bug in src/: it must fail at `bug_unless`, and passes once fixed."""
-    return pytest.mark.xfail(raises=KnownBug, strict=True, reason=f"BUG: {reason}")
-
-
 # --- settings, data -----------------------------------------------------------------------------------
 def make_settings(data_dir: Path, **overrides) -> Settings:
     """Settings for one test data directory; the model preloads unless told otherwise."""
@@ -100,11 +85,10 @@ def packaged_model_path() -> Path:
     return path
 
 
-def fake_gguf(path: Path, size: int = 4096, seed: int = 0) -> Path:
-    """A file that starts with the GGUF magic and continues with random bytes: not a loadable model."""
-    rnd = hashlib.sha256(str(seed).encode()).digest()
-    body = (rnd * (size // len(rnd) + 1))[: size - 4]
-    path.write_bytes(b"GGUF" + os.urandom(16) + body[16:])
+def fake_gguf(path: Path, size: int = 4096) -> Path:
+    """A file that starts with the GGUF magic and goes on with random bytes (new ones on every call):
+    enough for `models add`, which checks the magic, and a corrupt model for llama.cpp."""
+    path.write_bytes(b"GGUF" + os.urandom(size - 4))
     return path
 
 
@@ -242,11 +226,6 @@ def live(tmp_path_factory) -> Iterator[Live]:
         yield Live(client, settings)
 
 
-@pytest.fixture(scope="session")
-def packaged_gguf() -> Path:
-    return packaged_model_path()
-
-
 @pytest.fixture
 def app_with(tmp_path):
     """Factory: a fresh app on its own data dir with settings overrides; closed at teardown."""
@@ -318,9 +297,11 @@ def cli_env(data_dir: Path) -> dict:
     return env
 
 
-def run_cli(data_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(GENFORGE), *args], env=cli_env(data_dir), capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(data_dir: Path, *args: str, timeout: float = 300,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """`genforge ARGS` as a user runs it, on `data_dir` (plus any GENFORGE_* settings in `env`)."""
+    return subprocess.run([str(GENFORGE), *args], env={**cli_env(data_dir), **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def free_port() -> int:

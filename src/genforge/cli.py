@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from genforge.config import Settings
@@ -30,9 +31,9 @@ err = Console(stderr=True, highlight=False)
 
 
 def fail(exc: GenforgeError) -> typer.Exit:
-    err.print(f"[bold red]error[/] [{exc.code}] {exc.message}")
+    err.print(f"[bold red]error[/] {escape(f'[{exc.code}] {exc.message}')}")
     if exc.hint:
-        err.print(f"[yellow]hint:[/] {exc.hint}")
+        err.print(f"[yellow]hint:[/] {escape(exc.hint)}")
     if exc.content_id:
         err.print(f"content id: {exc.content_id} (recorded as failed)")
     return typer.Exit(2 if exc.status in (404, 413, 422) else 1)
@@ -83,7 +84,7 @@ def generate_text(
         req = GenerateRequest(content_type="text", prompt=prompt, quality=quality, model=model, system=system,
                               params=params)
     except ValueError as exc:
-        err.print(f"[bold red]error[/] [invalid_request] {exc}")
+        err.print(f"[bold red]error[/] {escape(f'[invalid_request] {exc}')}")
         raise typer.Exit(2) from None
 
     def show(event: dict) -> None:
@@ -101,6 +102,103 @@ def generate_text(
     if as_json:
         out.print_json(json.dumps(rec))
     out.print(f"content id: {rec['id']}")
+
+
+@generate_app.command("image")
+def generate_image(
+    prompt: str,
+    model: Annotated[str | None, typer.Option(help="Model name (see `genforge models list`); portrait makes "
+                                                   "faces and ignores the prompt.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed: the same seed gives the same image.")] = None,
+    width: Annotated[int | None, typer.Option(help="Width in pixels (a multiple of 8).")] = None,
+    height: Annotated[int | None, typer.Option(help="Height in pixels (a multiple of 8).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (diffusers models).")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance (diffusers).")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="What to steer away from (diffusers).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="default, euler, euler_a, ddim, dpmpp_2m, heun, pndm, "
+                                                       "unipc or lcm (diffusers).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
+) -> None:
+    """Generate an image with a progress bar, then print the content id and the file's path."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    params = {k: v for k, v in {"seed": seed, "width": width, "height": height, "steps": steps,
+                                "guidance_scale": guidance_scale, "negative_prompt": negative_prompt,
+                                "scheduler": scheduler}.items() if v is not None}
+    try:
+        req = GenerateRequest(content_type="image", prompt=prompt, model=model, params=params)
+    except ValueError as exc:
+        err.print(f"[bold red]error[/] {escape(f'[invalid_request] {exc}')}")
+        raise typer.Exit(2) from None
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True)
+    task = progress.add_task("loading the model", total=None)
+
+    def show(event: dict) -> None:
+        if event.get("type") == "progress":
+            progress.update(task, description="generating", completed=event["step"], total=event["total"])
+
+    with runtime() as rt, progress:
+        rec = rt.service.generate(req, emit=show)
+        path, _ = rt.service.artifact(rec["id"])
+    for warning in rec.get("warnings") or []:
+        err.print(f"[yellow]warning:[/] {warning}")
+    t = rec["timings"]
+    err.print(f"[dim]{rec['model']['name']} · {rec['width']}x{rec['height']} · {rec['steps']} steps · "
+              f"seed {rec['params']['seed']} · generate {t['generate_ms'] / 1000:.2f} s · "
+              f"load {t['load_ms'] / 1000:.2f} s[/]")
+    if as_json:
+        out.print_json(json.dumps(rec))
+    out.print(f"content id: {rec['id']}")
+    out.print(f"file: {path}", soft_wrap=True)
+
+
+@generate_app.command("speech")
+def generate_speech(
+    text: str,
+    model: Annotated[str | None, typer.Option(help="Voice model (see `genforge models list`); espeak-ng is the "
+                                                   "light fallback, used only when named.")] = None,
+    voice: Annotated[str | None, typer.Option(help="Piper: a speaker of a multi-speaker voice; espeak-ng: a "
+                                                   "voice name such as en-gb.")] = None,
+    speed: Annotated[float | None, typer.Option(help="Speaking speed, 0.25-4 (1 = the voice's own).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Piper: deterministic synthesis (noise off); the same audio "
+                                                  "for every seed value.")] = None,
+    sentence_silence: Annotated[float | None, typer.Option(help="Seconds of silence between sentences.")] = None,
+    fallback: Annotated[bool, typer.Option(help="Allow espeak-ng when no Piper voice is usable.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
+) -> None:
+    """Speak TEXT into a WAV file with a progress bar (one step per sentence); print the id and file path."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    params = {k: v for k, v in {"voice": voice, "speed": speed, "seed": seed, "sentence_silence": sentence_silence,
+                                "fallback": fallback or None}.items() if v is not None}
+    try:
+        req = GenerateRequest(content_type="speech", prompt=text, model=model, params=params)
+    except ValueError as exc:
+        err.print(f"[bold red]error[/] \\[invalid_request] {exc}")
+        raise typer.Exit(2) from None
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True)
+    task = progress.add_task("loading the voice", total=None)
+
+    def show(event: dict) -> None:
+        if event.get("type") == "progress":
+            progress.update(task, description="speaking sentences", completed=event["step"], total=event["total"])
+
+    with runtime() as rt, progress:
+        rec = rt.service.generate(req, emit=show)
+        path, _ = rt.service.artifact(rec["id"])
+    for warning in rec.get("warnings") or []:
+        err.print(f"[yellow]warning:[/] {warning}")
+    t = rec["timings"]
+    gen_s = t["generate_ms"] / 1000
+    err.print(f"[dim]{rec['model']['name']} ({rec['model']['engine']}) · voice {rec['voice']} · "
+              f"{rec['duration_s']:.2f} s of audio at {rec['sample_rate']} Hz · generate {gen_s:.2f} s "
+              f"(real-time factor {gen_s / rec['duration_s']:.3f}) · load {t['load_ms'] / 1000:.2f} s[/]")
+    if as_json:
+        out.print_json(json.dumps(rec))
+    out.print(f"content id: {rec['id']}")
+    out.print(f"file: {path}", soft_wrap=True)
 
 
 # --- content ------------------------------------------------------------------------------------
@@ -149,6 +247,10 @@ def models_list() -> None:
         table.add_row(e["name"], e["type"], e["engine"], "yes" if e["installed"] else "no", size,
                       (e["sha256"] or "")[:12], e["package"] or e["source"], e["license"])
     out.print(table)
+    for e in entries:
+        if not e.get("prompt_conditioned", True):
+            out.print(f"note: {e['name']} ignores the prompt (its images depend on the seed only) and is used "
+                      "only when a request names it")
 
 
 @models_app.command("pull")
@@ -188,14 +290,65 @@ def verify(file: Path) -> None:
     if not file.is_file():
         err.print(f"[red]no such file:[/] {file}")
         raise typer.Exit(2)
+    claimed = _png_provenance(file)  # what a PNG says about itself ({} for other files)
     with runtime() as rt:
         digest, records = rt.service.find_by_file(file)
+        claimed_record = None
+        if not records and claimed.get("content_id"):
+            try:
+                claimed_record = rt.service.get(claimed["content_id"])
+            except GenforgeError:
+                claimed_record = None
+    if claimed:
+        _print_provenance(claimed)
     if not records:
-        out.print(f"[red]not a genforge artifact[/]: no record has sha256 {digest}")
+        if claimed_record is not None:
+            recorded = (claimed_record.get("artifact") or {}).get("sha256")
+            out.print(f"[red]not matching[/]: this PNG says it is content {claimed_record['id']}, but its sha256 "
+                      f"{digest} is not the recorded {recorded}: the file was re-encoded or edited after "
+                      "genforge made it")
+        elif claimed:
+            out.print(f"[red]not matching[/]: this PNG carries genforge provenance (content "
+                      f"{claimed.get('content_id')}), but no record here has its sha256 {digest}")
+        else:
+            out.print(f"[red]not a genforge artifact[/]: no record has sha256 {digest}")
         raise typer.Exit(1)
     out.print(f"[green]genforge artifact[/]: sha256 {digest} matches {len(records)} record(s)")
     for rec in records:
         out.print_json(json.dumps(rec))
+    if records[0]["artifact"]["media_type"] == "image/png":
+        from genforge.images import compare_provenance
+
+        problems = [p for rec in records for p in compare_provenance(claimed, rec)]
+        if problems:
+            out.print("[red]provenance does not match the record[/]:")
+            for problem in problems:
+                out.print(f"  {problem}")
+            raise typer.Exit(1)
+        out.print(f"[green]provenance matches the record[/]: content {claimed['content_id']}, model "
+                  f"{claimed['model']} (sha256 {claimed['model_sha256'][:12]}…), seed {claimed['seed']}")
+
+
+def _png_provenance(file: Path) -> dict[str, str]:
+    from genforge.images import is_png, read_provenance
+
+    if not is_png(file):
+        return {}
+    try:
+        return read_provenance(file)
+    except ImportError:
+        err.print("[yellow]Pillow is not installed: the PNG's provenance cannot be read "
+                  "(`pip install 'genforge[image]'`)[/]")
+    except Exception as exc:  # a damaged PNG: reported, and then judged by its sha256 alone
+        err.print(f"[yellow]the PNG's text chunks cannot be read: {exc}[/]")
+    return {}
+
+
+def _print_provenance(found: dict[str, str]) -> None:
+    table = Table(title="provenance in the PNG", show_header=False)
+    for key, value in found.items():
+        table.add_row(key, value if len(value) <= 200 else value[:200] + "…")
+    out.print(table)
 
 
 @app.command()

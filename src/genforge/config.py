@@ -33,6 +33,20 @@ class Settings(BaseSettings):
     # Preload the default text model when the server starts, so the first request is warm.
     preload: bool = True
 
+    # Images: the largest width/height a request may ask for, the most denoising steps, and the
+    # steps used when a request names none (diffusers checkpoints).
+    image_max_size: int = 2048
+    image_max_steps: int = 150
+    image_default_steps: int = 25
+    # Where diffusers runs: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+    image_device: str = "auto"
+    # CPU threads of the image engines (torch, OpenVINO); 0 means GENFORGE_THREADS (one per core). Two-thread
+    # torch runs slow down many times over when another process keeps a core busy; 1 avoids that.
+    image_threads: int = 0
+
+    # Speech: the longest text one request may speak (longer is 422; split it into several requests).
+    speech_max_chars: int = 5000
+
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.
     engine_log_level: str = "INFO"

@@ -64,6 +64,70 @@ def _smoke_text(rt: Runtime) -> Check:
                  f"stored and hashed, record removed")
 
 
+SPEECH_SMOKE_TEXT = "Genforge checks that speech works. This is the second sentence."
+
+
+def _smoke_speech(rt: Runtime) -> list[Check]:
+    """A real synthesis (validated: decodes, not silent, plausible length) with each installed speech engine:
+    the default voice, and espeak-ng when it is installed."""
+    from genforge.catalog import NO_MODEL_HINTS
+
+    names = [n for n in (rt.catalog.default_for("speech"), "espeak-ng") if n]
+    names = list(dict.fromkeys(n for n in names if n in rt.catalog.installed_names("speech")))
+    if not names:
+        return [Check("speech", True, "no speech model installed (optional): " + NO_MODEL_HINTS["speech"])]
+    checks = []
+    for name in names:
+        req = GenerateRequest(content_type="speech", prompt=SPEECH_SMOKE_TEXT, model=name, params={})
+        try:
+            rec = rt.service.generate(req)
+        except GenforgeError as exc:
+            checks.append(Check(f"smoke generation (speech, {name})", False, f"[{exc.code}] {exc.message}",
+                                exc.hint))
+            continue
+        gen_s = rec["timings"]["generate_ms"] / 1000
+        rtf = gen_s / rec["duration_s"]
+        rt.service.delete(rec["id"])  # the smoke test leaves no content behind
+        checks.append(Check(f"smoke generation (speech, {name})", True,
+                            f"{rec['model']['engine_version']}: {rec['duration_s']:.2f} s of audio at "
+                            f"{rec['sample_rate']} Hz in {gen_s:.2f} s (real-time factor {rtf:.3f}),"
+                            f" load {rec['timings']['load_ms']:.0f} ms, validated (decodes, not silent, plausible "
+                            "length), stored and hashed, record removed"))
+    return checks
+
+
+def _smoke_image(rt: Runtime) -> list[Check]:
+    """The image engines' libraries, and a real portrait (validated, PNG with provenance) when it is installed.
+    diffusers checkpoints are not run here (minutes on a CPU); their files are re-hashed above."""
+    import importlib.metadata as metadata
+    import importlib.util
+
+    from genforge.catalog import NO_MODEL_HINTS
+
+    dists = ("pillow", "numpy", "openvino", "torch", "diffusers", "transformers", "safetensors")
+    missing = [d for d in dists if importlib.util.find_spec("PIL" if d == "pillow" else d) is None]
+    if missing:
+        return [Check("image engines", True, f"image extra not installed (optional; missing {', '.join(missing)}): "
+                      "`bash scripts/install.sh text,image` or `pip install 'genforge[image]'`")]
+    import torch  # only to tell where diffusers will run
+
+    checks = [Check("image engines", True, f"diffusers {metadata.version('diffusers')} with torch "
+                    f"{torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU, no CUDA device'}); "
+                    f"OpenVINO {metadata.version('openvino')}")]
+    if "portrait" not in rt.catalog.installed_names("image"):
+        return [*checks, Check("image model portrait", True, "not installed (optional): " + NO_MODEL_HINTS["image"])]
+    req = GenerateRequest(content_type="image", prompt="doctor", model="portrait", params={"width": 256, "seed": 1})
+    try:
+        rec = rt.service.generate(req)
+    except GenforgeError as exc:
+        return [*checks, Check("smoke generation (image, portrait)", False, f"[{exc.code}] {exc.message}", exc.hint)]
+    rt.service.delete(rec["id"])  # the smoke test leaves no content behind
+    return [*checks, Check("smoke generation (image, portrait)", True,
+                           f"256x256 face in {rec['timings']['generate_ms'] / 1000:.2f} s, load "
+                           f"{rec['timings']['load_ms'] / 1000:.2f} s, validated (decodes, size, not constant, "
+                           "provenance), stored and hashed, record removed")]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     checks = [_engine_check(), _data_dir_check(settings)]
     try:
@@ -84,6 +148,8 @@ def run_checks(settings: Settings) -> list[Check]:
                                 None if result["ok"] else f"Reinstall with `genforge models pull {result['name']}`."))
         if checks[0].ok and settings.default_text_model in {e["name"] for e in installed if e["installed"]}:
             checks.append(_smoke_text(rt))
+        checks.extend(_smoke_speech(rt))
+        checks.extend(_smoke_image(rt))
     finally:
         rt.close()
     return checks

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from genforge import metrics
 from genforge.catalog import ModelCatalog
@@ -32,11 +33,14 @@ class Runtime:
     worker: EnginePool
     runner: JobRunner
     service: ContentService
-    preload_error: str | None = None
+    load_error: str | None = None
     preloaded: bool = False
+    _preloading: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def open(cls, settings: Settings) -> Runtime:
+    def open(cls, settings: Settings, recover: bool = False) -> Runtime:
+        """Build the parts. Only the server recovers after a crash (`recover=True`): a CLI command run
+        beside a live server must not mistake its running generations for interrupted ones."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_url)
         db.migrate()
@@ -45,20 +49,30 @@ class Runtime:
         worker = EnginePool(settings)
         runner = JobRunner(workers=settings.parallel, queue_size=settings.queue_size)
         service = ContentService(settings, db, catalog, store, worker, runner)
-        service.recover()
+        if recover:
+            service.recover()
         metrics.track_runner(runner)
         return cls(settings, db, catalog, store, worker, runner, service)
 
     def preload(self) -> None:
         """Load the default text model into the engine worker so the first request is warm."""
+        if not self._preloading.acquire(blocking=False):
+            return
         try:
             model = self.catalog.resolve(self.settings.default_text_model)
+        except GenforgeError as exc:  # not there (yet): readiness re-checks the file on every call
+            self._preloading.release()
+            log.warning("default model unavailable: %s (%s)", exc.message, exc.hint)
+            return
+        try:
             ms = self.worker.load(model)
-            self.preloaded, self.preload_error = True, None
+            self.preloaded, self.load_error = True, None
             log.info("default model %s loaded in %.0f ms", model.name, ms)
-        except GenforgeError as exc:
-            self.preload_error = f"{exc.message} ({exc.hint})"
-            log.warning("could not preload the default model: %s", self.preload_error)
+        except GenforgeError as exc:  # present but unloadable: stays not ready until a load succeeds
+            self.load_error = f"{exc.message} ({exc.hint})"
+            log.warning("could not load the default model: %s", self.load_error)
+        finally:
+            self._preloading.release()
 
     def readiness(self) -> dict:
         checks = {}
@@ -69,8 +83,9 @@ class Runtime:
             checks["database"] = {"ok": False, "detail": f"unreachable: {exc}"}
         try:
             model = self.catalog.resolve(self.settings.default_text_model)
-            ok = self.preload_error is None
-            checks["default_text_model"] = {"ok": ok, "detail": self.preload_error or
+            if not self.preloaded and self.load_error is None and self.settings.preload:
+                threading.Thread(target=self.preload, name="genforge-preload", daemon=True).start()
+            checks["default_text_model"] = {"ok": self.load_error is None, "detail": self.load_error or
                                             f"{model.name} present, sha256 {model.sha256[:12]}"}
         except GenforgeError as exc:
             checks["default_text_model"] = {"ok": False, "detail": f"{exc.message} ({exc.hint})"}

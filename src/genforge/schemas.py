@@ -40,9 +40,9 @@ class GenerateRequest(BaseModel):
 
 
 class TextParams(BaseModel):
-    """Text generation parameters; unset ones come from the quality preset."""
+    """Text generation parameters; unset ones come from the quality preset. Strict: JSON types must match."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     max_tokens: int | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -54,3 +54,40 @@ class TextParams(BaseModel):
     @classmethod
     def _one_stop(cls, v):
         return [v] if isinstance(v, str) else v
+
+
+# Request names of the diffusers schedulers (genforge.engines.diffusers.SCHEDULERS); "default" keeps
+# the checkpoint's own.
+ImageScheduler = Literal["default", "euler", "euler_a", "ddim", "dpmpp_2m", "heun", "pndm", "unipc", "lcm"]
+
+
+class ImageParams(BaseModel):
+    """Image generation parameters; unset ones get the model's defaults (recorded in the record). Strict: JSON
+    types must match (no "64" for 64)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    width: int | None = Field(default=None, gt=0, multiple_of=8)
+    height: int | None = Field(default=None, gt=0, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0, le=50)
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
+    seed: int | None = Field(default=None, ge=0, lt=2**32)
+    scheduler: ImageScheduler | None = None
+
+
+class SpeechParams(BaseModel):
+    """Speech parameters. `seed`: Piper cannot seed its noise per request, so a seed asks for deterministic
+    synthesis (noise off: the same audio for the same text and settings, whatever the seed's value);
+    without one Piper samples its natural prosody. espeak-ng is always deterministic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Piper: a speaker of a multi-speaker voice; espeak-ng: its voice name (`espeak-ng --voices`, e.g. en-gb).
+    voice: str | None = Field(default=None, min_length=1, max_length=64,
+                              pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)  # Piper: length_scale = the voice's / speed
+    seed: int | None = Field(default=None, ge=0, lt=2**32)
+    sentence_silence: float = Field(default=0.2, ge=0, le=5.0)  # seconds between sentences
+    # When no Piper voice is usable and no model is named: allow the espeak-ng fallback (recorded).
+    fallback: bool = False

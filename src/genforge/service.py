@@ -156,6 +156,7 @@ class ContentService:
             with self.db.session() as s:
                 row = s.get(ContentRow, content_id)
                 row.status, row.finished_at = "succeeded", _now()
+                row.error_code = row.error_message = row.error_hint = None
                 row.engine_version = out.engine_version
                 row.text, row.finish_reason = out.text, out.finish_reason
                 if out.usage:

@@ -83,6 +83,8 @@ class ArtifactStore:
         except OSError as exc:
             if tmp_name is not None:
                 Path(tmp_name).unlink(missing_ok=True)
+            elif not existed:  # renamed but not durable: ours alone, so it goes too
+                final.unlink(missing_ok=True)
             raise StorageFailed(f"could not write the artifact: {exc.strerror or exc}") from exc
         return StoredArtifact(digest, len(data), media_type, final, rel, created=not existed)
 

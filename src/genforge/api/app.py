@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        runtime = Runtime.open(settings)
+        runtime = Runtime.open(settings, recover=True)
         app.state.runtime = runtime
         if settings.preload:
             threading.Thread(target=runtime.preload, name="genforge-preload", daemon=True).start()

@@ -96,8 +96,8 @@ class BodySizeLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise self._too_large()
+            if seen > self.max_bytes:  # FastAPI passes HTTPExceptions from body reading through
+                raise StarletteHTTPException(413, self._too_large().message)
             return message
 
         return await self.app(scope, limited_receive, send)

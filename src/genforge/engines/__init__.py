@@ -6,6 +6,10 @@ import importlib
 
 ENGINE_MODULES: dict[str, str] = {
     "llama.cpp": "genforge.engines.llama",
+    "portrait": "genforge.engines.portrait",
+    "diffusers": "genforge.engines.diffusers",
+    "piper": "genforge.engines.piper",
+    "espeak-ng": "genforge.engines.espeak",
 }
 
 
