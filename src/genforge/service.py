@@ -150,7 +150,7 @@ class ContentService:
             row.model_engine, row.model_sha256 = model.engine, model.sha256
         job = GenerationJob(content_id, req.content_type, model, req.prompt, req.system, params)
         out = self.engines.generate(job, emit=emit, cancel=cancel)
-        validate(req.content_type, out, params)
+        validate(req.content_type, out, params, req.prompt)
         stored = self.store.write(out.data, out.media_type)
         try:
             with self.db.session() as s:

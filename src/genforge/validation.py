@@ -12,7 +12,7 @@ from genforge.errors import InvalidOutput
 SPECIAL_TOKENS = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|<(?:start|end)_of_turn>|\[/?INST\]|<pad>|<unk>")
 
 
-def validate_text(out: EngineOutput, params: dict) -> None:
+def validate_text(out: EngineOutput, params: dict, prompt: str = "") -> None:
     try:
         decoded = out.data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -33,7 +33,7 @@ def validate_text(out: EngineOutput, params: dict) -> None:
 MIN_IMAGE_STDDEV = 2.0
 
 
-def validate_image(out: EngineOutput, params: dict) -> None:
+def validate_image(out: EngineOutput, params: dict, prompt: str = "") -> None:
     from PIL import Image, ImageStat, UnidentifiedImageError
 
     from genforge.images import PREFIX
@@ -76,7 +76,7 @@ def speech_duration_range(text: str, speed: float = 1.0, sentence_silence: float
             MAX_S_PER_UNIT * (units + digits) / min(1.0, speed) + gaps * sentence_silence + SLACK_S)
 
 
-def validate_speech(out: EngineOutput, params: dict) -> None:
+def validate_speech(out: EngineOutput, params: dict, prompt: str = "") -> None:
     from genforge.audio import decode_wav, rms
 
     if out.media_type != "audio/wav":
@@ -92,12 +92,10 @@ def validate_speech(out: EngineOutput, params: dict) -> None:
     level = rms(wav.frames)
     if level < SILENCE_RMS:
         raise InvalidOutput(f"the audio is silent (RMS {level:.4f} is below {SILENCE_RMS})")
-    if not out.text or not out.text.strip():
-        raise InvalidOutput("the speech engine did not say which text it spoke")
-    low, high = speech_duration_range(out.text, float(params.get("speed", 1.0)),
+    low, high = speech_duration_range(prompt, float(params.get("speed", 1.0)),
                                       float(params.get("sentence_silence", 0.0)))
     if not low <= wav.duration_s <= high:
-        raise InvalidOutput(f"{wav.duration_s:.2f} s of audio is implausible for {len(out.text.split())} words "
+        raise InvalidOutput(f"{wav.duration_s:.2f} s of audio is implausible for {len(prompt.split())} words "
                             f"(expected {low:.2f}-{high:.2f} s)")
     if out.extra.get("sample_rate") != wav.sample_rate or \
             abs(float(out.extra.get("duration_s", -1)) - wav.duration_s) > 0.01:
@@ -107,6 +105,6 @@ def validate_speech(out: EngineOutput, params: dict) -> None:
 VALIDATORS = {"text": validate_text, "image": validate_image, "speech": validate_speech}
 
 
-def validate(content_type: str, out: EngineOutput, params: dict) -> None:
-    """Raise InvalidOutput unless `out` is real, usable content of this type for these parameters."""
-    VALIDATORS[content_type](out, params)
+def validate(content_type: str, out: EngineOutput, params: dict, prompt: str) -> None:
+    """Raise InvalidOutput unless `out` is real, usable content of this type for this prompt and parameters."""
+    VALIDATORS[content_type](out, params, prompt)

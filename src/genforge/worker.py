@@ -9,13 +9,16 @@ one job at a time.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
 import time
+from collections import deque
 
 from genforge import errors
 from genforge.catalog import ResolvedModel
@@ -43,13 +46,34 @@ def _error_from_wire(name: str, message: str, hint: str | None, field: str | Non
     return cls(message, hint=hint, field=field)
 
 
+class CoresLock:
+    """A lock on a file shared by every engine worker of a data directory: one engine computes at a time.
+
+    Every engine uses all cores, and llama.cpp's threads busy-wait: two engines computing at once (text
+    beside an image) collapse both. A file lock (flock) is released by the kernel when its holder dies,
+    so a crashed worker never leaves the others waiting forever.
+    """
+
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> CoresLock:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class _Child:
     """The loop inside the worker process."""
 
-    def __init__(self, conn, settings: Settings):
+    def __init__(self, conn, settings: Settings, cores):
         self.conn = conn
         self.settings = settings
+        self.cores = cores  # shared by all engine workers: one engine computes at a time
         self.engines: dict = {}
+        self.later: deque = deque()  # messages that arrived while a one-at-a-time job ran
 
     def engine(self, kind: str):
         if kind not in self.engines:
@@ -71,12 +95,14 @@ class _Child:
                 if hasattr(engine, "step"):
                     self.send(engine.submit(job))
                 else:  # one job at a time, events straight through
-                    out = engine.generate(job, lambda ev: self.conn.send((job.content_id, "event", ev)),
-                                          lambda: False)
+                    with self.cores:
+                        out = engine.generate(job, lambda ev: self.conn.send((job.content_id, "event", ev)),
+                                              lambda: self.cancel_requested(job.content_id))
                     self.send([(job.content_id, "done", out)])
             elif op == "cancel":
                 for engine in self.engines.values():
-                    self.send(engine.cancel(msg[1]))
+                    if hasattr(engine, "step"):
+                        self.send(engine.cancel(msg[1]))
             elif op == "load":
                 request_id, model = msg[1], msg[2]
                 self.send([(request_id, "done", self.engine(model.engine).load(model))])
@@ -84,20 +110,36 @@ class _Child:
             self.send([(_job_id(msg), "error", exc)])
         return True
 
+    def cancel_requested(self, job_id: str) -> bool:
+        """For engines that check between steps: read what has arrived; keep all but this job's cancel."""
+        cancelled = False
+        while self.conn.poll(0):
+            msg = self.conn.recv()
+            if msg[0] == "cancel" and msg[1] == job_id:
+                cancelled = True
+            else:
+                self.later.append(msg)
+        return cancelled
+
+    def next_message(self, block: bool):
+        if self.later:
+            return self.later.popleft()
+        if block or self.conn.poll(0):
+            return self.conn.recv()
+        return None
+
     def run(self) -> None:
         while True:
             busy = [e for e in self.engines.values() if getattr(e, "busy", False)]
             # Block for the next message when idle; between steps take whatever has arrived.
-            while not busy or self.conn.poll(0):
-                try:
-                    msg = self.conn.recv()
-                except EOFError:
-                    return
+            while (msg := self.next_message(block=not busy)) is not None:
                 if not self.handle(msg):
                     return
                 busy = [e for e in self.engines.values() if getattr(e, "busy", False)]
             for engine in busy:
-                self.send(engine.step())
+                with self.cores:
+                    events = engine.step()
+                self.send(events)
 
 
 def _job_id(msg: tuple) -> str:
@@ -110,7 +152,12 @@ def _job_id(msg: tuple) -> str:
 def worker_main(conn, settings_json: str) -> None:
     """Child process entry point. Never returns on its own while the parent lives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    _Child(conn, Settings.model_validate_json(settings_json)).run()
+    settings = Settings.model_validate_json(settings_json)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _Child(conn, settings, CoresLock(str(settings.data_dir / ".engine-cores.lock"))).run()
+    except EOFError:  # the parent is gone
+        return
 
 
 # --- the parent side ----------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ class EspeakEngine:
         pcm = b"".join(parts)
         return EngineOutput(
             data=encode_wav(pcm, rate), media_type="audio/wav", engine_version=self.version, load_ms=load_ms,
-            generate_ms=(time.perf_counter() - start) * 1000, text=job.prompt,
+            generate_ms=(time.perf_counter() - start) * 1000,
             extra={"sample_rate": rate, "duration_s": round(len(pcm) / 2 / rate, 3), "voice": voice,
                    "sentences": len(sentences), "deterministic": True, "warnings": warnings})
 

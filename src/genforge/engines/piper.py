@@ -160,7 +160,7 @@ class PiperEngine:
                             "synthesis (noise off), which gives the same audio for every seed value")
         return EngineOutput(
             data=encode_wav(pcm, rate), media_type="audio/wav", engine_version=self.version, load_ms=load_ms,
-            generate_ms=(time.perf_counter() - start) * 1000, text=job.prompt,
+            generate_ms=(time.perf_counter() - start) * 1000,
             extra={"sample_rate": rate, "duration_s": round(len(pcm) / 2 / rate, 3), "voice": voice_name,
                    "sentences": sentences, "deterministic": deterministic,
                    "warnings": warnings})
