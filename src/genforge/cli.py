@@ -104,6 +104,26 @@ def generate_text(
     out.print(f"content id: {rec['id']}")
 
 
+def _generate_with_progress(req: GenerateRequest, loading: str, working: str) -> tuple[dict, Path]:
+    """Generate with a Rich progress bar fed by the engine's progress events; print the record's warnings."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True)
+    task = progress.add_task(loading, total=None)
+
+    def show(event: dict) -> None:
+        if event.get("type") == "progress":
+            progress.update(task, description=working, completed=event["step"], total=event["total"])
+
+    with runtime() as rt, progress:
+        rec = rt.service.generate(req, emit=show)
+        path, _ = rt.service.artifact(rec["id"])
+    for warning in rec.get("warnings") or []:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
+    return rec, path
+
+
 @generate_app.command("image")
 def generate_image(
     prompt: str,
@@ -120,8 +140,6 @@ def generate_image(
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
 ) -> None:
     """Generate an image with a progress bar, then print the content id and the file's path."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     params = {k: v for k, v in {"seed": seed, "width": width, "height": height, "steps": steps,
                                 "guidance_scale": guidance_scale, "negative_prompt": negative_prompt,
                                 "scheduler": scheduler}.items() if v is not None}
@@ -130,19 +148,7 @@ def generate_image(
     except ValueError as exc:
         err.print(f"[bold red]error[/] {escape(f'[invalid_request] {exc}')}")
         raise typer.Exit(2) from None
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True)
-    task = progress.add_task("loading the model", total=None)
-
-    def show(event: dict) -> None:
-        if event.get("type") == "progress":
-            progress.update(task, description="generating", completed=event["step"], total=event["total"])
-
-    with runtime() as rt, progress:
-        rec = rt.service.generate(req, emit=show)
-        path, _ = rt.service.artifact(rec["id"])
-    for warning in rec.get("warnings") or []:
-        err.print(f"[yellow]warning:[/] {warning}")
+    rec, path = _generate_with_progress(req, "loading the model", "generating")
     t = rec["timings"]
     err.print(f"[dim]{rec['model']['name']} · {rec['width']}x{rec['height']} · {rec['steps']} steps · "
               f"seed {rec['params']['seed']} · generate {t['generate_ms'] / 1000:.2f} s · "
@@ -168,8 +174,6 @@ def generate_speech(
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
 ) -> None:
     """Speak TEXT into a WAV file with a progress bar (one step per sentence); print the id and file path."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     params = {k: v for k, v in {"voice": voice, "speed": speed, "seed": seed, "sentence_silence": sentence_silence,
                                 "fallback": fallback or None}.items() if v is not None}
     try:
@@ -177,19 +181,7 @@ def generate_speech(
     except ValueError as exc:
         err.print(f"[bold red]error[/] \\[invalid_request] {exc}")
         raise typer.Exit(2) from None
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True)
-    task = progress.add_task("loading the voice", total=None)
-
-    def show(event: dict) -> None:
-        if event.get("type") == "progress":
-            progress.update(task, description="speaking sentences", completed=event["step"], total=event["total"])
-
-    with runtime() as rt, progress:
-        rec = rt.service.generate(req, emit=show)
-        path, _ = rt.service.artifact(rec["id"])
-    for warning in rec.get("warnings") or []:
-        err.print(f"[yellow]warning:[/] {warning}")
+    rec, path = _generate_with_progress(req, "loading the voice", "speaking sentences")
     t = rec["timings"]
     gen_s = t["generate_ms"] / 1000
     err.print(f"[dim]{rec['model']['name']} ({rec['model']['engine']}) · voice {rec['voice']} · "
