@@ -17,7 +17,7 @@ from genforge.engines.base import EngineOutput
 from genforge.errors import InvalidOutput, InvalidRequest, ModelUnavailable
 from genforge.planning import plan
 from genforge.schemas import GenerateRequest
-from genforge.validation import validate
+from genforge.validation import validate as validate_output
 from speech_fixtures import SENTENCE, needs_espeak, word_error_rate
 
 RATE = 22050
@@ -35,6 +35,11 @@ def speech_output(pcm: bytes, text: str = SENTENCE, rate: int = RATE, **extra) -
 
 
 PARAMS = {"speed": 1.0, "sentence_silence": 0.2}
+
+
+def validate(content_type: str, out: EngineOutput, params: dict) -> None:
+    """The validator, given as prompt the text each test output says was spoken."""
+    validate_output(content_type, out, params, out.text or SENTENCE)
 
 
 # --- validator ----------------------------------------------------------------------------------------

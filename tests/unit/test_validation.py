@@ -12,7 +12,7 @@ PARAMS = {"max_tokens": 16, "temperature": 0.6, "top_p": 0.9, "seed": 1, "stop":
 
 
 def validate(content_type: str, out) -> None:
-    validate_output(content_type, out, PARAMS)
+    validate_output(content_type, out, PARAMS, "Name three colours.")
 
 
 def test_real_text_passes():
