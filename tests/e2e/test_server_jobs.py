@@ -7,6 +7,7 @@ import signal
 import threading
 
 import httpx
+import openai
 import pytest
 
 from conftest import CONTENT, GENERATE, Server, assert_succeeded_text, files_under, text_body, wait_for
@@ -82,7 +83,6 @@ def test_crash_then_restart_marks_interrupted_and_leaves_no_orphans(tmp_path):
 
 
 def test_openai_sdk_chat_stream_completions_models(server):
-    openai = pytest.importorskip("openai", reason="the openai SDK is a test dependency")
     client = openai.OpenAI(base_url=f"{server.http.base_url}/v1", api_key="unused")
     assert "smollm2-135m-instruct" in [m.id for m in client.models.list()]
 
