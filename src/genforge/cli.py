@@ -66,6 +66,22 @@ def serve(host: Annotated[str | None, typer.Option(help="Address to bind.")] = N
                 log_level=settings.log_level.lower())
 
 
+def _request(**fields) -> GenerateRequest:
+    try:
+        return GenerateRequest(**fields)
+    except ValueError as exc:
+        err.print(f"[bold red]error[/] {escape(f'[invalid_request] {exc}')}")
+        raise typer.Exit(2) from None
+
+
+def _print_result(rec: dict, as_json: bool, path: Path | None = None) -> None:
+    if as_json:
+        out.print_json(json.dumps(rec))
+    out.print(f"content id: {rec['id']}")
+    if path is not None:
+        out.print(f"file: {path}", soft_wrap=True)
+
+
 @generate_app.command("text")
 def generate_text(
     prompt: str,
@@ -80,12 +96,7 @@ def generate_text(
     """Generate text, streaming tokens as they come, then print the content id."""
     params = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}.items()
               if v is not None}
-    try:
-        req = GenerateRequest(content_type="text", prompt=prompt, quality=quality, model=model, system=system,
-                              params=params)
-    except ValueError as exc:
-        err.print(f"[bold red]error[/] {escape(f'[invalid_request] {exc}')}")
-        raise typer.Exit(2) from None
+    req = _request(content_type="text", prompt=prompt, quality=quality, model=model, system=system, params=params)
 
     def show(event: dict) -> None:
         if event.get("type") == "token":
@@ -99,9 +110,7 @@ def generate_text(
     rate = usage["completion_tokens"] / (timings["generate_ms"] / 1000) if timings["generate_ms"] else 0
     err.print(f"[dim]{rec['model']['name']} · {usage['completion_tokens']} tokens · {rate:.1f} tok/s · "
               f"finish {rec['finish_reason']} · seed {rec['params']['seed']}[/]")
-    if as_json:
-        out.print_json(json.dumps(rec))
-    out.print(f"content id: {rec['id']}")
+    _print_result(rec, as_json)
 
 
 def _generate_with_progress(req: GenerateRequest, loading: str, working: str) -> tuple[dict, Path]:
@@ -143,20 +152,13 @@ def generate_image(
     params = {k: v for k, v in {"seed": seed, "width": width, "height": height, "steps": steps,
                                 "guidance_scale": guidance_scale, "negative_prompt": negative_prompt,
                                 "scheduler": scheduler}.items() if v is not None}
-    try:
-        req = GenerateRequest(content_type="image", prompt=prompt, model=model, params=params)
-    except ValueError as exc:
-        err.print(f"[bold red]error[/] {escape(f'[invalid_request] {exc}')}")
-        raise typer.Exit(2) from None
+    req = _request(content_type="image", prompt=prompt, model=model, params=params)
     rec, path = _generate_with_progress(req, "loading the model", "generating")
     t = rec["timings"]
     err.print(f"[dim]{rec['model']['name']} · {rec['width']}x{rec['height']} · {rec['steps']} steps · "
               f"seed {rec['params']['seed']} · generate {t['generate_ms'] / 1000:.2f} s · "
               f"load {t['load_ms'] / 1000:.2f} s[/]")
-    if as_json:
-        out.print_json(json.dumps(rec))
-    out.print(f"content id: {rec['id']}")
-    out.print(f"file: {path}", soft_wrap=True)
+    _print_result(rec, as_json, path)
 
 
 @generate_app.command("speech")
@@ -176,21 +178,14 @@ def generate_speech(
     """Speak TEXT into a WAV file with a progress bar (one step per sentence); print the id and file path."""
     params = {k: v for k, v in {"voice": voice, "speed": speed, "seed": seed, "sentence_silence": sentence_silence,
                                 "fallback": fallback or None}.items() if v is not None}
-    try:
-        req = GenerateRequest(content_type="speech", prompt=text, model=model, params=params)
-    except ValueError as exc:
-        err.print(f"[bold red]error[/] \\[invalid_request] {exc}")
-        raise typer.Exit(2) from None
+    req = _request(content_type="speech", prompt=text, model=model, params=params)
     rec, path = _generate_with_progress(req, "loading the voice", "speaking sentences")
     t = rec["timings"]
     gen_s = t["generate_ms"] / 1000
     err.print(f"[dim]{rec['model']['name']} ({rec['model']['engine']}) · voice {rec['voice']} · "
               f"{rec['duration_s']:.2f} s of audio at {rec['sample_rate']} Hz · generate {gen_s:.2f} s "
               f"(real-time factor {gen_s / rec['duration_s']:.3f}) · load {t['load_ms'] / 1000:.2f} s[/]")
-    if as_json:
-        out.print_json(json.dumps(rec))
-    out.print(f"content id: {rec['id']}")
-    out.print(f"file: {path}", soft_wrap=True)
+    _print_result(rec, as_json, path)
 
 
 # --- content ------------------------------------------------------------------------------------
