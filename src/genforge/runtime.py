@@ -35,6 +35,7 @@ class Runtime:
     service: ContentService
     load_error: str | None = None
     preloaded: bool = False
+    closed: bool = False
     _preloading: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -83,7 +84,7 @@ class Runtime:
             checks["database"] = {"ok": False, "detail": f"unreachable: {exc}"}
         try:
             model = self.catalog.resolve(self.settings.default_text_model)
-            if not self.preloaded and self.load_error is None and self.settings.preload:
+            if not self.preloaded and self.load_error is None and self.settings.preload and not self.closed:
                 threading.Thread(target=self.preload, name="genforge-preload", daemon=True).start()
             checks["default_text_model"] = {"ok": self.load_error is None, "detail": self.load_error or
                                             f"{model.name} present, sha256 {model.sha256[:12]}"}
@@ -97,6 +98,7 @@ class Runtime:
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
     def close(self) -> None:
+        self.closed = True
         self.runner.close()
         self.worker.stop()
         self.db.dispose()

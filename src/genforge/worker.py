@@ -239,7 +239,8 @@ class EngineWorker:
     def _submit(self, job_id: str, msg: tuple) -> queue.Queue:
         box: queue.Queue = queue.Queue()
         with self._lock:
-            self._stopping = False
+            if self._stopping:  # shut down with its runtime: never start a new engine process
+                raise errors.EngineFailed("the engine worker has been stopped (the server is shutting down)")
             self._send_locked(job_id, msg, box)
         return box
 
