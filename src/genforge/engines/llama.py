@@ -194,9 +194,10 @@ class LlamaEngine:
         llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, reuse, -1)
         seq = Sequence(job=job, slot=slot, prompt=prompt, max_tokens=min(p["max_tokens"], self.n_ctx - len(prompt)),
                        stops=[s for s in p.get("stop") or [] if s],
-                       sampler=self._sampler(p), started=start, load_ms=load_ms, kv_tokens=prompt[:reuse])
+                       sampler=self._sampler(p), started=start, load_ms=load_ms, kv_tokens=prompt[:reuse],
+                       n_past=reuse, prompt_cached=reuse)
         self._active[job.content_id] = seq
-        return self._prefill(seq)
+        return []
 
     def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
         """A free slot, preferring the one whose cached tokens share the longest prefix with `prompt`
@@ -226,22 +227,6 @@ class LlamaEngine:
         if llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch) != 0:
             raise EngineFailed("llama_decode failed (context full or internal error)")
 
-    def _prefill(self, seq: Sequence) -> list[Event]:
-        """Evaluate the prompt in chunks and sample the first token from its last position."""
-        b = self._batch.batch
-        for start in range(len(seq.kv_tokens), len(seq.prompt), PREFILL_CHUNK):
-            chunk = seq.prompt[start:start + PREFILL_CHUNK]
-            b.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, start + i, 1, False
-                b.seq_id[i][0] = seq.slot
-            b.logits[len(chunk) - 1] = True
-            self._decode()
-        seq.prompt_cached = len(seq.kv_tokens)
-        seq.kv_tokens = list(seq.prompt)
-        seq.n_past = len(seq.prompt)
-        return self._accept(seq, seq.sampler.sample(self._ctx, len(chunk) - 1))
-
     def step(self) -> list[Event]:
         """Admit waiting jobs into free slots, then decode one token for every active sequence."""
         events: list[Event] = []
@@ -262,19 +247,7 @@ class LlamaEngine:
                         continue
                 self._waiting.pop(0)
                 events += self._admit(job, load_ms)
-            running = [s for s in self._active.values() if s.finish is None]
-            if running:
-                b = self._batch.batch
-                b.n_tokens = len(running)
-                for i, seq in enumerate(running):
-                    b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = seq.next_token, seq.n_past, 1, True
-                    b.seq_id[i][0] = seq.slot
-                self._decode()
-                for i, seq in enumerate(running):
-                    seq.kv_tokens.append(seq.next_token)
-                    seq.n_past += 1
-                    seq.batch_size_max = max(seq.batch_size_max, len(running))
-                    events += self._accept(seq, seq.sampler.sample(self._ctx, i))
+            events += self._decode_step()
         except Exception as exc:  # the whole batch shares the failure: fail every sequence in it
             err = exc if isinstance(exc, GenforgeError) else EngineFailed(
                 f"llama.cpp failed during generation: {type(exc).__name__}: {exc}")
@@ -282,6 +255,49 @@ class LlamaEngine:
             for seq in self._active.values():
                 self._forget(seq.slot)
             self._active.clear()
+        return events
+
+    def _decode_step(self) -> list[Event]:
+        """One llama_decode for everything (continuous batching, as llama.cpp's server does): the next token
+        of every generating sequence, then as much of the waiting prompts as the batch holds. Sequences whose
+        prompt is complete sample their first token from its last position."""
+        b = self._batch.batch
+        rows: list[tuple[Sequence, int]] = []  # (sequence, batch row whose logits it samples)
+        n = 0
+
+        def add(seq: Sequence, token: int, pos: int, logits: bool) -> None:
+            nonlocal n
+            b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = token, pos, 1, logits
+            b.seq_id[n][0] = seq.slot
+            if logits:
+                rows.append((seq, n))
+            n += 1
+
+        generating = [s for s in self._active.values() if s.n_past >= len(s.prompt)]
+        for seq in generating:
+            add(seq, seq.next_token, seq.n_past, True)
+        fed: list[tuple[Sequence, list[int]]] = []
+        for seq in [s for s in self._active.values() if s.n_past < len(s.prompt)]:
+            if n >= PREFILL_CHUNK:
+                break
+            chunk = seq.prompt[seq.n_past:seq.n_past + PREFILL_CHUNK - n]
+            for i, token in enumerate(chunk):
+                add(seq, token, seq.n_past + i, seq.n_past + i == len(seq.prompt) - 1)
+            fed.append((seq, chunk))
+        if n == 0:
+            return []
+        b.n_tokens = n
+        self._decode()
+        for seq in generating:
+            seq.kv_tokens.append(seq.next_token)
+            seq.n_past += 1
+            seq.batch_size_max = max(seq.batch_size_max, len(generating))
+        for seq, chunk in fed:
+            seq.kv_tokens.extend(chunk)
+            seq.n_past += len(chunk)
+        events: list[Event] = []
+        for seq, row in rows:
+            events += self._accept(seq, seq.sampler.sample(self._ctx, row))
         return events
 
     def _accept(self, seq: Sequence, token: int) -> list[Event]:
