@@ -81,8 +81,10 @@ class _Child:
         return self.engines[kind]
 
     def send(self, events) -> None:
-        for job_id, kind, payload in events:
-            self.conn.send((job_id, kind, _error_to_wire(payload) if kind == "error" else payload))
+        """One pipe message per step, however many sequences it advanced: a write and a wake-up each."""
+        if events:
+            self.conn.send([(job_id, kind, _error_to_wire(payload) if kind == "error" else payload)
+                            for job_id, kind, payload in events])
 
     def handle(self, msg: tuple) -> bool:
         op = msg[0]
@@ -96,7 +98,7 @@ class _Child:
                     self.send(engine.submit(job))
                 else:  # one job at a time, events straight through
                     with self.cores:
-                        out = engine.generate(job, lambda ev: self.conn.send((job.content_id, "event", ev)),
+                        out = engine.generate(job, lambda ev: self.send([(job.content_id, "event", ev)]),
                                               lambda: self.cancel_requested(job.content_id))
                     self.send([(job.content_id, "done", out)])
             elif op == "cancel":
@@ -170,7 +172,7 @@ class EngineWorker:
         self._lock = threading.Lock()  # guards the process, the pipe and the job table together
         self._proc = None
         self._conn = None
-        self._jobs: dict[str, queue.Queue] = {}
+        self._jobs: dict[str, tuple[queue.Queue, Emit | None]] = {}  # job id -> (final answer box, emit)
         self._ids = itertools.count()
         self._last_model: ResolvedModel | None = None
         self._stopping = False
@@ -192,23 +194,40 @@ class EngineWorker:
         log.info("engine worker started pid=%s", proc.pid)
 
     def _read(self, proc, conn) -> None:
-        """Route the child's messages to waiting jobs; on its death fail them and start a new child."""
+        """Route the child's messages to waiting jobs; on its death fail them and start a new child.
+
+        Token and progress events go straight to the job's `emit` from this thread (no hop through the
+        waiting thread, which only takes the final answer), in the order the engine produced them.
+        """
         while True:
             try:
-                job_id, kind, payload = conn.recv()
+                messages = conn.recv()
             except (EOFError, OSError):
                 break
-            with self._lock:
-                box = self._jobs.get(job_id)
-            if box is not None:
-                box.put((kind, payload))
+            for job_id, kind, payload in messages:
+                with self._lock:
+                    box, emit = self._jobs.get(job_id, (None, None))
+                if box is None:
+                    continue
+                if kind != "event":
+                    box.put((kind, payload))
+                    continue
+                if payload.get("type") == "token":
+                    engine_log.info("content=%s %r", job_id, payload["text"])
+                if emit is not None:
+                    try:
+                        emit(payload)
+                    except Exception as exc:  # a broken listener fails its own job, never the reader
+                        log.exception("content=%s event listener failed; cancelling the job", job_id)
+                        self._cancel(job_id)
+                        box.put(("error", _error_to_wire(exc)))
         with self._lock:
             if self._stopping or proc is not self._proc:
                 return
             how = self._reap_locked()
             self.restarts += 1
             log.error("engine worker %s; failing %d running job(s) and restarting it", how, len(self._jobs))
-            for box in self._jobs.values():
+            for box, _ in self._jobs.values():
                 box.put(("dead", how))
             self._jobs.clear()
             self._start_locked()
@@ -227,21 +246,21 @@ class EngineWorker:
             return f"was killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
 
-    def _send_locked(self, job_id: str, msg: tuple, box: queue.Queue | None) -> None:
+    def _send_locked(self, job_id: str, msg: tuple, box: queue.Queue | None, emit: Emit | None = None) -> None:
         if self._proc is None:
             self._start_locked()
         if box is not None:
-            self._jobs[job_id] = box
+            self._jobs[job_id] = (box, emit)
         if msg[0] == "load":
             msg = ("load", job_id, msg[2])
         self._conn.send(msg)
 
-    def _submit(self, job_id: str, msg: tuple) -> queue.Queue:
+    def _submit(self, job_id: str, msg: tuple, emit: Emit | None = None) -> queue.Queue:
         box: queue.Queue = queue.Queue()
         with self._lock:
             if self._stopping:  # shut down with its runtime: never start a new engine process
                 raise errors.EngineFailed("the engine worker has been stopped (the server is shutting down)")
-            self._send_locked(job_id, msg, box)
+            self._send_locked(job_id, msg, box, emit)
         return box
 
     def _cancel(self, job_id: str) -> None:
@@ -254,8 +273,7 @@ class EngineWorker:
             if self._proc is not None:
                 self._proc.kill()  # the reader thread sees it die, fails the jobs and restarts
 
-    def _wait(self, job_id: str, box: queue.Queue, emit: Emit | None, timeout: float,
-              cancel: threading.Event | None):
+    def _wait(self, job_id: str, box: queue.Queue, timeout: float, cancel: threading.Event | None):
         deadline = time.monotonic() + timeout
         cancel_sent = timed_out = False
         try:
@@ -275,12 +293,7 @@ class EngineWorker:
                     kind, payload = box.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                if kind == "event":
-                    if payload.get("type") == "token":
-                        engine_log.info("content=%s %r", job_id, payload["text"])
-                    if emit is not None:
-                        emit(payload)
-                elif kind == "done":
+                if kind == "done":
                     return payload
                 elif kind == "dead":
                     raise errors.EngineFailed(f"the engine worker process {payload} during generation")
@@ -295,14 +308,14 @@ class EngineWorker:
 
     def load(self, model: ResolvedModel, timeout: float = 300) -> float:
         job_id = f"load-{next(self._ids)}"
-        ms = self._wait(job_id, self._submit(job_id, ("load", None, model)), None, timeout, None)
+        ms = self._wait(job_id, self._submit(job_id, ("load", None, model)), timeout, None)
         self._last_model = model
         return ms
 
     def generate(self, job: GenerationJob, emit: Emit | None = None, timeout: float | None = None,
                  cancel: threading.Event | None = None) -> EngineOutput:
-        box = self._submit(job.content_id, ("generate", job))
-        out = self._wait(job.content_id, box, emit, timeout or self.settings.generation_timeout_s, cancel)
+        box = self._submit(job.content_id, ("generate", job), emit)
+        out = self._wait(job.content_id, box, timeout or self.settings.generation_timeout_s, cancel)
         self._last_model = job.model
         return out
 
