@@ -17,6 +17,7 @@ from conftest import (
     LONG_PROMPT,
     assert_succeeded_text,
     files_under,
+    packaged_model_path,
     sha256,
     text_body,
 )
@@ -89,6 +90,18 @@ def test_same_seed_gives_the_same_text_when_batched_with_other_requests(live):
     assert all(r.status_code == 201 for r in responses), [r.text for r in responses]
     alone = live.generate(prompt=body["prompt"], **body["params"])
     assert responses[1].json()["text"] == alone["text"]
+
+
+def test_greedy_text_is_what_llama_cpp_python_itself_generates(live):
+    """Temperature 0 takes the argmax of the logits in place; it must pick what llama.cpp's greedy sampler,
+    called through llama-cpp-python's own chat completion, picks for the same model and chat."""
+    prompt = "Write a short story about a lighthouse keeper who finds a map."
+    rec = live.generate(prompt=prompt, max_tokens=48, temperature=0)
+    assert_succeeded_text(rec)
+    llm = llama_cpp.Llama(model_path=str(packaged_model_path()), n_ctx=512, verbose=False)
+    direct = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=48,
+                                        temperature=0)
+    assert rec["text"] == direct["choices"][0]["message"]["content"]
 
 
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(live):
