@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--single-runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per client count (and server), alternated")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -156,45 +157,60 @@ def main() -> None:
         direct.stdin.flush()
         return json.loads(direct.stdout.readline())
 
-    with Server() as srv:
-        stream_genforge(srv.url, 16, 0)  # warm-up
-        direct_run()
-        api_single, direct_single, api_ttft, direct_ttft = [], [], [], []
-        for _ in range(args.single_runs):  # alternate, so noise hits both alike
-            r = stream_genforge(srv.url, args.tokens, 1)
-            api_single.append(r["tokens"] / r["s"])
-            api_ttft.append(r["ttft_s"] * 1000)
-            d = direct_run()
-            direct_single.append(d["chunks"] / d["s"])
-            direct_ttft.append(d["ttft_s"] * 1000)
-        rounds = {n: load(stream_genforge, srv.url, n, args.tokens) for n in levels}
+    reference = llama_server(4)
+    servers = {"genforge": stream_genforge}
+    try:
+        with Server() as srv:
+            urls = {"genforge": srv.url}
+            if reference is not None:
+                servers["llama-server"], urls["llama-server"] = stream_llama_server, reference[1]
+            stream_genforge(srv.url, 16, 0)  # warm-up
+            direct_run()
+            api_single, direct_single, api_ttft, direct_ttft = [], [], [], []
+            for _ in range(args.single_runs):  # alternate, so noise hits both alike
+                r = stream_genforge(srv.url, args.tokens, 1)
+                api_single.append(r["tokens"] / r["s"])
+                api_ttft.append(r["ttft_s"] * 1000)
+                d = direct_run()
+                direct_single.append(d["chunks"] / d["s"])
+                direct_ttft.append(d["ttft_s"] * 1000)
+            # Rounds alternate between the servers and cycle through the client counts, so that the
+            # load other work puts on a shared machine falls on every figure alike.
+            for name, fn in servers.items():
+                for n in levels:
+                    load(fn, urls[name], n, 16)  # warm-up: every slot has run once
+            rounds = {(name, n): [] for name in servers for n in levels}
+            for _ in range(args.rounds):
+                for n in levels:
+                    for name, fn in servers.items():
+                        rounds[(name, n)].append(load(fn, urls[name], n, args.tokens))
+    finally:
+        if reference is not None:
+            reference[0].kill()
     direct.stdin.close()
     direct.wait(timeout=30)
 
     api1, ref1 = statistics.median(api_single), statistics.median(direct_single)
-    print(f"smollm2-135m-instruct, {args.tokens} tokens per stream, greedy, {os.cpu_count()} threads")
+    print(f"smollm2-135m-instruct, {args.tokens} tokens per stream, greedy, {os.cpu_count()} threads, "
+          f"medians of {args.rounds} rounds per figure")
     print(f"single stream: direct {ref1:.1f} tok/s, API {api1:.1f} tok/s, ratio {api1 / ref1:.3f} (goal >= 0.99)")
     d_ttft, a_ttft = statistics.median(direct_ttft), statistics.median(api_ttft)
     print(f"time to first token p50: direct {d_ttft:.1f} ms, API {a_ttft:.1f} ms, overhead {a_ttft - d_ttft:.1f} ms"
           " (goal <= 10)")
-    base = rounds[levels[0]]["agg"]
-    for n, r in rounds.items():
-        print(f"genforge {n} clients: aggregate {r['agg']:.1f} tok/s ({r['agg'] / base:.2f}x of {levels[0]}), "
-              f"TTFT p50 {r['ttft'] * 1000:.0f} ms")
-
-    server = llama_server(4)
-    if server is None:
-        print("llama-server: not available (set LLAMA_SERVER to a built llama-server binary to compare)")
-        return
-    proc, url = server
-    try:
-        load(stream_llama_server, url, 1, 16)
+    agg = {key: statistics.median(r["agg"] for r in runs) for key, runs in rounds.items()}
+    for name in servers:
+        base = agg[(name, levels[0])]
         for n in levels:
-            r = load(stream_llama_server, url, n, args.tokens)
-            print(f"llama-server {n} clients: aggregate {r['agg']:.1f} tok/s, TTFT p50 {r['ttft'] * 1000:.0f} ms;"
-                  f" genforge / llama-server = {rounds[n]['agg'] / r['agg']:.2f}")
-    finally:
-        proc.kill()
+            ttft = statistics.median(r["ttft"] for r in rounds[(name, n)]) * 1000
+            line = (f"{name} {n} clients: aggregate {agg[(name, n)]:.1f} tok/s ({agg[(name, n)] / base:.2f}x of "
+                    f"{levels[0]}), TTFT p50 {ttft:.0f} ms")
+            if name == "llama-server":
+                pairs = [g["agg"] / r["agg"] for g, r in zip(rounds[("genforge", n)], rounds[(name, n)], strict=True)]
+                line += (f"; genforge / llama-server = {agg[('genforge', n)] / agg[(name, n)]:.3f} "
+                         f"(per round: {min(pairs):.2f}-{max(pairs):.2f})")
+            print(line)
+    if reference is None:
+        print("llama-server: not available (set LLAMA_SERVER to a built llama-server binary to compare)")
 
 
 if __name__ == "__main__":
