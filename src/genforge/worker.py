@@ -340,9 +340,12 @@ class EnginePool:
         self.settings = settings
         self._workers: dict[str, EngineWorker] = {}
         self._lock = threading.Lock()
+        self._stopped = False
 
     def worker(self, content_type: str) -> EngineWorker:
         with self._lock:
+            if self._stopped:  # a late caller (a preload racing shutdown) must not start an engine process
+                raise errors.EngineFailed("the engine workers have been stopped (the server is shutting down)")
             if content_type not in self._workers:
                 self._workers[content_type] = EngineWorker(self.settings)
             return self._workers[content_type]
@@ -365,5 +368,8 @@ class EnginePool:
         return self.worker(job.content_type).generate(job, emit=emit, timeout=timeout, cancel=cancel)
 
     def stop(self) -> None:
-        for worker in list(self._workers.values()):
+        with self._lock:
+            self._stopped = True
+            workers = list(self._workers.values())
+        for worker in workers:
             worker.stop()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from conftest import CONTENT, GENERATE, assert_failed, files_under, make_settings, running_app, sha256, text_body
 from genforge.db import ContentRow, Database
+from genforge.errors import EngineFailed
+from genforge.runtime import Runtime
 
 
 def test_the_record_and_its_file_survive_a_restart(tmp_path):
@@ -48,3 +52,15 @@ def test_a_restart_fails_what_a_crash_left_unfinished_and_removes_stray_files(tm
         assert not stray.exists() and not temp.exists()
         assert [p.stem for p in files_under(settings.artifacts_dir)] == [kept["artifact"]["sha256"]]
         assert client.get(kept["artifact"]["url"]).content == kept["text"].encode()
+
+
+def test_a_closed_runtime_starts_no_engine_process(tmp_path):
+    """A preload (or any late call) racing shutdown gets engine_failed; no worker process outlives the runtime."""
+    runtime = Runtime.open(make_settings(tmp_path / "data"))
+    runtime.close()
+    model = runtime.catalog.resolve(runtime.settings.default_text_model)
+    with pytest.raises(EngineFailed, match="stopped"):
+        runtime.worker.load(model)
+    runtime.preload()  # the preload thread's path: the failure is recorded, nothing is started
+    assert runtime.worker.pid is None and not runtime.preloaded
+    assert "stopped" in runtime.load_error
