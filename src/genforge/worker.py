@@ -30,6 +30,7 @@ log = logging.getLogger("genforge.worker")
 engine_log = logging.getLogger("genforge.engine.output")
 
 CANCEL_GRACE_S = 5.0  # how long a timed-out job may take to stop before the worker is killed
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the server's to act on, never the engine worker's
 
 
 # --- the child process -------------------------------------------------------------------------------
@@ -153,7 +154,13 @@ def _job_id(msg: tuple) -> str:
 
 def worker_main(conn, settings_json: str) -> None:
     """Child process entry point. Never returns on its own while the parent lives."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    # The parent decides when we stop. Ctrl-C (SIGINT), systemd and `timeout` (SIGTERM to every process of
+    # the service) reach this process too; dying first would look like a crash to the supervisor, which
+    # would log it and start a new worker in the middle of the shutdown. (In the fraction of a second
+    # before this line runs they still end the process: a spawned interpreter starts with them unblocked.)
+    # Without a parent the pipe ends (EOFError below); a stuck worker still yields to SIGKILL.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     settings = Settings.model_validate_json(settings_json)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
