@@ -320,11 +320,13 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=300)
 
-    def start(self) -> Server:
+    def start(self, new_session: bool = False) -> Server:
+        """new_session: in a process group of its own, as a service manager starts it (for signals to it all)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([str(GENFORGE), "serve", "--port", str(self.port)],
-                                         env=cli_env(self.data_dir), stdout=log, stderr=subprocess.STDOUT)
+                                         env=cli_env(self.data_dir), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=new_session)
         return self
 
     def log(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,12 +13,10 @@ import pytest
 from conftest import (
     CONTENT,
     GENERATE,
-    GENFORGE,
     Server,
     assert_error,
     assert_failed,
     assert_succeeded_text,
-    cli_env,
     failed_record,
     files_under,
     long_generation_body,
@@ -148,11 +145,7 @@ def pid_alive(pid: int) -> bool:
 def test_sigterm_to_the_whole_service_shuts_down_cleanly(tmp_path):
     """systemd (and `timeout`) send SIGTERM to every process of the service at once: the engine worker must
     leave its stopping to the server, not die first and be taken for a crash that is restarted mid-shutdown."""
-    srv = Server(tmp_path / "data")
-    srv.data_dir.mkdir(parents=True)
-    with open(srv.log_path, "wb") as log:
-        srv.proc = subprocess.Popen([str(GENFORGE), "serve", "--port", str(srv.port)], env=cli_env(srv.data_dir),
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    srv = Server(tmp_path / "data").start(new_session=True)
     try:
         pid = srv.wait_ready()
         wait_for(lambda: srv.readiness()["checks"]["engine_worker"]["detail"] == "model loaded", timeout=60,
@@ -161,15 +154,7 @@ def test_sigterm_to_the_whole_service_shuts_down_cleanly(tmp_path):
         # uvicorn shuts down gracefully, then re-raises the signal so the exit status names it
         assert srv.proc.wait(timeout=30) in (0, -signal.SIGTERM), srv.log()
         assert "Application shutdown complete" in srv.log(), srv.log()
-        wait_for(lambda: not _alive(pid), timeout=10, what="the engine worker to stop")
+        wait_for(lambda: not pid_alive(pid), timeout=10, what="the engine worker to stop")
         assert "restarting" not in srv.log() and "killed by" not in srv.log(), srv.log()
     finally:
         srv.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
