@@ -46,12 +46,22 @@ class Server:
         self.data = tempfile.mkdtemp(prefix="gf-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "GENFORGE_DATA_DIR": self.data, "GENFORGE_ENGINE_LOG_LEVEL": "WARNING",
-                    "GENFORGE_LOG_LEVEL": "WARNING", **(env or {})}
+        self.env = {
+            **os.environ,
+            "GENFORGE_DATA_DIR": self.data,
+            "GENFORGE_ENGINE_LOG_LEVEL": "WARNING",
+            "GENFORGE_LOG_LEVEL": "WARNING",
+            **(env or {}),
+        }
 
     def __enter__(self) -> Server:
-        self.proc = subprocess.Popen([GENFORGE, "serve", "--port", str(self.port)], env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [GENFORGE, "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             try:

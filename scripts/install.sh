@@ -46,11 +46,9 @@ if [[ ",$EXTRAS," == *",image,"* ]] && ! "$VPY" -c "import torch" 2>/dev/null; t
   elif "$VPY" -m pip install -q --dry-run --no-deps "torch==$TORCH_CPU_VERSION" >/dev/null 2>&1; then
     echo "installing torch $TORCH_CPU_VERSION (CPU build)..."
     "$VPY" -m pip install -q "torch==$TORCH_CPU_VERSION"
-  elif [ "$(uname -s)" = "Linux" ]; then
-    echo "installing torch's CPU build from download.pytorch.org..."
-    "$VPY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu \
-      --extra-index-url https://pypi.org/simple \
-      || echo "warning: no CPU build of torch could be installed; pip will pick one for the image extra" >&2
+  else
+    echo "note: no CPU build of torch ($TORCH_CPU_VERSION) is offered by this machine's package index; pip picks" \
+         "one for the image extra (on Linux often a multi-GB CUDA build). Set GENFORGE_TORCH_SPEC to choose." >&2
   fi
 fi
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up (idempotent), add the test dependencies to the same .venv, and run the whole test suite.
+# Set up (idempotent), add the test dependencies to the same .venv, lint, and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh text,image,speech,test
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

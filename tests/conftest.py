@@ -37,23 +37,40 @@ GENERATE = "/api/v1/content/generate"
 CONTENT = "/api/v1/content"
 
 # The content record of issue 3: every client relies on these keys.
-RECORD_KEYS = {"id", "content_type", "status", "prompt", "quality", "model", "params", "text", "finish_reason",
-               "usage", "artifact", "timings", "created_at", "finished_at", "error"}
+RECORD_KEYS = {
+    "id",
+    "content_type",
+    "status",
+    "prompt",
+    "quality",
+    "model",
+    "params",
+    "text",
+    "finish_reason",
+    "usage",
+    "artifact",
+    "timings",
+    "created_at",
+    "finished_at",
+    "error",
+}
 MODEL_KEYS = {"name", "engine", "engine_version", "file_sha256"}
 ARTIFACT_KEYS = {"sha256", "size_bytes", "media_type", "url"}
 TIMING_KEYS = {"load_ms", "generate_ms", "total_ms"}
 ERROR_KEYS = {"code", "message", "hint", "content_id"}
 
 # A prompt of a few hundred tokens: multi-token prompt evaluation is where a bad llama.cpp build crashes.
-LONG_PROMPT = ("The lighthouse keeper wrote in the log that the fog rolled in at dusk, the lamp was lit, "
-               "and two fishing boats passed the point before midnight. " * 12
-               + "Summarise the log in one sentence.")
+LONG_PROMPT = (
+    "The lighthouse keeper wrote in the log that the fog rolled in at dusk, the lamp was lit, "
+    "and two fishing boats passed the point before midnight. " * 12 + "Summarise the log in one sentence."
+)
 
 
 def long_generation_body(max_tokens: int = 1500) -> dict:
     """A generation that runs for many seconds: at temperature 2 (seed fixed) SmolLM2 does not stop early."""
-    return text_body("Write a very long story about the sea.", max_tokens=max_tokens, seed=1, temperature=2.0,
-                     top_p=1.0)
+    return text_body(
+        "Write a very long story about the sea.", max_tokens=max_tokens, seed=1, temperature=2.0, top_p=1.0
+    )
 
 
 # --- known bugs --------------------------------------------------------------------------------------
@@ -243,20 +260,30 @@ def app_with(tmp_path):
 
 
 # --- scripted runners: stand-ins for the engine worker, to prove the service's honesty --------------
-def engine_output(text: str | None, *, data: bytes | None = None, finish: str = "stop",
-                  completion_tokens: int | None = None) -> EngineOutput:
+def engine_output(
+    text: str | None, *, data: bytes | None = None, finish: str = "stop", completion_tokens: int | None = None
+) -> EngineOutput:
     return EngineOutput(
-        data=(text or "").encode("utf-8") if data is None else data, media_type="text/plain",
-        engine_version="scripted", load_ms=0.0, generate_ms=1.0, text=text, finish_reason=finish,
-        usage={"prompt_tokens": 5,
-               "completion_tokens": len((text or "").split()) if completion_tokens is None else completion_tokens})
+        data=(text or "").encode("utf-8") if data is None else data,
+        media_type="text/plain",
+        engine_version="scripted",
+        load_ms=0.0,
+        generate_ms=1.0,
+        text=text,
+        finish_reason=finish,
+        usage={
+            "prompt_tokens": 5,
+            "completion_tokens": len((text or "").split()) if completion_tokens is None else completion_tokens,
+        },
+    )
 
 
 class ScriptedRunner:
     """Emits `tokens`, then raises `error` or returns `output` (default: the tokens as the answer)."""
 
-    def __init__(self, tokens=("Hello", " there"), error: BaseException | None = None,
-                 output: EngineOutput | None = None):
+    def __init__(
+        self, tokens=("Hello", " there"), error: BaseException | None = None, output: EngineOutput | None = None
+    ):
         self.tokens, self.error, self.output = list(tokens), error, output
         self.calls = 0
 
@@ -297,11 +324,15 @@ def cli_env(data_dir: Path) -> dict:
     return env
 
 
-def run_cli(data_dir: Path, *args: str, timeout: float = 300,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(data_dir: Path, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`genforge ARGS` as a user runs it, on `data_dir` (plus any GENFORGE_* settings in `env`)."""
-    return subprocess.run([str(GENFORGE), *args], env={**cli_env(data_dir), **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [str(GENFORGE), *args],
+        env={**cli_env(data_dir), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:
@@ -324,9 +355,13 @@ class Server:
         """new_session: in a process group of its own, as a service manager starts it (for signals to it all)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([str(GENFORGE), "serve", "--port", str(self.port)],
-                                         env=cli_env(self.data_dir), stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=new_session)
+            self.proc = subprocess.Popen(
+                [str(GENFORGE), "serve", "--port", str(self.port)],
+                env=cli_env(self.data_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=new_session,
+            )
         return self
 
     def log(self) -> str:

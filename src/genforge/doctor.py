@@ -28,8 +28,12 @@ def _engine_check() -> Check:
     try:
         import llama_cpp
     except ImportError as exc:
-        return Check("text engine", False, f"llama-cpp-python not importable: {exc}",
-                     "Run the README's set-up command, or `pip install 'genforge[text]'`.")
+        return Check(
+            "text engine",
+            False,
+            f"llama-cpp-python not importable: {exc}",
+            "Run the README's set-up command, or `pip install 'genforge[text]'`.",
+        )
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
     features = " ".join(p.split("=")[0].strip() for p in info.split("|") if p.strip().endswith("= 1"))
     return Check("text engine", True, f"llama-cpp-python {llama_cpp.__version__}; CPU features: {features}")
@@ -43,8 +47,12 @@ def _data_dir_check(settings: Settings) -> Check:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        return Check("data directory", False, f"{settings.data_dir} is not writable: {exc}",
-                     "Point GENFORGE_DATA_DIR at a writable directory.")
+        return Check(
+            "data directory",
+            False,
+            f"{settings.data_dir} is not writable: {exc}",
+            "Point GENFORGE_DATA_DIR at a writable directory.",
+        )
     return Check("data directory", True, f"{settings.data_dir} is writable")
 
 
@@ -58,10 +66,13 @@ def _smoke_text(rt: Runtime) -> Check:
     tokens = rec["usage"]["completion_tokens"]
     gen_s = rec["timings"]["generate_ms"] / 1000
     rt.service.delete(rec["id"])  # the smoke test leaves no content behind
-    return Check(f"smoke generation (text, {name})", True,
-                 f"{rec['usage']['prompt_tokens']}-token prompt, {tokens} tokens in {gen_s:.2f} s "
-                 f"({tokens / gen_s:.1f} tok/s incl. prompt), load {rec['timings']['load_ms']:.0f} ms, "
-                 f"stored and hashed, record removed")
+    return Check(
+        f"smoke generation (text, {name})",
+        True,
+        f"{rec['usage']['prompt_tokens']}-token prompt, {tokens} tokens in {gen_s:.2f} s "
+        f"({tokens / gen_s:.1f} tok/s incl. prompt), load {rec['timings']['load_ms']:.0f} ms, "
+        f"stored and hashed, record removed",
+    )
 
 
 SPEECH_SMOKE_TEXT = "Genforge checks that speech works. This is the second sentence."
@@ -82,17 +93,21 @@ def _smoke_speech(rt: Runtime) -> list[Check]:
         try:
             rec = rt.service.generate(req)
         except GenforgeError as exc:
-            checks.append(Check(f"smoke generation (speech, {name})", False, f"[{exc.code}] {exc.message}",
-                                exc.hint))
+            checks.append(Check(f"smoke generation (speech, {name})", False, f"[{exc.code}] {exc.message}", exc.hint))
             continue
         gen_s = rec["timings"]["generate_ms"] / 1000
         rtf = gen_s / rec["duration_s"]
         rt.service.delete(rec["id"])  # the smoke test leaves no content behind
-        checks.append(Check(f"smoke generation (speech, {name})", True,
-                            f"{rec['model']['engine_version']}: {rec['duration_s']:.2f} s of audio at "
-                            f"{rec['sample_rate']} Hz in {gen_s:.2f} s (real-time factor {rtf:.3f}),"
-                            f" load {rec['timings']['load_ms']:.0f} ms, validated (decodes, not silent, plausible "
-                            "length), stored and hashed, record removed"))
+        checks.append(
+            Check(
+                f"smoke generation (speech, {name})",
+                True,
+                f"{rec['model']['engine_version']}: {rec['duration_s']:.2f} s of audio at "
+                f"{rec['sample_rate']} Hz in {gen_s:.2f} s (real-time factor {rtf:.3f}),"
+                f" load {rec['timings']['load_ms']:.0f} ms, validated (decodes, not silent, plausible "
+                "length), stored and hashed, record removed",
+            )
+        )
     return checks
 
 
@@ -107,13 +122,25 @@ def _smoke_image(rt: Runtime) -> list[Check]:
     dists = ("pillow", "numpy", "openvino", "torch", "diffusers", "transformers", "safetensors")
     missing = [d for d in dists if importlib.util.find_spec("PIL" if d == "pillow" else d) is None]
     if missing:
-        return [Check("image engines", True, f"image extra not installed (optional; missing {', '.join(missing)}): "
-                      "`bash scripts/install.sh text,image` or `pip install 'genforge[image]'`")]
+        return [
+            Check(
+                "image engines",
+                True,
+                f"image extra not installed (optional; missing {', '.join(missing)}): "
+                "`bash scripts/install.sh text,image` or `pip install 'genforge[image]'`",
+            )
+        ]
     import torch  # only to tell where diffusers will run
 
-    checks = [Check("image engines", True, f"diffusers {metadata.version('diffusers')} with torch "
-                    f"{torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU, no CUDA device'}); "
-                    f"OpenVINO {metadata.version('openvino')}")]
+    checks = [
+        Check(
+            "image engines",
+            True,
+            f"diffusers {metadata.version('diffusers')} with torch "
+            f"{torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU, no CUDA device'}); "
+            f"OpenVINO {metadata.version('openvino')}",
+        )
+    ]
     if "portrait" not in rt.catalog.installed_names("image"):
         return [*checks, Check("image model portrait", True, "not installed (optional): " + NO_MODEL_HINTS["image"])]
     req = GenerateRequest(content_type="image", prompt="doctor", model="portrait", params={"width": 256, "seed": 1})
@@ -122,10 +149,16 @@ def _smoke_image(rt: Runtime) -> list[Check]:
     except GenforgeError as exc:
         return [*checks, Check("smoke generation (image, portrait)", False, f"[{exc.code}] {exc.message}", exc.hint)]
     rt.service.delete(rec["id"])  # the smoke test leaves no content behind
-    return [*checks, Check("smoke generation (image, portrait)", True,
-                           f"256x256 face in {rec['timings']['generate_ms'] / 1000:.2f} s, load "
-                           f"{rec['timings']['load_ms'] / 1000:.2f} s, validated (decodes, size, not constant, "
-                           "provenance), stored and hashed, record removed")]
+    return [
+        *checks,
+        Check(
+            "smoke generation (image, portrait)",
+            True,
+            f"256x256 face in {rec['timings']['generate_ms'] / 1000:.2f} s, load "
+            f"{rec['timings']['load_ms'] / 1000:.2f} s, validated (decodes, size, not constant, "
+            "provenance), stored and hashed, record removed",
+        ),
+    ]
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -133,19 +166,39 @@ def run_checks(settings: Settings) -> list[Check]:
     try:
         rt = Runtime.open(settings)
     except Exception as exc:  # reported as a failed check with its reason
-        return [*checks, Check("database", False, f"cannot open or migrate {settings.db_url}: {exc}",
-                               "Check GENFORGE_DATABASE_URL and that the data directory is writable.")]
+        return [
+            *checks,
+            Check(
+                "database",
+                False,
+                f"cannot open or migrate {settings.db_url}: {exc}",
+                "Check GENFORGE_DATABASE_URL and that the data directory is writable.",
+            ),
+        ]
     try:
         current, head = rt.db.migration_state()
-        checks.append(Check("database", current == head, f"{settings.db_url.split('://')[0]} schema {current} "
-                            f"(newest {head})"))
+        checks.append(
+            Check("database", current == head, f"{settings.db_url.split('://')[0]} schema {current} (newest {head})")
+        )
         installed = [e for e in rt.catalog.entries() if e["installed"] or e["source"] == "user"]
         if settings.default_text_model not in {e["name"] for e in installed}:
-            checks.append(Check(f"model {settings.default_text_model}", False, "not installed",
-                                f"Install it with `genforge models pull {settings.default_text_model}`."))
+            checks.append(
+                Check(
+                    f"model {settings.default_text_model}",
+                    False,
+                    "not installed",
+                    f"Install it with `genforge models pull {settings.default_text_model}`.",
+                )
+            )
         for result in rt.catalog.verify():
-            checks.append(Check(f"model {result['name']}", result["ok"], result["detail"],
-                                None if result["ok"] else f"Reinstall with `genforge models pull {result['name']}`."))
+            checks.append(
+                Check(
+                    f"model {result['name']}",
+                    result["ok"],
+                    result["detail"],
+                    None if result["ok"] else f"Reinstall with `genforge models pull {result['name']}`.",
+                )
+            )
         if checks[0].ok and settings.default_text_model in {e["name"] for e in installed if e["installed"]}:
             checks.append(_smoke_text(rt))
         checks.extend(_smoke_speech(rt))

@@ -8,8 +8,15 @@ class GenforgeError(Exception):
     status = 500
     hint = "This is a bug in genforge; the server log has the details."
 
-    def __init__(self, message: str, *, hint: str | None = None, content_id: str | None = None,
-                 field: str | None = None, details: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        content_id: str | None = None,
+        field: str | None = None,
+        details: dict | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if hint is not None:

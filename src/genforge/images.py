@@ -38,11 +38,29 @@ def params_json(params: dict) -> str:
     return json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def provenance(*, content_id: str, model: str, model_sha256: str, engine: str, engine_version: str, seed: int,
-               params: dict, prompt: str, details: dict | None = None) -> dict[str, str]:
+def provenance(
+    *,
+    content_id: str,
+    model: str,
+    model_sha256: str,
+    engine: str,
+    engine_version: str,
+    seed: int,
+    params: dict,
+    prompt: str,
+    details: dict | None = None,
+) -> dict[str, str]:
     """The text chunks of an artifact: who made it, from what, with which seed and parameters."""
-    values = {"content_id": content_id, "model": model, "model_sha256": model_sha256, "engine": engine,
-              "engine_version": engine_version, "seed": str(seed), "params": params_json(params), "prompt": prompt}
+    values = {
+        "content_id": content_id,
+        "model": model,
+        "model_sha256": model_sha256,
+        "engine": engine,
+        "engine_version": engine_version,
+        "seed": str(seed),
+        "params": params_json(params),
+        "prompt": prompt,
+    }
     chunks = {PREFIX + k: values[k] for k in KEYS}
     for key, value in (details or {}).items():
         chunks[PREFIX + key] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
@@ -50,15 +68,18 @@ def provenance(*, content_id: str, model: str, model_sha256: str, engine: str, e
     return chunks
 
 
-def encode_png(image: Any, text: dict[str, str], compress_level: int = PNG_COMPRESS_LEVEL,
-               compress_type: int = PNG_COMPRESS_TYPE) -> bytes:
+def encode_png(
+    image: Any, text: dict[str, str], compress_level: int = PNG_COMPRESS_LEVEL, compress_type: int = PNG_COMPRESS_TYPE
+) -> bytes:
     """PNG bytes of an RGB image (a PIL image or a uint8 HxWx3 array) carrying `text` as text chunks."""
     from PIL import Image, PngImagePlugin
 
     if not isinstance(image, Image.Image):
         if getattr(image, "dtype", None) != "uint8" or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a uint8 HxWx3 array, got {getattr(image, 'dtype', type(image))} "
-                             f"{getattr(image, 'shape', '')}")
+            raise ValueError(
+                f"expected a uint8 HxWx3 array, got {getattr(image, 'dtype', type(image))} "
+                f"{getattr(image, 'shape', '')}"
+            )
         image = Image.fromarray(image)
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
@@ -91,7 +112,7 @@ def read_png_text(data_or_path: bytes | Path) -> dict[str, str]:
 
 def read_provenance(data_or_path: bytes | Path) -> dict[str, str]:
     """The genforge provenance of a PNG, keys without their prefix ({} when it has none)."""
-    return {k[len(PREFIX):]: v for k, v in read_png_text(data_or_path).items() if k.startswith(PREFIX)}
+    return {k[len(PREFIX) :]: v for k, v in read_png_text(data_or_path).items() if k.startswith(PREFIX)}
 
 
 def compare_provenance(found: dict[str, str], record: dict) -> list[str]:

@@ -76,18 +76,20 @@ class JobRunner:
         self._cond = threading.Condition()
         self._closed = False
         self.running = 0
-        self._threads = [threading.Thread(target=self._loop, name=f"genforge-job-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"genforge-job-{i}", daemon=True) for i in range(workers)
+        ]
         for t in self._threads:
             t.start()
 
-    def submit(self, content_id: str, run: Callable[[Job], dict],
-               on_accept: Callable[[], None] | None = None) -> Job:
+    def submit(self, content_id: str, run: Callable[[Job], dict], on_accept: Callable[[], None] | None = None) -> Job:
         """Queue a job, or raise QueueFull. `on_accept` runs (e.g. writes the record) only if it is queued."""
         with self._cond:
             if len(self._queue) >= self.queue_size:
-                raise QueueFull(f"the queue is full ({self.queue_size} waiting)",
-                                details={"retry_after": 1 + len(self._queue) // max(1, self.workers)})
+                raise QueueFull(
+                    f"the queue is full ({self.queue_size} waiting)",
+                    details={"retry_after": 1 + len(self._queue) // max(1, self.workers)},
+                )
             if on_accept is not None:
                 on_accept()
             job = Job(content_id, run)
@@ -140,8 +142,9 @@ class JobRunner:
                 job.finish(None, exc)
             except Exception as exc:  # the service turns failures into GenforgeErrors; this is a last guard
                 log.exception("content=%s job crashed", job.content_id)
-                job.finish(None, GenforgeError(f"internal error: {type(exc).__name__}: {exc}",
-                                               content_id=job.content_id))
+                job.finish(
+                    None, GenforgeError(f"internal error: {type(exc).__name__}: {exc}", content_id=job.content_id)
+                )
             finally:
                 with self._cond:
                     self.running -= 1

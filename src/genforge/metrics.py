@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("genforge_requests", "Generation requests by content type and final status",
-                   ["content_type", "status"])
+REQUESTS = Counter(
+    "genforge_requests", "Generation requests by content type and final status", ["content_type", "status"]
+)
 FAILURES = Counter("genforge_failures", "Failed generations by error code", ["code"])
-GENERATION_SECONDS = Histogram("genforge_generation_seconds", "Engine time per successful generation",
-                               ["content_type"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
+GENERATION_SECONDS = Histogram(
+    "genforge_generation_seconds",
+    "Engine time per successful generation",
+    ["content_type"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
 TOKENS = Counter("genforge_tokens_generated", "Completion tokens generated")
-TOKENS_PER_SECOND = Histogram("genforge_tokens_per_second", "Decoding speed per text generation",
-                              buckets=(5, 10, 20, 40, 60, 80, 100, 120, 160, 200, 300))
-MODEL_LOAD_SECONDS = Histogram("genforge_model_load_seconds", "Model load time when a request had to load it",
-                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+TOKENS_PER_SECOND = Histogram(
+    "genforge_tokens_per_second",
+    "Decoding speed per text generation",
+    buckets=(5, 10, 20, 40, 60, 80, 100, 120, 160, 200, 300),
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "genforge_model_load_seconds",
+    "Model load time when a request had to load it",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
 QUEUE_DEPTH = Gauge("genforge_queue_depth", "Jobs waiting for a free slot")
 RUNNING = Gauge("genforge_jobs_running", "Jobs running now")
 

@@ -45,8 +45,11 @@ def check_model(catalog: ModelCatalog, name: str | None, content_type: str) -> N
         return
     if name not in catalog.names():
         installed = catalog.installed_names()
-        raise ModelNotFound(f"unknown model {name!r}; installed: {', '.join(installed) or 'none'}",
-                            field="model", details={"installed": installed})
+        raise ModelNotFound(
+            f"unknown model {name!r}; installed: {', '.join(installed) or 'none'}",
+            field="model",
+            details={"installed": installed},
+        )
     made = PACKAGED[name].content_type if name in PACKAGED else catalog.user_type(name)
     if made != content_type:
         raise InvalidRequest(f"model {name!r} makes {made}, not {content_type}", field="model")
@@ -64,9 +67,11 @@ def plan_text(req: GenerateRequest, settings: Settings, catalog: ModelCatalog) -
         "stop": given.stop or [],
     }
     if params["max_tokens"] >= settings.context_size:
-        raise InvalidRequest(f"params.max_tokens: {params['max_tokens']} does not fit the context of "
-                             f"{settings.context_size} tokens", field="params.max_tokens",
-                             hint=f"Ask for fewer than {settings.context_size} tokens.")
+        raise InvalidRequest(
+            f"params.max_tokens: {params['max_tokens']} does not fit the context of {settings.context_size} tokens",
+            field="params.max_tokens",
+            hint=f"Ask for fewer than {settings.context_size} tokens.",
+        )
     if req.messages:
         params["messages"] = req.messages
     if req.raw:
@@ -81,17 +86,23 @@ def _portrait_params(given: ImageParams) -> dict:
 
     for name in ("steps", "guidance_scale", "negative_prompt", "scheduler"):
         if getattr(given, name) is not None:
-            raise InvalidRequest(f"params.{name}: the portrait model has no {name} (it makes a face from the seed "
-                                 "alone)", field=f"params.{name}", hint="Leave it out, or name a diffusers model.")
+            raise InvalidRequest(
+                f"params.{name}: the portrait model has no {name} (it makes a face from the seed alone)",
+                field=f"params.{name}",
+                hint="Leave it out, or name a diffusers model.",
+            )
     width = given.width or given.height or NATIVE_SIZE
     height = given.height or width
     for name, value in (("width", width), ("height", height)):
         if value not in SIZES:
-            raise InvalidRequest(f"params.{name}: the portrait model makes {', '.join(map(str, SIZES))} pixel "
-                                 f"squares, not {value}", field=f"params.{name}")
+            raise InvalidRequest(
+                f"params.{name}: the portrait model makes {', '.join(map(str, SIZES))} pixel squares, not {value}",
+                field=f"params.{name}",
+            )
     if width != height:
-        raise InvalidRequest(f"params.height: the portrait model makes squares; width is {width}, height {height}",
-                             field="params.height")
+        raise InvalidRequest(
+            f"params.height: the portrait model makes squares; width is {width}, height {height}", field="params.height"
+        )
     return {"width": width, "height": height, "seed": draw_seed(given.seed)}
 
 
@@ -100,22 +111,34 @@ def _diffusers_params(given: ImageParams, settings: Settings, path: str | None) 
     width, height = given.width or native, given.height or native
     for name, value in (("width", width), ("height", height)):
         if value > settings.image_max_size:
-            raise InvalidRequest(f"params.{name}: {value} is over the maximum of {settings.image_max_size} pixels",
-                                 field=f"params.{name}", hint="Ask for a smaller image, or raise "
-                                                              "GENFORGE_IMAGE_MAX_SIZE.")
+            raise InvalidRequest(
+                f"params.{name}: {value} is over the maximum of {settings.image_max_size} pixels",
+                field=f"params.{name}",
+                hint="Ask for a smaller image, or raise GENFORGE_IMAGE_MAX_SIZE.",
+            )
     guidance = 7.5 if given.guidance_scale is None else given.guidance_scale
     if given.negative_prompt and guidance <= 1:
-        raise InvalidRequest("params.negative_prompt: it has no effect with guidance_scale <= 1 (no classifier-free "
-                             "guidance)", field="params.negative_prompt",
-                             hint="Raise guidance_scale above 1, or leave the negative prompt out.")
+        raise InvalidRequest(
+            "params.negative_prompt: it has no effect with guidance_scale <= 1 (no classifier-free guidance)",
+            field="params.negative_prompt",
+            hint="Raise guidance_scale above 1, or leave the negative prompt out.",
+        )
     steps = given.steps or settings.image_default_steps
     if steps > settings.image_max_steps:
-        raise InvalidRequest(f"params.steps: {steps} is over the maximum of {settings.image_max_steps}",
-                             field="params.steps", hint="Ask for fewer steps, or raise GENFORGE_IMAGE_MAX_STEPS.")
-    return {"width": width, "height": height, "steps": steps,
-            "guidance_scale": guidance,
-            "negative_prompt": given.negative_prompt or "", "scheduler": given.scheduler or "default",
-            "seed": draw_seed(given.seed)}
+        raise InvalidRequest(
+            f"params.steps: {steps} is over the maximum of {settings.image_max_steps}",
+            field="params.steps",
+            hint="Ask for fewer steps, or raise GENFORGE_IMAGE_MAX_STEPS.",
+        )
+    return {
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "negative_prompt": given.negative_prompt or "",
+        "scheduler": given.scheduler or "default",
+        "seed": draw_seed(given.seed),
+    }
 
 
 def plan_image(req: GenerateRequest, settings: Settings, catalog: ModelCatalog) -> tuple[str | None, dict]:
@@ -123,8 +146,10 @@ def plan_image(req: GenerateRequest, settings: Settings, catalog: ModelCatalog) 
     if req.system is not None:
         raise InvalidRequest("system: image models take no system prompt", field="system")
     if req.quality != "standard":
-        raise InvalidRequest(f"quality: the {req.quality!r} preset applies to text; for images set params such as "
-                             "steps and width", field="quality")
+        raise InvalidRequest(
+            f"quality: the {req.quality!r} preset applies to text; for images set params such as steps and width",
+            field="quality",
+        )
     model = req.model or catalog.default_for("image")  # never a by-name-only model such as portrait
     check_model(catalog, model, "image")
     engine, path = (catalog.engine_of(model) if model else None) or ("diffusers", None)
@@ -158,9 +183,11 @@ def plan_speech(req: GenerateRequest, settings: Settings, catalog: ModelCatalog)
     if req.quality != "standard":
         raise InvalidRequest("quality: speech has no quality presets; choose the voice with `model`", field="quality")
     if len(req.prompt) > settings.speech_max_chars:
-        raise InvalidRequest(f"prompt: {len(req.prompt)} characters is over the speech limit of "
-                             f"{settings.speech_max_chars}", field="prompt",
-                             hint="Split the text into several requests, or raise GENFORGE_SPEECH_MAX_CHARS.")
+        raise InvalidRequest(
+            f"prompt: {len(req.prompt)} characters is over the speech limit of {settings.speech_max_chars}",
+            field="prompt",
+            hint="Split the text into several requests, or raise GENFORGE_SPEECH_MAX_CHARS.",
+        )
     if not any(ch.isalnum() for ch in req.prompt):
         raise InvalidRequest("prompt: there is nothing to speak (no letters or digits)", field="prompt")
     params = given.model_dump()

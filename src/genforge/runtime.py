@@ -86,15 +86,24 @@ class Runtime:
             model = self.catalog.resolve(self.settings.default_text_model)
             if not self.preloaded and self.load_error is None and self.settings.preload and not self.closed:
                 threading.Thread(target=self.preload, name="genforge-preload", daemon=True).start()
-            checks["default_text_model"] = {"ok": self.load_error is None, "detail": self.load_error or
-                                            f"{model.name} present, sha256 {model.sha256[:12]}"}
+            checks["default_text_model"] = {
+                "ok": self.load_error is None,
+                "detail": self.load_error or f"{model.name} present, sha256 {model.sha256[:12]}",
+            }
         except GenforgeError as exc:
             checks["default_text_model"] = {"ok": False, "detail": f"{exc.message} ({exc.hint})"}
-        checks["engine_worker"] = {"ok": True, "pid": self.worker.pid, "restarts": self.worker.restarts,
-                                   "detail": "model loaded" if self.preloaded else "starts on demand"}
-        checks["queue"] = {"ok": self.runner.depth < self.runner.queue_size, "depth": self.runner.depth,
-                           "running": self.runner.running, "detail": f"{self.runner.depth} waiting, "
-                           f"{self.runner.running} running, {self.runner.queue_size} places"}
+        checks["engine_worker"] = {
+            "ok": True,
+            "pid": self.worker.pid,
+            "restarts": self.worker.restarts,
+            "detail": "model loaded" if self.preloaded else "starts on demand",
+        }
+        checks["queue"] = {
+            "ok": self.runner.depth < self.runner.queue_size,
+            "depth": self.runner.depth,
+            "running": self.runner.running,
+            "detail": f"{self.runner.depth} waiting, {self.runner.running} running, {self.runner.queue_size} places",
+        }
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
     def close(self) -> None:

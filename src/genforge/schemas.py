@@ -84,8 +84,7 @@ class SpeechParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Piper: a speaker of a multi-speaker voice; espeak-ng: its voice name (`espeak-ng --voices`, e.g. en-gb).
-    voice: str | None = Field(default=None, min_length=1, max_length=64,
-                              pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+    voice: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
     speed: float = Field(default=1.0, ge=0.25, le=4.0)  # Piper: length_scale = the voice's / speed
     seed: int | None = Field(default=None, ge=0, lt=2**32)
     sentence_silence: float = Field(default=0.2, ge=0, le=5.0)  # seconds between sentences

@@ -33,6 +33,7 @@ from genforge.validation import validate
 
 log = logging.getLogger("genforge.service")
 
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -48,24 +49,41 @@ def record_dict(row: ContentRow) -> dict:
     """The content record every client relies on (see README, 'The content record')."""
     artifact = None
     if row.artifact_sha256:
-        artifact = {"sha256": row.artifact_sha256, "size_bytes": row.artifact_size,
-                    "media_type": row.artifact_media_type, "url": f"/api/v1/content/{row.id}/file"}
+        artifact = {
+            "sha256": row.artifact_sha256,
+            "size_bytes": row.artifact_size,
+            "media_type": row.artifact_media_type,
+            "url": f"/api/v1/content/{row.id}/file",
+        }
     error = None
     if row.error_code:
         error = {"code": row.error_code, "message": row.error_message, "hint": row.error_hint}
     rec = {
-        "id": row.id, "content_type": row.content_type, "status": row.status, "prompt": row.prompt,
-        "system": row.system, "quality": row.quality,
-        "model": {"name": row.model_name, "engine": row.model_engine, "engine_version": row.engine_version,
-                  "file_sha256": row.model_sha256},
-        "params": row.params, "artifact": artifact,
+        "id": row.id,
+        "content_type": row.content_type,
+        "status": row.status,
+        "prompt": row.prompt,
+        "system": row.system,
+        "quality": row.quality,
+        "model": {
+            "name": row.model_name,
+            "engine": row.model_engine,
+            "engine_version": row.engine_version,
+            "file_sha256": row.model_sha256,
+        },
+        "params": row.params,
+        "artifact": artifact,
         "timings": {"load_ms": row.load_ms, "generate_ms": row.generate_ms, "total_ms": row.total_ms},
-        "created_at": _iso(row.created_at), "finished_at": _iso(row.finished_at),
+        "created_at": _iso(row.created_at),
+        "finished_at": _iso(row.finished_at),
         "error": error,
     }
     if row.content_type == "text":
-        rec.update(text=row.text, finish_reason=row.finish_reason,
-                   usage={"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens})
+        rec.update(
+            text=row.text,
+            finish_reason=row.finish_reason,
+            usage={"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
+        )
     extra = dict(row.extra or {})
     rec["warnings"] = extra.pop("warnings", [])
     rec.update(extra)
@@ -73,8 +91,9 @@ def record_dict(row: ContentRow) -> dict:
 
 
 class ContentService:
-    def __init__(self, settings: Settings, db: Database, catalog: ModelCatalog, store: ArtifactStore, engines,
-                 runner: JobRunner):
+    def __init__(
+        self, settings: Settings, db: Database, catalog: ModelCatalog, store: ArtifactStore, engines, runner: JobRunner
+    ):
         self.settings = settings
         self.db = db
         self.catalog = catalog
@@ -91,9 +110,20 @@ class ContentService:
 
         def accept() -> None:
             with self.db.session() as s:
-                s.add(ContentRow(id=content_id, content_type=req.content_type, status="pending", prompt=req.prompt,
-                                 system=req.system, quality=req.quality, params=params, model_name=model_name,
-                                 extra={}, created_at=_now()))
+                s.add(
+                    ContentRow(
+                        id=content_id,
+                        content_type=req.content_type,
+                        status="pending",
+                        prompt=req.prompt,
+                        system=req.system,
+                        quality=req.quality,
+                        params=params,
+                        model_name=model_name,
+                        extra={},
+                        created_at=_now(),
+                    )
+                )
             log.info("content=%s accepted type=%s model=%s", content_id, req.content_type, model_name)
 
         def run(job: Job) -> dict:
@@ -101,8 +131,7 @@ class ContentService:
 
         return self.runner.submit(content_id, run, on_accept=accept)
 
-    def generate(self, req: GenerateRequest, emit: Emit | None = None,
-                 cancel: threading.Event | None = None) -> dict:
+    def generate(self, req: GenerateRequest, emit: Emit | None = None, cancel: threading.Event | None = None) -> dict:
         """Submit and wait for the final record; engine events go to `emit` as they happen."""
         job = self.submit(req)
         if emit is not None:
@@ -173,8 +202,13 @@ class ContentService:
                 self.store.remove(stored.relpath)
             raise
         metrics.observe_success(result)
-        log.info("content=%s succeeded tokens=%s sha256=%s total_ms=%s", content_id,
-                 (out.usage or {}).get("completion_tokens"), stored.sha256[:12], result["timings"]["total_ms"])
+        log.info(
+            "content=%s succeeded tokens=%s sha256=%s total_ms=%s",
+            content_id,
+            (out.usage or {}).get("completion_tokens"),
+            stored.sha256[:12],
+            result["timings"]["total_ms"],
+        )
         return result
 
     def _fail(self, content_id: str, code: str, message: str, hint: str | None, started: float) -> None:
@@ -203,8 +237,9 @@ class ContentService:
             rec["queue_position"] = self.runner.position(content_id)
         return rec
 
-    def list(self, content_type: str | None = None, status: str | None = None, limit: int = 50,
-             offset: int = 0) -> dict:
+    def list(
+        self, content_type: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> dict:
         with self.db.session() as s:
             q = s.query(ContentRow)
             if content_type:
@@ -224,8 +259,10 @@ class ContentService:
                 raise NotFound(f"content {content_id} has no file (status {row.status})", field="id")
             path = self.store.resolve(row.artifact_path)
             if not path.is_file():
-                raise NotFound(f"the file of content {content_id} is missing from the data directory",
-                               hint="It was removed outside genforge; the record keeps its sha256.")
+                raise NotFound(
+                    f"the file of content {content_id} is missing from the data directory",
+                    hint="It was removed outside genforge; the record keeps its sha256.",
+                )
             return path, row.artifact_media_type
 
     def delete(self, content_id: str) -> None:
@@ -235,8 +272,10 @@ class ContentService:
                 raise NotFound(f"no content with id {content_id!r}", field="id")
             relpath = row.artifact_path
             s.delete(row)
-            shared = relpath and s.query(ContentRow).filter(ContentRow.artifact_path == relpath,
-                                                             ContentRow.id != content_id).count()
+            shared = (
+                relpath
+                and s.query(ContentRow).filter(ContentRow.artifact_path == relpath, ContentRow.id != content_id).count()
+            )
         if relpath and not shared:
             self.store.remove(relpath)
         log.info("content=%s deleted", content_id)
@@ -252,19 +291,24 @@ class ContentService:
                 row.error_code = "interrupted"
                 row.error_hint = "Submit the request again."
             referenced = {r for (r,) in s.query(ContentRow.artifact_path).filter(ContentRow.artifact_path.isnot(None))}
-        orphans = [p for p in self.store.root.rglob("*") if p.is_file()
-                   and str(p.relative_to(self.store.root)) not in referenced]
+        orphans = [
+            p
+            for p in self.store.root.rglob("*")
+            if p.is_file() and str(p.relative_to(self.store.root)) not in referenced
+        ]
         for path in orphans:
             path.unlink(missing_ok=True)
         if stale or orphans:
-            log.warning("recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed",
-                        len(stale), len(orphans))
+            log.warning(
+                "recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed", len(stale), len(orphans)
+            )
         return {"interrupted": [r.id for r in stale], "orphans_removed": len(orphans)}
 
     def find_by_file(self, path: Path) -> tuple[str, list[dict]]:
         """(sha256 of the file, the succeeded records whose artifact it is)."""
         digest = sha256_file(path)
         with self.db.session() as s:
-            rows = s.query(ContentRow).filter(ContentRow.artifact_sha256 == digest,
-                                              ContentRow.status == "succeeded").all()
+            rows = (
+                s.query(ContentRow).filter(ContentRow.artifact_sha256 == digest, ContentRow.status == "succeeded").all()
+            )
             return digest, [record_dict(r) for r in rows]

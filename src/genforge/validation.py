@@ -53,8 +53,10 @@ def validate_image(out: EngineOutput, params: dict, prompt: str = "") -> None:
     if size != wanted:
         raise InvalidOutput(f"the image is {size[0]}x{size[1]}, {wanted[0]}x{wanted[1]} was requested")
     if max(stddev) < MIN_IMAGE_STDDEV:
-        raise InvalidOutput(f"the image is constant or nearly so (largest channel standard deviation "
-                            f"{max(stddev):.2f}): a blank, black or NaN picture is not a generated image")
+        raise InvalidOutput(
+            f"the image is constant or nearly so (largest channel standard deviation "
+            f"{max(stddev):.2f}): a blank, black or NaN picture is not a generated image"
+        )
     if text.get(PREFIX + "seed") != str(params["seed"]) or not text.get(PREFIX + "content_id"):
         raise InvalidOutput("the PNG does not carry its provenance (content id, seed)")
 
@@ -72,8 +74,10 @@ def speech_duration_range(text: str, speed: float = 1.0, sentence_silence: float
     units = max(len(text.split()), len(text.strip()) / 6)
     digits = sum(ch.isdigit() for ch in text)  # "4567" is read as up to four words: room for it at the top
     gaps = max(0, len(_SENTENCE_BREAK.findall(text.strip())) - 1) + 1  # generous: one more than sentence breaks
-    return (MIN_S_PER_UNIT * units / max(1.0, speed),
-            MAX_S_PER_UNIT * (units + digits) / min(1.0, speed) + gaps * sentence_silence + SLACK_S)
+    return (
+        MIN_S_PER_UNIT * units / max(1.0, speed),
+        MAX_S_PER_UNIT * (units + digits) / min(1.0, speed) + gaps * sentence_silence + SLACK_S,
+    )
 
 
 def validate_speech(out: EngineOutput, params: dict, prompt: str = "") -> None:
@@ -92,13 +96,18 @@ def validate_speech(out: EngineOutput, params: dict, prompt: str = "") -> None:
     level = rms(wav.frames)
     if level < SILENCE_RMS:
         raise InvalidOutput(f"the audio is silent (RMS {level:.4f} is below {SILENCE_RMS})")
-    low, high = speech_duration_range(prompt, float(params.get("speed", 1.0)),
-                                      float(params.get("sentence_silence", 0.0)))
+    low, high = speech_duration_range(
+        prompt, float(params.get("speed", 1.0)), float(params.get("sentence_silence", 0.0))
+    )
     if not low <= wav.duration_s <= high:
-        raise InvalidOutput(f"{wav.duration_s:.2f} s of audio is implausible for {len(prompt.split())} words "
-                            f"(expected {low:.2f}-{high:.2f} s)")
-    if out.extra.get("sample_rate") != wav.sample_rate or \
-            abs(float(out.extra.get("duration_s", -1)) - wav.duration_s) > 0.01:
+        raise InvalidOutput(
+            f"{wav.duration_s:.2f} s of audio is implausible for {len(prompt.split())} words "
+            f"(expected {low:.2f}-{high:.2f} s)"
+        )
+    if (
+        out.extra.get("sample_rate") != wav.sample_rate
+        or abs(float(out.extra.get("duration_s", -1)) - wav.duration_s) > 0.01
+    ):
         raise InvalidOutput("the engine's sample rate or duration does not match the audio it returned")
 
 

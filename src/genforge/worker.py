@@ -84,8 +84,12 @@ class _Child:
     def send(self, events) -> None:
         """One pipe message per step, however many sequences it advanced: a write and a wake-up each."""
         if events:
-            self.conn.send([(job_id, kind, _error_to_wire(payload) if kind == "error" else payload)
-                            for job_id, kind, payload in events])
+            self.conn.send(
+                [
+                    (job_id, kind, _error_to_wire(payload) if kind == "error" else payload)
+                    for job_id, kind, payload in events
+                ]
+            )
 
     def handle(self, msg: tuple) -> bool:
         op = msg[0]
@@ -99,8 +103,11 @@ class _Child:
                     self.send(engine.submit(job))
                 else:  # one job at a time, events straight through
                     with self.cores:
-                        out = engine.generate(job, lambda ev: self.send([(job.content_id, "event", ev)]),
-                                              lambda: self.cancel_requested(job.content_id))
+                        out = engine.generate(
+                            job,
+                            lambda ev: self.send([(job.content_id, "event", ev)]),
+                            lambda: self.cancel_requested(job.content_id),
+                        )
                     self.send([(job.content_id, "done", out)])
             elif op == "cancel":
                 for engine in self.engines.values():
@@ -192,8 +199,9 @@ class EngineWorker:
 
     def _start_locked(self) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=worker_main, args=(child, self.settings.model_dump_json()),
-                                 name="genforge-engine", daemon=True)
+        proc = self._ctx.Process(
+            target=worker_main, args=(child, self.settings.model_dump_json()), name="genforge-engine", daemon=True
+        )
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
@@ -319,8 +327,13 @@ class EngineWorker:
         self._last_model = model
         return ms
 
-    def generate(self, job: GenerationJob, emit: Emit | None = None, timeout: float | None = None,
-                 cancel: threading.Event | None = None) -> EngineOutput:
+    def generate(
+        self,
+        job: GenerationJob,
+        emit: Emit | None = None,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EngineOutput:
         box = self._submit(job.content_id, ("generate", job), emit)
         out = self._wait(job.content_id, box, timeout or self.settings.generation_timeout_s, cancel)
         self._last_model = job.model
@@ -370,8 +383,13 @@ class EnginePool:
     def load(self, model: ResolvedModel, timeout: float = 300) -> float:
         return self.worker(model.content_type).load(model, timeout)
 
-    def generate(self, job: GenerationJob, emit: Emit | None = None, timeout: float | None = None,
-                 cancel: threading.Event | None = None) -> EngineOutput:
+    def generate(
+        self,
+        job: GenerationJob,
+        emit: Emit | None = None,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EngineOutput:
         return self.worker(job.content_type).generate(job, emit=emit, timeout=timeout, cancel=cancel)
 
     def stop(self) -> None:

@@ -23,8 +23,18 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def generated(data_dir) -> dict:
     """`genforge generate text`, once: its output and the record it names."""
-    run = run_cli(data_dir, "generate", "text", "What is the capital of France? Answer in one word.",
-                  "--max-tokens", "12", "--seed", "7", "--temperature", "0")
+    run = run_cli(
+        data_dir,
+        "generate",
+        "text",
+        "What is the capital of France? Answer in one word.",
+        "--max-tokens",
+        "12",
+        "--seed",
+        "7",
+        "--temperature",
+        "0",
+    )
     assert run.returncode == 0, run.stderr
     match = ID.search(run.stdout)
     assert match, run.stdout
@@ -77,7 +87,7 @@ def test_models_list(data_dir):
 
 def test_models_add_rejects_a_file_that_is_not_gguf(data_dir, tmp_path):
     path = tmp_path / "weights.safetensors"
-    path.write_bytes(b"{\"not\": \"gguf\"}" + bytes(64))
+    path.write_bytes(b'{"not": "gguf"}' + bytes(64))
     run = run_cli(data_dir, "models", "add", str(path), "--name", "notgguf")
     assert run.returncode != 0
     assert "not a GGUF file" in run.stderr

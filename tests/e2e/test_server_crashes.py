@@ -86,8 +86,12 @@ def test_an_engine_killed_while_idle_is_replaced_on_the_next_request(server):
 def start_long_generation(server: Server, pool: ThreadPoolExecutor):
     """Post a long generation from a thread; returns (future of the response, the running record's id)."""
     future = pool.submit(server.http.post, GENERATE, json=long_generation_body())
-    running = wait_for(lambda: server.http.get(CONTENT, params={"status": "running"}).json()["items"],
-                       timeout=60, interval=0.05, what="the generation to start")
+    running = wait_for(
+        lambda: server.http.get(CONTENT, params={"status": "running"}).json()["items"],
+        timeout=60,
+        interval=0.05,
+        what="the generation to start",
+    )
     return future, running[0]["id"]
 
 
@@ -103,7 +107,8 @@ def test_a_cli_command_beside_the_server_leaves_its_running_generation_alone(ser
         assert_error(future.result(timeout=120), 502, "engine_failed")
 
     assert during["status"] == "running", (
-        f"a CLI command run beside the server made its running generation {during['status']}: {during['error']}")
+        f"a CLI command run beside the server made its running generation {during['status']}: {during['error']}"
+    )
 
 
 def test_a_server_killed_mid_generation_reports_it_failed_after_restart(tmp_path):
@@ -148,8 +153,11 @@ def test_sigterm_to_the_whole_service_shuts_down_cleanly(tmp_path):
     srv = Server(tmp_path / "data").start(new_session=True)
     try:
         pid = srv.wait_ready()
-        wait_for(lambda: srv.readiness()["checks"]["engine_worker"]["detail"] == "model loaded", timeout=60,
-                 what="the engine worker to load the default model")  # so it is past its start-up
+        wait_for(
+            lambda: srv.readiness()["checks"]["engine_worker"]["detail"] == "model loaded",
+            timeout=60,
+            what="the engine worker to load the default model",
+        )  # so it is past its start-up
         os.killpg(srv.proc.pid, signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal so the exit status names it
         assert srv.proc.wait(timeout=30) in (0, -signal.SIGTERM), srv.log()

@@ -28,8 +28,9 @@ def test_four_concurrent_requests_succeed_with_distinct_records(server):
 
     def one(seed: int) -> None:
         with httpx.Client(base_url=server.http.base_url, timeout=300) as c:
-            results[seed] = c.post(GENERATE, json=text_body(f"Write a sentence about the number {seed}.",
-                                                             max_tokens=40, seed=seed))
+            results[seed] = c.post(
+                GENERATE, json=text_body(f"Write a sentence about the number {seed}.", max_tokens=40, seed=seed)
+            )
 
     threads = [threading.Thread(target=one, args=(s,)) for s in range(1, 5)]
     for t in threads:
@@ -55,8 +56,11 @@ def test_client_disconnect_cancels_the_generation(server):
             for line in resp.iter_lines():
                 if line.startswith("event: token"):
                     break  # leave after the first token
-    rec = wait_for(lambda: (r := server.http.get(f"{CONTENT}/{content_id}").json())["status"] != "running" and r,
-                   timeout=60, what="the abandoned stream to stop")
+    rec = wait_for(
+        lambda: (r := server.http.get(f"{CONTENT}/{content_id}").json())["status"] != "running" and r,
+        timeout=60,
+        what="the abandoned stream to stop",
+    )
     assert rec["status"] == "cancelled" and rec["artifact"] is None
     assert server.http.post(GENERATE, json=text_body(max_tokens=8)).status_code == 201  # the engine is free
 
@@ -65,8 +69,9 @@ def test_crash_then_restart_marks_interrupted_and_leaves_no_orphans(tmp_path):
     srv = Server(tmp_path / "data").start()
     try:
         srv.wait_ready()
-        rec = srv.http.post(GENERATE, json={**text_body("Write a very long story.", max_tokens=1500),
-                                            "mode": "async"}).json()
+        rec = srv.http.post(
+            GENERATE, json={**text_body("Write a very long story.", max_tokens=1500), "mode": "async"}
+        ).json()
         wait_for(lambda: srv.http.get(f"{CONTENT}/{rec['id']}").json()["status"] == "running", what="running")
         os.kill(srv.proc.pid, signal.SIGKILL)  # the server dies with the job in flight
         srv.proc.wait(timeout=30)  # its engine worker exits when the pipe to its parent closes
@@ -87,9 +92,12 @@ def test_openai_sdk_chat_stream_completions_models(server):
     assert "smollm2-135m-instruct" in [m.id for m in client.models.list()]
 
     raw = client.chat.completions.with_raw_response.create(
-        model="smollm2-135m-instruct", messages=[{"role": "system", "content": "Answer briefly."},
-                                                 {"role": "user", "content": "Name a fruit."}],
-        max_tokens=16, seed=3, temperature=0)
+        model="smollm2-135m-instruct",
+        messages=[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a fruit."}],
+        max_tokens=16,
+        seed=3,
+        temperature=0,
+    )
     chat = raw.parse()
     content_id = raw.headers["x-genforge-content-id"]
     record = server.http.get(f"{CONTENT}/{content_id}").json()
@@ -97,9 +105,15 @@ def test_openai_sdk_chat_stream_completions_models(server):
     assert chat.usage.completion_tokens == record["usage"]["completion_tokens"]
     assert record["params"]["messages"][0] == {"role": "system", "content": "Answer briefly."}
 
-    stream = client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content":
-                                            "Name a fruit."}], max_tokens=16, seed=3, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        max_tokens=16,
+        seed=3,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     parts, usage, finish = [], None, None
     for chunk in stream:
         if chunk.usage:
@@ -110,13 +124,13 @@ def test_openai_sdk_chat_stream_completions_models(server):
     assert "".join(parts).strip() and finish in ("stop", "length")
     assert usage is not None and usage.completion_tokens > 0
 
-    completion = client.completions.create(model="smollm2-135m-instruct", prompt="The capital of France is",
-                                           max_tokens=8, temperature=0)
+    completion = client.completions.create(
+        model="smollm2-135m-instruct", prompt="The capital of France is", max_tokens=8, temperature=0
+    )
     assert completion.choices[0].text.strip()
 
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="smollm2-135m-instruct", n=2,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model="smollm2-135m-instruct", n=2, messages=[{"role": "user", "content": "hi"}])
     assert bad.value.body["param"] == "n"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])

@@ -43,50 +43,64 @@ def post(live, body) -> object:
     return live.client.post(GENERATE, json=body)
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"content_type": "text", "prompt": ""}, "prompt"),
-    ({"content_type": "text", "prompt": " \n\t "}, "prompt"),
-    ({"content_type": "video", "prompt": "a film"}, "content_type"),
-    ({"prompt": "no type"}, "content_type"),
-    ({"content_type": "text"}, "prompt"),
-    (text_body(max_tokens=0), "params.max_tokens"),
-    (text_body(max_tokens=-3), "params.max_tokens"),
-    (text_body(max_tokens=2048), "params.max_tokens"),
-    (text_body(max_tokens=100_000), "params.max_tokens"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"content_type": "text", "prompt": ""}, "prompt"),
+        ({"content_type": "text", "prompt": " \n\t "}, "prompt"),
+        ({"content_type": "video", "prompt": "a film"}, "content_type"),
+        ({"prompt": "no type"}, "content_type"),
+        ({"content_type": "text"}, "prompt"),
+        (text_body(max_tokens=0), "params.max_tokens"),
+        (text_body(max_tokens=-3), "params.max_tokens"),
+        (text_body(max_tokens=2048), "params.max_tokens"),
+        (text_body(max_tokens=100_000), "params.max_tokens"),
+    ],
+)
 def test_invalid_values_are_422_naming_the_field(live, no_record, body, field):
     err = assert_bad_input(post(live, body), field)
     assert err["content_id"] is None
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"content_type": "text", "prompt": 123}, "prompt"),
-    ({"content_type": "text", "prompt": ["a", "list"]}, "prompt"),
-    ({"content_type": 1, "prompt": "x"}, "content_type"),
-    ({"content_type": "text", "prompt": "x", "model": 7}, "model"),
-    ({"content_type": "text", "prompt": "x", "quality": 3}, "quality"),
-    ({"content_type": "text", "prompt": "x", "system": {"role": "system"}}, "system"),
-    ({"content_type": "text", "prompt": "x", "params": "max_tokens=5"}, "params"),
-    ({"content_type": "text", "prompt": "x", "params": {"max_tokens": "ten"}}, "params.max_tokens"),
-    ({"content_type": "text", "prompt": "x", "params": {"temperature": "hot"}}, "params.temperature"),
-    ({"content_type": "text", "prompt": "x", "params": {"seed": "lucky"}}, "params.seed"),
-    ({"content_type": "text", "prompt": "x", "params": {"stop": {"a": 1}}}, "params.stop"),
-    ({"content_type": "text", "prompt": "x", "params": {"frequency": 1}}, "params.frequency"),
-    ({"content_type": "text", "prompt": "x", "unknown": True}, "unknown"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"content_type": "text", "prompt": 123}, "prompt"),
+        ({"content_type": "text", "prompt": ["a", "list"]}, "prompt"),
+        ({"content_type": 1, "prompt": "x"}, "content_type"),
+        ({"content_type": "text", "prompt": "x", "model": 7}, "model"),
+        ({"content_type": "text", "prompt": "x", "quality": 3}, "quality"),
+        ({"content_type": "text", "prompt": "x", "system": {"role": "system"}}, "system"),
+        ({"content_type": "text", "prompt": "x", "params": "max_tokens=5"}, "params"),
+        ({"content_type": "text", "prompt": "x", "params": {"max_tokens": "ten"}}, "params.max_tokens"),
+        ({"content_type": "text", "prompt": "x", "params": {"temperature": "hot"}}, "params.temperature"),
+        ({"content_type": "text", "prompt": "x", "params": {"seed": "lucky"}}, "params.seed"),
+        ({"content_type": "text", "prompt": "x", "params": {"stop": {"a": 1}}}, "params.stop"),
+        ({"content_type": "text", "prompt": "x", "params": {"frequency": 1}}, "params.frequency"),
+        ({"content_type": "text", "prompt": "x", "unknown": True}, "unknown"),
+    ],
+)
 def test_wrong_json_types_are_422_naming_the_field(live, no_record, body, field):
     assert_bad_input(post(live, body), field)
 
 
-@pytest.mark.parametrize("raw", [b'{"content_type": "text", "prompt": ', b'{"content_type": "text",}',
-                                 b"not json at all", b'{"content_type": "text", "prompt": "x"}}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"content_type": "text", "prompt": ',
+        b'{"content_type": "text",}',
+        b"not json at all",
+        b'{"content_type": "text", "prompt": "x"}}',
+    ],
+)
 def test_malformed_json_is_422(live, no_record, raw):
     err = assert_bad_input(live.client.post(GENERATE, content=raw, headers=JSON), "JSON")
     assert err["field"] == "body"
 
 
-@pytest.mark.parametrize("raw", [b'{"content_type": "text", "prompt": "caf\xe9"}',
-                                 b'{"content_type": "text", "prompt": "\xff\xfe\xfd"}'])
+@pytest.mark.parametrize(
+    "raw", [b'{"content_type": "text", "prompt": "caf\xe9"}', b'{"content_type": "text", "prompt": "\xff\xfe\xfd"}']
+)
 def test_bytes_that_are_not_utf8_are_4xx_naming_the_body(live, no_record, raw):
     resp = live.client.post(GENERATE, content=raw, headers=JSON)
     assert 400 <= resp.status_code < 500, resp.text
@@ -138,8 +152,9 @@ def test_a_body_over_the_limit_is_413(app_with):
     err = assert_error(client.post(GENERATE, json=body), 413, "payload_too_large")
     assert "2000" in err["message"]
     assert client.get(CONTENT).json()["total"] == 0
-    assert client.post(GENERATE, json={"content_type": "image", "prompt": "small"}).status_code == 503, \
+    assert client.post(GENERATE, json={"content_type": "image", "prompt": "small"}).status_code == 503, (
         "a body under the limit is read as usual"
+    )
 
 
 def test_a_streamed_body_over_the_limit_is_413(app_with):

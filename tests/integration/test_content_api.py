@@ -37,9 +37,13 @@ def made(app, tmp_path_factory) -> list[dict]:
     runtime_of(client).catalog.add(gone, name="gone")
     gone.unlink()
     records = []
-    for body in [text_body("Name a bird.", max_tokens=8, seed=1), {"content_type": "image", "prompt": "a cat"},
-                 text_body("Name a tree.", max_tokens=8, seed=2), {**text_body("Name a lake."), "model": "gone"},
-                 text_body("Name a river.", max_tokens=8, seed=3)]:
+    for body in [
+        text_body("Name a bird.", max_tokens=8, seed=1),
+        {"content_type": "image", "prompt": "a cat"},
+        text_body("Name a tree.", max_tokens=8, seed=2),
+        {**text_body("Name a lake."), "model": "gone"},
+        text_body("Name a river.", max_tokens=8, seed=3),
+    ]:
         resp = client.post(GENERATE, json=body)
         if resp.status_code == 201:
             records.append(resp.json())
@@ -68,15 +72,18 @@ def test_list_is_newest_first_with_a_total(app, made):
     assert page["items"] == list(reversed(made))
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ({"content_type": "text"}, [0, 2, 3, 4]),
-    ({"content_type": "image"}, [1]),
-    ({"content_type": "speech"}, []),
-    ({"status": "succeeded"}, [0, 2, 4]),
-    ({"status": "failed"}, [1, 3]),
-    ({"status": "failed", "content_type": "text"}, [3]),
-    ({"status": "running"}, []),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"content_type": "text"}, [0, 2, 3, 4]),
+        ({"content_type": "image"}, [1]),
+        ({"content_type": "speech"}, []),
+        ({"status": "succeeded"}, [0, 2, 4]),
+        ({"status": "failed"}, [1, 3]),
+        ({"status": "failed", "content_type": "text"}, [3]),
+        ({"status": "running"}, []),
+    ],
+)
 def test_list_filters(app, made, query, expected):
     client, _ = app
     page = listing(client, **query)
@@ -94,8 +101,10 @@ def test_list_pages_with_limit_and_offset(app, made):
     assert listing(client, offset=10)["items"] == []
 
 
-@pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 501}, {"offset": -1}, {"status": "done"},
-                                   {"content_type": "video"}, {"limit": "many"}])
+@pytest.mark.parametrize(
+    "query",
+    [{"limit": 0}, {"limit": 501}, {"offset": -1}, {"status": "done"}, {"content_type": "video"}, {"limit": "many"}],
+)
 def test_list_rejects_bad_queries(app, query):
     client, _ = app
     err = assert_error(client.get(CONTENT, params=query), 422, "invalid_request")

@@ -93,12 +93,16 @@ def test_an_unexpected_exception_in_the_engine_is_a_500_and_failed(scripted_app)
     assert artifacts(client) == []
 
 
-@pytest.mark.parametrize("output", [
-    engine_output("", completion_tokens=4),
-    engine_output("  \n ", completion_tokens=2),
-    engine_output("<|im_end|>", completion_tokens=1),
-    engine_output("caf\xe9", data=b"caf\xe9"),
-], ids=["empty", "whitespace", "special-token", "not-utf8"])
+@pytest.mark.parametrize(
+    "output",
+    [
+        engine_output("", completion_tokens=4),
+        engine_output("  \n ", completion_tokens=2),
+        engine_output("<|im_end|>", completion_tokens=1),
+        engine_output("caf\xe9", data=b"caf\xe9"),
+    ],
+    ids=["empty", "whitespace", "special-token", "not-utf8"],
+)
 def test_unusable_output_is_502_invalid_output_with_no_artifact(scripted_app, output):
     client = scripted_app(ScriptedRunner(tokens=[], output=output))
     resp = client.post(GENERATE, json=text_body())

@@ -28,8 +28,9 @@ from genforge.engines import create_engine
 @pytest.fixture(scope="module")
 def answer(live) -> dict:
     """One real generation, shared by the checklist tests below."""
-    return live.generate(prompt="What is the capital of France? Answer in one word.", max_tokens=12, seed=7,
-                         temperature=0)
+    return live.generate(
+        prompt="What is the capital of France? Answer in one word.", max_tokens=12, seed=7, temperature=0
+    )
 
 
 def test_engine_loads_the_packaged_gguf(live):
@@ -43,8 +44,12 @@ def test_generation_through_http_is_real_text_with_a_complete_record(answer):
     assert_succeeded_text(answer)
     assert answer["prompt"] == "What is the capital of France? Answer in one word."
     assert answer["quality"] == "standard"
-    assert answer["model"] == {"name": DEFAULT_MODEL, "engine": "llama.cpp",
-                               "engine_version": llama_cpp.__version__, "file_sha256": PACKAGED[DEFAULT_MODEL].sha256}
+    assert answer["model"] == {
+        "name": DEFAULT_MODEL,
+        "engine": "llama.cpp",
+        "engine_version": llama_cpp.__version__,
+        "file_sha256": PACKAGED[DEFAULT_MODEL].sha256,
+    }
     assert answer["params"]["seed"] == 7 and answer["params"]["max_tokens"] == 12
     assert answer["params"]["temperature"] == 0
     assert 0 < answer["usage"]["completion_tokens"] <= 12
@@ -82,8 +87,9 @@ def test_same_seed_and_temperature_give_the_same_text(live):
 def test_same_seed_gives_the_same_text_when_batched_with_other_requests(live):
     """Records promise reproducibility: a seed replays alone or decoded in one batch with others."""
     body = text_body("Invent a name for a small red boat.", max_tokens=16, seed=1234, temperature=0.9)
-    others = [text_body(f"Write a poem about the number {i}.", max_tokens=16, seed=i, temperature=0.9)
-              for i in range(3)]
+    others = [
+        text_body(f"Write a poem about the number {i}.", max_tokens=16, seed=i, temperature=0.9) for i in range(3)
+    ]
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(live.client.post, GENERATE, json=b) for b in (others[0], body, *others[1:])]
         responses = [f.result() for f in futures]
@@ -99,8 +105,7 @@ def test_greedy_text_is_what_llama_cpp_python_itself_generates(live):
     rec = live.generate(prompt=prompt, max_tokens=48, temperature=0)
     assert_succeeded_text(rec)
     llm = llama_cpp.Llama(model_path=str(packaged_model_path()), n_ctx=512, verbose=False)
-    direct = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=48,
-                                        temperature=0)
+    direct = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=48, temperature=0)
     assert rec["text"] == direct["choices"][0]["message"]["content"]
 
 
@@ -119,8 +124,14 @@ def test_a_prompt_of_hundreds_of_tokens_generates(live):
 
 
 def test_system_prompt_and_quality_are_recorded(live):
-    resp = live.client.post(GENERATE, json={**text_body("Greet a sailor.", max_tokens=12), "quality": "draft",
-                                            "system": "You are a cheerful pirate."})
+    resp = live.client.post(
+        GENERATE,
+        json={
+            **text_body("Greet a sailor.", max_tokens=12),
+            "quality": "draft",
+            "system": "You are a cheerful pirate.",
+        },
+    )
     assert resp.status_code == 201, resp.text
     rec = resp.json()
     assert_succeeded_text(rec)

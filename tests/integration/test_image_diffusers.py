@@ -17,8 +17,12 @@ MODEL = "tiny-sd"
 
 
 def body(seed: int = 11, **params) -> dict:
-    return {"content_type": "image", "prompt": "a red bicycle", "model": MODEL,
-            "params": {"width": 64, "height": 64, "steps": 4, "seed": seed, **params}}
+    return {
+        "content_type": "image",
+        "prompt": "a red bicycle",
+        "model": MODEL,
+        "params": {"width": 64, "height": 64, "steps": 4, "seed": seed, **params},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +77,15 @@ def test_generation_through_http_is_a_real_png_with_a_complete_record(first, che
     assert rec["model"]["name"] == MODEL and rec["model"]["engine"] == "diffusers"
     assert rec["model"]["engine_version"].startswith("diffusers ")
     assert rec["model"]["file_sha256"] == sha256_path(checkpoint)
-    assert rec["params"] == {"width": 64, "height": 64, "steps": 4, "seed": 11, "guidance_scale": 7.5,
-                             "negative_prompt": "", "scheduler": "default"}
+    assert rec["params"] == {
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "seed": 11,
+        "guidance_scale": 7.5,
+        "negative_prompt": "",
+        "scheduler": "default",
+    }
     assert (rec["width"], rec["height"], rec["steps"]) == (64, 64, 4)
     assert rec["image"]["scheduler"] == "EulerDiscreteScheduler" and rec["image"]["device"] in ("cpu", "cuda")
     assert rec["warnings"] == []
@@ -106,8 +117,12 @@ def test_same_seed_gives_identical_pixels_and_a_different_seed_differs(client, f
 
 def test_progress_events_arrive_once_per_step(client):
     events: list[dict] = []
-    req = GenerateRequest(content_type="image", prompt="a lighthouse", model=MODEL,
-                          params={"width": 64, "height": 64, "steps": 5, "seed": 3})
+    req = GenerateRequest(
+        content_type="image",
+        prompt="a lighthouse",
+        model=MODEL,
+        params={"width": 64, "height": 64, "steps": 5, "seed": 3},
+    )
     rec = runtime_of(client).service.generate(req, emit=events.append)
     assert rec["status"] == "succeeded"
     progress = [e for e in events if e["type"] == "progress"]
@@ -135,8 +150,7 @@ def test_scheduler_negative_prompt_and_guidance_are_used_and_recorded(client, fi
 
 
 def test_a_request_without_a_model_uses_the_registered_checkpoint_at_its_native_size(client):
-    resp = client.post(GENERATE, json={"content_type": "image", "prompt": "a cat",
-                                       "params": {"steps": 2, "seed": 1}})
+    resp = client.post(GENERATE, json={"content_type": "image", "prompt": "a cat", "params": {"steps": 2, "seed": 1}})
     assert resp.status_code == 201, resp.text
     rec = resp.json()
     assert rec["model"]["name"] == MODEL

@@ -36,8 +36,11 @@ def tiny(tmp_path_factory):
 
 
 def image(model: str | None = MODEL, **params) -> dict:
-    body = {"content_type": "image", "prompt": "a red bicycle",
-            "params": {"width": 64, "height": 64, "steps": 2, "seed": 1, **params}}
+    body = {
+        "content_type": "image",
+        "prompt": "a red bicycle",
+        "params": {"width": 64, "height": 64, "steps": 2, "seed": 1, **params},
+    }
     if model:
         body["model"] = model
     return body
@@ -104,23 +107,26 @@ def test_the_engine_worker_still_generates_after_the_failures(client, tiny):
     assert resp.json()["status"] == "succeeded"
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"width": 0}, "params.width"),
-    ({"height": 0}, "params.height"),
-    ({"width": 60}, "params.width"),  # not a multiple of 8
-    ({"height": 100}, "params.height"),
-    ({"width": 2056}, "params.width"),  # over GENFORGE_IMAGE_MAX_SIZE (2048)
-    ({"width": -64}, "params.width"),
-    ({"steps": 0}, "params.steps"),
-    ({"steps": 151}, "params.steps"),  # over GENFORGE_IMAGE_MAX_STEPS (150)
-    ({"steps": 2.5}, "params.steps"),
-    ({"width": "64"}, "params.width"),
-    ({"steps": True}, "params.steps"),
-    ({"guidance_scale": -1}, "params.guidance_scale"),
-    ({"scheduler": "warp-drive"}, "params.scheduler"),
-    ({"seed": -1}, "params.seed"),
-    ({"colour": "red"}, "params.colour"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"width": 0}, "params.width"),
+        ({"height": 0}, "params.height"),
+        ({"width": 60}, "params.width"),  # not a multiple of 8
+        ({"height": 100}, "params.height"),
+        ({"width": 2056}, "params.width"),  # over GENFORGE_IMAGE_MAX_SIZE (2048)
+        ({"width": -64}, "params.width"),
+        ({"steps": 0}, "params.steps"),
+        ({"steps": 151}, "params.steps"),  # over GENFORGE_IMAGE_MAX_STEPS (150)
+        ({"steps": 2.5}, "params.steps"),
+        ({"width": "64"}, "params.width"),
+        ({"steps": True}, "params.steps"),
+        ({"guidance_scale": -1}, "params.guidance_scale"),
+        ({"scheduler": "warp-drive"}, "params.scheduler"),
+        ({"seed": -1}, "params.seed"),
+        ({"colour": "red"}, "params.colour"),
+    ],
+)
 def test_bad_sizes_and_steps_are_422_without_a_record(client, tiny, params, field):
     runtime_of(client).catalog.add(tiny, name=MODEL, content_type="image")
     total = count(client)
@@ -128,15 +134,18 @@ def test_bad_sizes_and_steps_are_422_without_a_record(client, tiny, params, fiel
     assert count(client) == total
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"width": 300, "height": 300}, "params.width"),
-    ({"width": 256, "height": 512}, "params.height"),
-    ({"width": 64, "height": 64}, "params.width"),
-    ({"steps": 10}, "params.steps"),
-    ({"guidance_scale": 7.5}, "params.guidance_scale"),
-    ({"negative_prompt": "hats"}, "params.negative_prompt"),
-    ({"scheduler": "ddim"}, "params.scheduler"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"width": 300, "height": 300}, "params.width"),
+        ({"width": 256, "height": 512}, "params.height"),
+        ({"width": 64, "height": 64}, "params.width"),
+        ({"steps": 10}, "params.steps"),
+        ({"guidance_scale": 7.5}, "params.guidance_scale"),
+        ({"negative_prompt": "hats"}, "params.negative_prompt"),
+        ({"scheduler": "ddim"}, "params.scheduler"),
+    ],
+)
 def test_portrait_refuses_what_it_cannot_honour_with_422(client, params, field):
     total = count(client)
     body = {"content_type": "image", "prompt": "a face", "model": "portrait", "params": {"seed": 1, **params}}
@@ -157,8 +166,9 @@ def test_a_system_prompt_is_refused_for_images(client):
 def test_settings_that_would_have_no_effect_are_refused(client, tiny):
     runtime_of(client).catalog.add(tiny, name=MODEL, content_type="image")
     assert_bad_input(client.post(GENERATE, json={**image(), "quality": "high"}), "quality")
-    assert_bad_input(client.post(GENERATE, json=image(negative_prompt="fog", guidance_scale=1)),
-                     "params.negative_prompt")
+    assert_bad_input(
+        client.post(GENERATE, json=image(negative_prompt="fog", guidance_scale=1)), "params.negative_prompt"
+    )
 
 
 def test_the_configured_maximum_size_applies(tmp_path, tiny):

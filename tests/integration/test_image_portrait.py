@@ -29,8 +29,10 @@ def client(tmp_path_factory):
 
 
 def portrait(client, seed: int, prompt: str = "a smiling woman", **params) -> tuple[dict, bytes]:
-    resp = client.post(GENERATE, json={"content_type": "image", "prompt": prompt, "model": "portrait",
-                                       "params": {"seed": seed, **params}})
+    resp = client.post(
+        GENERATE,
+        json={"content_type": "image", "prompt": prompt, "model": "portrait", "params": {"seed": seed, **params}},
+    )
     assert resp.status_code == 201, resp.text
     rec = resp.json()
     got = client.get(rec["artifact"]["url"])
@@ -66,8 +68,9 @@ def test_the_record_warns_that_the_prompt_is_ignored(seven):
 
 def test_the_image_passes_the_validator_and_carries_matching_provenance(seven):
     rec, png = seven
-    validate_image(EngineOutput(data=png, media_type="image/png", engine_version="", load_ms=0, generate_ms=0),
-                   rec["params"])
+    validate_image(
+        EngineOutput(data=png, media_type="image/png", engine_version="", load_ms=0, generate_ms=0), rec["params"]
+    )
     assert compare_provenance(read_provenance(png), rec) == []
 
 
@@ -116,8 +119,20 @@ def cli_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli_run(cli_data):
-    run = run_cli(cli_data, "generate", "image", "a portrait of a sailor", "--model", "portrait", "--seed", "7",
-                  "--width", "256", "--height", "256")
+    run = run_cli(
+        cli_data,
+        "generate",
+        "image",
+        "a portrait of a sailor",
+        "--model",
+        "portrait",
+        "--seed",
+        "7",
+        "--width",
+        "256",
+        "--height",
+        "256",
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return run
 

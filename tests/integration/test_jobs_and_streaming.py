@@ -45,8 +45,9 @@ def test_async_job_lifecycle(live):
     rec = resp.json()
     assert rec["status"] in ("pending", "running") and rec["artifact"] is None
     assert resp.headers["location"] == f"{CONTENT}/{rec['id']}"
-    done = wait_for(lambda: (r := status_of(live.client, rec["id"]))["status"] == "succeeded" and r,
-                    what="the async job to succeed")
+    done = wait_for(
+        lambda: (r := status_of(live.client, rec["id"]))["status"] == "succeeded" and r, what="the async job to succeed"
+    )
     assert_succeeded_text(done)
     assert done["usage"]["completion_tokens"] <= 24
 
@@ -128,8 +129,13 @@ def test_metrics_move_with_requests(live):
     assert value(ok) == before_ok + 1
     assert value("genforge_tokens_generated_total") == before_tokens + rec["usage"]["completion_tokens"]
     text = live.client.get("/metrics").text
-    for name in ("genforge_generation_seconds_bucket", "genforge_tokens_per_second_bucket", "genforge_queue_depth",
-                 "genforge_jobs_running", "genforge_model_load_seconds_bucket"):
+    for name in (
+        "genforge_generation_seconds_bucket",
+        "genforge_tokens_per_second_bucket",
+        "genforge_queue_depth",
+        "genforge_jobs_running",
+        "genforge_model_load_seconds_bucket",
+    ):
         assert name in text, name
     assert value('genforge_failures_total{code="engine_failed"}') == before_invalid
 
@@ -140,8 +146,18 @@ def test_restart_resolves_unfinished_records_and_orphans(app_with, tmp_path):
     runtime = runtime_of(client)
     with runtime.db.session() as s:
         for status in ("pending", "running"):
-            s.add(ContentRow(id=f"left-{status}", content_type="text", status=status, prompt="p", quality="standard",
-                             params={}, extra={}, created_at=datetime.now(UTC)))
+            s.add(
+                ContentRow(
+                    id=f"left-{status}",
+                    content_type="text",
+                    status=status,
+                    prompt="p",
+                    quality="standard",
+                    params={},
+                    extra={},
+                    created_at=datetime.now(UTC),
+                )
+            )
     orphan = runtime.store.root / "ab" / ("ab" + "0" * 62 + ".txt")
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_text("written just before a crash")

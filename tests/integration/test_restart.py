@@ -37,8 +37,18 @@ def test_a_restart_fails_what_a_crash_left_unfinished_and_removes_stray_files(tm
     # What a crash mid-generation leaves: a record still running, a file no record owns, a temp file.
     db = Database(settings.db_url)
     with db.session() as s:
-        s.add(ContentRow(id="crashed-0000", content_type="text", status="running", prompt="lost", quality="standard",
-                         params={"seed": 1}, extra={}, created_at=datetime.now(UTC)))
+        s.add(
+            ContentRow(
+                id="crashed-0000",
+                content_type="text",
+                status="running",
+                prompt="lost",
+                quality="standard",
+                params={"seed": 1},
+                extra={},
+                created_at=datetime.now(UTC),
+            )
+        )
     db.dispose()
     stray = settings.artifacts_dir / "ab" / ("ab" + "0" * 62 + ".txt")
     stray.parent.mkdir(parents=True, exist_ok=True)

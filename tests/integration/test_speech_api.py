@@ -98,13 +98,18 @@ def test_espeak_speaks_the_text_when_named(client):
 
 @needs_piper
 def test_piper_streams_one_progress_event_per_sentence(client):
-    with client.stream("POST", GENERATE, json={"content_type": "voice", "prompt": TWO_SENTENCES,
-                                               "stream": True}) as resp:
+    with client.stream(
+        "POST", GENERATE, json={"content_type": "voice", "prompt": TWO_SENTENCES, "stream": True}
+    ) as resp:
         assert resp.status_code == 200
-        events = [(b.split("\n")[0].removeprefix("event: "), json.loads(b.split("\n")[1].removeprefix("data: ")))
-                  for b in resp.read().decode().strip().split("\n\n")]
-    assert [e for e in events if e[0] == "progress"] == [("progress", {"step": 1, "total": 2}),
-                                                         ("progress", {"step": 2, "total": 2})]
+        events = [
+            (b.split("\n")[0].removeprefix("event: "), json.loads(b.split("\n")[1].removeprefix("data: ")))
+            for b in resp.read().decode().strip().split("\n\n")
+        ]
+    assert [e for e in events if e[0] == "progress"] == [
+        ("progress", {"step": 1, "total": 2}),
+        ("progress", {"step": 2, "total": 2}),
+    ]
     kind, rec = events[-1]
     assert kind == "done" and rec["content_type"] == "speech" and rec["sentences"] == 2
     assert_heard(fetch_wav(client, rec), TWO_SENTENCES)
@@ -180,9 +185,15 @@ def test_fallback_to_espeak_only_when_allowed_and_recorded(client, monkeypatch):
 
 def silent_output() -> EngineOutput:
     """What a broken engine might return: a well-formed WAV of pure silence, three seconds long."""
-    return EngineOutput(data=encode_wav(silence(3.0, 22050), 22050), media_type="audio/wav", engine_version="forced",
-                        load_ms=0, generate_ms=5, text=SENTENCE,
-                        extra={"sample_rate": 22050, "duration_s": 3.0, "voice": "silent", "warnings": []})
+    return EngineOutput(
+        data=encode_wav(silence(3.0, 22050), 22050),
+        media_type="audio/wav",
+        engine_version="forced",
+        load_ms=0,
+        generate_ms=5,
+        text=SENTENCE,
+        extra={"sample_rate": 22050, "duration_s": 3.0, "voice": "silent", "warnings": []},
+    )
 
 
 @needs_espeak

@@ -45,8 +45,9 @@ def test_cli_speaks_with_piper_and_the_wav_plays_the_sentence(tmp_path):
 
 @needs_espeak
 def test_cli_speaks_with_espeak_when_named(tmp_path):
-    rec, wav, stderr = generate_speech(tmp_path, GREETING, "--model", "espeak-ng", "--voice", "en-us",
-                                       "--speed", "0.9", "--seed", "7")
+    rec, wav, stderr = generate_speech(
+        tmp_path, GREETING, "--model", "espeak-ng", "--voice", "en-us", "--speed", "0.9", "--seed", "7"
+    )
     assert rec["model"]["engine"] == "espeak-ng" and rec["params"]["speed"] == 0.9 and rec["voice"] == "en-us"
     assert "seed 7 changes nothing" in stderr  # espeak-ng has no randomness, and says so
     assert_heard(wav, GREETING)
@@ -56,8 +57,13 @@ def test_cli_without_espeak_says_how_to_install_it(tmp_path):
     env = {**cli_env(tmp_path), "PATH": str(tmp_path / "no-programs-here")}
     import subprocess
 
-    proc = subprocess.run([str(GENFORGE), "generate", "speech", "Hello there.", "--model", "espeak-ng"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(GENFORGE), "generate", "speech", "Hello there.", "--model", "espeak-ng"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "model_unavailable" in proc.stderr and "apt-get install espeak-ng" in proc.stderr
     assert "recorded as failed" in proc.stderr

@@ -86,8 +86,11 @@ def test_add_rejects_the_name_of_a_packaged_model(catalog, tmp_path):
 def test_add_registers_a_gguf_where_it_lies_with_its_sha256(catalog, user_model):
     path, info = user_model
     assert {k: info[k] for k in ("name", "path", "sha256", "size_bytes")} == {
-        "name": "mine", "path": str(path.resolve()), "sha256": sha256(path.read_bytes()),
-        "size_bytes": path.stat().st_size}
+        "name": "mine",
+        "path": str(path.resolve()),
+        "sha256": sha256(path.read_bytes()),
+        "size_bytes": path.stat().st_size,
+    }
     assert "mine" in catalog.names() and "mine" in catalog.installed_names()
     entry = next(e for e in catalog.entries() if e["name"] == "mine")
     assert (entry["source"], entry["installed"], entry["sha256"]) == ("user", True, info["sha256"])

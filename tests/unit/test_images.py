@@ -36,17 +36,28 @@ def noise(width: int = 32, height: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def record(**over) -> dict:
-    rec = {"id": "c-1", "prompt": "a café at night ☕", "params": {"width": 32, "height": 32, "seed": 5},
-           "model": {"name": "m", "file_sha256": "ab" * 32, "engine": "diffusers", "engine_version": "diffusers 1"}}
+    rec = {
+        "id": "c-1",
+        "prompt": "a café at night ☕",
+        "params": {"width": 32, "height": 32, "seed": 5},
+        "model": {"name": "m", "file_sha256": "ab" * 32, "engine": "diffusers", "engine_version": "diffusers 1"},
+    }
     rec.update(over)
     return rec
 
 
 def chunks_for(rec: dict) -> dict[str, str]:
-    return provenance(content_id=rec["id"], model=rec["model"]["name"], model_sha256=rec["model"]["file_sha256"],
-                      engine=rec["model"]["engine"], engine_version=rec["model"]["engine_version"],
-                      seed=rec["params"]["seed"], params=rec["params"], prompt=rec["prompt"],
-                      details={"image": {"device": "cpu"}})
+    return provenance(
+        content_id=rec["id"],
+        model=rec["model"]["name"],
+        model_sha256=rec["model"]["file_sha256"],
+        engine=rec["model"]["engine"],
+        engine_version=rec["model"]["engine_version"],
+        seed=rec["params"]["seed"],
+        params=rec["params"],
+        prompt=rec["prompt"],
+        details={"image": {"device": "cpu"}},
+    )
 
 
 def output(png: bytes) -> EngineOutput:
@@ -66,8 +77,7 @@ def test_text_chunks_round_trip_including_text_that_is_not_latin_1():
 
 def test_provenance_that_disagrees_with_the_record_is_named():
     png = encode_png(noise(), chunks_for(record()))
-    problems = compare_provenance(read_provenance(png), record(id="c-2", params={"width": 32, "height": 32,
-                                                                                 "seed": 6}))
+    problems = compare_provenance(read_provenance(png), record(id="c-2", params={"width": 32, "height": 32, "seed": 6}))
     assert any(p.startswith("content_id") for p in problems)
     assert any(p.startswith("seed") for p in problems) and any(p.startswith("params") for p in problems)
     assert compare_provenance({}, record())[0].endswith("missing from the PNG")
@@ -89,8 +99,14 @@ def test_a_real_picture_of_the_requested_size_with_provenance_passes():
     validate_image(output(encode_png(noise(), chunks_for(record()))), {"width": 32, "height": 32, "seed": 5})
 
 
-@pytest.mark.parametrize("pixels", [np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 200, np.uint8),
-                                    np.random.RandomState(1).randint(0, 2, (32, 32, 3)).astype(np.uint8)])
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.zeros((32, 32, 3), np.uint8),
+        np.full((32, 32, 3), 200, np.uint8),
+        np.random.RandomState(1).randint(0, 2, (32, 32, 3)).astype(np.uint8),
+    ],
+)
 def test_constant_and_near_constant_pictures_are_invalid(pixels):
     with pytest.raises(InvalidOutput, match="constant"):
         validate_image(output(encode_png(pixels, chunks_for(record()))), {"width": 32, "height": 32, "seed": 5})

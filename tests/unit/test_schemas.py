@@ -39,21 +39,24 @@ def test_voice_is_an_alias_of_speech():
     assert GenerateRequest.model_validate({**VALID, "content_type": "voice"}).content_type == "speech"
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": "   \n\t"}, "prompt"),
-    ({"prompt": "x" * 100_001}, "prompt"),
-    ({"prompt": 42}, "prompt"),
-    ({"prompt": None}, "prompt"),
-    ({"content_type": "video"}, "content_type"),
-    ({"content_type": None}, "content_type"),
-    ({"quality": "ultra"}, "quality"),
-    ({"model": ""}, "model"),
-    ({"model": 7}, "model"),
-    ({"system": ["not", "a", "string"]}, "system"),
-    ({"params": "max_tokens=5"}, "params"),
-    ({"colour": "blue"}, "colour"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   \n\t"}, "prompt"),
+        ({"prompt": "x" * 100_001}, "prompt"),
+        ({"prompt": 42}, "prompt"),
+        ({"prompt": None}, "prompt"),
+        ({"content_type": "video"}, "content_type"),
+        ({"content_type": None}, "content_type"),
+        ({"quality": "ultra"}, "quality"),
+        ({"model": ""}, "model"),
+        ({"model": 7}, "model"),
+        ({"system": ["not", "a", "string"]}, "system"),
+        ({"params": "max_tokens=5"}, "params"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
 def test_invalid_request_names_its_field(change, field):
     with pytest.raises(ValidationError) as info:
         GenerateRequest.model_validate({**VALID, **change})
@@ -69,22 +72,25 @@ def test_missing_fields_are_named():
     assert error_field(info.value) == "prompt"
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"max_tokens": 0}, "params.max_tokens"),
-    ({"max_tokens": -5}, "params.max_tokens"),
-    ({"max_tokens": "ten"}, "params.max_tokens"),
-    ({"max_tokens": 1.5}, "params.max_tokens"),
-    ({"temperature": -0.1}, "params.temperature"),
-    ({"temperature": 2.5}, "params.temperature"),
-    ({"temperature": "hot"}, "params.temperature"),
-    ({"top_p": 0}, "params.top_p"),
-    ({"top_p": 1.5}, "params.top_p"),
-    ({"seed": -1}, "params.seed"),
-    ({"seed": 2**32}, "params.seed"),
-    ({"stop": [str(i) for i in range(9)]}, "params.stop"),
-    ({"stop": 5}, "params.stop"),
-    ({"n": 3}, "params.n"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"max_tokens": 0}, "params.max_tokens"),
+        ({"max_tokens": -5}, "params.max_tokens"),
+        ({"max_tokens": "ten"}, "params.max_tokens"),
+        ({"max_tokens": 1.5}, "params.max_tokens"),
+        ({"temperature": -0.1}, "params.temperature"),
+        ({"temperature": 2.5}, "params.temperature"),
+        ({"temperature": "hot"}, "params.temperature"),
+        ({"top_p": 0}, "params.top_p"),
+        ({"top_p": 1.5}, "params.top_p"),
+        ({"seed": -1}, "params.seed"),
+        ({"seed": 2**32}, "params.seed"),
+        ({"stop": [str(i) for i in range(9)]}, "params.stop"),
+        ({"stop": 5}, "params.stop"),
+        ({"n": 3}, "params.n"),
+    ],
+)
 def test_invalid_text_params_name_their_field(params, field):
     with pytest.raises(ValidationError) as info:
         TextParams.model_validate(params)
@@ -97,12 +103,19 @@ def test_valid_text_params():
     assert TextParams.model_validate({}).max_tokens is None
 
 
-@pytest.mark.parametrize(("error", "status", "code"), [
-    (InvalidRequest, 422, "invalid_request"), (PayloadTooLarge, 413, "payload_too_large"),
-    (NotFound, 404, "not_found"), (ModelNotFound, 404, "not_found"), (ModelUnavailable, 503, "model_unavailable"),
-    (EngineFailed, 502, "engine_failed"), (InvalidOutput, 502, "invalid_output"),
-    (GenerationTimeout, 504, "generation_timeout"),
-])
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (InvalidRequest, 422, "invalid_request"),
+        (PayloadTooLarge, 413, "payload_too_large"),
+        (NotFound, 404, "not_found"),
+        (ModelNotFound, 404, "not_found"),
+        (ModelUnavailable, 503, "model_unavailable"),
+        (EngineFailed, 502, "engine_failed"),
+        (InvalidOutput, 502, "invalid_output"),
+        (GenerationTimeout, 504, "generation_timeout"),
+    ],
+)
 def test_error_table_of_the_design(error, status, code):
     exc = error("what went wrong", content_id="abc")
     assert (exc.status, exc.code) == (status, code)

@@ -30,8 +30,15 @@ def tone(seconds: float, amplitude: int = 8000, hz: float = 220.0) -> bytes:
 
 def speech_output(pcm: bytes, text: str = SENTENCE, rate: int = RATE, **extra) -> EngineOutput:
     meta = {"sample_rate": rate, "duration_s": round(len(pcm) / 2 / rate, 3), "voice": "test", **extra}
-    return EngineOutput(data=encode_wav(pcm, rate), media_type="audio/wav", engine_version="test", load_ms=0,
-                        generate_ms=1, text=text, extra=meta)
+    return EngineOutput(
+        data=encode_wav(pcm, rate),
+        media_type="audio/wav",
+        engine_version="test",
+        load_ms=0,
+        generate_ms=1,
+        text=text,
+        extra=meta,
+    )
 
 
 PARAMS = {"speed": 1.0, "sentence_silence": 0.2}
@@ -47,13 +54,16 @@ def test_validator_accepts_audible_audio_of_plausible_length():
     validate("speech", speech_output(tone(4.0)), PARAMS)
 
 
-@pytest.mark.parametrize(("pcm", "message"), [
-    (silence(4.0, RATE), "silent"),
-    (tone(4.0, amplitude=100), "silent"),
-    (b"", "zero length"),
-    (tone(0.2), "implausible"),  # 12 words in 0.2 s
-    (tone(40.0), "implausible"),  # 12 words in 40 s
-])
+@pytest.mark.parametrize(
+    ("pcm", "message"),
+    [
+        (silence(4.0, RATE), "silent"),
+        (tone(4.0, amplitude=100), "silent"),
+        (b"", "zero length"),
+        (tone(0.2), "implausible"),  # 12 words in 0.2 s
+        (tone(40.0), "implausible"),  # 12 words in 40 s
+    ],
+)
 def test_validator_rejects_silence_and_implausible_lengths(pcm, message):
     with pytest.raises(InvalidOutput, match=message):
         validate("speech", speech_output(pcm), PARAMS)
@@ -61,8 +71,19 @@ def test_validator_rejects_silence_and_implausible_lengths(pcm, message):
 
 def test_validator_rejects_what_is_not_pcm16_wav_or_misreported():
     with pytest.raises(InvalidOutput, match="does not decode"):
-        validate("speech", EngineOutput(b"RIFF....not audio", "audio/wav", "t", 0, 1, text=SENTENCE,
-                                        extra={"sample_rate": RATE, "duration_s": 1.0}), PARAMS)
+        validate(
+            "speech",
+            EngineOutput(
+                b"RIFF....not audio",
+                "audio/wav",
+                "t",
+                0,
+                1,
+                text=SENTENCE,
+                extra={"sample_rate": RATE, "duration_s": 1.0},
+            ),
+            PARAMS,
+        )
     with pytest.raises(InvalidOutput, match="not audio/wav"):
         validate("speech", EngineOutput(b"x", "audio/mpeg", "t", 0, 1, text=SENTENCE), PARAMS)
     with pytest.raises(InvalidOutput, match="does not match"):
@@ -119,18 +140,21 @@ def test_empty_text_is_refused_before_any_record(prompt):
         speech(prompt)
 
 
-@pytest.mark.parametrize(("kw", "field"), [
-    ({"prompt": "... !!! ---"}, "prompt"),
-    ({"prompt": "word " * 41}, "prompt"),  # 205 characters over the limit of 200
-    ({"system": "Speak slowly."}, "system"),
-    ({"quality": "high"}, "quality"),
-    ({"params": {"speed": 0}}, "params.speed"),
-    ({"params": {"speed": 5}}, "params.speed"),
-    ({"params": {"sentence_silence": -1}}, "params.sentence_silence"),
-    ({"params": {"voice": "-x --stdout"}}, "params.voice"),
-    ({"params": {"temperature": 0.5}}, "params.temperature"),
-    ({"model": "smollm2-135m-instruct"}, "model"),
-])
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"prompt": "... !!! ---"}, "prompt"),
+        ({"prompt": "word " * 41}, "prompt"),  # 205 characters over the limit of 200
+        ({"system": "Speak slowly."}, "system"),
+        ({"quality": "high"}, "quality"),
+        ({"params": {"speed": 0}}, "params.speed"),
+        ({"params": {"speed": 5}}, "params.speed"),
+        ({"params": {"sentence_silence": -1}}, "params.sentence_silence"),
+        ({"params": {"voice": "-x --stdout"}}, "params.voice"),
+        ({"params": {"temperature": 0.5}}, "params.temperature"),
+        ({"model": "smollm2-135m-instruct"}, "model"),
+    ],
+)
 def test_bad_speech_requests_are_422_naming_the_field(catalog, kw, field):
     with pytest.raises(InvalidRequest) as exc:
         plan(speech(**kw), catalog.settings, catalog)

@@ -33,8 +33,9 @@ def test_write_stores_the_bytes_under_their_sha256(store):
     assert files_under(store.root) == [stored.path], "a temp file was left next to the artifact"
 
 
-@pytest.mark.parametrize(("media_type", "suffix"), [("image/png", ".png"), ("audio/wav", ".wav"),
-                                                     ("application/x-unknown", ".bin")])
+@pytest.mark.parametrize(
+    ("media_type", "suffix"), [("image/png", ".png"), ("audio/wav", ".wav"), ("application/x-unknown", ".bin")]
+)
 def test_suffix_follows_the_media_type(store, media_type, suffix):
     assert store.write(b"\x89 some bytes", media_type).path.suffix == suffix
 

@@ -24,9 +24,22 @@ def test_special_tokens_around_real_words_still_pass():
     validate("text", engine_output("<|im_start|>Paris<|im_end|>"))
 
 
-@pytest.mark.parametrize("text", ["", " ", "\n\t  \r\n", "<|im_end|>", " <|im_end|>\n<|endoftext|> ",
-                                  "<|im_start|><|im_end|>", "</s>", "<s></s>", "<end_of_turn>\n", "[INST][/INST]",
-                                  "<pad><unk>"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\n\t  \r\n",
+        "<|im_end|>",
+        " <|im_end|>\n<|endoftext|> ",
+        "<|im_start|><|im_end|>",
+        "</s>",
+        "<s></s>",
+        "<end_of_turn>\n",
+        "[INST][/INST]",
+        "<pad><unk>",
+    ],
+)
 def test_empty_or_only_special_tokens_is_invalid_output(text):
     with pytest.raises(InvalidOutput) as info:
         validate("text", engine_output(text, completion_tokens=3))

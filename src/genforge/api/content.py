@@ -24,14 +24,21 @@ async def generate(body: GenerateRequest, svc: Service):
     if body.mode == "async":
         record = await run_in_threadpool(svc.get, job.content_id)
         return JSONResponse(record, status_code=202, headers={"Location": f"/api/v1/content/{job.content_id}"})
-    return StreamingResponse(job_events(svc, job, cancel_on_disconnect=True), media_type="text/event-stream",
-                             headers={**SSE_HEADERS, "X-Genforge-Content-Id": job.content_id})
+    return StreamingResponse(
+        job_events(svc, job, cancel_on_disconnect=True),
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, "X-Genforge-Content-Id": job.content_id},
+    )
 
 
 @router.get("")
-def list_content(svc: Service, content_type: Literal["text", "image", "speech"] | None = None,
-                 status: Literal["pending", "running", "succeeded", "failed", "cancelled"] | None = None,
-                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict:
+def list_content(
+    svc: Service,
+    content_type: Literal["text", "image", "speech"] | None = None,
+    status: Literal["pending", "running", "succeeded", "failed", "cancelled"] | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> dict:
     return svc.list(content_type, status, limit, offset)
 
 

@@ -18,8 +18,16 @@ def openai_error_body(exc: GenforgeError) -> dict:
     """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
     kind = "invalid_request_error" if exc.status < 500 else "server_error"
     code = "model_not_found" if isinstance(exc, ModelNotFound) else exc.code
-    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": code,
-                      "hint": exc.hint, "content_id": exc.content_id}}
+    return {
+        "error": {
+            "message": exc.message,
+            "type": kind,
+            "param": exc.field,
+            "code": code,
+            "hint": exc.hint,
+            "content_id": exc.content_id,
+        }
+    }
 
 
 def error_response(exc: GenforgeError, request: Request | None = None) -> JSONResponse:
@@ -37,8 +45,11 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     err = exc.errors()[0]
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     if err.get("type") == "json_invalid":
-        return InvalidRequest(f"the body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}",
-                              field="body", hint="Send a JSON object with Content-Type: application/json.")
+        return InvalidRequest(
+            f"the body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}",
+            field="body",
+            hint="Send a JSON object with Content-Type: application/json.",
+        )
     field = ".".join(loc) or "body"
     return InvalidRequest(f"{field}: {err['msg'].removeprefix('Value error, ')}", field=field)
 
@@ -68,8 +79,9 @@ def _http_error(exc: StarletteHTTPException) -> GenforgeError:
     if exc.status_code == 413:
         return PayloadTooLarge(str(exc.detail))
     if exc.status_code == 400:  # FastAPI could not decode the body (e.g. bytes that are not UTF-8)
-        return InvalidRequest(f"the body could not be read: {exc.detail}", field="body",
-                              hint="Send UTF-8 encoded JSON.")
+        return InvalidRequest(
+            f"the body could not be read: {exc.detail}", field="body", hint="Send UTF-8 encoded JSON."
+        )
     if 400 <= exc.status_code < 500:
         err = InvalidRequest(str(exc.detail))
         err.status = exc.status_code

@@ -33,13 +33,29 @@ HEADER = "X-Genforge-Content-Id"
 
 # Parameters OpenAI clients send that genforge accepts only at their neutral value.
 NEUTRAL: dict[str, tuple] = {
-    "n": (None, 1), "best_of": (None, 1), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}), "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []),
-    "functions": (None, []), "tool_choice": (None, "none", "auto"), "function_call": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False), "response_format": (None, {"type": "text"}),
-    "echo": (None, False), "suffix": (None, ""), "store": (None, False), "metadata": (None, {}),
-    "service_tier": (None, "auto", "default"), "modalities": (None, ["text"]), "prediction": (None,),
-    "audio": (None,), "reasoning_effort": (None,), "web_search_options": (None,),
+    "n": (None, 1),
+    "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "function_call": (None, "none", "auto"),
+    "parallel_tool_calls": (None, True, False),
+    "response_format": (None, {"type": "text"}),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "store": (None, False),
+    "metadata": (None, {}),
+    "service_tier": (None, "auto", "default"),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "audio": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
 }
 OPENAI_VOICES = {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"}
 # Accepted and recorded in the request only (no effect on generation).
@@ -55,11 +71,17 @@ class _OpenAIBody(BaseModel):
             if name in IGNORED_METADATA:
                 continue
             if name not in NEUTRAL:
-                raise InvalidRequest(f"unsupported parameter {name!r}", field=name,
-                                     hint="genforge refuses parameters it cannot honour rather than ignore them.")
+                raise InvalidRequest(
+                    f"unsupported parameter {name!r}",
+                    field=name,
+                    hint="genforge refuses parameters it cannot honour rather than ignore them.",
+                )
             if value not in NEUTRAL[name]:
-                raise InvalidRequest(f"{name}={json.dumps(value)} is not supported (only its neutral value)",
-                                     field=name, hint="Leave it unset.")
+                raise InvalidRequest(
+                    f"{name}={json.dumps(value)} is not supported (only its neutral value)",
+                    field=name,
+                    hint="Leave it unset.",
+                )
 
 
 class ChatMessage(BaseModel):
@@ -108,8 +130,13 @@ class SpeechRequest(_OpenAIBody):
 
 
 def _text_params(body) -> dict:
-    params = {"max_tokens": getattr(body, "max_completion_tokens", None) or body.max_tokens,
-              "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": body.stop}
+    params = {
+        "max_tokens": getattr(body, "max_completion_tokens", None) or body.max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "seed": body.seed,
+        "stop": body.stop,
+    }
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -119,8 +146,11 @@ def _message_text(message: ChatMessage) -> str:
     parts = []
     for part in message.content:
         if part.get("type") != "text":
-            raise InvalidRequest(f"message content of type {part.get('type')!r} is not supported",
-                                 field="messages", hint="Send text content only.")
+            raise InvalidRequest(
+                f"message content of type {part.get('type')!r} is not supported",
+                field="messages",
+                hint="Send text content only.",
+            )
         parts.append(part.get("text", ""))
     return "".join(parts)
 
@@ -132,8 +162,14 @@ def _chat_request(body: ChatCompletionRequest) -> GenerateRequest:
     if not users:
         raise InvalidRequest("messages must contain a user message", field="messages")
     system = "\n".join(m["content"] for m in messages if m["role"] in ("system", "developer")) or None
-    return GenerateRequest(content_type="text", prompt=users[-1], system=system, model=body.model,
-                           params=_text_params(body), messages=messages)
+    return GenerateRequest(
+        content_type="text",
+        prompt=users[-1],
+        system=system,
+        model=body.model,
+        params=_text_params(body),
+        messages=messages,
+    )
 
 
 def _usage(record: dict) -> dict:
@@ -173,15 +209,23 @@ async def _openai_stream(svc: ContentService, job: Job, chunk, final_chunks) -> 
 
 
 def _stream_response(svc: ContentService, job: Job, chunk, final_chunks) -> StreamingResponse:
-    return StreamingResponse(_openai_stream(svc, job, chunk, final_chunks), media_type="text/event-stream",
-                             headers={**SSE_HEADERS, HEADER: job.content_id})
+    return StreamingResponse(
+        _openai_stream(svc, job, chunk, final_chunks),
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, HEADER: job.content_id},
+    )
 
 
 @router.get("/models")
 def list_models(request: Request) -> dict:
     entries = [e for e in request.app.state.runtime.catalog.entries() if e["installed"]]
-    return {"object": "list", "data": [{"id": e["name"], "object": "model", "created": 0, "owned_by": "genforge",
-                                        "type": e["type"]} for e in entries]}
+    return {
+        "object": "list",
+        "data": [
+            {"id": e["name"], "object": "model", "created": 0, "owned_by": "genforge", "type": e["type"]}
+            for e in entries
+        ],
+    }
 
 
 @router.post("/chat/completions")
@@ -190,14 +234,29 @@ async def chat_completions(body: ChatCompletionRequest, svc: Service, response: 
     if not body.stream:
         record = await run_in_threadpool(svc.generate, req)
         response.headers[HEADER] = record["id"]
-        return {"id": f"chatcmpl-{record['id']}", "object": "chat.completion", "created": _created(record),
-                "model": record["model"]["name"], "system_fingerprint": f"genforge-{record['model']['engine_version']}",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": record["text"]},
-                             "finish_reason": record["finish_reason"], "logprobs": None}],
-                "usage": _usage(record)}
+        return {
+            "id": f"chatcmpl-{record['id']}",
+            "object": "chat.completion",
+            "created": _created(record),
+            "model": record["model"]["name"],
+            "system_fingerprint": f"genforge-{record['model']['engine_version']}",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": record["text"]},
+                    "finish_reason": record["finish_reason"],
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(record),
+        }
     job = await run_in_threadpool(svc.submit, req)
-    base = {"id": f"chatcmpl-{job.content_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": req.model}
+    base = {
+        "id": f"chatcmpl-{job.content_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": req.model,
+    }
     include_usage = bool(((body.model_extra or {}).get("stream_options") or {}).get("include_usage"))
 
     def chunk(text: str | None, role: bool = False) -> dict:
@@ -205,8 +264,10 @@ async def chat_completions(body: ChatCompletionRequest, svc: Service, response: 
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]}
 
     def final_chunks(record: dict) -> list[dict]:
-        last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": record["finish_reason"],
-                                     "logprobs": None}]}
+        last = {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": record["finish_reason"], "logprobs": None}],
+        }
         return [last, {**base, "choices": [], "usage": _usage(record)}] if include_usage else [last]
 
     return _stream_response(svc, job, chunk, final_chunks)
@@ -218,26 +279,35 @@ async def completions(body: CompletionRequest, svc: Service, response: Response)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise InvalidRequest("exactly one prompt per request is supported", field="prompt")
-    req = GenerateRequest(content_type="text", prompt=prompts[0], model=body.model, params=_text_params(body),
-                          raw=True)
+    req = GenerateRequest(content_type="text", prompt=prompts[0], model=body.model, params=_text_params(body), raw=True)
     if not body.stream:
         record = await run_in_threadpool(svc.generate, req)
         response.headers[HEADER] = record["id"]
-        return {"id": f"cmpl-{record['id']}", "object": "text_completion", "created": _created(record),
-                "model": record["model"]["name"],
-                "choices": [{"index": 0, "text": record["text"], "finish_reason": record["finish_reason"],
-                             "logprobs": None}],
-                "usage": _usage(record)}
+        return {
+            "id": f"cmpl-{record['id']}",
+            "object": "text_completion",
+            "created": _created(record),
+            "model": record["model"]["name"],
+            "choices": [
+                {"index": 0, "text": record["text"], "finish_reason": record["finish_reason"], "logprobs": None}
+            ],
+            "usage": _usage(record),
+        }
     job = await run_in_threadpool(svc.submit, req)
-    base = {"id": f"cmpl-{job.content_id}", "object": "text_completion", "created": int(time.time()),
-            "model": req.model}
+    base = {
+        "id": f"cmpl-{job.content_id}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": req.model,
+    }
 
     def chunk(text: str | None, role: bool = False) -> dict:
         return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": None, "logprobs": None}]}
 
     def final_chunks(record: dict) -> list[dict]:
-        return [{**base, "choices": [{"index": 0, "text": "", "finish_reason": record["finish_reason"],
-                                      "logprobs": None}]}]
+        return [
+            {**base, "choices": [{"index": 0, "text": "", "finish_reason": record["finish_reason"], "logprobs": None}]}
+        ]
 
     return _stream_response(svc, job, chunk, final_chunks)
 
@@ -266,24 +336,30 @@ async def image_generations(body: ImageRequest, svc: Service, response: Response
     else:
         path, _ = await run_in_threadpool(svc.artifact, record["id"])
         item = {"b64_json": base64.b64encode(path.read_bytes()).decode("ascii")}
-    return {"created": _created(record), "data": [{**item, "revised_prompt": None}],
-            "genforge": {"content_id": record["id"], "warnings": record.get("warnings", [])}}
+    return {
+        "created": _created(record),
+        "data": [{**item, "revised_prompt": None}],
+        "genforge": {"content_id": record["id"], "warnings": record.get("warnings", [])},
+    }
 
 
 @router.post("/audio/speech")
 async def audio_speech(body: SpeechRequest, svc: Service):
     body.unsupported()
     if body.response_format not in (None, "wav"):
-        raise InvalidRequest(f"response_format {body.response_format!r} is not supported; genforge makes wav",
-                             field="response_format")
+        raise InvalidRequest(
+            f"response_format {body.response_format!r} is not supported; genforge makes wav", field="response_format"
+        )
     if body.voice in OPENAI_VOICES:
-        raise InvalidRequest(f"voice {body.voice!r} is one of OpenAI's voices, which genforge does not have",
-                             field="voice", hint="Use voice='default' for the model's own voice, or a speaker of "
-                                                 "the model (see `genforge models list`).")
+        raise InvalidRequest(
+            f"voice {body.voice!r} is one of OpenAI's voices, which genforge does not have",
+            field="voice",
+            hint="Use voice='default' for the model's own voice, or a speaker of "
+            "the model (see `genforge models list`).",
+        )
     voice = None if body.voice == "default" else body.voice
     params = {k: v for k, v in {"voice": voice, "speed": body.speed}.items() if v is not None}
     req = GenerateRequest(content_type="speech", prompt=body.input, model=body.model, params=params)
     record = await run_in_threadpool(svc.generate, req)
     path, media_type = await run_in_threadpool(svc.artifact, record["id"])
     return Response(path.read_bytes(), media_type=media_type, headers={HEADER: record["id"]})
-

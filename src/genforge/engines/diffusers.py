@@ -22,8 +22,13 @@ from genforge.engines.base import Emit, EngineOutput, GenerationJob
 from genforge.errors import Cancelled, InvalidOutput, ModelUnavailable
 
 # Set before diffusers/transformers import huggingface_hub, which reads them once.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "DIFFUSERS_VERBOSITY": "error", "TRANSFORMERS_VERBOSITY": "error"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
 
 # Request name -> diffusers scheduler class; "default" keeps the checkpoint's own.
 SCHEDULERS = {
@@ -37,10 +42,12 @@ SCHEDULERS = {
     "lcm": "LCMScheduler",
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-SINGLE_FILE_HINT = ("A single-file checkpoint needs its pipeline's config files, which genforge does not "
-                    "download. Convert it to a diffusers directory on a machine with hub access "
-                    "(`StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR)`) and register DIR "
-                    "with `genforge models add DIR --type image`.")
+SINGLE_FILE_HINT = (
+    "A single-file checkpoint needs its pipeline's config files, which genforge does not "
+    "download. Convert it to a diffusers directory on a machine with hub access "
+    "(`StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR)`) and register DIR "
+    "with `genforge models add DIR --type image`."
+)
 
 
 def _hub_offline() -> None:
@@ -78,9 +85,11 @@ class DiffusersEngine:
             import numpy
             import torch
         except ImportError as exc:
-            raise ModelUnavailable(f"the diffusers engine is not installed: {exc}",
-                                   hint="Install the image extra: `pip install 'genforge[image]'` "
-                                        "(see the README for the CPU build of torch).") from None
+            raise ModelUnavailable(
+                f"the diffusers engine is not installed: {exc}",
+                hint="Install the image extra: `pip install 'genforge[image]'` "
+                "(see the README for the CPU build of torch).",
+            ) from None
         _hub_offline()
         diffusers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.disable_progress_bar()
@@ -104,32 +113,36 @@ class DiffusersEngine:
             torch.set_num_threads(self.threads)
         cuda = torch.cuda.is_available()
         if self.device_setting == "cuda" and not cuda:
-            raise ModelUnavailable("GENFORGE_IMAGE_DEVICE is cuda, but torch sees no CUDA device",
-                                   hint="Set GENFORGE_IMAGE_DEVICE=auto or cpu, or install a CUDA build of torch.")
+            raise ModelUnavailable(
+                "GENFORGE_IMAGE_DEVICE is cuda, but torch sees no CUDA device",
+                hint="Set GENFORGE_IMAGE_DEVICE=auto or cpu, or install a CUDA build of torch.",
+            )
         self._device = "cuda" if cuda and self.device_setting in ("auto", "cuda") else "cpu"
         self._dtype = torch.float16 if self._device == "cuda" else torch.float32
         path = Path(model.path)
         try:
             if path.is_dir():
                 pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
-                    str(path), local_files_only=True, dtype=self._dtype)
+                    str(path), local_files_only=True, dtype=self._dtype
+                )
             elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-                cls = (diffusers.StableDiffusionXLPipeline if _is_sdxl(path)
-                       else diffusers.StableDiffusionPipeline)
+                cls = diffusers.StableDiffusionXLPipeline if _is_sdxl(path) else diffusers.StableDiffusionPipeline
                 pipe = cls.from_single_file(str(path), local_files_only=True, dtype=self._dtype)
             else:
-                raise ModelUnavailable(f"model {model.name!r}: {path} is neither a diffusers directory nor a "
-                                       ".safetensors/.ckpt file",
-                                       hint="Register a checkpoint with `genforge models add PATH --type image`.")
+                raise ModelUnavailable(
+                    f"model {model.name!r}: {path} is neither a diffusers directory nor a .safetensors/.ckpt file",
+                    hint="Register a checkpoint with `genforge models add PATH --type image`.",
+                )
         except ModelUnavailable:
             raise
         except Exception as exc:  # ValueError, OSError, the hub's LocalEntryNotFoundError, torch errors ...
             single = not path.is_dir()
             raise ModelUnavailable(
                 f"diffusers could not load {model.name!r} from {path}: {type(exc).__name__}: {str(exc)[:400]}",
-                hint=SINGLE_FILE_HINT if single else
-                "The checkpoint directory is incomplete or not a text-to-image pipeline; check it with "
-                "`genforge models verify`, or register a complete one with `genforge models add DIR --type image`."
+                hint=SINGLE_FILE_HINT
+                if single
+                else "The checkpoint directory is incomplete or not a text-to-image pipeline; check it with "
+                "`genforge models verify`, or register a complete one with `genforge models add DIR --type image`.",
             ) from None
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe.to(self._device)
@@ -163,29 +176,63 @@ class DiffusersEngine:
 
         generator = torch.Generator("cpu").manual_seed(p["seed"])  # CPU noise: the same latents on any device
         with torch.inference_mode():
-            result = pipe(prompt=job.prompt, negative_prompt=p["negative_prompt"] or None, width=p["width"],
-                          height=p["height"], num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
-                          generator=generator, output_type="np", callback_on_step_end=on_step_end)
+            result = pipe(
+                prompt=job.prompt,
+                negative_prompt=p["negative_prompt"] or None,
+                width=p["width"],
+                height=p["height"],
+                num_inference_steps=p["steps"],
+                guidance_scale=p["guidance_scale"],
+                generator=generator,
+                output_type="np",
+                callback_on_step_end=on_step_end,
+            )
         if any(getattr(result, "nsfw_content_detected", None) or []):
-            raise InvalidOutput("the checkpoint's safety checker flagged the image and replaced it with a black one",
-                                hint="Try another prompt or seed; genforge never stores the blacked-out image.")
+            raise InvalidOutput(
+                "the checkpoint's safety checker flagged the image and replaced it with a black one",
+                hint="Try another prompt or seed; genforge never stores the blacked-out image.",
+            )
         image = result.images[0]
         if not np.isfinite(image).all():
-            raise InvalidOutput("the pipeline produced NaN or infinite pixel values (numerical overflow)",
-                                hint="Try another seed, fewer steps or a lower guidance_scale; on CUDA, float16 "
-                                     "overflow is a known cause.")
+            raise InvalidOutput(
+                "the pipeline produced NaN or infinite pixel values (numerical overflow)",
+                hint="Try another seed, fewer steps or a lower guidance_scale; on CUDA, float16 "
+                "overflow is a known cause.",
+            )
         rgb = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        details = {"pipeline": type(pipe).__name__, "scheduler": type(pipe.scheduler).__name__,
-                   "device": self._device, "dtype": str(self._dtype).removeprefix("torch."),
-                   "denoising_steps": pipe.num_timesteps}
-        text = images.provenance(content_id=job.content_id, model=job.model.name, model_sha256=job.model.sha256,
-                                 engine=self.kind, engine_version=self._version, seed=p["seed"], params=p,
-                                 prompt=job.prompt, details={"image": details})
+        details = {
+            "pipeline": type(pipe).__name__,
+            "scheduler": type(pipe.scheduler).__name__,
+            "device": self._device,
+            "dtype": str(self._dtype).removeprefix("torch."),
+            "denoising_steps": pipe.num_timesteps,
+        }
+        text = images.provenance(
+            content_id=job.content_id,
+            model=job.model.name,
+            model_sha256=job.model.sha256,
+            engine=self.kind,
+            engine_version=self._version,
+            seed=p["seed"],
+            params=p,
+            prompt=job.prompt,
+            details={"image": details},
+        )
         data = images.encode_png(rgb, text)
-        return EngineOutput(data=data, media_type="image/png", engine_version=self._version, load_ms=load_ms,
-                            generate_ms=(time.perf_counter() - start) * 1000,
-                            extra={"width": rgb.shape[1], "height": rgb.shape[0], "steps": p["steps"],
-                                   "warnings": [], "image": details})
+        return EngineOutput(
+            data=data,
+            media_type="image/png",
+            engine_version=self._version,
+            load_ms=load_ms,
+            generate_ms=(time.perf_counter() - start) * 1000,
+            extra={
+                "width": rgb.shape[1],
+                "height": rgb.shape[0],
+                "steps": p["steps"],
+                "warnings": [],
+                "image": details,
+            },
+        )
 
 
 def _is_sdxl(path: Path) -> bool:

@@ -53,8 +53,9 @@ class EspeakEngine:
             raise ModelUnavailable(f"espeak-ng could not be started: {exc}", hint=APT_HINT) from None
         match = re.search(r"text-to-speech:\s*(\S+)", proc.stdout)
         if proc.returncode != 0 or match is None:
-            raise ModelUnavailable(f"{model.path} --version failed: {(proc.stderr or proc.stdout).strip()[:200]}",
-                                   hint=APT_HINT)
+            raise ModelUnavailable(
+                f"{model.path} --version failed: {(proc.stderr or proc.stdout).strip()[:200]}", hint=APT_HINT
+            )
         self.binary, self.version = model.path, f"espeak-ng {match.group(1)}"
         return (time.perf_counter() - start) * 1000
 
@@ -64,8 +65,12 @@ class EspeakEngine:
 
     def _speak(self, sentence: str, voice: str, wpm: int) -> tuple[bytes, int]:
         try:
-            proc = subprocess.run([self.binary, "-v", voice, "-s", str(wpm), "-b", "1", "--stdout"],
-                                  input=sentence.encode("utf-8"), capture_output=True, timeout=TIMEOUT_S)
+            proc = subprocess.run(
+                [self.binary, "-v", voice, "-s", str(wpm), "-b", "1", "--stdout"],
+                input=sentence.encode("utf-8"),
+                capture_output=True,
+                timeout=TIMEOUT_S,
+            )
         except FileNotFoundError:
             self.binary = None
             raise ModelUnavailable("the espeak-ng program disappeared", hint=APT_HINT) from None
@@ -73,8 +78,11 @@ class EspeakEngine:
             raise EngineFailed(f"espeak-ng did not finish a sentence within {TIMEOUT_S} s") from None
         stderr = proc.stderr.decode("utf-8", "replace").strip()
         if proc.returncode != 0 and "voice does not exist" in stderr:
-            raise InvalidRequest(f"params.voice: espeak-ng has no voice {voice!r}", field="params.voice",
-                                 hint="List the voices with `espeak-ng --voices`.")
+            raise InvalidRequest(
+                f"params.voice: espeak-ng has no voice {voice!r}",
+                field="params.voice",
+                hint="List the voices with `espeak-ng --voices`.",
+            )
         if proc.returncode != 0 or not proc.stdout:
             raise EngineFailed(f"espeak-ng exited with {proc.returncode}: {stderr[:300] or 'no output'}")
         try:  # --stdout writes a streaming header (frame count ~2^30); decode_wav reads to the end
@@ -82,8 +90,9 @@ class EspeakEngine:
         except ValueError as exc:
             raise InvalidOutput(f"espeak-ng wrote no usable WAV: {exc}") from None
         if wav.sample_width != 2 or wav.channels != 1:
-            raise InvalidOutput(f"espeak-ng wrote {wav.channels}-channel {8 * wav.sample_width}-bit audio, "
-                                "not PCM 16-bit mono")
+            raise InvalidOutput(
+                f"espeak-ng wrote {wav.channels}-channel {8 * wav.sample_width}-bit audio, not PCM 16-bit mono"
+            )
         return wav.frames, wav.sample_rate
 
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
@@ -96,12 +105,16 @@ class EspeakEngine:
         warnings = []
         if not MIN_WPM <= wpm <= MAX_WPM:
             clamped = min(MAX_WPM, max(MIN_WPM, wpm))
-            warnings.append(f"espeak-ng speaks {MIN_WPM}-{MAX_WPM} words a minute: speed {speed} "
-                            f"({wpm} wpm) was limited to {clamped} wpm (speed {clamped / BASE_WPM:.2f})")
+            warnings.append(
+                f"espeak-ng speaks {MIN_WPM}-{MAX_WPM} words a minute: speed {speed} "
+                f"({wpm} wpm) was limited to {clamped} wpm (speed {clamped / BASE_WPM:.2f})"
+            )
             wpm = clamped
         if params.get("seed") is not None:
-            warnings.append(f"espeak-ng has no randomness: seed {params['seed']} changes nothing (the same text "
-                            "and settings always give the same audio)")
+            warnings.append(
+                f"espeak-ng has no randomness: seed {params['seed']} changes nothing (the same text "
+                "and settings always give the same audio)"
+            )
         if params.get("fallback_reason"):
             warnings.append(f"espeak-ng used as the fallback the request allowed: {params['fallback_reason']}")
         sentences = split_sentences(job.prompt)
@@ -119,10 +132,20 @@ class EspeakEngine:
             raise InvalidOutput("espeak-ng produced no audio: the text has no sentence to speak")
         pcm = b"".join(parts)
         return EngineOutput(
-            data=encode_wav(pcm, rate), media_type="audio/wav", engine_version=self.version, load_ms=load_ms,
+            data=encode_wav(pcm, rate),
+            media_type="audio/wav",
+            engine_version=self.version,
+            load_ms=load_ms,
             generate_ms=(time.perf_counter() - start) * 1000,
-            extra={"sample_rate": rate, "duration_s": round(len(pcm) / 2 / rate, 3), "voice": voice,
-                   "sentences": len(sentences), "deterministic": True, "warnings": warnings})
+            extra={
+                "sample_rate": rate,
+                "duration_s": round(len(pcm) / 2 / rate, 3),
+                "voice": voice,
+                "sentences": len(sentences),
+                "deterministic": True,
+                "warnings": warnings,
+            },
+        )
 
 
 def create(settings) -> EspeakEngine:

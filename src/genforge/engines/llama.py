@@ -51,7 +51,8 @@ class Sequence:
     kv_tokens: list[int] = field(default_factory=list)  # tokens whose KV cache is in the slot
     prompt_cached: int = 0  # prompt tokens reused from the slot's cache
     decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
 
     @property
     def hold(self) -> int:
@@ -90,22 +91,33 @@ class LlamaEngine:
         if self._is_loaded(model):
             return 0.0
         if self._active:
-            raise ModelUnavailable(f"cannot switch to {model.name!r} while {self._model.name!r} is generating",
-                                   hint="Try again when the running generations finish.")
+            raise ModelUnavailable(
+                f"cannot switch to {model.name!r} while {self._model.name!r} is generating",
+                hint="Try again when the running generations finish.",
+            )
         if llama_cpp is None:
-            raise ModelUnavailable("llama-cpp-python is not installed",
-                                   hint="Install the text extra: `pip install 'genforge[text]'`.")
+            raise ModelUnavailable(
+                "llama-cpp-python is not installed", hint="Install the text extra: `pip install 'genforge[text]'`."
+            )
         start = time.perf_counter()
         self._llm = self._model = self._formatter = self._ctx = self._batch = None
         self._slot_tokens = {}
         try:
             # The Llama object gives us the model, tokenizer and metadata; its own context stays small.
-            llm = llama_cpp.Llama(model_path=model.path, n_ctx=256, n_batch=256, n_threads=self.n_threads,
-                                  n_threads_batch=self.n_threads, verbose=False)
+            llm = llama_cpp.Llama(
+                model_path=model.path,
+                n_ctx=256,
+                n_batch=256,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                verbose=False,
+            )
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelUnavailable(f"llama.cpp could not load {model.name!r} from {model.path}: {exc}",
-                                   hint="The file may be corrupt or not a model llama.cpp supports; "
-                                        "check it with `genforge models verify`.") from exc
+            raise ModelUnavailable(
+                f"llama.cpp could not load {model.name!r} from {model.path}: {exc}",
+                hint="The file may be corrupt or not a model llama.cpp supports; "
+                "check it with `genforge models verify`.",
+            ) from exc
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx * self.n_parallel  # split evenly: every slot holds a full context
         params.n_batch = params.n_ubatch = PREFILL_CHUNK
@@ -116,8 +128,9 @@ class LlamaEngine:
             self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         except ValueError as exc:
             raise ModelUnavailable(f"llama.cpp could not create a context for {model.name!r}: {exc}") from exc
-        self._batch = _internals.LlamaBatch(n_tokens=max(PREFILL_CHUNK, self.n_parallel), embd=0, n_seq_max=1,
-                                            verbose=False)
+        self._batch = _internals.LlamaBatch(
+            n_tokens=max(PREFILL_CHUNK, self.n_parallel), embd=0, n_seq_max=1, verbose=False
+        )
         self._llm, self._model = llm, model
         self._n_vocab = llm.n_vocab()
         self._formatter = self._chat_formatter(llm) if model.chat else None
@@ -135,8 +148,12 @@ class LlamaEngine:
         def piece(token_id: int) -> str:
             return llm._model.token_get_text(token_id) if token_id >= 0 else ""
 
-        return Jinja2ChatFormatter(template=template, eos_token=piece(llm.token_eos()),
-                                   bos_token=piece(llm.token_bos()), stop_token_ids=[llm.token_eos()])
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=piece(llm.token_eos()),
+            bos_token=piece(llm.token_bos()),
+            stop_token_ids=[llm.token_eos()],
+        )
 
     # --- admission ---------------------------------------------------------------------------
     def _prompt_tokens(self, job: GenerationJob) -> list[int]:
@@ -151,7 +168,8 @@ class LlamaEngine:
             return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         messages = job.params.get("messages") or [
             *([{"role": "system", "content": job.system}] if job.system else []),
-            {"role": "user", "content": job.prompt}]
+            {"role": "user", "content": job.prompt},
+        ]
         formatted = self._formatter(messages=messages)
         return llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
@@ -199,16 +217,33 @@ class LlamaEngine:
         start = time.perf_counter()
         prompt = self._prompt_tokens(job)
         if len(prompt) >= self.n_ctx:
-            return [(job.content_id, "error", InvalidRequest(
-                f"the prompt is {len(prompt)} tokens; the model's context holds {self.n_ctx}", field="prompt",
-                hint="Shorten the prompt or raise GENFORGE_CONTEXT_SIZE."))]
+            return [
+                (
+                    job.content_id,
+                    "error",
+                    InvalidRequest(
+                        f"the prompt is {len(prompt)} tokens; the model's context holds {self.n_ctx}",
+                        field="prompt",
+                        hint="Shorten the prompt or raise GENFORGE_CONTEXT_SIZE.",
+                    ),
+                )
+            ]
         p = job.params
         slot, reuse = self._pick_slot(prompt)
         llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, reuse, -1)
-        seq = Sequence(job=job, slot=slot, prompt=prompt, max_tokens=min(p["max_tokens"], self.n_ctx - len(prompt)),
-                       stops=[s for s in p.get("stop") or [] if s],
-                       sampler=self._sampler(p), started=start, load_ms=load_ms, kv_tokens=prompt[:reuse],
-                       n_past=reuse, prompt_cached=reuse)
+        seq = Sequence(
+            job=job,
+            slot=slot,
+            prompt=prompt,
+            max_tokens=min(p["max_tokens"], self.n_ctx - len(prompt)),
+            stops=[s for s in p.get("stop") or [] if s],
+            sampler=self._sampler(p),
+            started=start,
+            load_ms=load_ms,
+            kv_tokens=prompt[:reuse],
+            n_past=reuse,
+            prompt_cached=reuse,
+        )
         self._active[job.content_id] = seq
         return []
 
@@ -262,8 +297,11 @@ class LlamaEngine:
                 events += self._admit(job, load_ms)
             events += self._decode_step()
         except Exception as exc:  # the whole batch shares the failure: fail every sequence in it
-            err = exc if isinstance(exc, GenforgeError) else EngineFailed(
-                f"llama.cpp failed during generation: {type(exc).__name__}: {exc}")
+            err = (
+                exc
+                if isinstance(exc, GenforgeError)
+                else EngineFailed(f"llama.cpp failed during generation: {type(exc).__name__}: {exc}")
+            )
             events += [(job_id, "error", err) for job_id in self._active]
             for seq in self._active.values():
                 self._forget(seq.slot)
@@ -293,7 +331,7 @@ class LlamaEngine:
         for seq in [s for s in self._active.values() if s.n_past < len(s.prompt)]:
             if n >= PREFILL_CHUNK:
                 break
-            chunk = seq.prompt[seq.n_past:seq.n_past + PREFILL_CHUNK - n]
+            chunk = seq.prompt[seq.n_past : seq.n_past + PREFILL_CHUNK - n]
             for i, token in enumerate(chunk):
                 add(seq, token, seq.n_past + i, seq.n_past + i == len(seq.prompt) - 1)
             fed.append((seq, chunk))
@@ -329,7 +367,9 @@ class LlamaEngine:
             else:
                 safe = len(seq.text) - seq.hold
                 if safe > seq.emitted:
-                    events.append((seq.job.content_id, "event", {"type": "token", "text": seq.text[seq.emitted:safe]}))
+                    events.append(
+                        (seq.job.content_id, "event", {"type": "token", "text": seq.text[seq.emitted : safe]})
+                    )
                     seq.emitted = safe
                 if seq.generated >= seq.max_tokens:
                     seq.finish = "length"
@@ -344,17 +384,32 @@ class LlamaEngine:
         seq.text += seq.decoder.decode(b"", final=True)
         events: list[Event] = []
         if len(seq.text) > seq.emitted:
-            events.append((seq.job.content_id, "event", {"type": "token", "text": seq.text[seq.emitted:]}))
+            events.append((seq.job.content_id, "event", {"type": "token", "text": seq.text[seq.emitted :]}))
         out = EngineOutput(
-            data=seq.text.encode("utf-8"), media_type="text/plain", engine_version=llama_cpp.__version__,
-            load_ms=seq.load_ms, generate_ms=(time.perf_counter() - seq.started) * 1000, text=seq.text,
-            finish_reason=seq.finish, usage={"prompt_tokens": len(seq.prompt), "completion_tokens": seq.generated},
-            extra={"ttft_ms": round(seq.first_token_ms, 2) if seq.first_token_ms is not None else None,
-                   "batch_size_max": seq.batch_size_max, "prompt_tokens_cached": seq.prompt_cached,
-                   **({"warnings": [f"max_tokens {seq.job.params['max_tokens']} did not fit the context beside "
-                                    f"the {len(seq.prompt)}-token prompt; generation was limited to "
-                                    f"{seq.max_tokens} tokens"]}
-                      if seq.max_tokens < seq.job.params["max_tokens"] else {})},
+            data=seq.text.encode("utf-8"),
+            media_type="text/plain",
+            engine_version=llama_cpp.__version__,
+            load_ms=seq.load_ms,
+            generate_ms=(time.perf_counter() - seq.started) * 1000,
+            text=seq.text,
+            finish_reason=seq.finish,
+            usage={"prompt_tokens": len(seq.prompt), "completion_tokens": seq.generated},
+            extra={
+                "ttft_ms": round(seq.first_token_ms, 2) if seq.first_token_ms is not None else None,
+                "batch_size_max": seq.batch_size_max,
+                "prompt_tokens_cached": seq.prompt_cached,
+                **(
+                    {
+                        "warnings": [
+                            f"max_tokens {seq.job.params['max_tokens']} did not fit the context beside "
+                            f"the {len(seq.prompt)}-token prompt; generation was limited to "
+                            f"{seq.max_tokens} tokens"
+                        ]
+                    }
+                    if seq.max_tokens < seq.job.params["max_tokens"]
+                    else {}
+                ),
+            },
         )
         return [*events, (seq.job.content_id, "done", out)]
 

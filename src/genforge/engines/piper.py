@@ -63,13 +63,16 @@ class PiperEngine:
         start = time.perf_counter()
         cfg_file = config_path(model.path)
         if not Path(model.path).is_file():
-            raise ModelUnavailable(f"the Piper voice file {model.path} of {model.name!r} is missing",
-                                   hint=f"Reinstall it with `genforge models pull {model.name}`, or add the "
-                                        "voice again with `genforge models add PATH.onnx --type speech`.")
+            raise ModelUnavailable(
+                f"the Piper voice file {model.path} of {model.name!r} is missing",
+                hint=f"Reinstall it with `genforge models pull {model.name}`, or add the "
+                "voice again with `genforge models add PATH.onnx --type speech`.",
+            )
         if not cfg_file.is_file():
-            raise ModelUnavailable(f"the Piper voice {model.name!r} has no config file {cfg_file}",
-                                   hint="Put the voice's .onnx.json beside its .onnx file (Piper voices come "
-                                        "as a pair).")
+            raise ModelUnavailable(
+                f"the Piper voice {model.name!r} has no config file {cfg_file}",
+                hint="Put the voice's .onnx.json beside its .onnx file (Piper voices come as a pair).",
+            )
         stat = cfg_file.stat()
         key = (model.path, model.sha256, stat.st_size, stat.st_mtime_ns)
         if self._key == key:
@@ -83,8 +86,10 @@ class PiperEngine:
         try:
             config = PiperConfig.from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ModelUnavailable(f"the Piper config {cfg_file} is not usable: {type(exc).__name__}: {exc}",
-                                   hint="Use the .onnx.json that came with the voice.") from None
+            raise ModelUnavailable(
+                f"the Piper config {cfg_file} is not usable: {type(exc).__name__}: {exc}",
+                hint="Use the .onnx.json that came with the voice.",
+            ) from None
         # PiperVoice.load() takes no session options (ONNX Runtime would take every core and spin);
         # build the session ourselves and use PiperVoice's dataclass constructor.
         opts = ort.SessionOptions()
@@ -96,10 +101,11 @@ class PiperEngine:
         try:
             session = ort.InferenceSession(model.path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            raise ModelUnavailable(f"ONNX Runtime could not load the Piper voice {model.name!r} from "
-                                   f"{model.path}: {type(exc).__name__}: {str(exc)[:300]}",
-                                   hint="The file may be corrupt or not a Piper voice; check it with "
-                                        "`genforge models verify`.") from None
+            raise ModelUnavailable(
+                f"ONNX Runtime could not load the Piper voice {model.name!r} from "
+                f"{model.path}: {type(exc).__name__}: {str(exc)[:300]}",
+                hint="The file may be corrupt or not a Piper voice; check it with `genforge models verify`.",
+            ) from None
         self._voice = PiperVoice(session=session, config=config)
         self._key = key
         self._name = Path(model.path).name.removesuffix(".onnx")
@@ -116,16 +122,20 @@ class PiperEngine:
         if voice is None or voice == self._name:
             return None, self._name
         if config.num_speakers <= 1:
-            raise InvalidRequest(f"params.voice: the Piper voice {self._name!r} has a single speaker; "
-                                 f"leave voice unset (or {self._name!r})", field="params.voice",
-                                 hint="Choose another voice with `model` (see `genforge models list`).")
+            raise InvalidRequest(
+                f"params.voice: the Piper voice {self._name!r} has a single speaker; "
+                f"leave voice unset (or {self._name!r})",
+                field="params.voice",
+                hint="Choose another voice with `model` (see `genforge models list`).",
+            )
         if voice in config.speaker_id_map:
             return config.speaker_id_map[voice], f"{self._name}:{voice}"
         if voice.isdigit() and int(voice) < config.num_speakers:
             return int(voice), f"{self._name}:{voice}"
         names = ", ".join(list(config.speaker_id_map)[:20])
-        raise InvalidRequest(f"params.voice: {voice!r} is not a speaker of {self._name!r} (speakers: {names})",
-                             field="params.voice")
+        raise InvalidRequest(
+            f"params.voice: {voice!r} is not a speaker of {self._name!r} (speakers: {names})", field="params.voice"
+        )
 
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
         from piper import SynthesisConfig
@@ -156,14 +166,25 @@ class PiperEngine:
         pcm = b"".join(parts)
         warnings = []
         if deterministic:
-            warnings.append(f"Piper cannot seed its noise per request: seed {params['seed']} selected deterministic "
-                            "synthesis (noise off), which gives the same audio for every seed value")
+            warnings.append(
+                f"Piper cannot seed its noise per request: seed {params['seed']} selected deterministic "
+                "synthesis (noise off), which gives the same audio for every seed value"
+            )
         return EngineOutput(
-            data=encode_wav(pcm, rate), media_type="audio/wav", engine_version=self.version, load_ms=load_ms,
+            data=encode_wav(pcm, rate),
+            media_type="audio/wav",
+            engine_version=self.version,
+            load_ms=load_ms,
             generate_ms=(time.perf_counter() - start) * 1000,
-            extra={"sample_rate": rate, "duration_s": round(len(pcm) / 2 / rate, 3), "voice": voice_name,
-                   "sentences": sentences, "deterministic": deterministic,
-                   "warnings": warnings})
+            extra={
+                "sample_rate": rate,
+                "duration_s": round(len(pcm) / 2 / rate, 3),
+                "voice": voice_name,
+                "sentences": sentences,
+                "deterministic": deterministic,
+                "warnings": warnings,
+            },
+        )
 
 
 def create(settings) -> PiperEngine:

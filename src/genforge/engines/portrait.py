@@ -48,8 +48,10 @@ FILES = {
     "SynthesisNetwork.xml": "7918fce515243954d3e06628cb39a23902d6b1d5d02932cc0c2faee7a2aeeedd",
 }
 
-LICENSE_NOTE = ("non-commercial: MobileStyleGAN weights distilled from NVIDIA StyleGAN2 ffhq-config-f "
-                "(Nvidia Source Code License-NC), trained on FFHQ (CC BY-NC-SA 4.0); random-face code Apache-2.0")
+LICENSE_NOTE = (
+    "non-commercial: MobileStyleGAN weights distilled from NVIDIA StyleGAN2 ffhq-config-f "
+    "(Nvidia Source Code License-NC), trained on FFHQ (CC BY-NC-SA 4.0); random-face code Apache-2.0"
+)
 
 
 def seed_latent(seed: int, count: int = 1):
@@ -110,14 +112,18 @@ class PortraitEngine:
             if not path.is_file():
                 raise ModelUnavailable(f"model {model.name!r}: {path} is missing", hint=INSTALL_HINT)
             if _sha256(path) != expected:
-                raise ModelUnavailable(f"model {model.name!r}: {path} has changed since the package was built "
-                                       "(sha256 mismatch)", hint=INSTALL_HINT)
+                raise ModelUnavailable(
+                    f"model {model.name!r}: {path} has changed since the package was built (sha256 mismatch)",
+                    hint=INSTALL_HINT,
+                )
         try:
             import numpy as np
             import openvino as ov
         except ImportError as exc:
-            raise ModelUnavailable(f"the portrait engine needs OpenVINO and numpy: {exc}",
-                                   hint="Install the image extra: `pip install 'genforge[image]'`.") from None
+            raise ModelUnavailable(
+                f"the portrait engine needs OpenVINO and numpy: {exc}",
+                hint="Install the image extra: `pip install 'genforge[image]'`.",
+            ) from None
         self._model = None
         try:
             core = ov.Core()
@@ -133,8 +139,9 @@ class PortraitEngine:
             self._synthesis = core.compile_model(synthesis, self.device, config).create_infer_request()
             w = self._map(seed_latent(MEAN_SEED, MEAN_SAMPLES))
         except RuntimeError as exc:  # OpenVINO reports unreadable or incompatible IR this way
-            raise ModelUnavailable(f"OpenVINO could not load {model.name!r} from {folder}: {exc}",
-                                   hint=INSTALL_HINT) from None
+            raise ModelUnavailable(
+                f"OpenVINO could not load {model.name!r} from {folder}: {exc}", hint=INSTALL_HINT
+            ) from None
         self._w_mean = w.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
         self._version = f"openvino {ov.get_version()}"
         self._model = model
@@ -146,15 +153,22 @@ class PortraitEngine:
         return np.array(self._mapping.infer({0: z})[0], dtype=np.float32)  # copy: the buffer is reused
 
     # --- generation -----------------------------------------------------------------------------
-    def render(self, seed: int, size: int = NATIVE_SIZE, emit: Emit | None = None,
-               cancelled: Callable[[], bool] = lambda: False):
+    def render(
+        self,
+        seed: int,
+        size: int = NATIVE_SIZE,
+        emit: Emit | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ):
         """RGB uint8 array (size, size, 3) for `seed`; byte-identical for equal inputs on one host."""
         import numpy as np
         from PIL import Image
 
         if size not in SIZES:
-            raise InvalidRequest(f"params.width: the portrait model makes {', '.join(map(str, SIZES))} pixel "
-                                 f"squares, not {size}", field="params.width")
+            raise InvalidRequest(
+                f"params.width: the portrait model makes {', '.join(map(str, SIZES))} pixel squares, not {size}",
+                field="params.width",
+            )
 
         def progress(step: int) -> None:
             if emit is not None:
@@ -182,19 +196,36 @@ class PortraitEngine:
         if p["height"] != size:
             raise InvalidRequest("params.height: the portrait model makes square images", field="params.height")
         rgb = self.render(p["seed"], size, emit, cancelled)
-        details = {"native_size": NATIVE_SIZE, "downscaled": size != NATIVE_SIZE,
-                   "resample": "Pillow LANCZOS" if size != NATIVE_SIZE else None,
-                   "truncation_psi": self.truncation, "precision": "f32", "stages": list(STAGES),
-                   "license": LICENSE_NOTE}
-        text = images.provenance(content_id=job.content_id, model=job.model.name, model_sha256=job.model.sha256,
-                                 engine=self.kind, engine_version=self._version, seed=p["seed"], params=p,
-                                 prompt=job.prompt, details={"image": details, "warning": PROMPT_WARNING})
+        details = {
+            "native_size": NATIVE_SIZE,
+            "downscaled": size != NATIVE_SIZE,
+            "resample": "Pillow LANCZOS" if size != NATIVE_SIZE else None,
+            "truncation_psi": self.truncation,
+            "precision": "f32",
+            "stages": list(STAGES),
+            "license": LICENSE_NOTE,
+        }
+        text = images.provenance(
+            content_id=job.content_id,
+            model=job.model.name,
+            model_sha256=job.model.sha256,
+            engine=self.kind,
+            engine_version=self._version,
+            seed=p["seed"],
+            params=p,
+            prompt=job.prompt,
+            details={"image": details, "warning": PROMPT_WARNING},
+        )
         data = images.encode_png(rgb, text)
         emit({"type": "progress", "step": len(STAGES), "total": len(STAGES)})
-        return EngineOutput(data=data, media_type="image/png", engine_version=self._version, load_ms=load_ms,
-                            generate_ms=(time.perf_counter() - start) * 1000,
-                            extra={"width": size, "height": size, "steps": len(STAGES),
-                                   "warnings": [PROMPT_WARNING], "image": details})
+        return EngineOutput(
+            data=data,
+            media_type="image/png",
+            engine_version=self._version,
+            load_ms=load_ms,
+            generate_ms=(time.perf_counter() - start) * 1000,
+            extra={"width": size, "height": size, "steps": len(STAGES), "warnings": [PROMPT_WARNING], "image": details},
+        )
 
 
 def create(settings) -> PortraitEngine:
