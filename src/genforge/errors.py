@@ -1,11 +1,11 @@
-"""The typed errors every layer raises. HTTP statuses are mapped from `status` in api/errors.py only."""
+"""The typed errors every layer raises. Each carries its `code`; the code's HTTP status lives in
+api/errors.py only, and the CLI's exit status in cli.py derives from the code too."""
 
 from __future__ import annotations
 
 
 class GenforgeError(Exception):
     code = "internal_error"
-    status = 500
     hint = "This is a bug in genforge; the server log has the details."
 
     def __init__(
@@ -34,16 +34,24 @@ class GenforgeError(Exception):
 
 
 class InvalidRequest(GenforgeError):
-    code, status, hint = "invalid_request", 422, "Fix the named field and send the request again."
+    code, hint = "invalid_request", "Fix the named field and send the request again."
+
+
+class MethodNotAllowed(GenforgeError):
+    code, hint = "method_not_allowed", "See GET /openapi.json for the methods each path accepts."
+
+
+class UnsupportedMediaType(GenforgeError):
+    code, hint = "unsupported_media_type", "Send the body as JSON with Content-Type: application/json."
 
 
 class PayloadTooLarge(GenforgeError):
-    code, status = "payload_too_large", 413
+    code = "payload_too_large"
     hint = "Send a smaller body, or raise GENFORGE_MAX_BODY_BYTES."
 
 
 class NotFound(GenforgeError):
-    code, status, hint = "not_found", 404, "List what exists with GET /api/v1/content or `genforge content list`."
+    code, hint = "not_found", "List what exists with GET /api/v1/content or `genforge content list`."
 
 
 class ModelNotFound(NotFound):
@@ -51,38 +59,42 @@ class ModelNotFound(NotFound):
 
 
 class ModelUnavailable(GenforgeError):
-    code, status = "model_unavailable", 503
+    code = "model_unavailable"
     hint = "Install the model with `genforge models pull smollm2-135m-instruct`."
 
 
 class EngineFailed(GenforgeError):
-    code, status = "engine_failed", 502
+    code = "engine_failed"
     hint = "The engine crashed or failed; it has been restarted. Try again, and check the server log."
 
 
 class InvalidOutput(GenforgeError):
-    code, status = "invalid_output", 502
+    code = "invalid_output"
     hint = "The model produced unusable output. Try again with another seed, prompt or model."
 
 
 class GenerationTimeout(GenforgeError):
-    code, status = "generation_timeout", 504
+    code = "generation_timeout"
     hint = "Ask for fewer tokens, or raise GENFORGE_GENERATION_TIMEOUT_S."
 
 
 class Cancelled(GenforgeError):
-    code, status, hint = "cancelled", 409, "The generation was cancelled before it finished."
+    code, hint = "cancelled", "The generation was cancelled before it finished."
 
 
 class Conflict(GenforgeError):
-    code, status, hint = "conflict", 409, "The content is no longer in a state where this is possible."
+    code, hint = "conflict", "The content is no longer in a state where this is possible."
 
 
 class QueueFull(GenforgeError):
-    code, status = "queue_full", 429
+    code = "queue_full"
     hint = "The server is busy; retry after the number of seconds in Retry-After, or raise GENFORGE_QUEUE_SIZE."
 
 
 class StorageFailed(GenforgeError):
-    code, status = "storage_failed", 507
+    code = "storage_failed"
     hint = "Check free space and permissions of GENFORGE_DATA_DIR."
+
+
+class Interrupted(GenforgeError):
+    code, hint = "interrupted", "Submit the request again."

@@ -13,19 +13,22 @@ from pathlib import Path
 from typing import Any
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The portrait model's square sizes: it makes 1024, smaller ones are downscaled (recorded as such).
+PORTRAIT_NATIVE_SIZE = 1024
+PORTRAIT_SIZES = (256, 512, 1024)
 PREFIX = "genforge:"
 # Provenance keys, in the order they are written (each a PNG tEXt chunk, iTXt when not Latin-1).
 KEYS = ("content_id", "model", "model_sha256", "engine", "engine_version", "seed", "params", "prompt")
-# What a record must agree with for each key (the record's JSON as the API returns it).
+# What a record must agree with for each key (a genforge.contenttypes.ContentRecord).
 RECORD_FIELDS = {
-    "content_id": lambda r: r["id"],
-    "model": lambda r: r["model"]["name"],
-    "model_sha256": lambda r: r["model"]["file_sha256"],
-    "engine": lambda r: r["model"]["engine"],
-    "engine_version": lambda r: r["model"]["engine_version"],
-    "seed": lambda r: str(r["params"]["seed"]),
-    "params": lambda r: params_json(r["params"]),
-    "prompt": lambda r: r["prompt"],
+    "content_id": lambda r: r.id,
+    "model": lambda r: r.model.name,
+    "model_sha256": lambda r: r.model.file_sha256,
+    "engine": lambda r: r.model.engine,
+    "engine_version": lambda r: r.model.engine_version,
+    "seed": lambda r: str(r.params.seed),
+    "params": lambda r: params_json(r.params.model_dump(mode="json")),
+    "prompt": lambda r: r.prompt,
 }
 # zlib level 1 with Huffman coding only: for photographic pixels (after PNG's Paeth filter) LZ77 matches
 # are rare, so this is faster to encode and to decode than level 1's default strategy and ~11 % smaller.
@@ -115,7 +118,7 @@ def read_provenance(data_or_path: bytes | Path) -> dict[str, str]:
     return {k[len(PREFIX) :]: v for k, v in read_png_text(data_or_path).items() if k.startswith(PREFIX)}
 
 
-def compare_provenance(found: dict[str, str], record: dict) -> list[str]:
+def compare_provenance(found: dict[str, str], record) -> list[str]:
     """What in a PNG's provenance disagrees with its record (empty when everything matches)."""
     problems = []
     for key, expected_of in RECORD_FIELDS.items():

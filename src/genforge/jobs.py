@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from genforge.errors import GenforgeError, QueueFull
 
@@ -23,11 +24,11 @@ log = logging.getLogger("genforge.jobs")
 @dataclass
 class Job:
     content_id: str
-    run: Callable[[Job], dict]
+    run: Callable[[Job], Any]  # returns the final record
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued | running | finished
-    result: dict | None = None
+    result: Any = None  # the final record (genforge.contenttypes.ContentRecord) once succeeded
     error: GenforgeError | None = None
     history: list[dict] = field(default_factory=list)
     _listeners: list[Callable[[dict], None]] = field(default_factory=list)
@@ -61,7 +62,7 @@ class Job:
         self.listen(lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
         return q
 
-    def finish(self, result: dict | None, error: GenforgeError | None) -> None:
+    def finish(self, result: Any, error: GenforgeError | None) -> None:
         self.result, self.error, self.state = result, error, "finished"
         self.publish({"type": "final"})
         self.done.set()
@@ -82,7 +83,7 @@ class JobRunner:
         for t in self._threads:
             t.start()
 
-    def submit(self, content_id: str, run: Callable[[Job], dict], on_accept: Callable[[], None] | None = None) -> Job:
+    def submit(self, content_id: str, run: Callable[[Job], Any], on_accept: Callable[[], None] | None = None) -> Job:
         """Queue a job, or raise QueueFull. `on_accept` runs (e.g. writes the record) only if it is queued."""
         with self._cond:
             if len(self._queue) >= self.queue_size:

@@ -29,18 +29,19 @@ QUEUE_DEPTH = Gauge("genforge_queue_depth", "Jobs waiting for a free slot")
 RUNNING = Gauge("genforge_jobs_running", "Jobs running now")
 
 
-def observe_success(record: dict) -> None:
-    REQUESTS.labels(record["content_type"], "succeeded").inc()
-    timings = record["timings"]
-    if timings.get("generate_ms"):
-        GENERATION_SECONDS.labels(record["content_type"]).observe(timings["generate_ms"] / 1000)
-    if timings.get("load_ms"):
-        MODEL_LOAD_SECONDS.observe(timings["load_ms"] / 1000)
-    tokens = (record.get("usage") or {}).get("completion_tokens")
+def observe_success(record) -> None:
+    """Count a succeeded record (a genforge.contenttypes.ContentRecord)."""
+    REQUESTS.labels(record.content_type, "succeeded").inc()
+    timings = record.timings
+    if timings.generate_ms:
+        GENERATION_SECONDS.labels(record.content_type).observe(timings.generate_ms / 1000)
+    if timings.load_ms:
+        MODEL_LOAD_SECONDS.observe(timings.load_ms / 1000)
+    tokens = record.usage.completion_tokens if record.content_type == "text" else None
     if tokens:
         TOKENS.inc(tokens)
-        if timings.get("generate_ms"):
-            TOKENS_PER_SECOND.observe(tokens / (timings["generate_ms"] / 1000))
+        if timings.generate_ms:
+            TOKENS_PER_SECOND.observe(tokens / (timings.generate_ms / 1000))
 
 
 def observe_failure(content_type: str, code: str) -> None:

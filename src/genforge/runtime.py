@@ -6,6 +6,8 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
@@ -22,6 +24,20 @@ log = logging.getLogger("genforge.runtime")
 def setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("genforge.engine.output").setLevel(settings.engine_log_level.upper())
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a check may add its figures (pid, restarts, depth, running)
+
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="Every check passed.")
+    checks: dict[str, Check] = Field(
+        description="database, default_text_model, engine_worker (pid, restarts), queue (depth, running)."
+    )
 
 
 @dataclass
@@ -75,7 +91,7 @@ class Runtime:
         finally:
             self._preloading.release()
 
-    def readiness(self) -> dict:
+    def readiness(self) -> Readiness:
         checks = {}
         try:
             current, head = self.db.migration_state()
@@ -104,7 +120,7 @@ class Runtime:
             "running": self.runner.running,
             "detail": f"{self.runner.depth} waiting, {self.runner.running} running, {self.runner.queue_size} places",
         }
-        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+        return Readiness(ready=all(c["ok"] for c in checks.values()), checks=checks)
 
     def close(self) -> None:
         self.closed = True

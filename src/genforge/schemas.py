@@ -2,91 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+from genforge.contenttypes import REGISTRY
+from genforge.records import ChatMessage
 
 ContentType = Literal["text", "image", "speech"]
 Quality = Literal["draft", "standard", "high"]
+
+# `params` is validated by the content type's own model (see genforge/contenttypes/), so that an error names
+# the field under params; the schema shows the three shapes.
+_PARAMS_SCHEMA = {
+    "anyOf": [spec.params.model_json_schema() for spec in REGISTRY.values()],
+    "description": "The content type's parameters: text (max_tokens, temperature, top_p, seed, stop), image "
+    "(width, height, steps, guidance_scale, negative_prompt, scheduler, seed) or speech (voice, speed, seed, "
+    "sentence_silence, fallback). Unset ones get the model's or the quality preset's defaults; all are recorded.",
+}
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    content_type: ContentType
-    prompt: str = Field(max_length=100_000)
+    content_type: ContentType = Field(description="What to make; `voice` is accepted for speech.")
+    prompt: str = Field(min_length=1, max_length=100_000, description="The prompt, or the text to speak.")
     quality: Quality = "standard"
     model: str | None = Field(default=None, min_length=1, max_length=200)
-    system: str | None = Field(default=None, max_length=100_000)
-    params: dict = Field(default_factory=dict)
-    # How to answer (not recorded): wait for the result, or 202 at once and run as a job; stream events.
-    mode: Literal["sync", "async"] = "sync"
-    stream: bool = False
-    # Set by the OpenAI-compatible API: a whole chat (recorded in params), or a raw completion prompt.
-    messages: list[dict] | None = Field(default=None, exclude=True)
-    raw: bool = Field(default=False, exclude=True)
+    system: str | None = Field(default=None, max_length=100_000, description="Text: a system prompt.")
+    params: Annotated[dict, WithJsonSchema(_PARAMS_SCHEMA)] = Field(default_factory=dict)
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: answer with the final record; async: 202 with the pending record at once."
+    )
+    stream: bool = Field(False, description="Answer text/event-stream: token/progress events, then done or failed.")
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Text: a whole chat instead of prompt and system (the prompt is then its last user message).",
+    )
+    raw: bool = Field(False, description="Text: continue the prompt as raw text, without the chat template.")
 
     @field_validator("content_type", mode="before")
     @classmethod
     def _alias_voice(cls, v):
         return "speech" if v == "voice" else v
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
+    def _not_blank(cls, v):
+        if isinstance(v, str) and not v.strip():
             raise ValueError("prompt must not be empty or whitespace")
         return v
-
-
-class TextParams(BaseModel):
-    """Text generation parameters; unset ones come from the quality preset. Strict: JSON types must match."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    max_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = Field(default=None, ge=0, lt=2**32)
-    stop: list[str] | None = Field(default=None, max_length=8)
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop(cls, v):
-        return [v] if isinstance(v, str) else v
-
-
-# Request names of the diffusers schedulers (genforge.engines.diffusers.SCHEDULERS); "default" keeps
-# the checkpoint's own.
-ImageScheduler = Literal["default", "euler", "euler_a", "ddim", "dpmpp_2m", "heun", "pndm", "unipc", "lcm"]
-
-
-class ImageParams(BaseModel):
-    """Image generation parameters; unset ones get the model's defaults (recorded in the record). Strict: JSON
-    types must match (no "64" for 64)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    width: int | None = Field(default=None, gt=0, multiple_of=8)
-    height: int | None = Field(default=None, gt=0, multiple_of=8)
-    steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(default=None, ge=0, le=50)
-    negative_prompt: str | None = Field(default=None, max_length=10_000)
-    seed: int | None = Field(default=None, ge=0, lt=2**32)
-    scheduler: ImageScheduler | None = None
-
-
-class SpeechParams(BaseModel):
-    """Speech parameters. `seed`: Piper cannot seed its noise per request, so a seed asks for deterministic
-    synthesis (noise off: the same audio for the same text and settings, whatever the seed's value);
-    without one Piper samples its natural prosody. espeak-ng is always deterministic."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Piper: a speaker of a multi-speaker voice; espeak-ng: its voice name (`espeak-ng --voices`, e.g. en-gb).
-    voice: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)  # Piper: length_scale = the voice's / speed
-    seed: int | None = Field(default=None, ge=0, lt=2**32)
-    sentence_silence: float = Field(default=0.2, ge=0, le=5.0)  # seconds between sentences
-    # When no Piper voice is usable and no model is named: allow the espeak-ng fallback (recorded).
-    fallback: bool = False

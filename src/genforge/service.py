@@ -11,25 +11,23 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
+from genforge.contenttypes import REGISTRY, ContentRecord, Plan, spec_of
 from genforge.db import ContentRow, Database
 from genforge.engines.base import Emit, GenerationJob
-from genforge.errors import (
-    Cancelled,
-    Conflict,
-    GenforgeError,
-    NotFound,
-)
+from genforge.errors import Cancelled, Conflict, GenforgeError, InvalidOutput, NotFound
 from genforge.jobs import Job, JobRunner
-from genforge.planning import plan
+from genforge.records import Artifact, ModelInfo, RecordError, Status, Timings
 from genforge.schemas import GenerateRequest
 from genforge.storage import ArtifactStore, sha256_file
-from genforge.validation import validate
 
 log = logging.getLogger("genforge.service")
 
@@ -38,56 +36,67 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC; SQLite hands back naive datetimes for what was stored as UTC."""
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes for what was stored as UTC."""
     if moment is None:
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def record_dict(row: ContentRow) -> dict:
-    """The content record every client relies on (see README, 'The content record')."""
+def to_record(row: ContentRow, queue_position: int | None = None) -> ContentRecord:
+    """The typed content record of a stored row: the common fields, then its content type's section."""
+    spec = REGISTRY[row.content_type]
     artifact = None
     if row.artifact_sha256:
-        artifact = {
-            "sha256": row.artifact_sha256,
-            "size_bytes": row.artifact_size,
-            "media_type": row.artifact_media_type,
-            "url": f"/api/v1/content/{row.id}/file",
-        }
-    error = None
-    if row.error_code:
-        error = {"code": row.error_code, "message": row.error_message, "hint": row.error_hint}
-    rec = {
+        artifact = Artifact(
+            sha256=row.artifact_sha256,
+            size_bytes=row.artifact_size,
+            media_type=row.artifact_media_type,
+            url=f"/api/v1/content/{row.id}/file",
+        )
+    error = RecordError(code=row.error_code, message=row.error_message, hint=row.error_hint) if row.error_code else None
+    common = {
         "id": row.id,
         "content_type": row.content_type,
         "status": row.status,
         "prompt": row.prompt,
         "system": row.system,
         "quality": row.quality,
-        "model": {
-            "name": row.model_name,
-            "engine": row.model_engine,
-            "engine_version": row.engine_version,
-            "file_sha256": row.model_sha256,
-        },
+        "model": ModelInfo(
+            name=row.model_name,
+            engine=row.model_engine,
+            engine_version=row.engine_version,
+            file_sha256=row.model_sha256,
+        ),
         "params": row.params,
         "artifact": artifact,
-        "timings": {"load_ms": row.load_ms, "generate_ms": row.generate_ms, "total_ms": row.total_ms},
-        "created_at": _iso(row.created_at),
-        "finished_at": _iso(row.finished_at),
+        "timings": Timings(load_ms=row.load_ms, generate_ms=row.generate_ms, total_ms=row.total_ms),
+        "created_at": _utc(row.created_at),
+        "finished_at": _utc(row.finished_at),
         "error": error,
+        "warnings": (row.extra or {}).get("warnings", []),
+        "queue_position": queue_position,
     }
-    if row.content_type == "text":
-        rec.update(
-            text=row.text,
-            finish_reason=row.finish_reason,
-            usage={"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
-        )
-    extra = dict(row.extra or {})
-    rec["warnings"] = extra.pop("warnings", [])
-    rec.update(extra)
-    return rec
+    return spec.record.model_validate({**common, **spec.record_section(row)})
+
+
+class ContentPage(BaseModel):
+    """A page of records, newest first."""
+
+    items: list[ContentRecord]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A request that passed planning: its id, its plan, and the clock it started on."""
+
+    content_id: str
+    request: GenerateRequest
+    plan: Plan
+    started: float
 
 
 class ContentService:
@@ -98,40 +107,42 @@ class ContentService:
         self.db = db
         self.catalog = catalog
         self.store = store
-        self.engines = engines  # EngineWorker in production; anything with .generate(job, emit=, cancel=)
+        self.engines = engines  # EnginePool in production; anything with .generate(job, emit=, cancel=)
         self.runner = runner
 
     # --- the one path ------------------------------------------------------------------------
     def submit(self, req: GenerateRequest) -> Job:
         """Accept a request: plan it, write its `pending` record and queue it (or raise QueueFull)."""
-        model_name, params = plan(req, self.settings, self.catalog)
-        started = time.perf_counter()
-        content_id = str(uuid.uuid4())
+        plan = spec_of(req.content_type).plan(req, self.settings, self.catalog)
+        accepted = Accepted(str(uuid.uuid4()), req, plan, time.perf_counter())
 
         def accept() -> None:
+            controls = {"messages": plan.messages, "raw": plan.raw or None, "fallback_reason": plan.fallback_reason}
             with self.db.session() as s:
                 s.add(
                     ContentRow(
-                        id=content_id,
+                        id=accepted.content_id,
                         content_type=req.content_type,
                         status="pending",
                         prompt=req.prompt,
                         system=req.system,
                         quality=req.quality,
-                        params=params,
-                        model_name=model_name,
-                        extra={},
+                        params=plan.params.model_dump(mode="json"),
+                        model_name=plan.model,
+                        extra={k: v for k, v in controls.items() if v is not None},
                         created_at=_now(),
                     )
                 )
-            log.info("content=%s accepted type=%s model=%s", content_id, req.content_type, model_name)
+            log.info("content=%s accepted type=%s model=%s", accepted.content_id, req.content_type, plan.model)
 
-        def run(job: Job) -> dict:
-            return self._execute(content_id, req, model_name, params, started, job)
+        def run(job: Job) -> ContentRecord:
+            return self._execute(accepted, job)
 
-        return self.runner.submit(content_id, run, on_accept=accept)
+        return self.runner.submit(accepted.content_id, run, on_accept=accept)
 
-    def generate(self, req: GenerateRequest, emit: Emit | None = None, cancel: threading.Event | None = None) -> dict:
+    def generate(
+        self, req: GenerateRequest, emit: Emit | None = None, cancel: threading.Event | None = None
+    ) -> ContentRecord:
         """Submit and wait for the final record; engine events go to `emit` as they happen."""
         job = self.submit(req)
         if emit is not None:
@@ -143,43 +154,57 @@ class ContentService:
             raise job.error
         return job.result
 
-    def cancel(self, content_id: str, wait: bool = True) -> dict | None:
+    def cancel(self, content_id: str, wait: bool = True) -> ContentRecord | None:
         """Stop queued or running work; the record ends `cancelled`, without an artifact."""
         job = self.runner.cancel(content_id)
         if job is None:
             rec = self.get(content_id)
-            raise Conflict(f"content {content_id} is already {rec['status']}", content_id=content_id)
+            raise Conflict(f"content {content_id} is already {rec.status}", content_id=content_id)
         if job.state == "queued":  # never started: removed from the queue
             err = Cancelled("cancelled while waiting in the queue", content_id=content_id)
-            self._fail(content_id, err.code, err.message, err.hint, time.perf_counter())
+            self._fail(content_id, err, time.perf_counter())
             job.finish(None, err)
         if not wait:
             return None
         job.done.wait(timeout=30)  # a running job stops between tokens
         return self.get(content_id)
 
-    def _execute(self, content_id, req, model_name, params, started, job: Job) -> dict:
+    def _execute(self, accepted: Accepted, job: Job) -> ContentRecord:
         try:
-            return self._run(content_id, req, model_name, params, started, job.publish, job.cancel)
+            return self._run(accepted, job.publish, job.cancel)
         except GenforgeError as exc:
-            exc.content_id = content_id
-            self._fail(content_id, exc.code, exc.message, exc.hint, started)
+            exc.content_id = accepted.content_id
+            self._fail(accepted.content_id, exc, accepted.started)
             raise
         except Exception as exc:
-            log.exception("content=%s unexpected failure", content_id)
-            err = GenforgeError(f"internal error: {type(exc).__name__}: {exc}", content_id=content_id)
-            self._fail(content_id, err.code, err.message, err.hint, started)
+            log.exception("content=%s unexpected failure", accepted.content_id)
+            err = GenforgeError(f"internal error: {type(exc).__name__}: {exc}", content_id=accepted.content_id)
+            self._fail(accepted.content_id, err, accepted.started)
             raise err from exc
 
-    def _run(self, content_id, req, model_name, params, started, emit, cancel) -> dict:
-        model = self.catalog.resolve(model_name, req.content_type)
+    def _run(self, accepted: Accepted, emit: Emit, cancel: threading.Event) -> ContentRecord:
+        req, plan, content_id = accepted.request, accepted.plan, accepted.content_id
+        spec = spec_of(req.content_type)
+        model = self.catalog.resolve(plan.model, req.content_type)
         with self.db.session() as s:
             row = s.get(ContentRow, content_id)
             row.status, row.started_at = "running", _now()
             row.model_engine, row.model_sha256 = model.engine, model.sha256
-        job = GenerationJob(content_id, req.content_type, model, req.prompt, req.system, params)
+        job = GenerationJob(
+            content_id,
+            req.content_type,
+            model,
+            req.prompt,
+            req.system,
+            plan.params,
+            messages=plan.messages,
+            raw=plan.raw,
+            fallback_reason=plan.fallback_reason,
+        )
         out = self.engines.generate(job, emit=emit, cancel=cancel)
-        validate(req.content_type, out, params, req.prompt)
+        if not isinstance(out.facts, spec.facts):
+            raise InvalidOutput(f"the engine reported {type(out.facts).__name__}, not {spec.facts.__name__}")
+        spec.validate(out, job)
         stored = self.store.write(out.data, out.media_type)
         try:
             with self.db.session() as s:
@@ -191,12 +216,12 @@ class ContentService:
                 if out.usage:
                     row.prompt_tokens = out.usage.get("prompt_tokens")
                     row.completion_tokens = out.usage.get("completion_tokens")
-                row.extra = out.extra
+                row.extra = {**(row.extra or {}), **out.facts.model_dump(mode="json")}
                 row.artifact_sha256, row.artifact_size = stored.sha256, stored.size_bytes
                 row.artifact_media_type, row.artifact_path = stored.media_type, stored.relpath
                 row.load_ms, row.generate_ms = round(out.load_ms, 2), round(out.generate_ms, 2)
-                row.total_ms = round((time.perf_counter() - started) * 1000, 2)
-                result = record_dict(row)
+                row.total_ms = round((time.perf_counter() - accepted.started) * 1000, 2)
+                result = to_record(row)
         except Exception:
             if stored.created:  # ours alone: an identical artifact of another record stays
                 self.store.remove(stored.relpath)
@@ -207,18 +232,19 @@ class ContentService:
             content_id,
             (out.usage or {}).get("completion_tokens"),
             stored.sha256[:12],
-            result["timings"]["total_ms"],
+            result.timings.total_ms,
         )
         return result
 
-    def _fail(self, content_id: str, code: str, message: str, hint: str | None, started: float) -> None:
-        log.warning("content=%s failed code=%s: %s", content_id, code, message)
+    def _fail(self, content_id: str, err: GenforgeError, started: float) -> None:
+        log.warning("content=%s failed code=%s: %s", content_id, err.code, err.message)
+        status: Status = "cancelled" if err.code == "cancelled" else "failed"
         try:
             with self.db.session() as s:
                 row = s.get(ContentRow, content_id)
-                metrics.observe_failure(row.content_type, code)
-                row.status = "cancelled" if code == "cancelled" else "failed"
-                row.error_code, row.error_message, row.error_hint = code, message, hint
+                metrics.observe_failure(row.content_type, err.code)
+                row.status = status
+                row.error_code, row.error_message, row.error_hint = err.code, err.message, err.hint
                 row.finished_at = _now()
                 row.total_ms = round((time.perf_counter() - started) * 1000, 2)
         except Exception:
@@ -227,19 +253,17 @@ class ContentService:
             log.exception("content=%s could not record the failure", content_id)
 
     # --- reading and deleting ------------------------------------------------------------------
-    def get(self, content_id: str) -> dict:
+    def get(self, content_id: str) -> ContentRecord:
         with self.db.session() as s:
             row = s.get(ContentRow, content_id)
             if row is None:
                 raise NotFound(f"no content with id {content_id!r}", field="id")
-            rec = record_dict(row)
-        if rec["status"] == "pending":
-            rec["queue_position"] = self.runner.position(content_id)
-        return rec
+            position = self.runner.position(content_id) if row.status == "pending" else None
+            return to_record(row, position)
 
     def list(
         self, content_type: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
-    ) -> dict:
+    ) -> ContentPage:
         with self.db.session() as s:
             q = s.query(ContentRow)
             if content_type:
@@ -248,7 +272,7 @@ class ContentService:
                 q = q.filter(ContentRow.status == status)
             total = q.count()
             rows = q.order_by(ContentRow.created_at.desc()).offset(offset).limit(limit).all()
-            return {"items": [record_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+            return ContentPage(items=[to_record(r) for r in rows], total=total, limit=limit, offset=offset)
 
     def artifact(self, content_id: str) -> tuple[Path, str]:
         with self.db.session() as s:
@@ -304,11 +328,11 @@ class ContentService:
             )
         return {"interrupted": [r.id for r in stale], "orphans_removed": len(orphans)}
 
-    def find_by_file(self, path: Path) -> tuple[str, list[dict]]:
+    def find_by_file(self, path: Path) -> tuple[str, list[ContentRecord]]:
         """(sha256 of the file, the succeeded records whose artifact it is)."""
         digest = sha256_file(path)
         with self.db.session() as s:
             rows = (
                 s.query(ContentRow).filter(ContentRow.artifact_sha256 == digest, ContentRow.status == "succeeded").all()
             )
-            return digest, [record_dict(r) for r in rows]
+            return digest, [to_record(r) for r in rows]

@@ -8,9 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from genforge.contenttypes import MEDIA_TYPES
 from genforge.errors import StorageFailed
-
-SUFFIX = {"text/plain": ".txt", "image/png": ".png", "audio/wav": ".wav"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class ArtifactStore:
         self.root = Path(root)
 
     def path_for(self, sha256: str, media_type: str) -> tuple[Path, str]:
-        rel = f"{sha256[:2]}/{sha256}{SUFFIX.get(media_type, '.bin')}"
+        rel = f"{sha256[:2]}/{sha256}{MEDIA_TYPES.get(media_type, '.bin')}"
         return self.root / rel, rel
 
     def write(self, data: bytes, media_type: str) -> StoredArtifact:

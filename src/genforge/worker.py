@@ -19,12 +19,23 @@ import signal
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from genforge import errors
-from genforge.catalog import ResolvedModel
 from genforge.config import Settings
 from genforge.engines import create_engine
-from genforge.engines.base import Emit, EngineOutput, GenerationJob
+from genforge.engines.base import (
+    BatchingEngine,
+    Done,
+    Emit,
+    EngineEvent,
+    EngineOutput,
+    Failed,
+    GenerationJob,
+    OneAtATimeEngine,
+    ResolvedModel,
+    Update,
+)
 
 log = logging.getLogger("genforge.worker")
 engine_log = logging.getLogger("genforge.engine.output")
@@ -33,18 +44,63 @@ CANCEL_GRACE_S = 5.0  # how long a timed-out job may take to stop before the wor
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the server's to act on, never the engine worker's
 
 
-# --- the child process -------------------------------------------------------------------------------
-def _error_to_wire(exc: BaseException) -> tuple:
-    if isinstance(exc, errors.GenforgeError):
-        return (type(exc).__name__, exc.message, exc.hint, exc.field)
-    return ("EngineFailed", f"{type(exc).__name__}: {exc}", None, None)
+# --- the pipe: small typed messages -------------------------------------------------------------------
+@dataclass
+class GenerateMsg:
+    job: GenerationJob
 
 
-def _error_from_wire(name: str, message: str, hint: str | None, field: str | None) -> errors.GenforgeError:
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, errors.GenforgeError)):
-        cls = errors.EngineFailed
-    return cls(message, hint=hint, field=field)
+@dataclass
+class LoadMsg:
+    request_id: str
+    model: ResolvedModel
+
+
+@dataclass
+class CancelMsg:
+    job_id: str
+
+
+@dataclass
+class StopMsg:
+    pass
+
+
+ParentMsg = GenerateMsg | LoadMsg | CancelMsg | StopMsg
+
+
+@dataclass
+class WireError:
+    """A typed error as it crosses the pipe (exceptions with keyword-only arguments do not unpickle)."""
+
+    name: str
+    message: str
+    hint: str | None
+    field: str | None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> WireError:
+        if isinstance(exc, errors.GenforgeError):
+            return cls(type(exc).__name__, exc.message, exc.hint, exc.field)
+        return cls("EngineFailed", f"{type(exc).__name__}: {exc}", None, None)
+
+    def error(self) -> errors.GenforgeError:
+        cls = getattr(errors, self.name, None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.GenforgeError)):
+            cls = errors.EngineFailed
+        return cls(self.message, hint=self.hint, field=self.field)
+
+
+@dataclass
+class Dead:
+    """Put in a waiting job's box by the reader thread when the worker process died."""
+
+    job_id: str
+    how: str
+
+
+def _to_wire(event: EngineEvent) -> EngineEvent:
+    return Failed(event.job_id, WireError.of(event.error)) if isinstance(event, Failed) else event
 
 
 class CoresLock:
@@ -73,65 +129,63 @@ class _Child:
         self.conn = conn
         self.settings = settings
         self.cores = cores  # shared by all engine workers: one engine computes at a time
-        self.engines: dict = {}
-        self.later: deque = deque()  # messages that arrived while a one-at-a-time job ran
+        self.engines: dict[str, OneAtATimeEngine | BatchingEngine] = {}
+        self.later: deque[ParentMsg] = deque()  # messages that arrived while a one-at-a-time job ran
 
-    def engine(self, kind: str):
+    def engine(self, kind: str) -> OneAtATimeEngine | BatchingEngine:
         if kind not in self.engines:
             self.engines[kind] = create_engine(kind, self.settings)
         return self.engines[kind]
 
-    def send(self, events) -> None:
+    def batching(self) -> list[BatchingEngine]:
+        return [e for e in self.engines.values() if isinstance(e, BatchingEngine)]
+
+    def send(self, events: list[EngineEvent]) -> None:
         """One pipe message per step, however many sequences it advanced: a write and a wake-up each."""
         if events:
-            self.conn.send(
-                [
-                    (job_id, kind, _error_to_wire(payload) if kind == "error" else payload)
-                    for job_id, kind, payload in events
-                ]
-            )
+            self.conn.send([_to_wire(event) for event in events])
 
-    def handle(self, msg: tuple) -> bool:
-        op = msg[0]
-        if op == "stop":
+    def handle(self, msg: ParentMsg) -> bool:
+        if isinstance(msg, StopMsg):
             return False
         try:
-            if op == "generate":
-                job: GenerationJob = msg[1]
-                engine = self.engine(job.model.engine)
-                if hasattr(engine, "step"):
-                    self.send(engine.submit(job))
-                else:  # one job at a time, events straight through
-                    with self.cores:
-                        out = engine.generate(
-                            job,
-                            lambda ev: self.send([(job.content_id, "event", ev)]),
-                            lambda: self.cancel_requested(job.content_id),
-                        )
-                    self.send([(job.content_id, "done", out)])
-            elif op == "cancel":
-                for engine in self.engines.values():
-                    if hasattr(engine, "step"):
-                        self.send(engine.cancel(msg[1]))
-            elif op == "load":
-                request_id, model = msg[1], msg[2]
-                self.send([(request_id, "done", self.engine(model.engine).load(model))])
+            if isinstance(msg, GenerateMsg):
+                self.start(msg.job)
+            elif isinstance(msg, CancelMsg):
+                for engine in self.batching():  # one-at-a-time engines read their cancels between steps
+                    self.send(engine.cancel(msg.job_id))
+            elif isinstance(msg, LoadMsg):
+                self.send([Done(msg.request_id, self.engine(msg.model.engine).load(msg.model))])
         except Exception as exc:  # every failure goes back to the parent as a typed error
-            self.send([(_job_id(msg), "error", exc)])
+            job_id = msg.job.content_id if isinstance(msg, GenerateMsg) else getattr(msg, "request_id", "")
+            self.send([Failed(job_id, exc)])
         return True
+
+    def start(self, job: GenerationJob) -> None:
+        engine = self.engine(job.model.engine)
+        if isinstance(engine, BatchingEngine):
+            self.send(engine.submit(job))
+            return
+        with self.cores:  # one job at a time, events straight through
+            out = engine.generate(
+                job,
+                lambda ev: self.send([Update(job.content_id, ev)]),
+                lambda: self.cancel_requested(job.content_id),
+            )
+        self.send([Done(job.content_id, out)])
 
     def cancel_requested(self, job_id: str) -> bool:
         """For engines that check between steps: read what has arrived; keep all but this job's cancel."""
         cancelled = False
         while self.conn.poll(0):
             msg = self.conn.recv()
-            if msg[0] == "cancel" and msg[1] == job_id:
+            if isinstance(msg, CancelMsg) and msg.job_id == job_id:
                 cancelled = True
             else:
                 self.later.append(msg)
         return cancelled
 
-    def next_message(self, block: bool):
+    def next_message(self, block: bool) -> ParentMsg | None:
         if self.later:
             return self.later.popleft()
         if block or self.conn.poll(0):
@@ -140,23 +194,16 @@ class _Child:
 
     def run(self) -> None:
         while True:
-            busy = [e for e in self.engines.values() if getattr(e, "busy", False)]
+            busy = [e for e in self.batching() if e.busy]
             # Block for the next message when idle; between steps take whatever has arrived.
             while (msg := self.next_message(block=not busy)) is not None:
                 if not self.handle(msg):
                     return
-                busy = [e for e in self.engines.values() if getattr(e, "busy", False)]
+                busy = [e for e in self.batching() if e.busy]
             for engine in busy:
                 with self.cores:
                     events = engine.step()
                 self.send(events)
-
-
-def _job_id(msg: tuple) -> str:
-    op = msg[0]
-    if op == "generate":
-        return msg[1].content_id
-    return msg[1]
 
 
 def worker_main(conn, settings_json: str) -> None:
@@ -219,35 +266,38 @@ class EngineWorker:
                 messages = conn.recv()
             except (EOFError, OSError):
                 break
-            for job_id, kind, payload in messages:
+            for message in messages:
+                job_id = message.job_id
                 with self._lock:
                     box, emit = self._jobs.get(job_id, (None, None))
                 if box is None:
                     continue
-                if kind != "event":
-                    box.put((kind, payload))
+                if not isinstance(message, Update):
+                    box.put(message)
                     continue
-                if payload.get("type") == "token":
-                    engine_log.info("content=%s %r", job_id, payload["text"])
+                event = message.event
+                if event.get("type") == "token":
+                    engine_log.info("content=%s %r", job_id, event["text"])
                 if emit is not None:
                     try:
-                        emit(payload)
+                        emit(event)
                     except Exception as exc:  # a broken listener fails its own job, never the reader
                         log.exception("content=%s event listener failed; cancelling the job", job_id)
                         self._cancel(job_id)
-                        box.put(("error", _error_to_wire(exc)))
+                        box.put(Failed(job_id, WireError.of(exc)))
         with self._lock:
             if self._stopping or proc is not self._proc:
                 return
             how = self._reap_locked()
             self.restarts += 1
             log.error("engine worker %s; failing %d running job(s) and restarting it", how, len(self._jobs))
-            for box, _ in self._jobs.values():
-                box.put(("dead", how))
+            for job_id, (box, _) in self._jobs.items():
+                box.put(Dead(job_id, how))
             self._jobs.clear()
             self._start_locked()
             if self._last_model is not None:  # keep the next request warm
-                self._send_locked(f"reload-{next(self._ids)}", ("load", None, self._last_model), None)
+                reload_id = f"reload-{next(self._ids)}"
+                self._send_locked(reload_id, LoadMsg(reload_id, self._last_model), None)
 
     def _reap_locked(self) -> str:
         proc = self._proc
@@ -261,16 +311,14 @@ class EngineWorker:
             return f"was killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
 
-    def _send_locked(self, job_id: str, msg: tuple, box: queue.Queue | None, emit: Emit | None = None) -> None:
+    def _send_locked(self, job_id: str, msg: ParentMsg, box: queue.Queue | None, emit: Emit | None = None) -> None:
         if self._proc is None:
             self._start_locked()
         if box is not None:
             self._jobs[job_id] = (box, emit)
-        if msg[0] == "load":
-            msg = ("load", job_id, msg[2])
         self._conn.send(msg)
 
-    def _submit(self, job_id: str, msg: tuple, emit: Emit | None = None) -> queue.Queue:
+    def _submit(self, job_id: str, msg: ParentMsg, emit: Emit | None = None) -> queue.Queue:
         box: queue.Queue = queue.Queue()
         with self._lock:
             if self._stopping:  # shut down with its runtime: never start a new engine process
@@ -281,7 +329,7 @@ class EngineWorker:
     def _cancel(self, job_id: str) -> None:
         with self._lock:
             if self._conn is not None and job_id in self._jobs:
-                self._conn.send(("cancel", job_id))
+                self._conn.send(CancelMsg(job_id))
 
     def _kill(self) -> None:
         with self._lock:
@@ -305,15 +353,15 @@ class EngineWorker:
                     self._kill()
                     raise errors.GenerationTimeout(f"generation did not finish within {timeout:.0f} s")
                 try:
-                    kind, payload = box.get(timeout=0.1)
+                    message = box.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                if kind == "done":
-                    return payload
-                elif kind == "dead":
-                    raise errors.EngineFailed(f"the engine worker process {payload} during generation")
+                if isinstance(message, Done):
+                    return message.output
+                elif isinstance(message, Dead):
+                    raise errors.EngineFailed(f"the engine worker process {message.how} during generation")
                 else:
-                    err = _error_from_wire(*payload)
+                    err = message.error.error()
                     if timed_out and isinstance(err, errors.Cancelled):
                         raise errors.GenerationTimeout(f"generation did not finish within {timeout:.0f} s")
                     raise err
@@ -323,7 +371,7 @@ class EngineWorker:
 
     def load(self, model: ResolvedModel, timeout: float = 300) -> float:
         job_id = f"load-{next(self._ids)}"
-        ms = self._wait(job_id, self._submit(job_id, ("load", None, model)), timeout, None)
+        ms = self._wait(job_id, self._submit(job_id, LoadMsg(job_id, model)), timeout, None)
         self._last_model = model
         return ms
 
@@ -334,7 +382,7 @@ class EngineWorker:
         timeout: float | None = None,
         cancel: threading.Event | None = None,
     ) -> EngineOutput:
-        box = self._submit(job.content_id, ("generate", job), emit)
+        box = self._submit(job.content_id, GenerateMsg(job), emit)
         out = self._wait(job.content_id, box, timeout or self.settings.generation_timeout_s, cancel)
         self._last_model = job.model
         return out
@@ -346,7 +394,7 @@ class EngineWorker:
             if proc is None:
                 return
             try:
-                conn.send(("stop",))
+                conn.send(StopMsg())
             except OSError:
                 log.info("engine worker already gone at stop")
             proc.join(timeout=5)

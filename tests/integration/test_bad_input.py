@@ -1,4 +1,4 @@
-"""Every bad input of issue 3: a 4xx naming the field, nothing succeeded, nothing written."""
+"""Every bad input: a 4xx naming the field, nothing succeeded, nothing written."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import GENERATE, make_settings, run_cli, running_app, runtime_of, sha256
+from genforge.contenttypes.image import ImageRecord
 from genforge.images import compare_provenance, read_provenance
 from genforge.schemas import GenerateRequest
 from genforge.storage import sha256_path
@@ -100,7 +101,7 @@ def test_generation_through_http_is_a_real_png_with_a_complete_record(first, che
 def test_the_png_carries_provenance_that_matches_the_record(first):
     rec, png = first
     found = read_provenance(png)
-    assert compare_provenance(found, rec) == []
+    assert compare_provenance(found, ImageRecord.model_validate(rec)) == []
     assert found["content_id"] == rec["id"] and found["prompt"] == "a red bicycle" and found["seed"] == "11"
 
 
@@ -124,7 +125,7 @@ def test_progress_events_arrive_once_per_step(client):
         params={"width": 64, "height": 64, "steps": 5, "seed": 3},
     )
     rec = runtime_of(client).service.generate(req, emit=events.append)
-    assert rec["status"] == "succeeded"
+    assert rec.status == "succeeded"
     progress = [e for e in events if e["type"] == "progress"]
     assert [e["step"] for e in progress] == [1, 2, 3, 4, 5]
     assert all(e["total"] == 5 for e in progress)
@@ -132,7 +133,7 @@ def test_progress_events_arrive_once_per_step(client):
 
 def test_progress_streams_over_http_as_server_sent_events(client):
     with client.stream("POST", GENERATE, json={**body(seed=4, steps=3), "stream": True}) as resp:
-        assert resp.status_code in (200, 201), resp.read()
+        assert resp.status_code == 201, resp.read()
         blocks = [b for b in "".join(resp.iter_text()).split("\n\n") if b.strip()]
     progress = [json.loads(b.split("data: ", 1)[1]) for b in blocks if b.startswith("event: progress")]
     assert [(p["step"], p["total"]) for p in progress] == [(1, 3), (2, 3), (3, 3)]
@@ -146,7 +147,7 @@ def test_scheduler_negative_prompt_and_guidance_are_used_and_recorded(client, fi
     assert rec["params"]["scheduler"] == "ddim" and rec["image"]["scheduler"] == "DDIMScheduler"
     assert rec["params"]["negative_prompt"] == "blurry" and rec["params"]["guidance_scale"] == 4.0
     assert pixels_sha256(png) != pixels_sha256(euler)
-    assert compare_provenance(read_provenance(png), rec) == []
+    assert compare_provenance(read_provenance(png), ImageRecord.model_validate(rec)) == []
 
 
 def test_a_request_without_a_model_uses_the_registered_checkpoint_at_its_native_size(client):

@@ -10,12 +10,12 @@ import zlib
 
 import pytest
 
-from conftest import GENERATE, make_settings, run_cli, running_app, runtime_of, sha256
+from conftest import GENERATE, make_settings, run_cli, running_app, runtime_of, sha256, validate_output
 from genforge.catalog import PACKAGED
-from genforge.engines.base import EngineOutput
+from genforge.contenttypes.image import ImageRecord
+from genforge.engines.base import EngineOutput, ImageFacts
 from genforge.images import compare_provenance, encode_png, read_provenance
 from genforge.schemas import GenerateRequest
-from genforge.validation import validate_image
 from image_fixtures import PROMPT_WARNING, decode, image_data, pixels_sha256, stats
 
 ID = re.compile(r"content id: ([0-9a-f-]{36})")
@@ -68,10 +68,11 @@ def test_the_record_warns_that_the_prompt_is_ignored(seven):
 
 def test_the_image_passes_the_validator_and_carries_matching_provenance(seven):
     rec, png = seven
-    validate_image(
-        EngineOutput(data=png, media_type="image/png", engine_version="", load_ms=0, generate_ms=0), rec["params"]
+    out = EngineOutput(
+        data=png, media_type="image/png", engine_version="", load_ms=0, generate_ms=0, facts=ImageFacts()
     )
-    assert compare_provenance(read_provenance(png), rec) == []
+    validate_output("image", out, rec["params"], rec["prompt"])
+    assert compare_provenance(read_provenance(png), ImageRecord.model_validate(rec)) == []
 
 
 def test_same_seed_same_face_and_the_prompt_changes_nothing(client, seven):

@@ -9,6 +9,7 @@ from conftest import (
     CONTENT,
     GENERATE,
     MID_GENERATION_FAILURE,
+    TEXT_SETTINGS,
     ScriptedRunner,
     assert_error,
     assert_succeeded_text,
@@ -89,7 +90,7 @@ def test_queue_full_is_429_and_records_nothing(app_with):
 
 def test_sse_tokens_concatenate_to_the_final_text(live):
     with live.client.stream("POST", GENERATE, json={**text_body(max_tokens=32, seed=9), "stream": True}) as resp:
-        assert resp.status_code == 200
+        assert resp.status_code == 201  # the record is created, as without streaming
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = sse_events(resp.iter_lines())
     tokens = [data["text"] for name, data in events if name == "token"]
@@ -153,7 +154,7 @@ def test_restart_resolves_unfinished_records_and_orphans(app_with, tmp_path):
                     status=status,
                     prompt="p",
                     quality="standard",
-                    params={},
+                    params=TEXT_SETTINGS,
                     extra={},
                     created_at=datetime.now(UTC),
                 )

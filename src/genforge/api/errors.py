@@ -1,4 +1,5 @@
-"""The one place where errors become HTTP responses (DESIGN.md, 'HTTP error mapping')."""
+"""The one place where errors become HTTP responses: the code -> status table, both error shapes (ours and,
+under /v1, OpenAI's), and the error responses each route declares in the OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -7,16 +8,62 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genforge.errors import GenforgeError, InvalidRequest, ModelNotFound, NotFound, PayloadTooLarge
+from genforge.errors import (
+    GenforgeError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from genforge.records import ErrorBody
 
 log = logging.getLogger("genforge.api")
+
+# Every error code and its HTTP status (README, "Errors"). Codes not listed are 500 (a bug).
+STATUS: dict[str, int] = {
+    "invalid_request": 422,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "cancelled": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "queue_full": 429,
+    "engine_failed": 502,
+    "invalid_output": 502,
+    "model_unavailable": 503,
+    "generation_timeout": 504,
+    "storage_failed": 507,
+}
+OPENAI_PREFIX = "/v1/"
+
+
+def status_of(exc: GenforgeError) -> int:
+    return STATUS.get(exc.code, 500)
+
+
+# --- OpenAI's error shape (under /v1) ---------------------------------------------------------------
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error or server_error.")
+    param: str | None
+    code: str | None
+    hint: str | None = None
+    content_id: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
 
 
 def openai_error_body(exc: GenforgeError) -> dict:
     """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
-    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    kind = "invalid_request_error" if status_of(exc) < 500 else "server_error"
     code = "model_not_found" if isinstance(exc, ModelNotFound) else exc.code
     return {
         "error": {
@@ -30,17 +77,44 @@ def openai_error_body(exc: GenforgeError) -> dict:
     }
 
 
-def error_response(exc: GenforgeError, request: Request | None = None) -> JSONResponse:
+def error_response(exc: GenforgeError, path: str = "") -> JSONResponse:
     """Our error shape, or OpenAI's under /v1 (where invalid requests are 400, as OpenAI answers)."""
     headers = {"Retry-After": str(exc.details["retry_after"])} if "retry_after" in exc.details else {}
     if exc.content_id:
         headers["X-Genforge-Content-Id"] = exc.content_id
-    if request is not None and request.url.path.startswith("/v1/"):
-        status = 400 if exc.status == 422 else exc.status
-        return JSONResponse(openai_error_body(exc), status_code=status, headers=headers)
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
+    status = status_of(exc)
+    if path.startswith(OPENAI_PREFIX):
+        return JSONResponse(openai_error_body(exc), status_code=400 if status == 422 else status, headers=headers)
+    return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
 
 
+# --- what the schema declares -------------------------------------------------------------------------
+_DESCRIPTIONS = {
+    400: "Invalid request (OpenAI's status for it).",
+    404: "Unknown id or model (`not_found`).",
+    409: "The content is not in a state where this is possible (`conflict`).",
+    413: "Body over GENFORGE_MAX_BODY_BYTES (`payload_too_large`).",
+    422: "A field is wrong; the message names it (`invalid_request`).",
+    429: "The queue is full (`queue_full`); see Retry-After.",
+    502: "The engine crashed (`engine_failed`) or produced unusable output (`invalid_output`).",
+    503: "The model is not installed or its file is missing or changed (`model_unavailable`).",
+    504: "Generation exceeded GENFORGE_GENERATION_TIMEOUT_S (`generation_timeout`).",
+    507: "The artifact could not be written (`storage_failed`).",
+}
+
+
+def error_responses(*statuses: int, openai: bool = False) -> dict:
+    """`responses=` for a route: each status with the one error schema (OpenAI's under /v1)."""
+    model = OpenAIErrorBody if openai else ErrorBody
+    return {s: {"model": model, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+# Statuses every route can answer: malformed input, and a body over the limit.
+COMMON = (413, 422)
+GENERATION = (404, 413, 422, 429, 502, 503, 504, 507)
+
+
+# --- handlers -----------------------------------------------------------------------------------------
 def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     err = exc.errors()[0]
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
@@ -54,39 +128,41 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(f"{field}: {err['msg'].removeprefix('Value error, ')}", field=field)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(GenforgeError)
-    async def _genforge(request: Request, exc: GenforgeError):
-        return error_response(exc, request)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        return error_response(_validation_error(exc), request)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(_http_error(exc), request)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error")
-        return error_response(GenforgeError(f"internal error: {type(exc).__name__}"), request)
-
-
 def _http_error(exc: StarletteHTTPException) -> GenforgeError:
     if exc.status_code == 404:
         return NotFound(str(exc.detail) if exc.detail != "Not Found" else "no such path")
+    if exc.status_code == 405:
+        return MethodNotAllowed(f"method not allowed: {exc.detail}")
     if exc.status_code == 413:
         return PayloadTooLarge(str(exc.detail))
+    if exc.status_code == 415:
+        return UnsupportedMediaType(str(exc.detail))
     if exc.status_code == 400:  # FastAPI could not decode the body (e.g. bytes that are not UTF-8)
         return InvalidRequest(
             f"the body could not be read: {exc.detail}", field="body", hint="Send UTF-8 encoded JSON."
         )
     if 400 <= exc.status_code < 500:
-        err = InvalidRequest(str(exc.detail))
-        err.status = exc.status_code
-        return err
+        return InvalidRequest(str(exc.detail))
     return GenforgeError(str(exc.detail))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GenforgeError)
+    async def _genforge(request: Request, exc: GenforgeError):
+        return error_response(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return error_response(_validation_error(exc), request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(_http_error(exc), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error")
+        return error_response(GenforgeError(f"internal error: {type(exc).__name__}"), request.url.path)
 
 
 class BodySizeLimit:
@@ -101,7 +177,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await error_response(self._too_large())(scope, receive, send)
+            return await error_response(self._too_large(), scope.get("path", ""))(scope, receive, send)
         seen = 0
 
         async def limited_receive():

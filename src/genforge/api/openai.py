@@ -10,26 +10,28 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from genforge.api.content import SSE_HEADERS
-from genforge.api.deps import service
-from genforge.api.errors import openai_error_body
+from genforge.api.deps import CatalogDep, ServiceDep
+from genforge.api.errors import error_responses, openai_error_body
+from genforge.api.streaming import SSE_DOC, Final, event_stream, follow
+from genforge.contenttypes import ContentRecord
+from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
+from genforge.contenttypes.text import MAX_TOKENS_LIMIT
 from genforge.errors import InvalidRequest
 from genforge.jobs import Job
 from genforge.schemas import GenerateRequest
 from genforge.service import ContentService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-Service = Annotated[ContentService, Depends(service)]
 HEADER = "X-Genforge-Content-Id"
+# What each kind of /v1 route can answer, in OpenAI's error shape (invalid requests are 400 there).
+GEN_ERRORS = error_responses(400, 404, 413, 429, 502, 503, 504, 507, openai=True)
 
 # Parameters OpenAI clients send that genforge accepts only at their neutral value.
 NEUTRAL: dict[str, tuple] = {
@@ -86,47 +88,126 @@ class _OpenAIBody(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict] | None = None
 
 
 class ChatCompletionRequest(_OpenAIBody):
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     stop: str | list[str] | None = None
     stream: bool = False
 
 
 class CompletionRequest(_OpenAIBody):
-    model: str
+    model: str = Field(min_length=1, max_length=200)
     prompt: str | list[str]
-    max_tokens: int | None = 16  # OpenAI's default for completions
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
+    max_tokens: int | None = Field(16, gt=0, le=MAX_TOKENS_LIMIT)  # OpenAI's default for completions
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     stop: str | list[str] | None = None
     stream: bool = False
 
 
 class ImageRequest(_OpenAIBody):
-    prompt: str
-    model: str | None = None
-    size: str | None = None
-    response_format: str = "url"
-    seed: int | None = None  # an extension: OpenAI has no seed for images
+    prompt: str = Field(min_length=1, max_length=100_000)
+    model: str | None = Field(None, min_length=1, max_length=200)
+    size: str | None = Field(None, pattern=r"^[0-9]{1,5}x[0-9]{1,5}$")
+    response_format: Literal["url", "b64_json"] = "url"
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)  # an extension: OpenAI has no seed for images
 
 
 class SpeechRequest(_OpenAIBody):
+    model: str = Field(min_length=1, max_length=200)
+    input: str = Field(min_length=1, max_length=100_000)
+    voice: str | None = Field(None, max_length=64)
+    response_format: Literal["wav"] | None = None
+    speed: float | None = Field(None, ge=0.25, le=4.0)
+
+
+# --- responses ------------------------------------------------------------------------------------------
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: dict = Field(description='{"role": "assistant", "content": TEXT}')
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
     model: str
-    input: str
-    voice: str | None = None
-    response_format: str | None = None
-    speed: float | None = None
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    type: str = Field(description="genforge: the content type the model makes.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class ImageData(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    genforge: dict = Field(description="genforge: the content id and the record's warnings.")
+
+
+# --- requests into the service ------------------------------------------------------------------------
+def _request(renames: dict[str, str] | None = None, **fields) -> GenerateRequest:
+    """The native request for an OpenAI call; what the native model refuses is a 400 naming OpenAI's field."""
+    try:
+        return GenerateRequest(**fields)
+    except ValidationError as exc:
+        err = pydantic_error(exc)
+        for native, openai in (renames or {}).items():
+            if err.field == native or (err.field or "").startswith(native + "."):
+                err.message = err.message.replace(native, openai, 1)
+                err.field = openai
+        raise err from None
 
 
 def _text_params(body) -> dict:
@@ -145,7 +226,7 @@ def _message_text(message: ChatMessage) -> str:
         return message.content or ""
     parts = []
     for part in message.content:
-        if part.get("type") != "text":
+        if part.get("type") != "text" or not isinstance(part.get("text", ""), str):
             raise InvalidRequest(
                 f"message content of type {part.get('type')!r} is not supported",
                 field="messages",
@@ -157,12 +238,16 @@ def _message_text(message: ChatMessage) -> str:
 
 def _chat_request(body: ChatCompletionRequest) -> GenerateRequest:
     body.unsupported()
-    messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
+    # OpenAI's `developer` messages are system instructions for the chat template.
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)} for m in body.messages
+    ]
     users = [m["content"] for m in messages if m["role"] == "user"]
-    if not users:
-        raise InvalidRequest("messages must contain a user message", field="messages")
-    system = "\n".join(m["content"] for m in messages if m["role"] in ("system", "developer")) or None
-    return GenerateRequest(
+    if not users or not users[-1].strip():
+        raise InvalidRequest("messages must contain a user message with text", field="messages")
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system") or None
+    return _request(
+        {"params": "params"},
         content_type="text",
         prompt=users[-1],
         system=system,
@@ -172,84 +257,77 @@ def _chat_request(body: ChatCompletionRequest) -> GenerateRequest:
     )
 
 
-def _usage(record: dict) -> dict:
-    usage = record["usage"]
-    return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+def _usage(record: ContentRecord) -> dict:
+    usage = record.usage
+    return {**usage.model_dump(), "total_tokens": usage.prompt_tokens + usage.completion_tokens}
 
 
-def _created(record: dict) -> int:
-    return int(datetime.fromisoformat(record["created_at"]).timestamp())
+def _created(record: ContentRecord) -> int:
+    return int(record.created_at.timestamp())
 
 
 def _data(obj: dict) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-async def _openai_stream(svc: ContentService, job: Job, chunk, final_chunks) -> AsyncIterator[str]:
+async def _openai_frames(
+    svc: ContentService, job: Job, chunk: Callable, final_chunks: Callable[[ContentRecord], list[dict]]
+) -> AsyncIterator[str]:
     """Token events as OpenAI chunks, then the final chunk(s) and [DONE]; a failure ends with an error
     object and no [DONE], so a cut stream never looks complete. Leaving the stream cancels the job."""
-    events = job.listen_async()
-    try:
-        yield _data(chunk(None, role=True))
-        while True:
-            event = await events.get()
-            if event["type"] == "token":
-                yield _data(chunk(event["text"]))
-            elif event["type"] == "final":
-                if job.error is not None:
-                    yield _data(openai_error_body(job.error))
-                    return
-                for obj in final_chunks(job.result):
-                    yield _data(obj)
-                yield "data: [DONE]\n\n"
-                return
-    finally:
-        if not job.done.is_set():
-            svc.cancel(job.content_id, wait=False)
+    yield _data(chunk(None, role=True))
+    async for item in follow(svc, job, cancel_on_disconnect=True):
+        if not isinstance(item, Final):
+            if item["type"] == "token":
+                yield _data(chunk(item["text"]))
+            continue
+        if item.error is not None:
+            yield _data(openai_error_body(item.error))
+            return
+        for obj in final_chunks(item.record):
+            yield _data(obj)
+        yield "data: [DONE]\n\n"
 
 
-def _stream_response(svc: ContentService, job: Job, chunk, final_chunks) -> StreamingResponse:
-    return StreamingResponse(
-        _openai_stream(svc, job, chunk, final_chunks),
-        media_type="text/event-stream",
-        headers={**SSE_HEADERS, HEADER: job.content_id},
+def _stream_response(svc: ContentService, job: Job, chunk, final_chunks):
+    return event_stream(_openai_frames(svc, job, chunk, final_chunks), job.content_id)
+
+
+# --- routes -----------------------------------------------------------------------------------------
+@router.get("/models", response_model=ModelList, responses=error_responses(400, openai=True))
+def list_openai_models(catalog: CatalogDep) -> ModelList:
+    entries = [e for e in catalog.entries() if e.installed]
+    return ModelList(
+        object="list",
+        data=[ModelObject(id=e.name, object="model", created=0, owned_by="genforge", type=e.type) for e in entries],
     )
 
 
-@router.get("/models")
-def list_models(request: Request) -> dict:
-    entries = [e for e in request.app.state.runtime.catalog.entries() if e["installed"]]
-    return {
-        "object": "list",
-        "data": [
-            {"id": e["name"], "object": "model", "created": 0, "owned_by": "genforge", "type": e["type"]}
-            for e in entries
-        ],
-    }
-
-
-@router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, svc: Service, response: Response):
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={200: {"description": "The completion, or chunks with stream: true.", "content": SSE_DOC}, **GEN_ERRORS},
+)
+async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, response: Response):
     req = _chat_request(body)
     if not body.stream:
         record = await run_in_threadpool(svc.generate, req)
-        response.headers[HEADER] = record["id"]
-        return {
-            "id": f"chatcmpl-{record['id']}",
-            "object": "chat.completion",
-            "created": _created(record),
-            "model": record["model"]["name"],
-            "system_fingerprint": f"genforge-{record['model']['engine_version']}",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": record["text"]},
-                    "finish_reason": record["finish_reason"],
-                    "logprobs": None,
-                }
+        response.headers[HEADER] = record.id
+        return ChatCompletion(
+            id=f"chatcmpl-{record.id}",
+            object="chat.completion",
+            created=_created(record),
+            model=record.model.name,
+            system_fingerprint=f"genforge-{record.model.engine_version}",
+            choices=[
+                ChatChoice(
+                    index=0,
+                    message={"role": "assistant", "content": record.text},
+                    finish_reason=record.finish_reason,
+                )
             ],
-            "usage": _usage(record),
-        }
+            usage=Usage(**_usage(record)),
+        )
     job = await run_in_threadpool(svc.submit, req)
     base = {
         "id": f"chatcmpl-{job.content_id}",
@@ -263,36 +341,38 @@ async def chat_completions(body: ChatCompletionRequest, svc: Service, response: 
         delta = {"role": "assistant", "content": ""} if role else {"content": text}
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]}
 
-    def final_chunks(record: dict) -> list[dict]:
+    def final_chunks(record: ContentRecord) -> list[dict]:
         last = {
             **base,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": record["finish_reason"], "logprobs": None}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": record.finish_reason, "logprobs": None}],
         }
         return [last, {**base, "choices": [], "usage": _usage(record)}] if include_usage else [last]
 
     return _stream_response(svc, job, chunk, final_chunks)
 
 
-@router.post("/completions")
-async def completions(body: CompletionRequest, svc: Service, response: Response):
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses={200: {"description": "The completion, or chunks with stream: true.", "content": SSE_DOC}, **GEN_ERRORS},
+)
+async def completions(body: CompletionRequest, svc: ServiceDep, response: Response):
     body.unsupported()
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise InvalidRequest("exactly one prompt per request is supported", field="prompt")
-    req = GenerateRequest(content_type="text", prompt=prompts[0], model=body.model, params=_text_params(body), raw=True)
+    req = _request(content_type="text", prompt=prompts[0], model=body.model, params=_text_params(body), raw=True)
     if not body.stream:
         record = await run_in_threadpool(svc.generate, req)
-        response.headers[HEADER] = record["id"]
-        return {
-            "id": f"cmpl-{record['id']}",
-            "object": "text_completion",
-            "created": _created(record),
-            "model": record["model"]["name"],
-            "choices": [
-                {"index": 0, "text": record["text"], "finish_reason": record["finish_reason"], "logprobs": None}
-            ],
-            "usage": _usage(record),
-        }
+        response.headers[HEADER] = record.id
+        return Completion(
+            id=f"cmpl-{record.id}",
+            object="text_completion",
+            created=_created(record),
+            model=record.model.name,
+            choices=[CompletionChoice(index=0, text=record.text, finish_reason=record.finish_reason)],
+            usage=Usage(**_usage(record)),
+        )
     job = await run_in_threadpool(svc.submit, req)
     base = {
         "id": f"cmpl-{job.content_id}",
@@ -304,10 +384,9 @@ async def completions(body: CompletionRequest, svc: Service, response: Response)
     def chunk(text: str | None, role: bool = False) -> dict:
         return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": None, "logprobs": None}]}
 
-    def final_chunks(record: dict) -> list[dict]:
-        return [
-            {**base, "choices": [{"index": 0, "text": "", "finish_reason": record["finish_reason"], "logprobs": None}]}
-        ]
+    def final_chunks(record: ContentRecord) -> list[dict]:
+        choice = {"index": 0, "text": "", "finish_reason": record.finish_reason, "logprobs": None}
+        return [{**base, "choices": [choice]}]
 
     return _stream_response(svc, job, chunk, final_chunks)
 
@@ -315,51 +394,62 @@ async def completions(body: CompletionRequest, svc: Service, response: Response)
 def _size(size: str | None) -> dict[str, Any]:
     if size is None:
         return {}
-    try:
-        width, height = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise InvalidRequest(f"size {size!r} is not WIDTHxHEIGHT", field="size") from None
+    width, height = (int(v) for v in size.lower().split("x"))
     return {"width": width, "height": height}
 
 
-@router.post("/images/generations")
-async def image_generations(body: ImageRequest, svc: Service, response: Response):
+@router.post("/images/generations", response_model=ImagesResponse, responses=GEN_ERRORS)
+async def image_generations(body: ImageRequest, svc: ServiceDep, response: Response):
     body.unsupported()
-    if body.response_format not in ("url", "b64_json"):
-        raise InvalidRequest(f"response_format {body.response_format!r}: use url or b64_json", field="response_format")
     params = {**_size(body.size), **({"seed": body.seed} if body.seed is not None else {})}
-    req = GenerateRequest(content_type="image", prompt=body.prompt, model=body.model, params=params)
+    req = _request(
+        {"params.width": "size", "params.height": "size"},
+        content_type="image",
+        prompt=body.prompt,
+        model=body.model,
+        params=params,
+    )
     record = await run_in_threadpool(svc.generate, req)
-    response.headers[HEADER] = record["id"]
+    response.headers[HEADER] = record.id
     if body.response_format == "url":
-        item = {"url": record["artifact"]["url"]}
+        item = ImageData(url=record.artifact.url)
     else:
-        path, _ = await run_in_threadpool(svc.artifact, record["id"])
-        item = {"b64_json": base64.b64encode(path.read_bytes()).decode("ascii")}
-    return {
-        "created": _created(record),
-        "data": [{**item, "revised_prompt": None}],
-        "genforge": {"content_id": record["id"], "warnings": record.get("warnings", [])},
-    }
+        path, _ = await run_in_threadpool(svc.artifact, record.id)
+        item = ImageData(b64_json=base64.b64encode(path.read_bytes()).decode("ascii"))
+    return ImagesResponse(
+        created=_created(record), data=[item], genforge={"content_id": record.id, "warnings": record.warnings}
+    )
 
 
-@router.post("/audio/speech")
-async def audio_speech(body: SpeechRequest, svc: Service):
+@router.post(
+    "/audio/speech",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The speech as WAV.",
+            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **GEN_ERRORS,
+    },
+)
+async def audio_speech(body: SpeechRequest, svc: ServiceDep):
     body.unsupported()
-    if body.response_format not in (None, "wav"):
-        raise InvalidRequest(
-            f"response_format {body.response_format!r} is not supported; genforge makes wav", field="response_format"
-        )
     if body.voice in OPENAI_VOICES:
         raise InvalidRequest(
             f"voice {body.voice!r} is one of OpenAI's voices, which genforge does not have",
             field="voice",
-            hint="Use voice='default' for the model's own voice, or a speaker of "
-            "the model (see `genforge models list`).",
+            hint="Use voice='default' for the model's own voice, or a speaker of the model "
+            "(see `genforge models list`).",
         )
     voice = None if body.voice == "default" else body.voice
     params = {k: v for k, v in {"voice": voice, "speed": body.speed}.items() if v is not None}
-    req = GenerateRequest(content_type="speech", prompt=body.input, model=body.model, params=params)
+    req = _request(
+        {"prompt": "input", "params.voice": "voice", "params.speed": "speed"},
+        content_type="speech",
+        prompt=body.input,
+        model=body.model,
+        params=params,
+    )
     record = await run_in_threadpool(svc.generate, req)
-    path, media_type = await run_in_threadpool(svc.artifact, record["id"])
-    return Response(path.read_bytes(), media_type=media_type, headers={HEADER: record["id"]})
+    path, media_type = await run_in_threadpool(svc.artifact, record.id)
+    return Response(path.read_bytes(), media_type=media_type, headers={HEADER: record.id})

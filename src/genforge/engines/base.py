@@ -1,15 +1,40 @@
-"""What every engine receives and returns. Engines know nothing of HTTP or the database."""
+"""The engine contract: what every engine receives, what it returns, and the two ways engines run.
+
+Engines know nothing of HTTP or the database: this module imports pydantic and genforge.errors only, and a
+test proves that importing any engine module loads neither SQLAlchemy, Alembic nor FastAPI.
+
+- `OneAtATimeEngine` (images, speech): `generate()` runs one job to the end, reporting progress through
+  `emit` and checking `cancelled()` between steps.
+- `BatchingEngine` (llama.cpp): `submit()` queues a job, `step()` advances every running job by one engine
+  step, `cancel()` stops one, `busy` says whether there is work. The worker calls `step()` in a loop, so
+  many jobs share one model pass.
+The worker (genforge/worker.py) dispatches on which of the two an engine declares itself to be.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from genforge.catalog import ResolvedModel
+from pydantic import BaseModel, ConfigDict, Field
 
 # Progress and token events: {"type": "token", "text": ...} or {"type": "progress", "step": i, "total": n}.
 Emit = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """An installed model whose file is present and whose hash is known: what an engine loads."""
+
+    name: str
+    content_type: str
+    engine: str
+    path: str
+    sha256: str
+    size_bytes: int
+    chat: bool
 
 
 @dataclass
@@ -19,7 +44,71 @@ class GenerationJob:
     model: ResolvedModel
     prompt: str
     system: str | None
-    params: dict  # max_tokens, temperature, top_p, seed, stop (text); the seed is always set
+    # The complete, typed parameters of the content type (TextSettings, ImageSettings, SpeechSettings in
+    # genforge.schemas): exactly what the record stores and a client can send again. The seed is always set
+    # for text and images.
+    params: Any
+    # Text only: a whole chat (the OpenAI API) instead of prompt + system, and raw continuation (no template).
+    messages: list[dict] | None = None
+    raw: bool = False
+    # Speech only: why the espeak-ng fallback runs (the request allowed it), for the record's warnings.
+    fallback_reason: str | None = None
+
+
+# --- what engines return: the artifact and the facts of its type -------------------------------------
+class _Facts(BaseModel):
+    """The facts an engine reports with its output; stored with the record and served in its section.
+    Engines fill every field; they are optional so that a failed record (no output) has the same shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Anything the caller should know about the "
+        "result (a limit applied, a parameter without effect, a prompt ignored).",
+    )
+
+
+class TextFacts(_Facts):
+    ttft_ms: float | None = Field(None, description="Milliseconds from admission to the first generated token.")
+    batch_size_max: int | None = Field(None, description="Most sequences decoded together with this one.")
+    prompt_tokens_cached: int | None = Field(None, description="Prompt tokens reused from a slot's KV cache.")
+
+
+class ImageDetails(BaseModel):
+    """How the image was made; diffusers fills the pipeline fields, the portrait engine the others."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str | None = Field(None, description="diffusers pipeline class.")
+    scheduler: str | None = Field(None, description="diffusers scheduler class that ran.")
+    device: str | None = Field(None, description="cpu or cuda.")
+    dtype: str | None = Field(None, description="float32 or float16.")
+    denoising_steps: int | None = Field(None, description="Denoising steps the scheduler ran.")
+    native_size: int | None = Field(None, description="Portrait: the network's native square size.")
+    downscaled: bool | None = Field(None, description="Portrait: downscaled from the native size.")
+    resample: str | None = Field(None, description="Portrait: the downscaling filter, when downscaled.")
+    truncation_psi: float | None = Field(None, description="Portrait: StyleGAN truncation.")
+    precision: str | None = Field(None, description="Portrait: OpenVINO inference precision.")
+    stages: list[str] | None = Field(None, description="Portrait: the stages reported as progress steps.")
+    license: str | None = Field(None, description="Portrait: the licence of the weights.")
+
+
+class ImageFacts(_Facts):
+    width: int | None = Field(None, description="Width of the image in pixels.")
+    height: int | None = Field(None, description="Height of the image in pixels.")
+    steps: int | None = Field(
+        None, description="Steps reported as progress (denoising steps, or the portrait's stages)."
+    )
+    image: ImageDetails | None = None
+
+
+class SpeechFacts(_Facts):
+    sample_rate: int | None = Field(None, description="Samples per second of the WAV.")
+    duration_s: float | None = Field(None, description="Length of the audio in seconds.")
+    voice: str | None = Field(None, description="The voice (and speaker) that spoke.")
+    sentences: int | None = Field(None, description="Sentences synthesised (one progress step each).")
+    deterministic: bool | None = Field(None, description="Whether the same request gives the same audio bytes.")
 
 
 @dataclass
@@ -29,18 +118,70 @@ class EngineOutput:
     engine_version: str
     load_ms: float
     generate_ms: float
+    facts: _Facts
     text: str | None = None
     finish_reason: str | None = None
     usage: dict | None = None
-    extra: dict = field(default_factory=dict)
 
 
-class Engine(Protocol):
-    kind: str
-    content_types: tuple[str, ...]
+# --- the two engine protocols --------------------------------------------------------------------------
+class OneAtATimeEngine(ABC):
+    kind: ClassVar[str]
+    content_types: ClassVar[tuple[str, ...]]
 
+    @abstractmethod
     def load(self, model: ResolvedModel) -> float:
         """Load (or keep) the model; returns milliseconds spent loading, 0 when already warm."""
 
+    @abstractmethod
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
         """Run the model. Raises typed errors from genforge.errors, never returns empty output as success."""
+
+
+@dataclass
+class Update:
+    """A token or progress event of a running job."""
+
+    job_id: str
+    event: dict
+
+
+@dataclass
+class Done:
+    job_id: str
+    output: Any  # EngineOutput for a generation, load milliseconds (float) for a load
+
+
+@dataclass
+class Failed:
+    job_id: str
+    error: BaseException
+
+
+EngineEvent = Update | Done | Failed
+
+
+class BatchingEngine(ABC):
+    kind: ClassVar[str]
+    content_types: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def load(self, model: ResolvedModel) -> float:
+        """Load (or keep) the model; returns milliseconds spent loading, 0 when already warm."""
+
+    @abstractmethod
+    def submit(self, job: GenerationJob) -> list[EngineEvent]:
+        """Queue a job; it starts at a later step."""
+
+    @abstractmethod
+    def step(self) -> list[EngineEvent]:
+        """Advance every running job by one step; the events of all of them."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> list[EngineEvent]:
+        """Stop a job: at once when it is waiting, at the next step when it is running."""
+
+    @property
+    @abstractmethod
+    def busy(self) -> bool:
+        """Whether a job is waiting or running."""

@@ -17,8 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from genforge import images
-from genforge.catalog import ResolvedModel
-from genforge.engines.base import Emit, EngineOutput, GenerationJob
+from genforge.engines.base import (
+    Emit,
+    EngineOutput,
+    GenerationJob,
+    ImageDetails,
+    ImageFacts,
+    OneAtATimeEngine,
+    ResolvedModel,
+)
 from genforge.errors import Cancelled, InvalidOutput, ModelUnavailable
 
 # Set before diffusers/transformers import huggingface_hub, which reads them once.
@@ -59,7 +66,7 @@ def _hub_offline() -> None:
     constants.HF_HUB_OFFLINE = True
 
 
-class DiffusersEngine:
+class DiffusersEngine(OneAtATimeEngine):
     kind = "diffusers"
     content_types = ("image",)
 
@@ -72,10 +79,6 @@ class DiffusersEngine:
         self._version = ""
         self._device = "cpu"
         self._dtype = None
-
-    def cancel(self, job_id: str) -> list:
-        """Nothing to do: the worker runs this engine one job at a time, to the end."""
-        return []
 
     # --- loading ---------------------------------------------------------------------------------
     def _imports(self):
@@ -166,7 +169,7 @@ class DiffusersEngine:
         start = time.perf_counter()
         p = job.params
         pipe = self._pipe
-        pipe.scheduler = self._scheduler(p["scheduler"])
+        pipe.scheduler = self._scheduler(p.scheduler)
 
         def on_step_end(pipeline, i, _t, kwargs):
             emit({"type": "progress", "step": i + 1, "total": pipeline.num_timesteps})
@@ -174,15 +177,15 @@ class DiffusersEngine:
                 raise Cancelled(f"cancelled after step {i + 1}")
             return kwargs
 
-        generator = torch.Generator("cpu").manual_seed(p["seed"])  # CPU noise: the same latents on any device
+        generator = torch.Generator("cpu").manual_seed(p.seed)  # CPU noise: the same latents on any device
         with torch.inference_mode():
             result = pipe(
                 prompt=job.prompt,
-                negative_prompt=p["negative_prompt"] or None,
-                width=p["width"],
-                height=p["height"],
-                num_inference_steps=p["steps"],
-                guidance_scale=p["guidance_scale"],
+                negative_prompt=p.negative_prompt or None,
+                width=p.width,
+                height=p.height,
+                num_inference_steps=p.steps,
+                guidance_scale=p.guidance_scale,
                 generator=generator,
                 output_type="np",
                 callback_on_step_end=on_step_end,
@@ -200,23 +203,23 @@ class DiffusersEngine:
                 "overflow is a known cause.",
             )
         rgb = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        details = {
-            "pipeline": type(pipe).__name__,
-            "scheduler": type(pipe.scheduler).__name__,
-            "device": self._device,
-            "dtype": str(self._dtype).removeprefix("torch."),
-            "denoising_steps": pipe.num_timesteps,
-        }
+        details = ImageDetails(
+            pipeline=type(pipe).__name__,
+            scheduler=type(pipe.scheduler).__name__,
+            device=self._device,
+            dtype=str(self._dtype).removeprefix("torch."),
+            denoising_steps=pipe.num_timesteps,
+        )
         text = images.provenance(
             content_id=job.content_id,
             model=job.model.name,
             model_sha256=job.model.sha256,
             engine=self.kind,
             engine_version=self._version,
-            seed=p["seed"],
-            params=p,
+            seed=p.seed,
+            params=p.model_dump(mode="json"),
             prompt=job.prompt,
-            details={"image": details},
+            details={"image": details.model_dump(exclude_none=True)},
         )
         data = images.encode_png(rgb, text)
         return EngineOutput(
@@ -225,13 +228,7 @@ class DiffusersEngine:
             engine_version=self._version,
             load_ms=load_ms,
             generate_ms=(time.perf_counter() - start) * 1000,
-            extra={
-                "width": rgb.shape[1],
-                "height": rgb.shape[0],
-                "steps": p["steps"],
-                "warnings": [],
-                "image": details,
-            },
+            facts=ImageFacts(width=rgb.shape[1], height=rgb.shape[0], steps=p.steps, image=details),
         )
 
 

@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 
 from genforge.audio import decode_wav, encode_wav, silence
-from genforge.catalog import ResolvedModel
-from genforge.engines.base import Emit, EngineOutput, GenerationJob
+from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, SpeechFacts
 from genforge.errors import Cancelled, EngineFailed, InvalidOutput, InvalidRequest, ModelUnavailable
 
 APT_HINT = "Install it with `apt-get install espeak-ng` (Debian/Ubuntu)."
@@ -31,7 +30,7 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in SENTENCE_END.split(text.strip()) if s.strip()]
 
 
-class EspeakEngine:
+class EspeakEngine(OneAtATimeEngine):
     kind = "espeak-ng"
     content_types = ("speech",)
 
@@ -58,10 +57,6 @@ class EspeakEngine:
             )
         self.binary, self.version = model.path, f"espeak-ng {match.group(1)}"
         return (time.perf_counter() - start) * 1000
-
-    def cancel(self, job_id: str) -> list:
-        """Nothing to do: one job runs at a time, and `generate` checks `cancelled()` between sentences."""
-        return []
 
     def _speak(self, sentence: str, voice: str, wpm: int) -> tuple[bytes, int]:
         try:
@@ -99,8 +94,8 @@ class EspeakEngine:
         load_ms = self.load(job.model)
         start = time.perf_counter()
         params = job.params
-        voice = params.get("voice") or DEFAULT_VOICE
-        speed = float(params.get("speed", 1.0))
+        voice = params.voice or DEFAULT_VOICE
+        speed = params.speed
         wpm = round(BASE_WPM * speed)
         warnings = []
         if not MIN_WPM <= wpm <= MAX_WPM:
@@ -110,13 +105,13 @@ class EspeakEngine:
                 f"({wpm} wpm) was limited to {clamped} wpm (speed {clamped / BASE_WPM:.2f})"
             )
             wpm = clamped
-        if params.get("seed") is not None:
+        if params.seed is not None:
             warnings.append(
-                f"espeak-ng has no randomness: seed {params['seed']} changes nothing (the same text "
+                f"espeak-ng has no randomness: seed {params.seed} changes nothing (the same text "
                 "and settings always give the same audio)"
             )
-        if params.get("fallback_reason"):
-            warnings.append(f"espeak-ng used as the fallback the request allowed: {params['fallback_reason']}")
+        if job.fallback_reason:
+            warnings.append(f"espeak-ng used as the fallback the request allowed: {job.fallback_reason}")
         sentences = split_sentences(job.prompt)
         parts: list[bytes] = []
         rate = 0
@@ -125,7 +120,7 @@ class EspeakEngine:
                 raise Cancelled("cancelled between sentences")
             pcm, rate = self._speak(sentence, voice, wpm)
             if parts:
-                parts.append(silence(float(params.get("sentence_silence", 0.2)), rate))
+                parts.append(silence(params.sentence_silence, rate))
             parts.append(pcm)
             emit({"type": "progress", "step": i, "total": len(sentences)})
         if not parts:
@@ -137,14 +132,14 @@ class EspeakEngine:
             engine_version=self.version,
             load_ms=load_ms,
             generate_ms=(time.perf_counter() - start) * 1000,
-            extra={
-                "sample_rate": rate,
-                "duration_s": round(len(pcm) / 2 / rate, 3),
-                "voice": voice,
-                "sentences": len(sentences),
-                "deterministic": True,
-                "warnings": warnings,
-            },
+            facts=SpeechFacts(
+                sample_rate=rate,
+                duration_s=round(len(pcm) / 2 / rate, 3),
+                voice=voice,
+                sentences=len(sentences),
+                deterministic=True,
+                warnings=warnings,
+            ),
         )
 
 

@@ -2,7 +2,7 @@
 
 Several text requests share one llama.cpp context: each is a sequence with its own KV-cache slot
 and its own sampler (and seed); every step decodes one token of every active sequence in a single
-`llama_decode` call. One engine thread owns the cores (DESIGN.md on threads), so N concurrent
+`llama_decode` call. One engine thread owns the cores (see docs/benchmarks.md), so N concurrent
 requests cost far less than N times one. A single request takes the same path, alone in its batch.
 """
 
@@ -14,8 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from genforge.catalog import ResolvedModel
-from genforge.engines.base import EngineOutput, GenerationJob
+from genforge.engines.base import (
+    BatchingEngine,
+    Done,
+    EngineEvent,
+    EngineOutput,
+    Failed,
+    GenerationJob,
+    ResolvedModel,
+    TextFacts,
+    Update,
+)
 from genforge.errors import Cancelled, EngineFailed, GenforgeError, InvalidRequest, ModelUnavailable
 
 try:  # the text extra; its absence is reported when a model is loaded
@@ -60,11 +69,7 @@ class Sequence:
         return max((len(s) for s in self.stops), default=1) - 1
 
 
-# Events the engine hands the worker loop: (job_id, "event"|"done"|"error", payload).
-Event = tuple[str, str, object]
-
-
-class LlamaEngine:
+class LlamaEngine(BatchingEngine):
     kind = "llama.cpp"
     content_types = ("text",)
 
@@ -163,10 +168,10 @@ class LlamaEngine:
         recognised by id, and holding text back for it would delay every streamed token.
         """
         llm = self._llm
-        if self._formatter is None or job.params.get("raw"):
+        if self._formatter is None or job.raw:
             text = (job.system + "\n\n" if job.system else "") + job.prompt
             return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-        messages = job.params.get("messages") or [
+        messages = job.messages or [
             *([{"role": "system", "content": job.system}] if job.system else []),
             {"role": "user", "content": job.prompt},
         ]
@@ -174,16 +179,16 @@ class LlamaEngine:
         return llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
     @staticmethod
-    def _sampler(p: dict):
+    def _sampler(p):
         """llama.cpp's sampler chain for these parameters; None for greedy decoding (temperature 0)."""
-        if p["temperature"] == 0:
+        if p.temperature == 0:
             return None
         s = _internals.LlamaSampler()  # the chain llama-cpp-python uses for the same parameters
         s.add_top_k(40)
-        s.add_top_p(p["top_p"], 1)
+        s.add_top_p(p.top_p, 1)
         s.add_min_p(0.05, 1)
-        s.add_temp(p["temperature"])
-        s.add_dist(p["seed"])
+        s.add_temp(p.temperature)
+        s.add_dist(p.seed)
         return s
 
     def _sample(self, seq: Sequence, row: int) -> int:
@@ -195,7 +200,7 @@ class LlamaEngine:
             return int(logits.argmax())
         return seq.sampler.sample(self._ctx, row)
 
-    def submit(self, job: GenerationJob) -> list[Event]:
+    def submit(self, job: GenerationJob) -> list[EngineEvent]:
         """Queue a job; it starts at the next step with a free slot."""
         self._waiting.append(job)
         return []
@@ -203,24 +208,23 @@ class LlamaEngine:
     def _is_loaded(self, model: ResolvedModel) -> bool:
         return self._model is not None and self._model.path == model.path and self._model.sha256 == model.sha256
 
-    def cancel(self, job_id: str) -> list[Event]:
+    def cancel(self, job_id: str) -> list[EngineEvent]:
         if job_id in self._active:
             self._active[job_id].cancelled = True
             return []
         for i, job in enumerate(self._waiting):
             if job.content_id == job_id:
                 del self._waiting[i]
-                return [(job_id, "error", Cancelled("cancelled before it started"))]
+                return [Failed(job_id, Cancelled("cancelled before it started"))]
         return []
 
-    def _admit(self, job: GenerationJob, load_ms: float) -> list[Event]:
+    def _admit(self, job: GenerationJob, load_ms: float) -> list[EngineEvent]:
         start = time.perf_counter()
         prompt = self._prompt_tokens(job)
         if len(prompt) >= self.n_ctx:
             return [
-                (
+                Failed(
                     job.content_id,
-                    "error",
                     InvalidRequest(
                         f"the prompt is {len(prompt)} tokens; the model's context holds {self.n_ctx}",
                         field="prompt",
@@ -235,8 +239,8 @@ class LlamaEngine:
             job=job,
             slot=slot,
             prompt=prompt,
-            max_tokens=min(p["max_tokens"], self.n_ctx - len(prompt)),
-            stops=[s for s in p.get("stop") or [] if s],
+            max_tokens=min(p.max_tokens, self.n_ctx - len(prompt)),
+            stops=[s for s in p.stop if s],
             sampler=self._sampler(p),
             started=start,
             load_ms=load_ms,
@@ -275,13 +279,13 @@ class LlamaEngine:
         if llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch) != 0:
             raise EngineFailed("llama_decode failed (context full or internal error)")
 
-    def step(self) -> list[Event]:
+    def step(self) -> list[EngineEvent]:
         """Admit waiting jobs into free slots, then decode one token for every active sequence."""
-        events: list[Event] = []
+        events: list[EngineEvent] = []
         try:
             for job_id in [j for j, s in self._active.items() if s.cancelled]:
                 self._forget(self._active.pop(job_id).slot)
-                events.append((job_id, "error", Cancelled("cancelled between tokens")))
+                events.append(Failed(job_id, Cancelled("cancelled between tokens")))
             while self._waiting and len(self._active) < self.n_parallel:
                 job, load_ms = self._waiting[0], 0.0
                 if not self._is_loaded(job.model):
@@ -291,7 +295,7 @@ class LlamaEngine:
                         load_ms = self.load(job.model)
                     except GenforgeError as exc:
                         self._waiting.pop(0)
-                        events.append((job.content_id, "error", exc))
+                        events.append(Failed(job.content_id, exc))
                         continue
                 self._waiting.pop(0)
                 events += self._admit(job, load_ms)
@@ -302,13 +306,13 @@ class LlamaEngine:
                 if isinstance(exc, GenforgeError)
                 else EngineFailed(f"llama.cpp failed during generation: {type(exc).__name__}: {exc}")
             )
-            events += [(job_id, "error", err) for job_id in self._active]
+            events += [Failed(job_id, err) for job_id in self._active]
             for seq in self._active.values():
                 self._forget(seq.slot)
             self._active.clear()
         return events
 
-    def _decode_step(self) -> list[Event]:
+    def _decode_step(self) -> list[EngineEvent]:
         """One llama_decode for everything (continuous batching, as llama.cpp's server does): the next token
         of every generating sequence, then as much of the waiting prompts as the batch holds. Sequences whose
         prompt is complete sample their first token from its last position."""
@@ -346,14 +350,14 @@ class LlamaEngine:
         for seq, chunk in fed:
             seq.kv_tokens.extend(chunk)
             seq.n_past += len(chunk)
-        events: list[Event] = []
+        events: list[EngineEvent] = []
         for seq, row in rows:
             events += self._accept(seq, self._sample(seq, row))
         return events
 
-    def _accept(self, seq: Sequence, token: int) -> list[Event]:
+    def _accept(self, seq: Sequence, token: int) -> list[EngineEvent]:
         """Take one sampled token: stop, or add its text and emit what is safe to show."""
-        events: list[Event] = []
+        events: list[EngineEvent] = []
         if llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token):
             seq.finish = "stop"
         else:
@@ -367,9 +371,7 @@ class LlamaEngine:
             else:
                 safe = len(seq.text) - seq.hold
                 if safe > seq.emitted:
-                    events.append(
-                        (seq.job.content_id, "event", {"type": "token", "text": seq.text[seq.emitted : safe]})
-                    )
+                    events.append(Update(seq.job.content_id, {"type": "token", "text": seq.text[seq.emitted : safe]}))
                     seq.emitted = safe
                 if seq.generated >= seq.max_tokens:
                     seq.finish = "length"
@@ -378,13 +380,19 @@ class LlamaEngine:
             events += self._finish(seq)
         return events
 
-    def _finish(self, seq: Sequence) -> list[Event]:
+    def _finish(self, seq: Sequence) -> list[EngineEvent]:
         del self._active[seq.job.content_id]
         self._slot_tokens[seq.slot] = seq.kv_tokens  # kept for the next prompt with the same prefix
         seq.text += seq.decoder.decode(b"", final=True)
-        events: list[Event] = []
+        events: list[EngineEvent] = []
         if len(seq.text) > seq.emitted:
-            events.append((seq.job.content_id, "event", {"type": "token", "text": seq.text[seq.emitted :]}))
+            events.append(Update(seq.job.content_id, {"type": "token", "text": seq.text[seq.emitted :]}))
+        warnings = []
+        if seq.max_tokens < seq.job.params.max_tokens:
+            warnings.append(
+                f"max_tokens {seq.job.params.max_tokens} did not fit the context beside the {len(seq.prompt)}-token "
+                f"prompt; generation was limited to {seq.max_tokens} tokens"
+            )
         out = EngineOutput(
             data=seq.text.encode("utf-8"),
             media_type="text/plain",
@@ -394,24 +402,14 @@ class LlamaEngine:
             text=seq.text,
             finish_reason=seq.finish,
             usage={"prompt_tokens": len(seq.prompt), "completion_tokens": seq.generated},
-            extra={
-                "ttft_ms": round(seq.first_token_ms, 2) if seq.first_token_ms is not None else None,
-                "batch_size_max": seq.batch_size_max,
-                "prompt_tokens_cached": seq.prompt_cached,
-                **(
-                    {
-                        "warnings": [
-                            f"max_tokens {seq.job.params['max_tokens']} did not fit the context beside "
-                            f"the {len(seq.prompt)}-token prompt; generation was limited to "
-                            f"{seq.max_tokens} tokens"
-                        ]
-                    }
-                    if seq.max_tokens < seq.job.params["max_tokens"]
-                    else {}
-                ),
-            },
+            facts=TextFacts(
+                ttft_ms=round(seq.first_token_ms, 2) if seq.first_token_ms is not None else None,
+                batch_size_max=seq.batch_size_max,
+                prompt_tokens_cached=seq.prompt_cached,
+                warnings=warnings,
+            ),
         )
-        return [*events, (seq.job.content_id, "done", out)]
+        return [*events, Done(seq.job.content_id, out)]
 
 
 def create(settings) -> LlamaEngine:

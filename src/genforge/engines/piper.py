@@ -21,8 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from genforge.audio import encode_wav, silence
-from genforge.catalog import ResolvedModel
-from genforge.engines.base import Emit, EngineOutput, GenerationJob
+from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, SpeechFacts
 from genforge.errors import Cancelled, InvalidOutput, InvalidRequest, ModelUnavailable
 
 # onnxruntime's Linux wheel has telemetry that writes a device id under ~/.cache/Microsoft at *import*;
@@ -44,7 +43,7 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-class PiperEngine:
+class PiperEngine(OneAtATimeEngine):
     kind = "piper"
     content_types = ("speech",)
 
@@ -112,10 +111,6 @@ class PiperEngine:
         self.version = f"piper-tts {_version('piper-tts')}, onnxruntime {ort.__version__}"
         return (time.perf_counter() - start) * 1000
 
-    def cancel(self, job_id: str) -> list:
-        """Nothing to do: one job runs at a time, and `generate` checks `cancelled()` between sentences."""
-        return []
-
     def _speaker(self, voice: str | None) -> tuple[int | None, str]:
         """Piper `voice` parameter: a speaker of a multi-speaker voice (name or number)."""
         config = self._voice.config
@@ -143,14 +138,14 @@ class PiperEngine:
         load_ms = self.load(job.model)
         start = time.perf_counter()
         params, voice = job.params, self._voice
-        speaker_id, voice_name = self._speaker(params.get("voice"))
-        speed = float(params.get("speed", 1.0))
-        deterministic = params.get("seed") is not None
+        speaker_id, voice_name = self._speaker(params.voice)
+        speed = params.speed
+        deterministic = params.seed is not None
         syn = SynthesisConfig(speaker_id=speaker_id, length_scale=voice.config.length_scale / speed)
         if deterministic:  # no seedable noise in the graph: a seed asks for reproducible output
             syn.noise_scale, syn.noise_w_scale = 0.0, 0.0
         rate = voice.config.sample_rate
-        gap = silence(float(params.get("sentence_silence", 0.2)), rate)
+        gap = silence(params.sentence_silence, rate)
         total = sum(1 for sentence in voice.phonemize(job.prompt) if sentence)
         parts: list[bytes] = []
         sentences = 0
@@ -167,7 +162,7 @@ class PiperEngine:
         warnings = []
         if deterministic:
             warnings.append(
-                f"Piper cannot seed its noise per request: seed {params['seed']} selected deterministic "
+                f"Piper cannot seed its noise per request: seed {params.seed} selected deterministic "
                 "synthesis (noise off), which gives the same audio for every seed value"
             )
         return EngineOutput(
@@ -176,14 +171,14 @@ class PiperEngine:
             engine_version=self.version,
             load_ms=load_ms,
             generate_ms=(time.perf_counter() - start) * 1000,
-            extra={
-                "sample_rate": rate,
-                "duration_s": round(len(pcm) / 2 / rate, 3),
-                "voice": voice_name,
-                "sentences": sentences,
-                "deterministic": deterministic,
-                "warnings": warnings,
-            },
+            facts=SpeechFacts(
+                sample_rate=rate,
+                duration_s=round(len(pcm) / 2 / rate, 3),
+                voice=voice_name,
+                sentences=sentences,
+                deterministic=deterministic,
+                warnings=warnings,
+            ),
         )
 
 

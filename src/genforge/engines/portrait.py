@@ -26,12 +26,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from genforge import images
-from genforge.catalog import ResolvedModel
-from genforge.engines.base import Emit, EngineOutput, GenerationJob
+from genforge.engines.base import (
+    Emit,
+    EngineOutput,
+    GenerationJob,
+    ImageDetails,
+    ImageFacts,
+    OneAtATimeEngine,
+    ResolvedModel,
+)
 from genforge.errors import Cancelled, InvalidRequest, ModelUnavailable
 
-NATIVE_SIZE = 1024
-SIZES = (256, 512, 1024)  # square; smaller ones are downscaled from the native 1024 (recorded as such)
+NATIVE_SIZE, SIZES = images.PORTRAIT_NATIVE_SIZE, images.PORTRAIT_SIZES
 STYLE_DIM = 512
 TRUNCATION_PSI = 0.5  # random_face's default
 MEAN_SEED = 0x5EED  # fixed seed of the truncation mean (random_face's is unseeded)
@@ -82,7 +88,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class PortraitEngine:
+class PortraitEngine(OneAtATimeEngine):
     kind = "portrait"
     content_types = ("image",)
 
@@ -94,10 +100,6 @@ class PortraitEngine:
         self._w_mean = None
         self._version = ""
         self._lock = threading.Lock()  # infer requests are reused and not re-entrant
-
-    def cancel(self, job_id: str) -> list:
-        """Nothing to do: the worker runs this engine one job at a time, to the end."""
-        return []
 
     # --- loading -------------------------------------------------------------------------------
     def load(self, model: ResolvedModel) -> float:
@@ -192,29 +194,29 @@ class PortraitEngine:
         load_ms = self.load(job.model)
         start = time.perf_counter()
         p = job.params
-        size = p["width"]
-        if p["height"] != size:
+        size = p.width
+        if p.height != size:
             raise InvalidRequest("params.height: the portrait model makes square images", field="params.height")
-        rgb = self.render(p["seed"], size, emit, cancelled)
-        details = {
-            "native_size": NATIVE_SIZE,
-            "downscaled": size != NATIVE_SIZE,
-            "resample": "Pillow LANCZOS" if size != NATIVE_SIZE else None,
-            "truncation_psi": self.truncation,
-            "precision": "f32",
-            "stages": list(STAGES),
-            "license": LICENSE_NOTE,
-        }
+        rgb = self.render(p.seed, size, emit, cancelled)
+        details = ImageDetails(
+            native_size=NATIVE_SIZE,
+            downscaled=size != NATIVE_SIZE,
+            resample="Pillow LANCZOS" if size != NATIVE_SIZE else None,
+            truncation_psi=self.truncation,
+            precision="f32",
+            stages=list(STAGES),
+            license=LICENSE_NOTE,
+        )
         text = images.provenance(
             content_id=job.content_id,
             model=job.model.name,
             model_sha256=job.model.sha256,
             engine=self.kind,
             engine_version=self._version,
-            seed=p["seed"],
-            params=p,
+            seed=p.seed,
+            params=p.model_dump(mode="json"),
             prompt=job.prompt,
-            details={"image": details, "warning": PROMPT_WARNING},
+            details={"image": details.model_dump(exclude_none=True), "warning": PROMPT_WARNING},
         )
         data = images.encode_png(rgb, text)
         emit({"type": "progress", "step": len(STAGES), "total": len(STAGES)})
@@ -224,7 +226,7 @@ class PortraitEngine:
             engine_version=self._version,
             load_ms=load_ms,
             generate_ms=(time.perf_counter() - start) * 1000,
-            extra={"width": size, "height": size, "steps": len(STAGES), "warnings": [PROMPT_WARNING], "image": details},
+            facts=ImageFacts(width=size, height=size, steps=len(STAGES), warnings=[PROMPT_WARNING], image=details),
         )
 
 

@@ -1,0 +1,236 @@
+"""Images: diffusers checkpoints and the packaged portrait model; the image validator."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
+from genforge.engines.base import ImageFacts
+from genforge.errors import InvalidOutput, InvalidRequest
+from genforge.images import PORTRAIT_NATIVE_SIZE, PORTRAIT_SIZES, PREFIX, diffusers_native_size
+from genforge.records import RecordBase
+
+if TYPE_CHECKING:
+    from genforge.engines.base import EngineOutput, GenerationJob
+
+SIZE_LIMIT = 16_384  # the schema's bound; GENFORGE_IMAGE_MAX_SIZE bounds it further at run time
+STEPS_LIMIT = 10_000  # likewise GENFORGE_IMAGE_MAX_STEPS
+# Request names of the diffusers schedulers (genforge.engines.diffusers.SCHEDULERS); "default" keeps
+# the checkpoint's own.
+ImageScheduler = Literal["default", "euler", "euler_a", "ddim", "dpmpp_2m", "heun", "pndm", "unipc", "lcm"]
+# An image whose every channel has a standard deviation below this (on 0..255) is near-constant: the
+# all-black picture a safety checker substitutes, NaN output cast to zeros, a blank canvas.
+MIN_IMAGE_STDDEV = 2.0
+
+
+class ImageParams(BaseModel):
+    """Image generation parameters; unset ones get the model's defaults (recorded in the record). Strict: JSON
+    types must match (no "64" for 64)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    width: int | None = Field(default=None, gt=0, le=SIZE_LIMIT, multiple_of=8)
+    height: int | None = Field(default=None, gt=0, le=SIZE_LIMIT, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1, le=STEPS_LIMIT)
+    guidance_scale: float | None = Field(default=None, ge=0, le=50)
+    negative_prompt: str | None = Field(default=None, max_length=10_000)
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
+    scheduler: ImageScheduler | None = None
+
+
+class PortraitSettings(BaseModel):
+    """The portrait model's complete parameters: a square size and the seed (the face)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int
+    height: int
+    seed: int = Field(ge=0, lt=SEED_LIMIT)
+
+
+class DiffusersSettings(BaseModel):
+    """A diffusers checkpoint's complete parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    negative_prompt: str
+    scheduler: ImageScheduler
+    seed: int = Field(ge=0, lt=SEED_LIMIT)
+
+
+ImageSettings = PortraitSettings | DiffusersSettings
+
+
+class ImageRecord(ImageFacts, RecordBase):
+    content_type: Literal["image"]
+    params: ImageSettings
+
+
+def _portrait_params(given: ImageParams) -> PortraitSettings:
+    """The portrait model makes square faces at a few sizes from a seed; it has nothing else to set."""
+    for name in ("steps", "guidance_scale", "negative_prompt", "scheduler"):
+        if getattr(given, name) is not None:
+            raise InvalidRequest(
+                f"params.{name}: the portrait model has no {name} (it makes a face from the seed alone)",
+                field=f"params.{name}",
+                hint="Leave it out, or name a diffusers model.",
+            )
+    width = given.width or given.height or PORTRAIT_NATIVE_SIZE
+    height = given.height or width
+    for name, value in (("width", width), ("height", height)):
+        if value not in PORTRAIT_SIZES:
+            raise InvalidRequest(
+                f"params.{name}: the portrait model makes {', '.join(map(str, PORTRAIT_SIZES))} pixel "
+                f"squares, not {value}",
+                field=f"params.{name}",
+            )
+    if width != height:
+        raise InvalidRequest(
+            f"params.height: the portrait model makes squares; width is {width}, height {height}",
+            field="params.height",
+        )
+    return PortraitSettings(width=width, height=height, seed=draw_seed(given.seed))
+
+
+def _diffusers_params(given: ImageParams, settings, path: str | None) -> DiffusersSettings:
+    native = (diffusers_native_size(path) if path else None) or 512
+    width, height = given.width or native, given.height or native
+    for name, value in (("width", width), ("height", height)):
+        if value > settings.image_max_size:
+            raise InvalidRequest(
+                f"params.{name}: {value} is over the maximum of {settings.image_max_size} pixels",
+                field=f"params.{name}",
+                hint="Ask for a smaller image, or raise GENFORGE_IMAGE_MAX_SIZE.",
+            )
+    guidance = 7.5 if given.guidance_scale is None else given.guidance_scale
+    if given.negative_prompt and guidance <= 1:
+        raise InvalidRequest(
+            "params.negative_prompt: it has no effect with guidance_scale <= 1 (no classifier-free guidance)",
+            field="params.negative_prompt",
+            hint="Raise guidance_scale above 1, or leave the negative prompt out.",
+        )
+    steps = given.steps or settings.image_default_steps
+    if steps > settings.image_max_steps:
+        raise InvalidRequest(
+            f"params.steps: {steps} is over the maximum of {settings.image_max_steps}",
+            field="params.steps",
+            hint="Ask for fewer steps, or raise GENFORGE_IMAGE_MAX_STEPS.",
+        )
+    return DiffusersSettings(
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance,
+        negative_prompt=given.negative_prompt or "",
+        scheduler=given.scheduler or "default",
+        seed=draw_seed(given.seed),
+    )
+
+
+def plan(req, settings, catalog) -> Plan:
+    given = parse_params(ImageParams, req.params)
+    if req.system is not None:
+        raise InvalidRequest("system: image models take no system prompt", field="system")
+    if req.quality != "standard":
+        raise InvalidRequest(
+            f"quality: the {req.quality!r} preset applies to text; for images set params such as steps and width",
+            field="quality",
+        )
+    model = req.model or catalog.default_for("image")  # never a by-name-only model such as portrait
+    check_model(catalog, model, "image")
+    engine, path = (catalog.engine_of(model) if model else None) or ("diffusers", None)
+    if engine == "portrait":
+        return Plan(model, _portrait_params(given))
+    # No model at all still gets complete parameters: the service answers 503 with the ways forward.
+    return Plan(model, _diffusers_params(given, settings, path))
+
+
+def validate(out: EngineOutput, job: GenerationJob) -> None:
+    from PIL import Image, ImageStat, UnidentifiedImageError
+
+    if out.media_type != "image/png":
+        raise InvalidOutput(f"the image engine returned {out.media_type!r}, not image/png")
+    try:
+        with Image.open(io.BytesIO(out.data)) as im:
+            im.load()
+            fmt, size, text = im.format, im.size, dict(getattr(im, "text", {}))
+            stddev = ImageStat.Stat(im if im.mode == "RGB" else im.convert("RGB")).stddev
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidOutput(f"the image does not decode: {exc}") from None
+    if fmt != "PNG":
+        raise InvalidOutput(f"the image is {fmt}, not PNG")
+    wanted = (job.params.width, job.params.height)
+    if size != wanted:
+        raise InvalidOutput(f"the image is {size[0]}x{size[1]}, {wanted[0]}x{wanted[1]} was requested")
+    if max(stddev) < MIN_IMAGE_STDDEV:
+        raise InvalidOutput(
+            f"the image is constant or nearly so (largest channel standard deviation {max(stddev):.2f}): "
+            "a blank, black or NaN picture is not a generated image"
+        )
+    if text.get(PREFIX + "seed") != str(job.params.seed) or not text.get(PREFIX + "content_id"):
+        raise InvalidOutput("the PNG does not carry its provenance (content id, seed)")
+
+
+def check_model_path(path: Path) -> str:
+    """An image model is a diffusers directory (model_index.json) or one .safetensors/.ckpt file."""
+    if path.is_dir():
+        index = path / "model_index.json"
+        try:
+            pipeline = json.loads(index.read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            pipeline = None
+        if not pipeline:
+            raise InvalidRequest(
+                f"{path} is not a diffusers checkpoint directory (no readable model_index.json)",
+                field="path",
+                hint="Point at the directory that holds model_index.json, or at a single .safetensors/.ckpt file.",
+            )
+        return "diffusers"
+    if path.suffix.lower() not in (".safetensors", ".ckpt"):
+        raise InvalidRequest(
+            f"{path} is not an image checkpoint: expected a diffusers directory or a .safetensors/.ckpt file",
+            field="path",
+        )
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if path.suffix.lower() == ".safetensors":  # 8-byte little-endian header length, then a JSON object
+        size = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+        if not (head[8:9] == b"{" and 2 <= size <= path.stat().st_size - 8):
+            raise InvalidRequest(f"{path} is not a safetensors file (its header is not valid)", field="path")
+    elif not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch zip archive or a pickle
+        raise InvalidRequest(
+            f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)",
+            field="path",
+        )
+    return "diffusers"
+
+
+def record_section(row) -> dict:
+    return facts_of(row, ImageFacts)
+
+
+SPEC = ContentTypeSpec(
+    name="image",
+    params=ImageParams,
+    settings=ImageSettings,
+    facts=ImageFacts,
+    record=ImageRecord,
+    plan=plan,
+    validate=validate,
+    media_type="image/png",
+    suffix=".png",
+    no_model_hint="Register a Stable Diffusion checkpoint (a diffusers directory or a .safetensors/.ckpt file) "
+    "with `genforge models add PATH --type image`, or ask for the packaged face generator with "
+    '"model": "portrait" (it ignores the prompt; `genforge models pull portrait` installs it).',
+    check_model_path=check_model_path,
+    record_section=record_section,
+)

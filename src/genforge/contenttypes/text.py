@@ -1,0 +1,160 @@
+"""Text: llama.cpp models; quality presets; the text validator."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
+from genforge.engines.base import TextFacts
+from genforge.errors import InvalidOutput, InvalidRequest
+from genforge.records import ChatMessage, RecordBase, Usage
+
+if TYPE_CHECKING:
+    from genforge.engines.base import EngineOutput, GenerationJob
+
+# Chat-template and tokenizer markers that are not content: <|im_end|>, <end_of_turn>, <s>, </s>, [INST]...
+SPECIAL_TOKENS = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|<(?:start|end)_of_turn>|\[/?INST\]|<pad>|<unk>")
+MAX_TOKENS_LIMIT = 65_536  # the schema's bound; the context size bounds it further at run time
+GGUF_MAGIC = b"GGUF"
+
+
+class TextParams(BaseModel):
+    """Text generation parameters; unset ones come from the quality preset. Strict: JSON types must match."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
+    stop: list[str] | None = Field(default=None, max_length=8)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class TextSettings(BaseModel):
+    """The complete sampling parameters of a text generation, as recorded (send them as `params` to repeat it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(gt=0, le=MAX_TOKENS_LIMIT)
+    temperature: float = Field(ge=0, le=2, description="0 is greedy decoding.")
+    top_p: float = Field(gt=0, le=1)
+    seed: int = Field(ge=0, lt=SEED_LIMIT, description="Always set: drawn and recorded when not given.")
+    stop: list[str] = Field(default_factory=list, max_length=8)
+
+
+@dataclass(frozen=True)
+class QualityPreset:
+    model: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+
+
+# The one table `quality` maps through (documented in README.md). All presets use the packaged
+# instruct model: the other packaged model is a base model that does not follow instructions.
+QUALITY: dict[str, QualityPreset] = {
+    "draft": QualityPreset("smollm2-135m-instruct", max_tokens=128, temperature=0.8, top_p=0.95),
+    "standard": QualityPreset("smollm2-135m-instruct", max_tokens=256, temperature=0.6, top_p=0.9),
+    "high": QualityPreset("smollm2-135m-instruct", max_tokens=512, temperature=0.3, top_p=0.9),
+}
+
+
+class TextRecord(TextFacts, RecordBase):
+    content_type: Literal["text"]
+    params: TextSettings
+    text: str | None = Field(description="The generated text (null unless succeeded).")
+    finish_reason: Literal["stop", "length"] | None = Field(
+        description="stop: the model ended (or a stop string); length: cut by max_tokens."
+    )
+    usage: Usage
+    messages: list[ChatMessage] | None = Field(None, description="The chat, when one was sent instead of a prompt.")
+    raw: bool = Field(False, description="Raw continuation of the prompt, without the chat template.")
+
+
+def plan(req, settings, catalog) -> Plan:
+    given = parse_params(TextParams, req.params)
+    preset = QUALITY[req.quality]
+    model = req.model or (settings.default_text_model if req.quality == "standard" else preset.model)
+    params = TextSettings(
+        max_tokens=given.max_tokens or preset.max_tokens,
+        temperature=preset.temperature if given.temperature is None else given.temperature,
+        top_p=given.top_p or preset.top_p,
+        seed=draw_seed(given.seed),
+        stop=given.stop or [],
+    )
+    if params.max_tokens >= settings.context_size:
+        raise InvalidRequest(
+            f"params.max_tokens: {params.max_tokens} does not fit the context of {settings.context_size} tokens",
+            field="params.max_tokens",
+            hint=f"Ask for fewer than {settings.context_size} tokens.",
+        )
+    check_model(catalog, model, "text")
+    messages = [m.model_dump() for m in req.messages] if req.messages else None
+    return Plan(model, params, messages=messages, raw=req.raw)
+
+
+def validate(out: EngineOutput, job: GenerationJob) -> None:
+    try:
+        decoded = out.data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidOutput(f"the engine's text is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if decoded != out.text:
+        raise InvalidOutput("the artifact bytes differ from the generated text")
+    if not SPECIAL_TOKENS.sub("", decoded).strip():
+        raise InvalidOutput("the model produced no text (empty after removing whitespace and special tokens)")
+    if out.finish_reason not in ("stop", "length"):
+        raise InvalidOutput(f"unknown finish reason {out.finish_reason!r}")
+    if not (out.usage or {}).get("completion_tokens"):
+        raise InvalidOutput("the engine reported no generated tokens")
+
+
+def check_model_path(path: Path) -> str:
+    """A text model file must be GGUF; returns the engine that loads it."""
+    if not path.is_file():
+        raise InvalidRequest(f"{path} is not a file", field="path")
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise InvalidRequest(
+                f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                field="path",
+                hint="llama.cpp loads GGUF files; convert the model first.",
+            )
+    return "llama.cpp"
+
+
+def record_section(row) -> dict:
+    extra = row.extra or {}
+    return {
+        **facts_of(row, TextFacts),
+        "text": row.text,
+        "finish_reason": row.finish_reason,
+        "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
+        "messages": extra.get("messages"),
+        "raw": bool(extra.get("raw", False)),
+    }
+
+
+SPEC = ContentTypeSpec(
+    name="text",
+    params=TextParams,
+    settings=TextSettings,
+    facts=TextFacts,
+    record=TextRecord,
+    plan=plan,
+    validate=validate,
+    media_type="text/plain",
+    suffix=".txt",
+    no_model_hint="Install the default model with `genforge models pull smollm2-135m-instruct`.",
+    check_model_path=check_model_path,
+    record_section=record_section,
+)

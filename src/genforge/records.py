@@ -1,0 +1,88 @@
+"""The content record as clients receive it: common fields here, one typed section per content type in
+genforge/contenttypes/. The API declares these as its response models, so /openapi.json documents every key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+# ISO 8601 with its UTC offset (+00:00), as datetime.isoformat() writes it.
+Timestamp = Annotated[datetime, PlainSerializer(lambda moment: moment.isoformat(), return_type=str)]
+Status = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+class ModelInfo(BaseModel):
+    name: str | None = Field(description="The model that was asked for (and ran, when it ran).")
+    engine: str | None = Field(description="The engine that ran it (llama.cpp, diffusers, portrait, piper, ...).")
+    engine_version: str | None = Field(description="The engine's version, as it reported itself.")
+    file_sha256: str | None = Field(description="sha256 of the model file (or checkpoint directory) that ran.")
+
+
+class Artifact(BaseModel):
+    sha256: str = Field(description="sha256 of the stored file's bytes.")
+    size_bytes: int
+    media_type: str = Field(description="text/plain, image/png or audio/wav.")
+    url: str = Field(description="Where GET serves the file.")
+
+
+class Timings(BaseModel):
+    load_ms: float | None = Field(description="Model loading, when this request had to load it.")
+    generate_ms: float | None = Field(description="The engine's work.")
+    total_ms: float | None = Field(description="From acceptance to the final record.")
+
+
+class RecordError(BaseModel):
+    code: str = Field(description="Machine-readable error code, e.g. model_unavailable.")
+    message: str | None
+    hint: str | None = Field(description="What to do about it.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class RecordBase(BaseModel):
+    """What every record has, whatever its content type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The content id (a UUID).")
+    content_type: str = Field(description="text, image or speech: which section the record has.")
+    status: Status = Field(description="succeeded only when real, validated content was stored durably.")
+    prompt: str
+    system: str | None = Field(None, description="Text: the system prompt, if one was given.")
+    quality: str = Field(description="The quality preset that chose the model and the defaults.")
+    model: ModelInfo
+    artifact: Artifact | None = Field(description="The stored file; null unless the record succeeded.")
+    timings: Timings
+    created_at: Timestamp
+    finished_at: Timestamp | None
+    error: RecordError | None = Field(description="Why the record failed or was cancelled; null otherwise.")
+    warnings: list[str] = Field(default_factory=list)
+    queue_position: int | None = Field(None, description="1-based place in the queue while pending.")
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")  # codes may add details (e.g. retry_after, installed)
+
+    code: str = Field(description="Machine-readable error code (see the README's error table).")
+    message: str = Field(description="What went wrong, naming the field for invalid input.")
+    hint: str | None = Field(description="What to do about it.")
+    content_id: str | None = Field(description="The failed record this error left, if the request was accepted.")
+    field: str | None = Field(None, description="The request field at fault.")
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of the native API."""
+
+    error: ErrorDetail
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=100_000)
