@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.table import Table
 from genforge.config import Settings
 from genforge.contenttypes import ContentRecord
 from genforge.errors import GenforgeError
-from genforge.runtime import Runtime, setup_logging
+from genforge.runtime import Runtime, claim_data_dir, setup_logging
 from genforge.schemas import GenerateRequest
 
 app = typer.Typer(help="genforge: real content from local models, with its provenance.", no_args_is_help=True)
@@ -72,11 +73,19 @@ def serve(
 
     settings = Settings()
     setup_logging(settings)
+    try:
+        claim_data_dir(settings)  # held until the process exits
+    except GenforgeError as exc:
+        raise fail(exc) from None
+    # uvicorn re-raises the signal that stopped it once it has shut down; for SIGTERM (a service manager's
+    # stop) that would turn a clean drain into death by signal. The handler it restores first ends quietly.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # open requests; then the jobs drain
     )
 
 

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # Jobs that may wait for a free slot; beyond it requests get 429 queue_full.
     queue_size: int = 32
     generation_timeout_s: float = 600.0
+    # On SIGTERM: how long running jobs may go on before they are stopped and recorded `interrupted`.
+    drain_timeout_s: float = 30.0
     max_body_bytes: int = 1_000_000
     # Preload the default text model when the server starts, so the first request is warm.
     preload: bool = True

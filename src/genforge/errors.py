@@ -98,3 +98,28 @@ class StorageFailed(GenforgeError):
 
 class Interrupted(GenforgeError):
     code, hint = "interrupted", "Submit the request again."
+
+
+class ShuttingDown(GenforgeError):
+    code = "shutting_down"
+    hint = "The server is stopping; retry after Retry-After seconds (on its next start)."
+
+
+class DatabaseUnavailable(GenforgeError):
+    code = "database_unavailable"
+    hint = "The database is locked or cannot be written (another process, a full disk); retry after Retry-After."
+
+
+class ArtifactMissing(NotFound):
+    code = "artifact_missing"
+    hint = "The file was removed outside genforge (the record keeps its sha256); `genforge audit --mark` marks it."
+
+
+class ArtifactChanged(GenforgeError):
+    code = "artifact_changed"
+    hint = "The file was changed outside genforge and is not served; `genforge audit --mark` marks such records."
+
+
+class AlreadyRunning(GenforgeError):
+    code = "already_running"
+    hint = "Stop the other genforge server on this data directory, or give this one its own GENFORGE_DATA_DIR."

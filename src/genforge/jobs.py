@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from genforge.errors import GenforgeError, QueueFull
+from genforge.errors import GenforgeError, QueueFull, ShuttingDown
 
 log = logging.getLogger("genforge.jobs")
 
@@ -76,6 +77,7 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._cond = threading.Condition()
         self._closed = False
+        self._reserved = 0  # places taken by submits that are still writing their record
         self.running = 0
         self._threads = [
             threading.Thread(target=self._loop, name=f"genforge-job-{i}", daemon=True) for i in range(workers)
@@ -84,16 +86,29 @@ class JobRunner:
             t.start()
 
     def submit(self, content_id: str, run: Callable[[Job], Any], on_accept: Callable[[], None] | None = None) -> Job:
-        """Queue a job, or raise QueueFull. `on_accept` runs (e.g. writes the record) only if it is queued."""
+        """Queue a job, or raise QueueFull. `on_accept` runs (e.g. writes the record) only if it has a place.
+
+        The place is reserved under the lock and `on_accept` runs outside it: a slow database write must not
+        hold up other submits, cancels, or the job threads taking work."""
         with self._cond:
-            if len(self._queue) >= self.queue_size:
+            if self._closed:
+                raise ShuttingDown("the server is shutting down and accepts no new work", details={"retry_after": 5})
+            if len(self._queue) + self._reserved >= self.queue_size:
                 raise QueueFull(
                     f"the queue is full ({self.queue_size} waiting)",
                     details={"retry_after": 1 + len(self._queue) // max(1, self.workers)},
                 )
+            self._reserved += 1
+        try:
             if on_accept is not None:
                 on_accept()
-            job = Job(content_id, run)
+        except BaseException:
+            with self._cond:
+                self._reserved -= 1
+            raise
+        job = Job(content_id, run)
+        with self._cond:
+            self._reserved -= 1
             self._queue.append(job)
             self._jobs[content_id] = job
             self._cond.notify()
@@ -150,6 +165,30 @@ class JobRunner:
                 with self._cond:
                     self.running -= 1
                     self._jobs.pop(job.content_id, None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def drain(self, timeout: float) -> tuple[list[Job], list[Job]]:
+        """Stop taking work: (the jobs that were still queued, removed unrun; those still running after
+        `timeout` seconds, which are told to cancel). New submits raise ShuttingDown from now on."""
+        with self._cond:
+            self._closed = True
+            queued = list(self._queue)
+            self._queue.clear()
+            for job in queued:
+                self._jobs.pop(job.content_id, None)
+                job.cancel.set()
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with self._cond:
+            left = [job for job in self._jobs.values() if job.state == "running"]
+        for job in left:
+            job.cancel.set()
+        return queued, left
 
     def close(self) -> None:
         with self._cond:

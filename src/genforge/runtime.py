@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -12,13 +14,31 @@ from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
 from genforge.db import Database
-from genforge.errors import GenforgeError
+from genforge.errors import AlreadyRunning, GenforgeError
 from genforge.jobs import JobRunner
 from genforge.service import ContentService
 from genforge.storage import ArtifactStore
 from genforge.worker import EnginePool
 
 log = logging.getLogger("genforge.runtime")
+
+
+def claim_data_dir(settings: Settings) -> int:
+    """One server per data directory: an exclusive flock on its server.lock, held while the process lives
+    (the kernel releases it when the process dies, however it dies). A second server would take the first
+    one's live jobs for a crash's leftovers; it refuses to start instead."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "server.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = path.read_text().strip() or "another process"
+        raise AlreadyRunning(f"another genforge server (pid {holder}) is serving {settings.data_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def setup_logging(settings: Settings) -> None:
@@ -95,7 +115,10 @@ class Runtime:
         checks = {}
         try:
             current, head = self.db.migration_state()
-            checks["database"] = {"ok": current == head, "detail": f"schema {current}, newest {head}"}
+            self.db.check_writable()
+            checks["database"] = {"ok": current == head, "detail": f"schema {current}, newest {head}, writable"}
+        except GenforgeError as exc:
+            checks["database"] = {"ok": False, "detail": exc.message}
         except Exception as exc:  # reported as not ready, with the reason
             checks["database"] = {"ok": False, "detail": f"unreachable: {exc}"}
         try:
@@ -122,8 +145,10 @@ class Runtime:
         }
         return Readiness(ready=all(c["ok"] for c in checks.values()), checks=checks)
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 0.0) -> None:
+        """Stop: let running jobs finish for up to `drain_s` seconds, record what is left `interrupted`."""
         self.closed = True
+        self.service.shutdown(drain_s)
         self.runner.close()
         self.worker.stop()
         self.db.dispose()

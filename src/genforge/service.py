@@ -23,13 +23,25 @@ from genforge.config import Settings
 from genforge.contenttypes import REGISTRY, ContentRecord, Plan, spec_of
 from genforge.db import ContentRow, Database
 from genforge.engines.base import Emit, GenerationJob
-from genforge.errors import Cancelled, Conflict, GenforgeError, InvalidOutput, NotFound
+from genforge.errors import (
+    ArtifactChanged,
+    ArtifactMissing,
+    Cancelled,
+    Conflict,
+    DatabaseUnavailable,
+    GenforgeError,
+    Interrupted,
+    InvalidOutput,
+    NotFound,
+)
 from genforge.jobs import Job, JobRunner
 from genforge.records import Artifact, ModelInfo, RecordError, Status, Timings
 from genforge.schemas import GenerateRequest
 from genforge.storage import ArtifactStore, sha256_file
 
 log = logging.getLogger("genforge.service")
+CANCEL_WAIT_S = 15.0  # how long a job told to stop at shutdown may take to record that it stopped
+SUCCESS_COMMIT_RETRY_S = 30.0  # how long a finished generation waits for a locked database before it fails
 
 
 def _now() -> datetime:
@@ -109,6 +121,7 @@ class ContentService:
         self.store = store
         self.engines = engines  # EnginePool in production; anything with .generate(job, emit=, cancel=)
         self.runner = runner
+        self.closing = False  # set when the runtime shuts down: database retries give up
 
     # --- the one path ------------------------------------------------------------------------
     def submit(self, req: GenerateRequest) -> Job:
@@ -173,9 +186,11 @@ class ContentService:
         try:
             return self._run(accepted, job.publish, job.cancel)
         except GenforgeError as exc:
+            if isinstance(exc, Cancelled) and self.runner.closed:  # stopped by the shutdown, not by a client
+                exc = Interrupted("the server stopped while this generation was running")
             exc.content_id = accepted.content_id
             self._fail(accepted.content_id, exc, accepted.started)
-            raise
+            raise exc from None
         except Exception as exc:
             log.exception("content=%s unexpected failure", accepted.content_id)
             err = GenforgeError(f"internal error: {type(exc).__name__}: {exc}", content_id=accepted.content_id)
@@ -205,27 +220,14 @@ class ContentService:
         if not isinstance(out.facts, spec.facts):
             raise InvalidOutput(f"the engine reported {type(out.facts).__name__}, not {spec.facts.__name__}")
         spec.validate(out, job)
-        stored = self.store.write(out.data, out.media_type)
-        try:
-            with self.db.session() as s:
-                row = s.get(ContentRow, content_id)
-                row.status, row.finished_at = "succeeded", _now()
-                row.error_code = row.error_message = row.error_hint = None
-                row.engine_version = out.engine_version
-                row.text, row.finish_reason = out.text, out.finish_reason
-                if out.usage:
-                    row.prompt_tokens = out.usage.get("prompt_tokens")
-                    row.completion_tokens = out.usage.get("completion_tokens")
-                row.extra = {**(row.extra or {}), **out.facts.model_dump(mode="json")}
-                row.artifact_sha256, row.artifact_size = stored.sha256, stored.size_bytes
-                row.artifact_media_type, row.artifact_path = stored.media_type, stored.relpath
-                row.load_ms, row.generate_ms = round(out.load_ms, 2), round(out.generate_ms, 2)
-                row.total_ms = round((time.perf_counter() - accepted.started) * 1000, 2)
-                result = to_record(row)
-        except Exception:
-            if stored.created:  # ours alone: an identical artifact of another record stays
-                self.store.remove(stored.relpath)
-            raise
+        with self.store.guard():  # a delete of a record sharing this file waits until ours is committed
+            stored = self.store.write(out.data, out.media_type)
+            try:
+                result = self._retry(lambda: self._succeed(accepted, out, stored), SUCCESS_COMMIT_RETRY_S)
+            except Exception:
+                if stored.created:  # ours alone: an identical artifact of another record stays
+                    self.store.remove(stored.relpath)
+                raise
         metrics.observe_success(result)
         log.info(
             "content=%s succeeded tokens=%s sha256=%s total_ms=%s",
@@ -236,20 +238,60 @@ class ContentService:
         )
         return result
 
+    def _succeed(self, accepted: Accepted, out, stored) -> ContentRecord:
+        """The final commit: the record turns `succeeded` with everything the engine and the store said."""
+        with self.db.session() as s:
+            row = s.get(ContentRow, accepted.content_id)
+            row.status, row.finished_at = "succeeded", _now()
+            row.error_code = row.error_message = row.error_hint = None
+            row.engine_version = out.engine_version
+            row.text, row.finish_reason = out.text, out.finish_reason
+            if out.usage:
+                row.prompt_tokens = out.usage.get("prompt_tokens")
+                row.completion_tokens = out.usage.get("completion_tokens")
+            row.extra = {**(row.extra or {}), **out.facts.model_dump(mode="json")}
+            row.artifact_sha256, row.artifact_size = stored.sha256, stored.size_bytes
+            row.artifact_media_type, row.artifact_path = stored.media_type, stored.relpath
+            row.load_ms, row.generate_ms = round(out.load_ms, 2), round(out.generate_ms, 2)
+            row.total_ms = round((time.perf_counter() - accepted.started) * 1000, 2)
+            return to_record(row)
+
+    def _retry(self, commit, within_s: float | None):
+        """Run a database commit again while the database is unavailable (locked, full): for `within_s`
+        seconds, or until it works when None (unless the service is closing, when it gives up)."""
+        deadline = None if within_s is None else time.monotonic() + within_s
+        delay = 0.1
+        while True:
+            try:
+                return commit()
+            except DatabaseUnavailable as exc:
+                if self.closing or (deadline is not None and time.monotonic() > deadline):
+                    raise
+                log.warning("database unavailable (%s); retrying in %.1f s", exc.message, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def _fail(self, content_id: str, err: GenforgeError, started: float) -> None:
+        """Record the failure. While the database is unavailable this waits and tries again, so that no record
+        stays `pending` or `running` with no job behind it; the job is not finished until it is recorded."""
         log.warning("content=%s failed code=%s: %s", content_id, err.code, err.message)
         status: Status = "cancelled" if err.code == "cancelled" else "failed"
-        try:
+
+        def commit() -> None:
             with self.db.session() as s:
                 row = s.get(ContentRow, content_id)
-                metrics.observe_failure(row.content_type, err.code)
                 row.status = status
                 row.error_code, row.error_message, row.error_hint = err.code, err.message, err.hint
                 row.finished_at = _now()
                 row.total_ms = round((time.perf_counter() - started) * 1000, 2)
-        except Exception:
-            # The database itself is failing: the record stays unfinished (never `succeeded`);
-            # the original error still reaches the caller.
+                content_type = row.content_type
+            metrics.observe_failure(content_type, err.code)
+
+        try:
+            self._retry(commit, None)
+        except DatabaseUnavailable:
+            # Only when shutting down: the record stays unfinished (never `succeeded`), and the next start's
+            # recovery marks it `interrupted`. The original error still reaches the caller.
             log.exception("content=%s could not record the failure", content_id)
 
     # --- reading and deleting ------------------------------------------------------------------
@@ -283,14 +325,20 @@ class ContentService:
                 raise NotFound(f"content {content_id} has no file (status {row.status})", field="id")
             path = self.store.resolve(row.artifact_path)
             if not path.is_file():
-                raise NotFound(
-                    f"the file of content {content_id} is missing from the data directory",
-                    hint="It was removed outside genforge; the record keeps its sha256.",
+                raise ArtifactMissing(
+                    f"the file of content {content_id} is missing from the data directory", content_id=content_id
+                )
+            size = path.stat().st_size
+            if size != row.artifact_size:  # cheap on every read; `genforge audit` re-hashes
+                raise ArtifactChanged(
+                    f"the file of content {content_id} is {size} bytes, not the recorded {row.artifact_size}: it "
+                    "was changed outside genforge",
+                    content_id=content_id,
                 )
             return path, row.artifact_media_type
 
     def delete(self, content_id: str) -> None:
-        with self.db.session() as s:
+        with self.store.guard(), self.db.session() as s:
             row = s.get(ContentRow, content_id)
             if row is None:
                 raise NotFound(f"no content with id {content_id!r}", field="id")
@@ -304,6 +352,21 @@ class ContentService:
             self.store.remove(relpath)
         log.info("content=%s deleted", content_id)
 
+    def shutdown(self, drain_s: float) -> None:
+        """A clean stop: no new work; queued jobs end `interrupted` unrun; running ones get `drain_s` seconds
+        to finish, then are stopped (between tokens or steps) and end `interrupted` too."""
+        queued, left = self.runner.drain(drain_s)
+        for job in queued:
+            err = Interrupted("the server stopped before this generation started", content_id=job.content_id)
+            self._fail(job.content_id, err, time.perf_counter())
+            job.finish(None, err)
+        for job in left:
+            if not job.done.wait(CANCEL_WAIT_S):
+                log.warning("content=%s did not stop within %.0f s of the shutdown", job.content_id, CANCEL_WAIT_S)
+        self.closing = True
+        if queued or left:
+            log.info("shutdown: %d queued job(s) interrupted, %d running job(s) stopped", len(queued), len(left))
+
     def recover(self) -> dict:
         """After a crash: records left pending/running end `failed` (code `interrupted`), and artifact
         files no record refers to (written just before a crash, or temp files) are removed."""
@@ -315,11 +378,7 @@ class ContentService:
                 row.error_code = "interrupted"
                 row.error_hint = "Submit the request again."
             referenced = {r for (r,) in s.query(ContentRow.artifact_path).filter(ContentRow.artifact_path.isnot(None))}
-        orphans = [
-            p
-            for p in self.store.root.rglob("*")
-            if p.is_file() and str(p.relative_to(self.store.root)) not in referenced
-        ]
+        orphans = [p for p in self.store.files() if str(p.relative_to(self.store.root)) not in referenced]
         for path in orphans:
             path.unlink(missing_ok=True)
         if stale or orphans:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +55,29 @@ def path_stat(path: Path) -> tuple[int, int]:
     return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
 
 
+LOCK_NAME = ".lock"  # in the store's root; never an artifact, never an orphan
+
+
 class ArtifactStore:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._thread_lock = threading.Lock()
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Exclusive use of the store's files, across threads and processes (flock on the root's .lock).
+
+        Identical outputs share one file. Writing it and committing the record that refers to it happen under
+        the guard, and so do counting a deleted record's fellow users and removing the file: a delete can never
+        remove a file that a generation has just written and is about to record as its own."""
+        with self._thread_lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     def path_for(self, sha256: str, media_type: str) -> tuple[Path, str]:
         rel = f"{sha256[:2]}/{sha256}{MEDIA_TYPES.get(media_type, '.bin')}"
@@ -89,6 +113,10 @@ class ArtifactStore:
 
     def resolve(self, relpath: str) -> Path:
         return self.root / relpath
+
+    def files(self) -> list[Path]:
+        """Every file in the store (artifacts and stray temp files), not its lock."""
+        return [p for p in self.root.rglob("*") if p.is_file() and p.name != LOCK_NAME]
 
     def remove(self, relpath: str) -> None:
         (self.root / relpath).unlink(missing_ok=True)

@@ -6,7 +6,7 @@ import schemathesis
 
 TYPED = {
     502: {"engine_failed", "invalid_output"},
-    503: {"model_unavailable"},
+    503: {"model_unavailable", "database_unavailable", "shutting_down"},
     504: {"generation_timeout"},
     507: {"storage_failed"},
 }

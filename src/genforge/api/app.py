@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.preload:
             threading.Thread(target=runtime.preload, name="genforge-preload", daemon=True).start()
         yield
-        runtime.close()
+        runtime.close(drain_s=settings.drain_timeout_s)
 
     # Operation ids are the route functions' names, so that OpenAPI links can name them.
     app = FastAPI(

@@ -10,6 +10,7 @@ from genforge.api.deps import ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
 from genforge.api.streaming import SSE_DOC, event_stream, final_event, native_events
 from genforge.contenttypes import REGISTRY, ContentRecord
+from genforge.errors import InvalidRequest
 from genforge.records import Status
 from genforge.schemas import ContentType, GenerateRequest
 from genforge.service import ContentPage
@@ -50,6 +51,12 @@ RECORD_LINKS = {
     },
 )
 async def generate(body: GenerateRequest, svc: ServiceDep):
+    if body.mode == "async" and body.stream:
+        raise InvalidRequest(
+            "stream: an async request answers 202 at once; follow its events at GET /api/v1/content/{id}/events, "
+            "or send mode: sync to stream",
+            field="stream",
+        )
     if body.mode == "sync" and not body.stream:
         return await run_in_threadpool(svc.generate, body)
     job = await run_in_threadpool(svc.submit, body)

@@ -39,6 +39,10 @@ STATUS: dict[str, int] = {
     "model_unavailable": 503,
     "generation_timeout": 504,
     "storage_failed": 507,
+    "shutting_down": 503,
+    "database_unavailable": 503,
+    "artifact_missing": 404,
+    "artifact_changed": 409,
 }
 OPENAI_PREFIX = "/v1/"
 
@@ -91,13 +95,15 @@ def error_response(exc: GenforgeError, path: str = "") -> JSONResponse:
 # --- what the schema declares -------------------------------------------------------------------------
 _DESCRIPTIONS = {
     400: "Invalid request (OpenAI's status for it).",
-    404: "Unknown id or model (`not_found`).",
-    409: "The content is not in a state where this is possible (`conflict`).",
+    404: "Unknown id or model (`not_found`), or a record whose file is gone (`artifact_missing`).",
+    409: "The content is not in a state where this is possible (`conflict`), or its file was changed outside "
+    "genforge (`artifact_changed`).",
     413: "Body over GENFORGE_MAX_BODY_BYTES (`payload_too_large`).",
     422: "A field is wrong; the message names it (`invalid_request`).",
     429: "The queue is full (`queue_full`); see Retry-After.",
     502: "The engine crashed (`engine_failed`) or produced unusable output (`invalid_output`).",
-    503: "The model is not installed or its file is missing or changed (`model_unavailable`).",
+    503: "The model is not installed or its file is missing or changed (`model_unavailable`); the database is "
+    "locked or cannot be written (`database_unavailable`); the server is stopping (`shutting_down`).",
     504: "Generation exceeded GENFORGE_GENERATION_TIMEOUT_S (`generation_timeout`).",
     507: "The artifact could not be written (`storage_failed`).",
 }
@@ -109,8 +115,8 @@ def error_responses(*statuses: int, openai: bool = False) -> dict:
     return {s: {"model": model, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 
-# Statuses every route can answer: malformed input, and a body over the limit.
-COMMON = (413, 422)
+# Statuses every route can answer: malformed input, a body over the limit, the database unavailable.
+COMMON = (413, 422, 503)
 GENERATION = (404, 413, 422, 429, 502, 503, 504, 507)
 
 

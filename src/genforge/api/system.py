@@ -20,7 +20,7 @@ class Health(BaseModel):
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:  # on the event loop, not the thread pool: it answers while every thread is busy
     return Health(status="ok", version=__version__)
 
 

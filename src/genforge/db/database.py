@@ -11,16 +11,20 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from genforge.errors import DatabaseUnavailable
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_MS = 5000  # how long a write waits for another writer before it is database_unavailable
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
@@ -55,14 +59,36 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One session per unit of work; commits on success, rolls back on error."""
-        with self.sessions() as s:
-            try:
-                yield s
-                s.commit()
-            except BaseException:
-                s.rollback()
-                raise
+        """One session per unit of work; commits on success, rolls back on error. A database that cannot be
+        reached or written (locked past the busy timeout, disk full, I/O error) is a typed error."""
+        try:
+            with self.sessions() as s:
+                try:
+                    yield s
+                    s.commit()
+                except BaseException:
+                    s.rollback()
+                    raise
+        except OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"the database cannot be used right now: {exc.orig or exc}", details={"retry_after": 2}
+            ) from exc
+
+    def check_writable(self) -> None:
+        """Raise DatabaseUnavailable unless a write transaction can begin within a moment (readiness)."""
+        try:
+            with self.engine.connect() as conn:
+                if self.url.startswith("sqlite"):
+                    conn.exec_driver_sql("PRAGMA busy_timeout=250")
+                    try:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                        conn.exec_driver_sql("ROLLBACK")
+                    finally:
+                        conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                else:
+                    conn.exec_driver_sql("SELECT 1")
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"the database cannot be written: {exc.orig or exc}") from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
