@@ -202,7 +202,8 @@ def count(client, **filters) -> int:
 @contextmanager
 def running_app(settings: Settings) -> Iterator[TestClient]:
     """A TestClient with the app's lifespan running (database migrated, engine worker supervised)."""
-    with TestClient(create_app(settings)) as client:
+    # base_url: the Host guard answers loopback names (TestClient's default host is "testserver").
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         yield client
 
 
@@ -344,8 +345,10 @@ def free_port() -> int:
 class Server:
     """`genforge serve` in its own process, on its own port and data directory."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, env: dict | None = None):
+        """env: GENFORGE_* settings for this server."""
         self.data_dir = data_dir
+        self.env = env or {}
         self.port = free_port()
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -357,7 +360,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(GENFORGE), "serve", "--port", str(self.port)],
-                env=cli_env(self.data_dir),
+                env={**cli_env(self.data_dir), **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=new_session,

@@ -86,3 +86,33 @@ class QueueFull(GenforgeError):
 class StorageFailed(GenforgeError):
     code, status = "storage_failed", 507
     hint = "Check free space and permissions of GENFORGE_DATA_DIR."
+
+
+class Unauthorized(GenforgeError):
+    code, status = "unauthorized", 401
+    hint = "Send `Authorization: Bearer KEY` with a key from `genforge keys create`."
+
+
+class Forbidden(GenforgeError):
+    code, status = "forbidden", 403
+    hint = "Use a key whose scope and models allow this (see `genforge keys list`)."
+
+
+class RateLimited(GenforgeError):
+    code, status = "rate_limited", 429
+    hint = "This key's request rate is used up; retry after the number of seconds in Retry-After."
+
+
+class TooManyJobs(GenforgeError):
+    code, status = "too_many_jobs", 429
+    hint = "This key has as many jobs running as it may; retry when one has finished."
+
+
+class HostNotAllowed(GenforgeError):
+    code, status = "host_not_allowed", 421
+    hint = "Connect by a name in GENFORGE_ALLOWED_HOSTS (loopback names and IP addresses are always allowed)."
+
+
+class CrossOrigin(GenforgeError):
+    code, status = "cross_origin", 403
+    hint = "A web page of another origin may not change anything here; allow it with GENFORGE_CORS_ORIGINS."

@@ -16,6 +16,7 @@ from genforge.catalog import PACKAGED, QUALITY, ModelCatalog
 from genforge.config import Settings
 from genforge.errors import InvalidRequest, ModelNotFound
 from genforge.images import diffusers_native_size
+from genforge.limits import check_limits
 from genforge.schemas import GenerateRequest, ImageParams, SpeechParams, TextParams
 
 Planner = Callable[[GenerateRequest, Settings, ModelCatalog], tuple[str | None, dict]]
@@ -209,4 +210,6 @@ def plan(req: GenerateRequest, settings: Settings, catalog: ModelCatalog) -> tup
     if planner is None:  # a type without an engine in this build: the record says so (503)
         check_model(catalog, req.model, req.content_type)
         return req.model or catalog.default_for(req.content_type), dict(req.params)
-    return planner(req, settings, catalog)
+    model, params = planner(req, settings, catalog)
+    check_limits(req, params, settings)
+    return model, params

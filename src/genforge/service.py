@@ -77,6 +77,7 @@ def record_dict(row: ContentRow) -> dict:
         "created_at": _iso(row.created_at),
         "finished_at": _iso(row.finished_at),
         "error": error,
+        "owner": row.owner,  # the id of the API key that made it, or None
     }
     if row.content_type == "text":
         rec.update(
@@ -102,8 +103,9 @@ class ContentService:
         self.runner = runner
 
     # --- the one path ------------------------------------------------------------------------
-    def submit(self, req: GenerateRequest) -> Job:
-        """Accept a request: plan it, write its `pending` record and queue it (or raise QueueFull)."""
+    def submit(self, req: GenerateRequest, owner: str | None = None) -> Job:
+        """Accept a request: plan it, write its `pending` record and queue it (or raise QueueFull).
+        `owner`: the id of the API key asking (see auth.py), recorded with the record."""
         model_name, params = plan(req, self.settings, self.catalog)
         started = time.perf_counter()
         content_id = str(uuid.uuid4())
@@ -122,6 +124,7 @@ class ContentService:
                         model_name=model_name,
                         extra={},
                         created_at=_now(),
+                        owner=owner,
                     )
                 )
             log.info("content=%s accepted type=%s model=%s", content_id, req.content_type, model_name)
@@ -131,9 +134,15 @@ class ContentService:
 
         return self.runner.submit(content_id, run, on_accept=accept)
 
-    def generate(self, req: GenerateRequest, emit: Emit | None = None, cancel: threading.Event | None = None) -> dict:
+    def generate(
+        self,
+        req: GenerateRequest,
+        emit: Emit | None = None,
+        cancel: threading.Event | None = None,
+        owner: str | None = None,
+    ) -> dict:
         """Submit and wait for the final record; engine events go to `emit` as they happen."""
-        job = self.submit(req)
+        job = self.submit(req, owner)
         if emit is not None:
             job.listen(lambda event: event["type"] != "final" and emit(event))
         while not job.done.wait(0.1):
@@ -238,10 +247,18 @@ class ContentService:
         return rec
 
     def list(
-        self, content_type: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        content_type: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> dict:
+        """Records, newest first; with `owner`, only those that key made."""
         with self.db.session() as s:
             q = s.query(ContentRow)
+            if owner:
+                q = q.filter(ContentRow.owner == owner)
             if content_type:
                 q = q.filter(ContentRow.content_type == content_type)
             if status:

@@ -1,12 +1,12 @@
 from fastapi import Request
 
+from genforge.api.auth import caller_service
 from genforge.runtime import Runtime
-from genforge.service import ContentService
 
 
 def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def service(request: Request) -> ContentService:
-    return request.app.state.runtime.service
+# The content service as the calling API key sees it (the plain service while auth is off).
+service = caller_service

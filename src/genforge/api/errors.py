@@ -7,11 +7,25 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import GenforgeError, InvalidRequest, ModelNotFound, NotFound, PayloadTooLarge
 
 log = logging.getLogger("genforge.api")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    hint: str | None
+    content_id: str | None
+
+
+class ErrorBody(BaseModel):
+    """The one error shape (under /v1: OpenAI's, {"error": {"message", "type", "param", "code"}})."""
+
+    error: ErrorDetail
 
 
 def openai_error_body(exc: GenforgeError) -> dict:
@@ -35,6 +49,8 @@ def error_response(exc: GenforgeError, request: Request | None = None) -> JSONRe
     headers = {"Retry-After": str(exc.details["retry_after"])} if "retry_after" in exc.details else {}
     if exc.content_id:
         headers["X-Genforge-Content-Id"] = exc.content_id
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="genforge"'
     if request is not None and request.url.path.startswith("/v1/"):
         status = 400 if exc.status == 422 else exc.status
         return JSONResponse(openai_error_body(exc), status_code=status, headers=headers)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from genforge import __version__
+from genforge.api.auth import RESPONSES, authenticate_metrics
 
 router = APIRouter(tags=["system"])
 
@@ -20,6 +21,6 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(authenticate_metrics)], responses=RESPONSES)
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
