@@ -75,9 +75,7 @@ class LimitedHttpTools(HttpToolsProtocol):
             self._read_timer = None
 
     def _read_timed_out(self) -> None:
-        self._read_timer = None
-        if self.cycle is not None and not self.cycle.more_body:
-            return  # fully read: the app is answering
+        self._read_timer = None  # (on_message_complete cancels the timer: the request is still incomplete)
         self._send_and_close(408, f"The request was not received within {self.read_timeout_s:g} s.")
 
     def _send_and_close(self, status: int, msg: str) -> None:
