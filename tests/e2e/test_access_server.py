@@ -23,7 +23,10 @@ def create_key(data_dir, name, *opts) -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     data = tmp_path_factory.mktemp("access-server") / "data"
-    keys = {"admin": create_key(data, "ops", "--scope", "admin"), "reader": create_key(data, "viewer", "--scope", "read")}
+    keys = {
+        "admin": create_key(data, "ops", "--scope", "admin"),
+        "reader": create_key(data, "viewer", "--scope", "read"),
+    }
     srv = Server(data, env={"GENFORGE_KEEP_ALIVE_TIMEOUT_S": "1", "GENFORGE_REQUEST_READ_TIMEOUT_S": "2"}).start()
     srv.wait_ready()
     yield srv, keys

@@ -80,6 +80,8 @@ def test_openapi_declares_the_bearer_scheme_and_the_401_403_answers(app, keys):
         assert {"401", "403", "429"} <= set(op["responses"]), (path, op["responses"].keys())
         assert op.get("security"), path
     assert "security" not in doc["paths"]["/healthz"]["get"]
+    assert "OpenAIErrorBody" in str(doc["paths"]["/v1/models"]["get"]["responses"]["401"])  # OpenAI's shape there
+    assert "OpenAIErrorBody" not in str(doc["paths"]["/api/v1/content"]["get"]["responses"]["401"])
 
 
 def test_scopes_read_generate_admin(app, keys):

@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cors_origins=settings.cors_origin_list,
     )
     app.include_router(system.router)  # /healthz, /readyz without a key; /metrics guards itself
-    for router in (content.router, models.router, openai.router):
-        app.include_router(router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(content.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(models.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(openai.router, dependencies=auth.GUARD, responses=auth.OPENAI_RESPONSES)
     return app

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from genforge.api.errors import ErrorBody
+from genforge.api.errors import ErrorBody, OpenAIErrorBody
 from genforge.auth import Caller, CallerService
 from genforge.errors import Forbidden, RateLimited, Unauthorized
 
@@ -61,9 +61,15 @@ def caller_service(request: Request, caller: Annotated[Caller | None, Depends(au
     return svc if caller is None else CallerService(svc, caller, request.app.state.auth.slots)
 
 
+def responses(body: type = ErrorBody) -> dict:
+    """The answers of the key check, for the OpenAPI schema."""
+    return {
+        401: {"model": body, "description": "No API key, or one that is unknown or revoked (WWW-Authenticate)"},
+        403: {"model": body, "description": "The key's scope or models do not allow this"},
+        429: {"model": body, "description": "Over the key's rate or job limit, or the queue is full (Retry-After)"},
+    }
+
+
 GUARD = [Depends(authenticate)]
-RESPONSES = {
-    401: {"model": ErrorBody, "description": "No API key, or one that is unknown or revoked (WWW-Authenticate)"},
-    403: {"model": ErrorBody, "description": "The key's scope or models do not allow this"},
-    429: {"model": ErrorBody, "description": "Over the key's rate or job limit, or the queue is full (Retry-After)"},
-}
+RESPONSES = responses()
+OPENAI_RESPONSES = responses(OpenAIErrorBody)

@@ -23,9 +23,24 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """The one error shape (under /v1: OpenAI's, {"error": {"message", "type", "param", "code"}})."""
+    """The one error shape (under /v1 OpenAI's: OpenAIErrorBody)."""
 
     error: ErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+    hint: str | None = None
+    content_id: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """Errors under /v1, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
 
 
 def openai_error_body(exc: GenforgeError) -> dict:
