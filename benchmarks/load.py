@@ -1,15 +1,19 @@
 """Sustained load and the cost of access control, in one run.
 
-    .venv/bin/python benchmarks/load.py [--seconds 20] [--tokens 8]
+    .venv/bin/python benchmarks/load.py [--seconds 20] [--tokens 8] [--queue 8]
 
 1. Capacity: short text generations (sync, `max_tokens` --tokens) from 8 closed-loop clients for
    --capacity-seconds; completed requests per second is the capacity C.
 2. Load: requests arrive at a fixed rate of 50 %, 100 % and 150 % of C for --seconds each (open loop: an
    arrival does not wait for earlier answers). Per level: throughput of accepted requests, p50/p99 latency of
    accepted ones, share of 429s (load shed by the bounded queue), any other status, and the server's RSS.
+   The queue is --queue places (GENFORGE_QUEUE_SIZE): a level sheds once the excess arrivals have filled it,
+   after queue / (0.5 C) seconds at 150 %, so the queue must be small against the level's length.
 3. Auth cost: GET /api/v1/content/{id} (a cheap route) on a server with a key and a rate-limited key
    (limit never reached, so the token bucket runs) against a server without keys, alternating rounds;
-   the median per-request difference is what auth + rate limiting cost.
+   the median per-request difference is what auth + rate limiting cost. On a busy machine that difference
+   drowns in the noise of the HTTP round trip, so the key check alone (KeyStore.lookup + the token bucket,
+   what api/auth.authenticate does) is also timed in-process.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 from _server import GENFORGE, Server, rss_mb
@@ -122,18 +129,54 @@ def auth_rounds(plain: Server, keyed: Server, key: str, rounds: int, requests: i
     return statistics.median(per[0]) * 1e6, statistics.median(per[1]) * 1e6
 
 
+def key_check_us(n: int = 3000) -> tuple[float, float]:
+    """(µs per key lookup + token bucket, µs per lookup of a revoked/unknown key), medians, in-process."""
+    from genforge.auth import KeyStore, RateLimiter
+    from genforge.db import Database
+
+    data = Path(tempfile.mkdtemp(prefix="gf-bench-"))
+    try:
+        db = Database(f"sqlite:///{data / 'genforge.db'}")
+        db.migrate()
+        keys, bucket = KeyStore(db), RateLimiter()
+        _, token = keys.create("bench", "admin", rate="1000000/s")
+        for _ in range(200):  # warm the connection pool
+            keys.lookup(token)
+
+        def timed(fn) -> float:
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t)
+            return statistics.median(samples) * 1e6
+
+        def check():
+            caller = keys.lookup(token)
+            bucket.take(caller.id, *caller.rate)
+
+        return timed(check), timed(lambda: keys.lookup(token[:-4] + "xxxx"))
+    finally:
+        db.dispose()
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--capacity-seconds", type=float, default=10)
     ap.add_argument("--tokens", type=int, default=8)
+    ap.add_argument("--queue", type=int, default=8)
     ap.add_argument("--auth-rounds", type=int, default=6)
     ap.add_argument("--auth-requests", type=int, default=200)
     args = ap.parse_args()
     body = {**BODY, "params": {**BODY["params"], "max_tokens": args.tokens}}
-    print(f"load: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, max_tokens {args.tokens}")
+    print(
+        f"load: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, max_tokens {args.tokens}, "
+        f"queue {args.queue}"
+    )
 
-    keyed = Server()
+    keyed = Server({"GENFORGE_QUEUE_SIZE": str(args.queue)})
     admin = make_key(keyed, "bench", "--scope", "admin", "--rate", "1000000/s")
     with keyed:
         url, headers = keyed.url + "/api/v1/content/generate", {"Authorization": f"Bearer {admin}"}
@@ -159,6 +202,8 @@ def main() -> None:
         f"(rate-limited): auth + rate limiting cost {with_key - without:.0f} µs a request "
         f"(ratio {with_key / without:.2f}; goal < 1000 µs)"
     )
+    check, wrong = key_check_us()
+    print(f"key check in-process: {check:.0f} µs (lookup + token bucket), {wrong:.0f} µs for a wrong key (median)")
 
 
 if __name__ == "__main__":
