@@ -201,3 +201,26 @@ def test_server_wide_caps_name_the_field_and_the_limit(app_with):
     err = assert_bad_input(client.post(GENERATE, json=image), "params.width")
     assert str(256 * 256) in err["message"]
     assert runtime_of(client).service.list()["total"] == 0  # refused requests leave no record
+
+
+def test_admin_keys_manage_keys_over_http(app, keys):
+    assert_error(app.get("/api/v1/keys"), 401, "unauthorized")
+    assert_error(app.get("/api/v1/keys", headers=H(keys["writer"])), 403, "forbidden")
+    made = app.post("/api/v1/keys", json={"name": "remote", "scope": "read", "rate": "5/s"}, headers=H(keys["admin"]))
+    assert made.status_code == 201, made.text
+    token = made.json()["token"]
+    assert made.json()["key"]["rate"] == "5/s" and token.startswith("gf_")
+    listed = app.get("/api/v1/keys", headers=H(keys["admin"]))
+    assert "remote" in {k["name"] for k in listed.json()["items"]} and token not in listed.text
+    assert app.get(CONTENT, headers=H(token)).status_code == 200
+    bad = app.post("/api/v1/keys", json={"name": "x", "scope": "root"}, headers=H(keys["admin"]))
+    assert_bad_input(bad, "scope")
+    assert app.delete("/api/v1/keys/remote", headers=H(keys["admin"])).json()["revoked_at"]
+    assert app.get(CONTENT, headers=H(token)).status_code == 401
+    assert_error(app.delete("/api/v1/keys/remote", headers=H(keys["admin"])), 404, "not_found")
+
+
+def test_keys_over_http_need_an_admin_key_even_while_auth_is_off(app_with):
+    client = app_with(preload=False)
+    assert_error(client.post("/api/v1/keys", json={"name": "first", "scope": "admin"}), 401, "unauthorized")
+    assert client.get(CONTENT).status_code == 200  # the rest stays open until a key exists

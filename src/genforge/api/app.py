@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from genforge import __version__
-from genforge.api import auth, content, models, openai, system
+from genforge.api import auth, content, keys, models, openai, system
 from genforge.api.errors import BodySizeLimit, install_error_handlers
 from genforge.api.network import HostOriginGuard
 from genforge.auth import Auth
@@ -53,5 +53,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)  # /healthz, /readyz without a key; /metrics guards itself
     app.include_router(content.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.include_router(models.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(keys.router, responses=auth.RESPONSES)  # admin keys only (its own guard)
     app.include_router(openai.router, dependencies=auth.GUARD, responses=auth.OPENAI_RESPONSES)
     return app
