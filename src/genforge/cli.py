@@ -468,13 +468,18 @@ def keys_create(
     """Create an API key. Its token is printed once, alone on the last line; only its sha256 is stored."""
     from genforge.auth import KeyStore
 
+    from genforge.catalog import ModelCatalog
+
     allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
     with database() as db:
         info, token = KeyStore(db).create(name, scope, allowed, rate, max_jobs)
+        unknown = sorted(set(allowed or []) - set(ModelCatalog(Settings(), db).names()))
     err.print(
         f"created key {info['name']!r} (id {info['id']}, scope {info['scope']}, models "
         f"{', '.join(info['models'] or ['all'])}, rate {info['rate']}, max jobs {info['max_jobs'] or '-'})"
     )
+    if unknown:
+        err.print(f"[yellow]warning:[/] no model is named {', '.join(unknown)} (see `genforge models list`)")
     err.print("[yellow]Keep the key now: it is not stored and cannot be shown again.[/]")
     sys.stdout.write(token + "\n")
 
