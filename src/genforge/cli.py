@@ -467,7 +467,6 @@ def keys_create(
 ) -> None:
     """Create an API key. Its token is printed once, alone on the last line; only its sha256 is stored."""
     from genforge.auth import KeyStore
-
     from genforge.catalog import ModelCatalog
 
     allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
