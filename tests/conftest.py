@@ -220,7 +220,8 @@ def count(client, **filters) -> int:
 @contextmanager
 def running_app(settings: Settings) -> Iterator[TestClient]:
     """A TestClient with the app's lifespan running (database migrated, engine worker supervised)."""
-    with TestClient(create_app(settings)) as client:
+    # base_url: the Host guard answers loopback names (TestClient's default host is "testserver").
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         yield client
 
 

@@ -23,7 +23,9 @@ app = typer.Typer(help="genforge: real content from local models, with its prove
 generate_app = typer.Typer(help="Generate content and store it with its record.", no_args_is_help=True)
 content_app = typer.Typer(help="Stored content and its records.", no_args_is_help=True)
 models_app = typer.Typer(help="The model catalog: packaged and user-added models.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: who may use the HTTP API (see README, 'Access control').", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
+app.add_typer(keys_app, name="keys")
 app.add_typer(content_app, name="content")
 app.add_typer(models_app, name="models")
 
@@ -65,14 +67,23 @@ def runtime():
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Listen on a non-loopback address even though no API key exists.")
+    ] = False,
 ) -> None:
     """Run the HTTP server (API, OpenAI-compatible API)."""
     import uvicorn
 
     from genforge.api import create_app
+    from genforge.api.server import open_bind_refusal, uvicorn_options
 
     settings = Settings()
+    settings = settings.model_copy(update={"host": host or settings.host})
     setup_logging(settings)
+    refusal = None if insecure else open_bind_refusal(settings, settings.host)
+    if refusal:
+        err.print(f"[bold red]error[/] {escape(refusal)}")
+        raise typer.Exit(2)
     try:
         claim_data_dir(settings)  # held until the process exits
     except GenforgeError as exc:
@@ -82,10 +93,10 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         create_app(settings),
-        host=host or settings.host,
+        host=settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=settings.drain_timeout_s,  # open requests; then the jobs drain
+        **uvicorn_options(settings),
     )
 
 
@@ -437,4 +448,131 @@ def doctor() -> None:
     failed = [r for r in results if not r.ok]
     out.print(f"doctor: {len(results) - len(failed)} of {len(results)} checks passed")
     if failed:
+        raise typer.Exit(1)
+
+
+# --- access: keys, backup, restore, audit ---------------------------------------------------------
+@contextmanager
+def database():
+    """The data dir's database alone (no engines), migrated; typed errors end the command."""
+    from genforge.db import Database
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url)
+    try:
+        db.migrate()
+        yield db
+    except GenforgeError as exc:
+        raise fail(exc) from None
+    finally:
+        db.dispose()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name for the key (used by `keys revoke`).")],
+    scope: Annotated[str, typer.Option(help="read (records), generate (also create and cancel), admin (all).")],
+    models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use (default: all).")] = None,
+    rate: Annotated[str | None, typer.Option(help="Requests per period, e.g. 60/min (default: no limit).")] = None,
+    max_jobs: Annotated[int | None, typer.Option(help="Jobs pending or running at once (default: no limit).")] = None,
+) -> None:
+    """Create an API key. Its token is printed once, alone on the last line; only its sha256 is stored."""
+    from genforge.auth import KeyStore
+    from genforge.catalog import ModelCatalog
+
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    with database() as db:
+        info, token = KeyStore(db).create(name, scope, allowed, rate, max_jobs)
+        unknown = sorted(set(allowed or []) - set(ModelCatalog(Settings(), db).names()))
+    err.print(
+        f"created key {info['name']!r} (id {info['id']}, scope {info['scope']}, models "
+        f"{', '.join(info['models'] or ['all'])}, rate {info['rate']}, max jobs {info['max_jobs'] or '-'})"
+    )
+    if unknown:
+        err.print(f"[yellow]warning:[/] no model is named {', '.join(unknown)} (see `genforge models list`)")
+    err.print("[yellow]Keep the key now: it is not stored and cannot be shown again.[/]")
+    sys.stdout.write(token + "\n")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the keys (never their tokens)."""
+    from genforge.auth import KeyStore
+
+    with database() as db:
+        keys = KeyStore(db).list()
+    table = Table(title=f"{len(keys)} keys")
+    for col in ("name", "id", "scope", "models", "rate", "max jobs", "created", "status"):
+        table.add_column(col)
+    for k in keys:
+        status = f"revoked {k['revoked_at'][:19]}" if k["revoked_at"] else "active"
+        table.add_row(
+            k["name"],
+            k["id"],
+            k["scope"],
+            ", ".join(k["models"] or ["all"]),
+            k["rate"],
+            str(k["max_jobs"] or "-"),
+            k["created_at"][:19],
+            status,
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str) -> None:
+    """Revoke a key: the server refuses it from its next request on."""
+    from genforge.auth import KeyStore
+
+    with database() as db:
+        info = KeyStore(db).revoke(name)
+    out.print(f"revoked key {info['name']!r} (id {info['id']})")
+
+
+@app.command()
+def backup(dest: Path) -> None:
+    """Write a consistent copy of the database (SQLite online backup) and its artifacts into DEST."""
+    from genforge.backup import backup as run_backup
+
+    with database():
+        manifest = run_backup(Settings(), dest)
+    out.print(f"backup in {dest}: database and {manifest['artifacts']} artifact file(s)", soft_wrap=True)
+    if manifest["missing"]:
+        for relpath in manifest["missing"]:
+            err.print(f"[red]missing or changed, not backed up:[/] {relpath}")
+        err.print("[red]the backup is incomplete[/]; `genforge audit` names the records concerned")
+        raise typer.Exit(1)
+
+
+@app.command()
+def restore(src: Path) -> None:
+    """Restore a backup from SRC into the data dir, which must be empty; then run `genforge audit`."""
+    from genforge.backup import restore as run_restore
+
+    try:
+        result = run_restore(Settings(), src)
+    except GenforgeError as exc:
+        raise fail(exc) from None
+    out.print(f"restored {result['database']} and {result['artifacts']} artifact file(s)", soft_wrap=True)
+
+
+@app.command()
+def audit(
+    mark: Annotated[
+        bool, typer.Option(help="Mark records whose file is missing or changed as failed (artifact_lost/_changed).")
+    ] = False,
+) -> None:
+    """Re-hash the artifact of every succeeded record; exit 1 when any is missing or changed."""
+    from genforge.backup import audit as run_audit
+
+    try:
+        checked, problems = run_audit(Settings(), mark=mark)
+    except GenforgeError as exc:
+        raise fail(exc) from None
+    for p in problems:
+        out.print(f"[red]{p.code}[/] {p.content_id}: {escape(p.message)}", soft_wrap=True)
+    marked = f", marked failed: {len(problems)}" if mark and problems else ""
+    out.print(f"audit: {checked} succeeded record(s) checked, {len(problems)} problem(s){marked}")
+    if problems:
         raise typer.Exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,27 @@ class Settings(BaseSettings):
     # Speech: the longest text one request may speak (longer is 422; split it into several requests).
     speech_max_chars: int = 5000
 
+    # Server-wide caps on one request (each over-limit input is a 4xx naming the field and the limit).
+    max_prompt_chars: int = 100_000  # prompt + system prompt (+ chat messages)
+    max_tokens: int = 4096  # text: the most tokens one request may ask for (also below context_size)
+    image_max_pixels: int = 2048 * 2048  # width x height
+
+    # Access control (see README, "Access control"). auto: keys are required as soon as one exists;
+    # required: always (no key yet means every API request is refused).
+    auth: Literal["auto", "required"] = "auto"
+    metrics_public: bool = False  # /metrics without a key
+    # Host names the server answers to besides loopback names and IP addresses (comma separated; "*" = any).
+    allowed_hosts: str = ""
+    # Web origins allowed to call the API from a browser (comma separated), e.g. "https://app.example.com".
+    cors_origins: str = ""
+
+    # Connection limits (api/server.py): the largest request head (431), how long a client may take to send a
+    # whole request (408), how long a connection may sit idle, and the most connections at once (then 503).
+    max_header_bytes: int = 65_536
+    request_read_timeout_s: float = 30.0
+    keep_alive_timeout_s: float = 5.0
+    limit_concurrency: int = 512
+
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.
     engine_log_level: str = "INFO"
@@ -64,6 +86,14 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def allowed_host_names(self) -> list[str]:
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def n_threads(self) -> int:

@@ -110,8 +110,8 @@ class DatabaseUnavailable(GenforgeError):
     hint = "The database is locked or cannot be written (another process, a full disk); retry after Retry-After."
 
 
-class ArtifactMissing(NotFound):
-    code = "artifact_missing"
+class ArtifactLost(NotFound):
+    code = "artifact_lost"
     hint = "The file was removed outside genforge (the record keeps its sha256); `genforge audit --mark` marks it."
 
 
@@ -123,3 +123,33 @@ class ArtifactChanged(GenforgeError):
 class AlreadyRunning(GenforgeError):
     code = "already_running"
     hint = "Stop the other genforge server on this data directory, or give this one its own GENFORGE_DATA_DIR."
+
+
+class Unauthorized(GenforgeError):
+    code = "unauthorized"
+    hint = "Send `Authorization: Bearer KEY` with a key from `genforge keys create`."
+
+
+class Forbidden(GenforgeError):
+    code = "forbidden"
+    hint = "Use a key whose scope and models allow this (see `genforge keys list`)."
+
+
+class RateLimited(GenforgeError):
+    code = "rate_limited"
+    hint = "This key's request rate is used up; retry after the number of seconds in Retry-After."
+
+
+class TooManyJobs(GenforgeError):
+    code = "too_many_jobs"
+    hint = "This key has as many jobs running as it may; retry when one has finished."
+
+
+class HostNotAllowed(GenforgeError):
+    code = "host_not_allowed"
+    hint = "Connect by a name in GENFORGE_ALLOWED_HOSTS (loopback names and IP addresses are always allowed)."
+
+
+class CrossOrigin(GenforgeError):
+    code = "cross_origin"
+    hint = "A web page of another origin may not change anything here; allow it with GENFORGE_CORS_ORIGINS."

@@ -63,6 +63,7 @@ class RecordBase(BaseModel):
     error: RecordError | None = Field(description="Why the record failed or was cancelled; null otherwise.")
     warnings: list[str] = Field(default_factory=list)
     queue_position: int | None = Field(None, description="1-based place in the queue while pending.")
+    owner: str | None = Field(None, description="The id of the API key that made it (null without keys).")
 
 
 class ErrorDetail(BaseModel):

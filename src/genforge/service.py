@@ -25,7 +25,7 @@ from genforge.db import ContentRow, Database
 from genforge.engines.base import Emit, GenerationJob
 from genforge.errors import (
     ArtifactChanged,
-    ArtifactMissing,
+    ArtifactLost,
     Cancelled,
     Conflict,
     DatabaseUnavailable,
@@ -35,6 +35,7 @@ from genforge.errors import (
     NotFound,
 )
 from genforge.jobs import Job, JobRunner
+from genforge.limits import check_limits
 from genforge.records import Artifact, ModelInfo, RecordError, Status, Timings
 from genforge.schemas import GenerateRequest
 from genforge.storage import ArtifactStore, sha256_file
@@ -88,6 +89,7 @@ def to_record(row: ContentRow, queue_position: int | None = None) -> ContentReco
         "error": error,
         "warnings": (row.extra or {}).get("warnings", []),
         "queue_position": queue_position,
+        "owner": row.owner,
     }
     return spec.record.model_validate({**common, **spec.record_section(row)})
 
@@ -124,9 +126,11 @@ class ContentService:
         self.closing = False  # set when the runtime shuts down: database retries give up
 
     # --- the one path ------------------------------------------------------------------------
-    def submit(self, req: GenerateRequest) -> Job:
-        """Accept a request: plan it, write its `pending` record and queue it (or raise QueueFull)."""
+    def submit(self, req: GenerateRequest, owner: str | None = None) -> Job:
+        """Accept a request: plan it, write its `pending` record and queue it (or raise QueueFull).
+        `owner`: the id of the API key asking (see auth.py), recorded with the record."""
         plan = spec_of(req.content_type).plan(req, self.settings, self.catalog)
+        check_limits(req, plan.params, self.settings)
         accepted = Accepted(str(uuid.uuid4()), req, plan, time.perf_counter())
 
         def accept() -> None:
@@ -144,6 +148,7 @@ class ContentService:
                         model_name=plan.model,
                         extra={k: v for k, v in controls.items() if v is not None},
                         created_at=_now(),
+                        owner=owner,
                     )
                 )
             log.info("content=%s accepted type=%s model=%s", accepted.content_id, req.content_type, plan.model)
@@ -154,10 +159,14 @@ class ContentService:
         return self.runner.submit(accepted.content_id, run, on_accept=accept)
 
     def generate(
-        self, req: GenerateRequest, emit: Emit | None = None, cancel: threading.Event | None = None
+        self,
+        req: GenerateRequest,
+        emit: Emit | None = None,
+        cancel: threading.Event | None = None,
+        owner: str | None = None,
     ) -> ContentRecord:
         """Submit and wait for the final record; engine events go to `emit` as they happen."""
-        job = self.submit(req)
+        job = self.submit(req, owner)
         if emit is not None:
             job.listen(lambda event: event["type"] != "final" and emit(event))
         while not job.done.wait(0.1):
@@ -304,10 +313,18 @@ class ContentService:
             return to_record(row, position)
 
     def list(
-        self, content_type: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        content_type: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> ContentPage:
+        """Records, newest first; with `owner`, only those that key made."""
         with self.db.session() as s:
             q = s.query(ContentRow)
+            if owner:
+                q = q.filter(ContentRow.owner == owner)
             if content_type:
                 q = q.filter(ContentRow.content_type == content_type)
             if status:
@@ -325,7 +342,7 @@ class ContentService:
                 raise NotFound(f"content {content_id} has no file (status {row.status})", field="id")
             path = self.store.resolve(row.artifact_path)
             if not path.is_file():
-                raise ArtifactMissing(
+                raise ArtifactLost(
                     f"the file of content {content_id} is missing from the data directory", content_id=content_id
                 )
             size = path.stat().st_size

@@ -154,7 +154,7 @@ def test_a_changed_or_lost_artifact_is_a_typed_error_never_the_bytes(server):
         err = assert_error(server.http.get(f"{CONTENT}/{rec['id']}/file"), 409, "artifact_changed")
         assert err["content_id"] == rec["id"]
         path.unlink()
-        err = assert_error(server.http.get(f"{CONTENT}/{rec['id']}/file"), 404, "artifact_missing")
+        err = assert_error(server.http.get(f"{CONTENT}/{rec['id']}/file"), 404, "artifact_lost")
         assert err["content_id"] == rec["id"]
     finally:
         path.write_bytes(original)

@@ -7,10 +7,13 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from genforge import __version__
-from genforge.api import content, models, openai, system
+from genforge.api import auth, content, keys, models, openai, system
 from genforge.api.errors import BodySizeLimit, install_error_handlers
+from genforge.api.network import HostOriginGuard
+from genforge.auth import Auth
 from genforge.config import Settings
 from genforge.runtime import Runtime
 
@@ -24,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         runtime = Runtime.open(settings, recover=True)
         app.state.runtime = runtime
+        app.state.auth = Auth(settings, runtime.db)
         if settings.preload:
             threading.Thread(target=runtime.preload, name="genforge-preload", daemon=True).start()
         yield
@@ -35,8 +39,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.include_router(system.router)
-    app.include_router(content.router)
-    app.include_router(models.router)
-    app.include_router(openai.router)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Location", "Retry-After", "X-Genforge-Content-Id"],
+        )
+    app.add_middleware(  # outermost: a foreign Host or Origin gets nothing else
+        HostOriginGuard,
+        allowed_hosts=settings.allowed_host_names,
+        bound_host=settings.host,
+        cors_origins=settings.cors_origin_list,
+    )
+    app.include_router(system.router)  # /healthz, /readyz without a key; /metrics guards itself
+    app.include_router(content.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(models.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(keys.router, responses=auth.RESPONSES)  # admin keys only (its own guard)
+    app.include_router(openai.router, dependencies=auth.GUARD, responses=auth.OPENAI_RESPONSES)
     return app

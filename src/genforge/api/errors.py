@@ -41,8 +41,14 @@ STATUS: dict[str, int] = {
     "storage_failed": 507,
     "shutting_down": 503,
     "database_unavailable": 503,
-    "artifact_missing": 404,
+    "artifact_lost": 404,
     "artifact_changed": 409,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "cross_origin": 403,
+    "host_not_allowed": 421,
+    "rate_limited": 429,
+    "too_many_jobs": 429,
 }
 OPENAI_PREFIX = "/v1/"
 
@@ -87,6 +93,8 @@ def error_response(exc: GenforgeError, path: str = "") -> JSONResponse:
     if exc.content_id:
         headers["X-Genforge-Content-Id"] = exc.content_id
     status = status_of(exc)
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="genforge"'
     if path.startswith(OPENAI_PREFIX):
         return JSONResponse(openai_error_body(exc), status_code=400 if status == 422 else status, headers=headers)
     return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
@@ -95,7 +103,7 @@ def error_response(exc: GenforgeError, path: str = "") -> JSONResponse:
 # --- what the schema declares -------------------------------------------------------------------------
 _DESCRIPTIONS = {
     400: "Invalid request (OpenAI's status for it).",
-    404: "Unknown id or model (`not_found`), or a record whose file is gone (`artifact_missing`).",
+    404: "Unknown id or model (`not_found`), or a record whose file is gone (`artifact_lost`).",
     409: "The content is not in a state where this is possible (`conflict`), or its file was changed outside "
     "genforge (`artifact_changed`).",
     413: "Body over GENFORGE_MAX_BODY_BYTES (`payload_too_large`).",

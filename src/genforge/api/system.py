@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from genforge import __version__
+from genforge.api.auth import RESPONSES, authenticate_metrics
 from genforge.api.deps import RuntimeDep
 from genforge.runtime import Readiness
 
@@ -37,8 +38,10 @@ def readyz(runtime: RuntimeDep):
 @router.get(
     "/metrics",
     response_class=Response,
+    dependencies=[Depends(authenticate_metrics)],
     responses={
-        200: {"description": "Prometheus metrics.", "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
+        **RESPONSES,
+        200: {"description": "Prometheus metrics.", "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
     },
 )
 def metrics():

@@ -51,6 +51,8 @@ class ContentRow(Base):
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_hint: Mapped[str | None] = mapped_column(Text)
+    # The id of the API key that created the record (None: made without a key, e.g. by the CLI).
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
 
     __table_args__ = (Index("ix_content_created", "created_at"), Index("ix_content_status", "status"))
 
@@ -70,3 +72,20 @@ class ModelRow(Base):
     # mtime when hashed: lets start-up trust the recorded hash until the file changes.
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKeyRow(Base):
+    """An API key: only the sha256 of its token is stored. Revoked keys stay (records name them as owner)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))  # read | generate | admin
+    models: Mapped[list | None] = mapped_column(JSON)  # None: every model
+    rate_count: Mapped[int | None] = mapped_column(Integer)  # requests per rate_period_s; None: no limit
+    rate_period_s: Mapped[float | None] = mapped_column(Float)
+    max_jobs: Mapped[int | None] = mapped_column(Integer)  # jobs pending or running at once; None: no limit
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
