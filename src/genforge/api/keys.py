@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from genforge.api.auth import authenticate
+from genforge.api.errors import COMMON, error_responses
 from genforge.auth import Caller
 from genforge.errors import Forbidden, Unauthorized
 
@@ -40,18 +41,18 @@ class KeyCreate(BaseModel):
     max_jobs: int | None = Field(default=None, ge=1, le=100_000)
 
 
-@router.get("")
+@router.get("", responses=error_responses(*COMMON))
 def list_keys(request: Request) -> dict:
     return {"items": request.app.state.auth.keys.list()}
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(*COMMON))
 async def create_key(body: KeyCreate, request: Request) -> dict:
     keys = request.app.state.auth.keys
     info, token = await run_in_threadpool(keys.create, body.name, body.scope, body.models, body.rate, body.max_jobs)
     return {"key": info, "token": token}
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", responses=error_responses(404, *COMMON))
 def revoke_key(name: str, request: Request) -> dict:
     return request.app.state.auth.keys.revoke(name)
