@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # Speech: the longest text one request may speak (longer is 422; split it into several requests).
     speech_max_chars: int = 5000
 
+    # The path prefix a reverse proxy serves genforge under (e.g. "/genforge"); the web UI uses relative URLs.
+    root_path: str = ""
+
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.
     engine_log_level: str = "INFO"

@@ -28,6 +28,7 @@ from genforge.errors import (
 from genforge.jobs import Job, JobRunner
 from genforge.planning import plan
 from genforge.schemas import GenerateRequest
+from genforge.search import search_for
 from genforge.storage import ArtifactStore, sha256_file
 from genforge.validation import validate
 
@@ -43,6 +44,11 @@ def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _db_time(moment: datetime) -> datetime:
+    """A filter bound as stored: UTC (naive input is taken as UTC)."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def record_dict(row: ContentRow) -> dict:
@@ -100,6 +106,7 @@ class ContentService:
         self.store = store
         self.engines = engines  # EngineWorker in production; anything with .generate(job, emit=, cancel=)
         self.runner = runner
+        self.search = search_for(db.url)
 
     # --- the one path ------------------------------------------------------------------------
     def submit(self, req: GenerateRequest) -> Job:
@@ -238,14 +245,33 @@ class ContentService:
         return rec
 
     def list(
-        self, content_type: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        content_type: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        q: str | None = None,
+        model: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> dict:
+        """Records newest first; `q` is a full-text search over prompt and text (genforge.search)."""
+        match = self.search.where(q) if q else None  # an unsearchable query is a 422 before any work
         with self.db.session() as s:
             q = s.query(ContentRow)
             if content_type:
                 q = q.filter(ContentRow.content_type == content_type)
             if status:
                 q = q.filter(ContentRow.status == status)
+            if model:
+                q = q.filter(ContentRow.model_name == model)
+            if created_after:
+                q = q.filter(ContentRow.created_at >= _db_time(created_after))
+            if created_before:
+                q = q.filter(ContentRow.created_at < _db_time(created_before))
+            if match is not None:
+                q = q.filter(match)
             total = q.count()
             rows = q.order_by(ContentRow.created_at.desc()).offset(offset).limit(limit).all()
             return {"items": [record_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}

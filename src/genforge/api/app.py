@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from genforge import __version__
 from genforge.api import content, models, openai, system
 from genforge.api.errors import BodySizeLimit, install_error_handlers
+from genforge.api.web import WebUI
 from genforge.config import Settings
 from genforge.runtime import Runtime
 
@@ -36,4 +37,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(content.router)
     app.include_router(models.router)
     app.include_router(openai.router)
+    app.mount("/", WebUI(), name="web")  # last: every API route above wins
     return app

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -8,6 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from genforge.api.deps import service
 from genforge.api.sse import final_event, job_events
+from genforge.integrity import verify_artifact
 from genforge.schemas import GenerateRequest
 from genforge.service import ContentService
 
@@ -38,8 +40,13 @@ def list_content(
     status: Literal["pending", "running", "succeeded", "failed", "cancelled"] | None = None,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
+    q: str | None = Query(None, description='full-text search over prompt and text: words, "phrases", prefix*'),
+    model: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> dict:
-    return svc.list(content_type, status, limit, offset)
+    dates = {"created_after": created_after, "created_before": created_before}
+    return svc.list(content_type, status, limit, offset, q=q, model=model, **dates)
 
 
 @router.get("/{content_id}")
@@ -63,6 +70,11 @@ async def content_events(content_id: str, svc: Service) -> StreamingResponse:
 @router.post("/{content_id}/cancel")
 async def cancel_content(content_id: str, svc: Service) -> dict:
     return await run_in_threadpool(svc.cancel, content_id)
+
+
+@router.post("/{content_id}/verify")
+def verify_content(content_id: str, svc: Service) -> dict:
+    return verify_artifact(svc, content_id)
 
 
 @router.get("/{content_id}/file")

@@ -1,0 +1,57 @@
+"""full-text search: an FTS5 index over the records' prompt and text, kept in step by triggers
+
+`content_fts` is an external-content FTS5 table: it stores only the index, and reads the words of
+`content.prompt` and `content.text` by rowid. Three triggers keep it in step with every insert, update and
+delete, so no code path can forget it. Created and backfilled here ('rebuild' indexes every existing row).
+
+If a later migration recreates the `content` table (SQLite batch mode does for some ALTERs), the triggers go
+with the old table and rowids may change: such a migration must create the triggers again and rebuild.
+
+On other databases this revision does nothing (their search is their own; see genforge/search.py).
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+UPGRADE = [
+    """CREATE VIRTUAL TABLE content_fts USING fts5(
+         prompt, text, content='content', content_rowid='rowid', tokenize='unicode61 remove_diacritics 2')""",
+    """CREATE TRIGGER content_fts_insert AFTER INSERT ON content BEGIN
+         INSERT INTO content_fts(rowid, prompt, text) VALUES (new.rowid, new.prompt, new.text);
+       END""",
+    """CREATE TRIGGER content_fts_delete AFTER DELETE ON content BEGIN
+         INSERT INTO content_fts(content_fts, rowid, prompt, text) VALUES ('delete', old.rowid, old.prompt, old.text);
+       END""",
+    """CREATE TRIGGER content_fts_update AFTER UPDATE OF prompt, text ON content BEGIN
+         INSERT INTO content_fts(content_fts, rowid, prompt, text) VALUES ('delete', old.rowid, old.prompt, old.text);
+         INSERT INTO content_fts(rowid, prompt, text) VALUES (new.rowid, new.prompt, new.text);
+       END""",
+    "INSERT INTO content_fts(content_fts) VALUES ('rebuild')",
+]
+DOWNGRADE = [
+    "DROP TRIGGER IF EXISTS content_fts_update",
+    "DROP TRIGGER IF EXISTS content_fts_delete",
+    "DROP TRIGGER IF EXISTS content_fts_insert",
+    "DROP TABLE IF EXISTS content_fts",
+]
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    for statement in UPGRADE:
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    for statement in DOWNGRADE:
+        op.execute(statement)
