@@ -23,7 +23,7 @@ function h(tag, attrs = {}, ...children) {
 }
 
 function append(el, ...children) {
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -379,6 +379,7 @@ async function runStream(body, output, state, signal) {
   state.replaceChildren(
     `Done: ${rec.model.name} · ${fmtMs(rec.timings.total_ms)}`,
     rec.usage ? ` · ${rec.usage.completion_tokens} tokens` : "",
+    rec.finish_reason === "length" ? " (cut at Max tokens)" : "",
     " · ",
     h("a", { href: recordHref(rec.id) }, `record ${rec.id}`),
   );
@@ -550,6 +551,8 @@ async function renderRecord(view, id) {
       ["Timings", `load ${fmtMs(rec.timings?.load_ms)} · generate ${fmtMs(rec.timings?.generate_ms)} · total ${fmtMs(rec.timings?.total_ms)}`],
       rec.usage ? ["Tokens", `${rec.usage.prompt_tokens ?? "—"} prompt · ${rec.usage.completion_tokens ?? "—"} completion`] : null,
       rec.finish_reason ? ["Finish reason", rec.finish_reason] : null,
+      rec.width ? ["Image", `${rec.width} × ${rec.height}${rec.steps ? `, ${rec.steps} steps` : ""}`] : null,
+      rec.duration_s ? ["Audio", `${rec.duration_s.toFixed(2)} s at ${rec.sample_rate} Hz${rec.voice ? `, voice ${rec.voice}` : ""}${rec.deterministic === false ? ", not deterministic" : ""}`] : null,
       ["Artifact sha256", a ? h("code", {}, a.sha256) : null],
       ["Artifact size", a ? `${fmtBytes(a.size_bytes)} (${a.size_bytes} bytes, ${a.media_type})` : null],
       ["Created", fmtTime(rec.created_at)],
