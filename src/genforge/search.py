@@ -3,7 +3,7 @@
 `search_for(db_url)` picks the implementation for the database: SQLite FTS5 today (the `content_fts`
 external-content table of migration 0002, kept in step with `content` by triggers). A PostgreSQL
 implementation (a tsvector GIN index and `@@ websearch_to_tsquery`) can stand behind the same
-`FullTextSearch.where()` later; the API, the CLI and the UI do not change.
+`FullTextSearch.page()` later; the API, the CLI and the UI do not change.
 
 The query language is the same on every backend, and small: words (all must occur, case-insensitive),
 `"quoted phrases"`, and `word*` for a prefix. Everything else a user types is taken literally, so plain
@@ -16,8 +16,10 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import ColumnElement, literal_column, select, table
+from sqlalchemy import column, func, literal_column, select, table
+from sqlalchemy.orm import Session
 
+from genforge.db.tables import ContentRow
 from genforge.errors import GenforgeError, InvalidRequest
 
 MAX_QUERY_CHARS = 500
@@ -65,8 +67,9 @@ def parse_query(q: str) -> list[Term]:
 
 
 class FullTextSearch(Protocol):
-    def where(self, q: str) -> ColumnElement[bool] | None:
-        """A filter on the `content` table matching the records found by `q`; None for a blank query."""
+    def page(self, s: Session, q: str, conds: list, limit: int, offset: int) -> tuple[int, list[ContentRow]] | None:
+        """(total, one page of rows, newest first) of the records matching `q` and `conds` (filters on the
+        `content` table); None for a blank query (the caller lists without search)."""
 
 
 def fts5_query(terms: list[Term]) -> str:
@@ -79,17 +82,35 @@ def fts5_query(terms: list[Term]) -> str:
     return " AND ".join(parts)
 
 
-class SqliteFts5Search:
-    """`content.rowid IN (SELECT rowid FROM content_fts WHERE content_fts MATCH :q)`."""
+FTS = table("content_fts", column("rowid"))
+CONTENT_ROWID = literal_column("content.rowid")
 
-    def where(self, q: str) -> ColumnElement[bool] | None:
+
+class SqliteFts5Search:
+    """FTS5 over the `content_fts` external-content index. Hits come newest first by rowid (the order records
+    were written, which is their created_at order): FTS5 walks its index backwards and stops after the page,
+    so a word in most of 100k records costs no more than a rare one (sorting the hits by created_at instead
+    costs 100 ms and more there; see docs/benchmarks.md)."""
+
+    def page(self, s: Session, q: str, conds: list, limit: int, offset: int) -> tuple[int, list[ContentRow]] | None:
         terms = parse_query(q)
         if not terms:
             return None
-        fts = table("content_fts")
-        hits = select(literal_column("content_fts.rowid")).select_from(fts)
-        hits = hits.where(literal_column("content_fts").op("MATCH")(fts5_query(terms)))
-        return literal_column("content.rowid").in_(hits)
+        match = literal_column("content_fts").op("MATCH")(fts5_query(terms))
+        rows = s.scalars(
+            select(ContentRow)
+            .join(FTS, FTS.c.rowid == CONTENT_ROWID)
+            .where(match, *conds)
+            .order_by(FTS.c.rowid.desc())
+            .offset(offset)
+            .limit(limit)
+        ).all()
+        if conds:  # a membership test on the hits' rowids (a join here makes SQLite probe the index per row)
+            hits = select(FTS.c.rowid).where(match)
+            total = s.scalar(select(func.count()).select_from(ContentRow).where(CONTENT_ROWID.in_(hits), *conds))
+        else:  # the index alone counts its hits
+            total = s.scalar(select(func.count()).select_from(FTS).where(match))
+        return total, list(rows)
 
 
 class SearchUnavailable(GenforgeError):
@@ -103,7 +124,7 @@ class NoSearch:
     def __init__(self, dialect: str):
         self.dialect = dialect
 
-    def where(self, q: str) -> ColumnElement[bool] | None:
+    def page(self, s: Session, q: str, conds: list, limit: int, offset: int) -> tuple[int, list[ContentRow]] | None:
         if parse_query(q):
             raise SearchUnavailable(f"full-text search is not available on {self.dialect} yet", field="q")
         return None

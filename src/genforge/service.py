@@ -14,6 +14,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
@@ -257,23 +259,24 @@ class ContentService:
         created_before: datetime | None = None,
     ) -> dict:
         """Records newest first; `q` is a full-text search over prompt and text (genforge.search)."""
-        match = self.search.where(q) if q else None  # an unsearchable query is a 422 before any work
+        conds = []
+        if content_type:
+            conds.append(ContentRow.content_type == content_type)
+        if status:
+            conds.append(ContentRow.status == status)
+        if model:
+            conds.append(ContentRow.model_name == model)
+        if created_after:
+            conds.append(ContentRow.created_at >= _db_time(created_after))
+        if created_before:
+            conds.append(ContentRow.created_at < _db_time(created_before))
         with self.db.session() as s:
-            q = s.query(ContentRow)
-            if content_type:
-                q = q.filter(ContentRow.content_type == content_type)
-            if status:
-                q = q.filter(ContentRow.status == status)
-            if model:
-                q = q.filter(ContentRow.model_name == model)
-            if created_after:
-                q = q.filter(ContentRow.created_at >= _db_time(created_after))
-            if created_before:
-                q = q.filter(ContentRow.created_at < _db_time(created_before))
-            if match is not None:
-                q = q.filter(match)
-            total = q.count()
-            rows = q.order_by(ContentRow.created_at.desc()).offset(offset).limit(limit).all()
+            found = self.search.page(s, q, conds, limit, offset) if q else None
+            if found is None:
+                total = s.scalar(select(func.count()).select_from(ContentRow).where(*conds))
+                newest = select(ContentRow).where(*conds).order_by(ContentRow.created_at.desc())
+                found = total, s.scalars(newest.offset(offset).limit(limit)).all()
+            total, rows = found
             return {"items": [record_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
     def artifact(self, content_id: str) -> tuple[Path, str]:

@@ -52,7 +52,13 @@ class ContentRow(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     error_hint: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_content_created", "created_at"), Index("ix_content_status", "status"))
+    __table_args__ = (
+        Index("ix_content_created", "created_at"),
+        Index("ix_content_status", "status"),
+        Index("ix_content_status_created", "status", "created_at"),  # migration 0002: filtered history pages
+        Index("ix_content_type_created", "content_type", "created_at"),
+    )
+    # Migration 0002 also keeps an FTS5 index of prompt and text (`content_fts`, by rowid): see genforge/search.py.
 
 
 class ModelRow(Base):

@@ -1,4 +1,5 @@
-"""full-text search: an FTS5 index over the records' prompt and text, kept in step by triggers
+"""history search: an FTS5 index over the records' prompt and text, kept in step by triggers; indexes for the
+history's filters in newest-first order
 
 `content_fts` is an external-content FTS5 table: it stores only the index, and reads the words of
 `content.prompt` and `content.text` by rowid. Three triggers keep it in step with every insert, update and
@@ -7,7 +8,9 @@ delete, so no code path can forget it. Created and backfilled here ('rebuild' in
 If a later migration recreates the `content` table (SQLite batch mode does for some ALTERs), the triggers go
 with the old table and rowids may change: such a migration must create the triggers again and rebuild.
 
-On other databases this revision does nothing (their search is their own; see genforge/search.py).
+`(status, created_at)` and `(content_type, created_at)` let a filtered history page read its 50 newest rows from an
+index instead of sorting every match (600 ms at 100k records before). On other databases only these indexes are
+made (their full-text search is their own; see genforge/search.py).
 
 Revision ID: 0002
 Revises: 0001
@@ -44,6 +47,8 @@ DOWNGRADE = [
 
 
 def upgrade() -> None:
+    op.create_index("ix_content_status_created", "content", ["status", "created_at"])
+    op.create_index("ix_content_type_created", "content", ["content_type", "created_at"])
     if op.get_bind().dialect.name != "sqlite":
         return
     for statement in UPGRADE:
@@ -51,7 +56,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "sqlite":
-        return
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    if op.get_bind().dialect.name == "sqlite":
+        for statement in DOWNGRADE:
+            op.execute(statement)
+    op.drop_index("ix_content_type_created", "content")
+    op.drop_index("ix_content_status_created", "content")
