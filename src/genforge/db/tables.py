@@ -57,6 +57,7 @@ class ContentRow(Base):
         Index("ix_content_status", "status"),
         Index("ix_content_status_created", "status", "created_at"),  # migration 0002: filtered history pages
         Index("ix_content_type_created", "content_type", "created_at"),
+        Index("ix_content_type_status_created", "content_type", "status", "created_at"),
     )
     # Migration 0002 also keeps an FTS5 index of prompt and text (`content_fts`, by rowid): see genforge/search.py.
 

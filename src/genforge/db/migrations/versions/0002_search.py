@@ -8,8 +8,9 @@ delete, so no code path can forget it. Created and backfilled here ('rebuild' in
 If a later migration recreates the `content` table (SQLite batch mode does for some ALTERs), the triggers go
 with the old table and rowids may change: such a migration must create the triggers again and rebuild.
 
-`(status, created_at)` and `(content_type, created_at)` let a filtered history page read its 50 newest rows from an
-index instead of sorting every match (600 ms at 100k records before). On other databases only these indexes are
+`(status, created_at)`, `(content_type, created_at)` and `(content_type, status, created_at)` let a filtered
+history page read its 50 newest rows from an index instead of sorting every match (600 ms at 100k records
+before), and count its matches from the index alone. On other databases only these indexes are
 made (their full-text search is their own; see genforge/search.py).
 
 Revision ID: 0002
@@ -49,6 +50,7 @@ DOWNGRADE = [
 def upgrade() -> None:
     op.create_index("ix_content_status_created", "content", ["status", "created_at"])
     op.create_index("ix_content_type_created", "content", ["content_type", "created_at"])
+    op.create_index("ix_content_type_status_created", "content", ["content_type", "status", "created_at"])
     if op.get_bind().dialect.name != "sqlite":
         return
     for statement in UPGRADE:
@@ -59,5 +61,6 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         for statement in DOWNGRADE:
             op.execute(statement)
+    op.drop_index("ix_content_type_status_created", "content")
     op.drop_index("ix_content_type_created", "content")
     op.drop_index("ix_content_status_created", "content")
