@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from conftest import CONTENT, GENERATE, Server, text_body
+from conftest import CONTENT, GENERATE, Server, long_generation_body, text_body
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +154,28 @@ def test_delete_asks_first_then_removes_the_record_from_the_gallery(page, server
     expect(page.locator(".card").first).to_be_visible()
     expect(page.locator(f"a[href*='{rec['id']}']")).to_have_count(0)
     assert server.http.get(f"{CONTENT}/{rec['id']}").status_code == 404
+
+
+def test_queued_and_running_jobs_show_their_state_live_and_can_be_cancelled(page, server):
+    ids = []  # one more than run at once (GENFORGE_PARALLEL, 4): the last one waits in the queue
+    for _ in range(5):
+        resp = server.http.post(GENERATE, json={**long_generation_body(), "mode": "async"})
+        assert resp.status_code == 202, resp.text
+        ids.append(resp.json()["id"])
+    try:
+        open_history(page)
+        queued = page.locator(".card", has=page.locator(f"a[href*='{ids[-1]}']"))
+        expect(queued.get_by_role("status")).to_contain_text("Queued, position 1")
+        running = page.locator(".card", has=page.locator(f"a[href*='{ids[0]}']"))
+        expect(running.get_by_role("status")).to_contain_text("Running")
+        queued.get_by_role("button", name="Cancel").click()
+        expect(queued.get_by_role("status")).to_contain_text("cancelled")
+        running.get_by_role("button", name="Cancel").click()
+        expect(running.get_by_role("status")).to_contain_text("cancelled")
+    finally:
+        for content_id in ids:
+            server.http.post(f"{CONTENT}/{content_id}/cancel")
+    assert server.http.get(f"{CONTENT}/{ids[-1]}").json()["status"] == "cancelled"
 
 
 def test_a_record_survives_a_server_restart_and_is_still_shown(browser, server):

@@ -469,7 +469,7 @@ async function historyCard(rec) {
 }
 
 // Queued and running jobs: their state and queue position, live, and a way to cancel them.
-function followJob(card, rec) {
+function followJob(card, rec, onDone) {
   const live = h("p", { class: "job", role: "status" });
   const cancel = h("button", { type: "button" }, "Cancel");
   card.append(live, cancel);
@@ -493,7 +493,10 @@ function followJob(card, rec) {
     try {
       const r = await json(`api/v1/content/${encodeURIComponent(rec.id)}`);
       show(r);
-      if (r.status !== "pending" && r.status !== "running") clearInterval(timer);
+      if (r.status !== "pending" && r.status !== "running") {
+        clearInterval(timer);
+        if (onDone) onDone(r);
+      }
     } catch {
       clearInterval(timer); // gone (deleted) or the page left: stop polling
     }
@@ -619,7 +622,7 @@ async function renderRecord(view, id) {
   if (rec.status === "pending" || rec.status === "running") {
     const card = h("div", {});
     actions.append(card);
-    followJob(card, rec);
+    followJob(card, rec, route); // finished: show the final record
   }
   const del = h("button", { type: "button", class: "danger" }, "Delete");
   del.addEventListener("click", () => {
