@@ -178,6 +178,28 @@ def test_queued_and_running_jobs_show_their_state_live_and_can_be_cancelled(page
     assert server.http.get(f"{CONTENT}/{ids[-1]}").json()["status"] == "cancelled"
 
 
+def test_a_401_asks_for_an_api_key_kept_for_the_tab_and_sent_as_bearer(page):
+    # The server's side of API keys is another module's; here the browser sees what such a server answers.
+    seen = []
+
+    def keyed(route):
+        auth = route.request.headers.get("authorization")
+        seen.append(auth)
+        if auth != "Bearer k-123":
+            body = '{"error": {"code": "unauthorized", "message": "an API key is required", "hint": "h"}}'
+            return route.fulfill(status=401, content_type="application/json", body=body)
+        return route.continue_()
+
+    page.route("**/api/v1/**", keyed)
+    page.goto(page.base + "/")
+    page.get_by_label("API key").fill("k-123")
+    page.get_by_role("button", name="Use key").click()
+    expect(page.get_by_label("Model")).to_contain_text("smollm2-135m-instruct")  # the models loaded with the key
+    assert seen[0] is None and seen[-1] == "Bearer k-123"
+    assert page.evaluate("sessionStorage.getItem('genforge.apiKey')") == "k-123"
+    assert page.evaluate("localStorage.length") == 0, "the key is kept for this tab only"
+
+
 def test_a_record_survives_a_server_restart_and_is_still_shown(browser, server):
     rec = create(server, text_body("Name a mountain.", max_tokens=8))
     server.stop()

@@ -11,7 +11,16 @@ import pytest
 from alembic import command
 from fastapi.testclient import TestClient
 
-from conftest import CONTENT, GENERATE, assert_bad_input, make_settings, running_app, runtime_of, text_body
+from conftest import (
+    CONTENT,
+    GENERATE,
+    assert_bad_input,
+    make_settings,
+    run_cli,
+    running_app,
+    runtime_of,
+    text_body,
+)
 from genforge.api import create_app
 from genforge.db import Database
 from genforge.search import Term, parse_query
@@ -80,6 +89,17 @@ def test_prompt_words_phrases_and_filters_combine(app, made):
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     assert found(app, created_after=future) == []
     assert found(app, q="", content_type="text") == [harbour["id"], orchard["id"]], "a blank q lists"
+
+
+def test_the_cli_searches_the_same_records(app, made):
+    settings = runtime_of(app).settings
+    word = only_in_text(made[0], made[1:])
+    result = run_cli(settings.data_dir, "content", "search", word)
+    assert result.returncode == 0, result.stderr
+    assert made[0]["id"] in result.stdout and made[1]["id"] not in result.stdout
+    assert "1 records match" in result.stdout
+    bad = run_cli(settings.data_dir, "content", "search", '"open')
+    assert bad.returncode == 2 and "unbalanced" in bad.stderr
 
 
 @pytest.mark.parametrize("q", ['"unbalanced AND (*', "(*", "x" * 501])
