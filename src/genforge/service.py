@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
 
 from genforge import metrics
 from genforge.catalog import ModelCatalog
@@ -38,6 +39,7 @@ from genforge.jobs import Job, JobRunner
 from genforge.limits import check_limits
 from genforge.records import Artifact, ModelInfo, RecordError, Status, Timings
 from genforge.schemas import GenerateRequest
+from genforge.search import search_for
 from genforge.storage import ArtifactStore, sha256_file
 
 log = logging.getLogger("genforge.service")
@@ -54,6 +56,11 @@ def _utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _db_time(moment: datetime) -> datetime:
+    """A filter bound as stored: UTC (naive input is taken as UTC)."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def to_record(row: ContentRow, queue_position: int | None = None) -> ContentRecord:
@@ -103,6 +110,18 @@ class ContentPage(BaseModel):
     offset: int
 
 
+class ArtifactCheck(BaseModel):
+    """A record's file re-hashed (POST /api/v1/content/{id}/verify)."""
+
+    id: str
+    intact: bool = Field(description="The file exists with the recorded sha256 and size.")
+    expected_sha256: str
+    expected_size_bytes: int
+    sha256: str | None = None
+    size_bytes: int | None = None
+    detail: str
+
+
 @dataclass(frozen=True)
 class Accepted:
     """A request that passed planning: its id, its plan, and the clock it started on."""
@@ -124,6 +143,7 @@ class ContentService:
         self.engines = engines  # EnginePool in production; anything with .generate(job, emit=, cancel=)
         self.runner = runner
         self.closing = False  # set when the runtime shuts down: database retries give up
+        self.search = search_for(db.url)
 
     # --- the one path ------------------------------------------------------------------------
     def submit(self, req: GenerateRequest, owner: str | None = None) -> Job:
@@ -319,18 +339,34 @@ class ContentService:
         limit: int = 50,
         offset: int = 0,
         owner: str | None = None,
+        *,
+        q: str | None = None,
+        model: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> ContentPage:
-        """Records, newest first; with `owner`, only those that key made."""
+        """Records newest first; `q` is a full-text search over prompt and text (genforge.search); with
+        `owner`, only the records that key made."""
+        conds = []
+        if owner:
+            conds.append(ContentRow.owner == owner)
+        if content_type:
+            conds.append(ContentRow.content_type == content_type)
+        if status:
+            conds.append(ContentRow.status == status)
+        if model:
+            conds.append(ContentRow.model_name == model)
+        if created_after:
+            conds.append(ContentRow.created_at >= _db_time(created_after))
+        if created_before:
+            conds.append(ContentRow.created_at < _db_time(created_before))
         with self.db.session() as s:
-            q = s.query(ContentRow)
-            if owner:
-                q = q.filter(ContentRow.owner == owner)
-            if content_type:
-                q = q.filter(ContentRow.content_type == content_type)
-            if status:
-                q = q.filter(ContentRow.status == status)
-            total = q.count()
-            rows = q.order_by(ContentRow.created_at.desc()).offset(offset).limit(limit).all()
+            found = self.search.page(s, q, conds, limit, offset) if q else None
+            if found is None:
+                total = s.scalar(select(func.count()).select_from(ContentRow).where(*conds))
+                newest = select(ContentRow).where(*conds).order_by(ContentRow.created_at.desc())
+                found = total, s.scalars(newest.offset(offset).limit(limit)).all()
+            total, rows = found
             return ContentPage(items=[to_record(r) for r in rows], total=total, limit=limit, offset=offset)
 
     def artifact(self, content_id: str) -> tuple[Path, str]:
@@ -353,6 +389,37 @@ class ContentService:
                     content_id=content_id,
                 )
             return path, row.artifact_media_type
+
+    def verify(self, content_id: str) -> ArtifactCheck:
+        """Re-hash a record's file: intact when it exists with the recorded sha256 and size."""
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            if row is None:
+                raise NotFound(f"no content with id {content_id!r}", field="id")
+            if not row.artifact_path:
+                raise Conflict(
+                    f"content {content_id} has no artifact to verify (status {row.status})",
+                    content_id=content_id,
+                    hint="Only succeeded records have a file.",
+                )
+            relpath, expected_sha, expected_size = row.artifact_path, row.artifact_sha256, row.artifact_size
+        path = self.store.resolve(relpath)
+        check = ArtifactCheck(
+            id=content_id,
+            expected_sha256=expected_sha,
+            expected_size_bytes=expected_size,
+            intact=False,
+            detail="the file is missing",
+        )
+        if path.is_file():
+            check.sha256, check.size_bytes = sha256_file(path), path.stat().st_size
+            check.intact = check.sha256 == expected_sha and check.size_bytes == expected_size
+            check.detail = (
+                "the file's sha256 and size are the recorded ones"
+                if check.intact
+                else ("the file differs from the record")
+            )
+        return check
 
     def delete(self, content_id: str) -> None:
         with self.store.guard(), self.db.session() as s:

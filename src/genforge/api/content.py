@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
@@ -13,7 +15,7 @@ from genforge.contenttypes import REGISTRY, ContentRecord
 from genforge.errors import InvalidRequest
 from genforge.records import Status
 from genforge.schemas import ContentType, GenerateRequest
-from genforge.service import ContentPage
+from genforge.service import ArtifactCheck, ContentPage
 
 router = APIRouter(prefix="/api/v1/content", tags=["content"])
 OFFSET_LIMIT = 10**9
@@ -75,8 +77,15 @@ def list_content(
     status: Status | None = None,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=OFFSET_LIMIT),
+    q: str | None = Query(
+        None, max_length=500, description='Full-text search over prompt and text: words, "phrases", prefix*.'
+    ),
+    model: str | None = Query(None, max_length=200),
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> ContentPage:
-    return svc.list(content_type, status, limit, offset)
+    dates = {"created_after": created_after, "created_before": created_before}
+    return svc.list(content_type, status, limit, offset, q=q, model=model, **dates)
 
 
 @router.get("/{content_id}", response_model=ContentRecord, responses=error_responses(404, *COMMON))
@@ -106,6 +115,12 @@ async def content_events(content_id: str, svc: ServiceDep):
 @router.post("/{content_id}/cancel", response_model=ContentRecord, responses=error_responses(404, 409, *COMMON))
 async def cancel_content(content_id: str, svc: ServiceDep):
     return await run_in_threadpool(svc.cancel, content_id)
+
+
+@router.post("/{content_id}/verify", response_model=ArtifactCheck, responses=error_responses(404, 409, *COMMON))
+def verify_content(content_id: str, svc: ServiceDep):
+    """Re-hash the record's file: is it still the one recorded?"""
+    return svc.verify(content_id)
 
 
 @router.get(

@@ -49,6 +49,7 @@ STATUS: dict[str, int] = {
     "host_not_allowed": 421,
     "rate_limited": 429,
     "too_many_jobs": 429,
+    "not_supported": 501,
 }
 OPENAI_PREFIX = "/v1/"
 
@@ -131,7 +132,9 @@ GENERATION = (404, 413, 422, 429, 502, 503, 504, 507)
 # --- handlers -----------------------------------------------------------------------------------------
 def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in err.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):  # where it was, not what it is
+        loc = loc[1:]
     if err.get("type") == "json_invalid":
         return InvalidRequest(
             f"the body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}",

@@ -54,7 +54,14 @@ class ContentRow(Base):
     # The id of the API key that created the record (None: made without a key, e.g. by the CLI).
     owner: Mapped[str | None] = mapped_column(String(32), index=True)
 
-    __table_args__ = (Index("ix_content_created", "created_at"), Index("ix_content_status", "status"))
+    __table_args__ = (
+        Index("ix_content_created", "created_at"),
+        Index("ix_content_status", "status"),
+        Index("ix_content_status_created", "status", "created_at"),  # migration 0002: filtered history pages
+        Index("ix_content_type_created", "content_type", "created_at"),
+        Index("ix_content_type_status_created", "content_type", "status", "created_at"),
+    )
+    # Migration 0002 also keeps an FTS5 index of prompt and text (`content_fts`, by rowid): see genforge/search.py.
 
 
 class ModelRow(Base):
