@@ -108,9 +108,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# Lock files (the store's guard, the engines' cores lock, one server per data dir) are not content.
+IGNORED_FILES = {".lock", ".engine-cores.lock", "server.lock"}
+
+
 def files_under(root: Path) -> list[Path]:
     """Every regular file below `root` (temp files included): what a failure must not leave behind."""
-    return sorted(p for p in Path(root).rglob("*") if p.is_file()) if Path(root).exists() else []
+    if not Path(root).exists():
+        return []
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.name not in IGNORED_FILES)
 
 
 def packaged_model_path() -> Path:
