@@ -6,6 +6,8 @@ failed/cancelled/interrupted with its code, and a server that serves the next re
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -209,3 +211,66 @@ def test_sigterm_drains_and_leaves_no_job_unfinished(tmp_path):
     assert set(rows) == set(ids)
     assert all(v in ("failed:interrupted", "succeeded:") for v in rows.values()), rows
     assert list(rows.values()).count("failed:interrupted") >= 4, rows  # the long ones could not finish in 2 s
+
+
+def can_mount_tmpfs() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="mounting a small tmpfs needs root")
+def test_a_full_disk_fails_writes_honestly_and_recovers_when_freed(tmp_path):
+    """The data dir's filesystem fills up while jobs run: artifacts fail as storage_failed (507) or the database
+    as database_unavailable; nothing is recorded as succeeded without its file; once space is freed, every
+    record ends and the next request succeeds."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
+    srv = Server(mount / "data", env={"GENFORGE_ENGINE_LOG_LEVEL": "WARNING"})
+    try:
+        srv.start()
+        srv.wait_ready()
+        filler = mount / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until full
+        answers = [
+            srv.http.post(GENERATE, json=text_body(f"Name a fish, take {i}.", max_tokens=24, seed=i)) for i in range(3)
+        ]
+        for resp in answers:
+            assert resp.status_code in (201, 503, 507), resp.text
+            if resp.status_code != 201:
+                assert resp.json()["error"]["code"] in ("storage_failed", "database_unavailable"), resp.text
+        assert any(r.status_code != 201 for r in answers), "the full disk did not fail any write"
+        filler.unlink()
+        ids = [r.json().get("id") or r.json()["error"].get("content_id") for r in answers]
+        for rec in settle(srv, [i for i in ids if i]):
+            assert_honest(srv, rec)
+        resp = srv.http.post(GENERATE, json=text_body(max_tokens=4))
+        assert resp.status_code == 201, resp.text
+    finally:
+        srv.stop()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_burst_of_200_against_a_queue_of_32_sheds_with_429_and_every_accepted_job_ends(tmp_path):
+    srv = Server(tmp_path / "data", env={"GENFORGE_QUEUE_SIZE": "32", "GENFORGE_ENGINE_LOG_LEVEL": "WARNING"})
+    try:
+        srv.start()
+        srv.wait_ready()
+        rss_before = rss_mb(srv.proc.pid)
+        body = {**text_body("Say hi.", max_tokens=4), "mode": "async"}
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda _: srv.http.post(GENERATE, json=body), range(200)))
+        statuses = sorted({r.status_code for r in answers})
+        assert statuses == [202, 429], statuses  # no 5xx
+        assert all(r.headers.get("retry-after") for r in answers if r.status_code == 429)
+        accepted = [r.json()["id"] for r in answers if r.status_code == 202]
+        assert len(accepted) >= 32
+        for rec in settle(srv, accepted, timeout=600):
+            assert_honest(srv, rec)
+        assert rss_mb(srv.proc.pid) < rss_before + 100, "the server's memory grew by more than 100 MB"
+    finally:
+        srv.stop()
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
