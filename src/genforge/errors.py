@@ -86,3 +86,16 @@ class QueueFull(GenforgeError):
 class StorageFailed(GenforgeError):
     code, status = "storage_failed", 507
     hint = "Check free space and permissions of GENFORGE_DATA_DIR."
+
+
+class ModelIntegrityFailed(GenforgeError):
+    code, status = "model_integrity_failed", 502
+    hint = "The downloaded file is not the published one; it was deleted. Pull it again."
+
+
+class CredentialsFailed(GenforgeError):
+    code, status = "credentials_failed", 500
+    hint = (
+        "Content Credentials could not be signed: check GENFORGE_DATA_DIR/credentials (remove it to make a new "
+        "key), or set GENFORGE_CREDENTIALS=off to generate without them."
+    )
