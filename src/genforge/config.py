@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
 
     # Speech: the longest text one request may speak (longer is 422; split it into several requests).
     speech_max_chars: int = 5000
+
+    # Content Credentials (C2PA) on every artifact, signed with this instance's key; "off" records that they
+    # were switched off.
+    credentials: Literal["on", "off"] = "on"
 
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.

@@ -17,6 +17,7 @@ from pathlib import Path
 from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
+from genforge.credentials import Credentials, describe
 from genforge.db import ContentRow, Database
 from genforge.engines.base import Emit, GenerationJob
 from genforge.errors import (
@@ -85,6 +86,9 @@ def record_dict(row: ContentRow) -> dict:
             usage={"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
         )
     extra = dict(row.extra or {})
+    extra.pop("credentials_sidecar", None)  # served by GET .../credentials
+    if source := extra.pop("model_source", None):
+        rec["model"]["source"] = source
     rec["warnings"] = extra.pop("warnings", [])
     rec.update(extra)
     return rec
@@ -100,6 +104,7 @@ class ContentService:
         self.store = store
         self.engines = engines  # EngineWorker in production; anything with .generate(job, emit=, cancel=)
         self.runner = runner
+        self.credentials = Credentials(settings.data_dir, enabled=settings.credentials != "off")
 
     # --- the one path ------------------------------------------------------------------------
     def submit(self, req: GenerateRequest) -> Job:
@@ -180,7 +185,15 @@ class ContentService:
         job = GenerationJob(content_id, req.content_type, model, req.prompt, req.system, params)
         out = self.engines.generate(job, emit=emit, cancel=cancel)
         validate(req.content_type, out, params, req.prompt)
-        stored = self.store.write(out.data, out.media_type)
+        signed = self.credentials.sign(  # Content Credentials; the signed file is what is stored and hashed
+            content_id=content_id,
+            content_type=req.content_type,
+            media_type=out.media_type,
+            data=out.data,
+            model=model,
+            params=params,
+        )
+        stored = self.store.write(signed.data, out.media_type)
         try:
             with self.db.session() as s:
                 row = s.get(ContentRow, content_id)
@@ -191,7 +204,7 @@ class ContentService:
                 if out.usage:
                     row.prompt_tokens = out.usage.get("prompt_tokens")
                     row.completion_tokens = out.usage.get("completion_tokens")
-                row.extra = out.extra
+                row.extra = {**out.extra, **signed.extra, **({"model_source": model.source} if model.source else {})}
                 row.artifact_sha256, row.artifact_size = stored.sha256, stored.size_bytes
                 row.artifact_media_type, row.artifact_path = stored.media_type, stored.relpath
                 row.load_ms, row.generate_ms = round(out.load_ms, 2), round(out.generate_ms, 2)
@@ -303,6 +316,25 @@ class ContentService:
                 "recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed", len(stale), len(orphans)
             )
         return {"interrupted": [r.id for r in stale], "orphans_removed": len(orphans)}
+
+    def credentials_of(self, content_id: str) -> dict:
+        path, media_type = self.artifact(content_id)
+        with self.db.session() as s:
+            extra = dict(s.get(ContentRow, content_id).extra or {})
+        return describe(self.credentials, content_id, extra, path.read_bytes(), media_type)
+
+    def find_by_content_hash(self, digest: str) -> list[dict]:
+        """Succeeded records whose decoded pixels or samples hash to `digest` (a file stripped of metadata)."""
+        with self.db.session() as s:
+            rows = s.query(ContentRow).filter(
+                ContentRow.status == "succeeded", ContentRow.extra["content_hash"].as_string() == digest
+            )
+            return [record_dict(r) for r in rows]
+
+    def sidecar_of(self, content_id: str) -> dict | None:
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            return (row.extra or {}).get("credentials_sidecar") if row else None
 
     def find_by_file(self, path: Path) -> tuple[str, list[dict]]:
         """(sha256 of the file, the succeeded records whose artifact it is)."""

@@ -71,6 +71,13 @@ def get_file(content_id: str, svc: Service) -> FileResponse:
     return FileResponse(path, media_type=media_type, filename=f"{content_id}{path.suffix}")
 
 
+@router.get("/{content_id}/credentials")
+def get_credentials(content_id: str, svc: Service) -> dict:
+    """The Content Credentials: the manifest embedded in an image or speech file (as read back and checked
+    now), or the signed sidecar of a text."""
+    return svc.credentials_of(content_id)
+
+
 @router.delete("/{content_id}", status_code=204)
 def delete_content(content_id: str, svc: Service) -> Response:
     svc.delete(content_id)
