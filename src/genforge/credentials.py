@@ -2,8 +2,8 @@
 
 On first use a local root CA and a signing certificate are made with `cryptography` (EC P-256, ES256; the
 leaf is X.509 v3 with keyUsage digitalSignature, extendedKeyUsage emailProtection and key identifiers, as the
-C2PA reference library requires; it refuses a self-signed signer). They live in DATA_DIR/credentials, private
-keys mode 0600. PNG and WAV artifacts get an embedded manifest signed offline with `c2pa-python` (no
+C2PA reference library requires; it refuses a self-signed signer). They live in DATA_DIR/credentials, the private
+keys in a mode-0600 keystore. PNG and WAV artifacts get an embedded manifest signed offline with `c2pa-python` (no
 timestamp server). Text has no C2PA container: it gets the same manifest as JSON with a detached ES256
 signature over it (a sidecar kept with its record). `export-ca` hands the root to whoever should trust us.
 
@@ -14,6 +14,7 @@ there but validation fails), foreign (intact, signed by another CA), unsigned (n
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import io
@@ -94,43 +95,46 @@ class Credentials:
         self.enabled = enabled
 
     # --- keys ------------------------------------------------------------------------------------------
+    # One keystore file (mode 0600, in a 0700 directory): the root CA's certificate and key, and the signing
+    # certificate and key, as PEM. One file is created atomically, so a half-made set is never used.
     @property
-    def root_cert_path(self) -> Path:
-        return self.dir / "root.pem"
+    def keystore(self) -> Path:
+        return self.dir / "keystore.json"
 
     def ensure(self) -> None:
-        """Make the root CA and the signing certificate once; a concurrent maker's set wins, whole."""
-        if self.root_cert_path.is_file():
+        """Make the root CA and the signing certificate once; when two processes race, the first set wins."""
+        if self.keystore.is_file():
             return
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".credentials-", dir=self.dir.parent))
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".keystore-")  # mkstemp: mode 0600
         try:
-            _make_keys(tmp)
-            os.rename(tmp, self.dir)  # atomic; fails when another process made them first
-        except OSError:
-            if not self.root_cert_path.is_file():
-                raise
+            with os.fdopen(fd, "w") as f:
+                json.dump(_make_keys(), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            # Atomic, and never replaces a keystore another process made first: its keys are the instance's.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, self.keystore)
         finally:
-            if tmp.exists():
-                for f in tmp.iterdir():
-                    f.unlink()
-                tmp.rmdir()
+            os.unlink(tmp)
+
+    def _keys(self) -> dict:
+        self.ensure()
+        return json.loads(self.keystore.read_text())
 
     def _signer_material(self) -> tuple[bytes, bytes, str]:
         """(chain PEM leaf + root, leaf private key PEM, leaf certificate sha256)."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
 
-        self.ensure()
-        leaf_pem = (self.dir / "signer.pem").read_bytes()
-        key_pem = (self.dir / "signer.key").read_bytes()
+        keys = self._keys()
+        leaf_pem, key_pem = keys["signer_certificate"].encode(), keys["signer_key"].encode()
         serialization.load_pem_private_key(key_pem, password=None)  # a broken key fails here, clearly
         leaf = x509.load_pem_x509_certificate(leaf_pem)
-        return leaf_pem + self.root_cert_path.read_bytes(), key_pem, leaf.fingerprint(hashes.SHA256()).hex()
+        return leaf_pem + keys["root_certificate"].encode(), key_pem, leaf.fingerprint(hashes.SHA256()).hex()
 
     def root_pem(self) -> bytes:
-        self.ensure()
-        return self.root_cert_path.read_bytes()
+        return self._keys()["root_certificate"].encode()
 
     # --- signing -----------------------------------------------------------------------------------------
     def manifest(self, *, label: str, content_id: str, content_type: str, model, params: dict) -> dict:
@@ -312,8 +316,8 @@ def describe(creds: Credentials, content_id: str, extra: dict, data: bytes, medi
     }
 
 
-def _make_keys(folder: Path) -> None:
-    """Root CA (10 years) and signing certificate (5 years), EC P-256; private keys written mode 0600."""
+def _make_keys() -> dict:
+    """Root CA (10 years) and signing certificate (5 years), EC P-256, as PEM strings."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -369,10 +373,15 @@ def _make_keys(folder: Path) -> None:
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
         .sign(root_key, hashes.SHA256())
     )
-    pem = serialization.Encoding.PEM
-    for fname, key in (("root.key", root_key), ("signer.key", leaf_key)):
-        fd = os.open(folder / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (folder / "signer.pem").write_bytes(leaf.public_bytes(pem))
-    (folder / "root.pem").write_bytes(root.public_bytes(pem))  # written last: its presence means "complete"
+    pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+
+    def key_pem(key) -> str:
+        return key.private_bytes(pem, pkcs8, serialization.NoEncryption()).decode()
+
+    return {
+        "root_certificate": root.public_bytes(pem).decode(),
+        "root_key": key_pem(root_key),
+        "signer_certificate": leaf.public_bytes(pem).decode(),
+        "signer_key": key_pem(leaf_key),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
+    }

@@ -13,6 +13,7 @@ A mismatch deletes the file and raises ModelIntegrityFailed.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -69,6 +70,20 @@ def parse_ref(ref: str, revision: str | None = None) -> HubRef:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def _online():
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import; genforge reads it at each pull (checked before
+    this), so a pull runs with the library's switch open and puts it back after (the diffusers engine closes it)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _endpoint() -> str:
@@ -246,6 +261,11 @@ def pull_file(ref: HubRef, root: Path, pinned: str | None = None, progress: Prog
     """One file (a GGUF) into root/OWNER--REPO/COMMIT/FILE, verified."""
     if _offline():
         raise ModelUnavailable(f"{ref.repo}/{ref.file}: HF_HUB_OFFLINE is set", hint=OFFLINE_HINT)
+    with _online():
+        return _pull_file(ref, root, pinned, progress)
+
+
+def _pull_file(ref: HubRef, root: Path, pinned: str | None, progress: Progress | None) -> Pulled:
     _, meta = _metadata(ref, ref.file)  # resolves the revision to a commit before choosing the directory
     folder = root / ref.repo.replace("/", "--") / (meta.commit_hash or ref.revision)
     dest = folder / ref.file
@@ -290,10 +310,15 @@ def pipeline_files(index: dict, names: list[str]) -> list[str]:
 
 def pull_pipeline(ref: HubRef, root: Path, progress: Progress | None = None) -> Pulled:
     """A diffusers pipeline (hf:OWNER/REPO): only the files it needs, each verified, into one directory."""
-    from huggingface_hub import HfApi
-
     if _offline():
         raise ModelUnavailable(f"{ref.repo}: HF_HUB_OFFLINE is set", hint=OFFLINE_HINT)
+    with _online():
+        return _pull_pipeline(ref, root, progress)
+
+
+def _pull_pipeline(ref: HubRef, root: Path, progress: Progress | None) -> Pulled:
+    from huggingface_hub import HfApi
+
     try:
         info = HfApi(endpoint=_endpoint(), token=_token()).model_info(
             ref.repo, revision=ref.revision, timeout=METADATA_TIMEOUT_S
