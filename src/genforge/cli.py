@@ -400,7 +400,7 @@ def verify(file: Path) -> None:
         out.print(
             f"[yellow]record found by content[/]: this file is not the stored artifact (sha256 {digest}), but its "
             f"decoded {'pixels' if by_content[0]['content_type'] == 'image' else 'samples'} match "
-            f"{len(by_content)} record(s); its metadata (and credentials) were stripped or re-written"
+            f"{len(by_content)} record(s): it was re-encoded, or its metadata (and credentials) stripped"
         )
         for rec in by_content:
             out.print_json(json.dumps(rec))
