@@ -41,26 +41,36 @@ def canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def pixels_digest(image) -> str:
+    """sha256 of an image's decoded RGB pixels (and size): what a picture shows, whatever its file says."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    h = hashlib.sha256(f"rgb8 {rgb.width}x{rgb.height}\0".encode())
+    h.update(rgb.tobytes())
+    return h.hexdigest()
+
+
+def samples_digest(wav) -> str:
+    """sha256 of a WAV's PCM samples (and format): what a recording sounds like, whatever its file says."""
+    h = hashlib.sha256(f"pcm{8 * wav.sample_width} {wav.channels}ch {wav.sample_rate}Hz\0".encode())
+    h.update(wav.frames)
+    return h.hexdigest()
+
+
 def content_hash(media_type: str, data: bytes) -> str | None:
-    """sha256 of what the file shows or sounds like (decoded pixels, PCM samples), not of its bytes: it finds
-    a file's record again after its metadata (and so its credentials) was stripped or re-written."""
-    h = hashlib.sha256()
+    """The content hash of a PNG or WAV file (None for other types). The validators record it at generation
+    time from what they decode anyway; it finds a file's record again after its metadata (and so its
+    credentials) was stripped or the file re-encoded."""
     if media_type == "image/png":
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as im:
-            rgb = im.convert("RGB")
-            h.update(f"rgb8 {rgb.width}x{rgb.height}\0".encode())
-            h.update(rgb.tobytes())
-    elif media_type == "audio/wav":
+            im.load()
+            return pixels_digest(im)
+    if media_type == "audio/wav":
         from genforge.audio import decode_wav
 
-        wav = decode_wav(data)
-        h.update(f"pcm{8 * wav.sample_width} {wav.channels}ch {wav.sample_rate}Hz\0".encode())
-        h.update(wav.frames)
-    else:
-        return None
-    return h.hexdigest()
+        return samples_digest(decode_wav(data))
+    return None
 
 
 def content_hash_file(path: Path) -> str | None:
@@ -78,7 +88,7 @@ def content_hash_file(path: Path) -> str | None:
 @dataclass
 class Signed:
     data: bytes  # the artifact as it will be stored
-    extra: dict = field(default_factory=dict)  # what the record keeps: credentials, content_hash, sidecar
+    extra: dict = field(default_factory=dict)  # what the record keeps: credentials (and a text's sidecar)
 
 
 @dataclass
@@ -174,9 +184,7 @@ class Credentials:
         """The artifact with its Content Credentials and what the record says about them. Raises
         CredentialsFailed: an artifact that should be signed is never stored unsigned."""
         if not self.enabled:
-            off = {"credentials": {"signed": False, "reason": "GENFORGE_CREDENTIALS=off"}}
-            digest = content_hash(media_type, data)
-            return Signed(data, {**off, **({"content_hash": digest} if digest else {})})
+            return Signed(data, {"credentials": {"signed": False, "reason": "GENFORGE_CREDENTIALS=off"}})
         label = f"urn:c2pa:{uuid.uuid4()}"
         definition = self.manifest(
             label=label, content_id=content_id, content_type=content_type, model=model, params=params
@@ -189,12 +197,6 @@ class Credentials:
                 signed, extra = data, {"credentials_sidecar": self._sidecar(definition, media_type, data, chain, key)}
         except Exception as exc:  # cryptography's and c2pa's errors alike: the generation fails, typed
             raise CredentialsFailed(f"signing the Content Credentials failed: {type(exc).__name__}: {exc}") from exc
-        try:  # decoding the signed file also shows that signing left the picture or sound intact
-            digest = content_hash(media_type, signed)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise CredentialsFailed(f"the signed {media_type} file no longer decodes: {exc}") from exc
-        if digest:
-            extra["content_hash"] = digest
         info = {
             "signed": True,
             "format": "c2pa" if media_type in EMBEDDED else "sidecar",

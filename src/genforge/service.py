@@ -105,6 +105,8 @@ class ContentService:
         self.engines = engines  # EngineWorker in production; anything with .generate(job, emit=, cancel=)
         self.runner = runner
         self.credentials = Credentials(settings.data_dir, enabled=settings.credentials != "off")
+        if self.credentials.enabled:
+            self.credentials.ensure()  # the instance's CA and signing key, made on first start
 
     # --- the one path ------------------------------------------------------------------------
     def submit(self, req: GenerateRequest) -> Job:

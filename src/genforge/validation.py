@@ -36,6 +36,7 @@ MIN_IMAGE_STDDEV = 2.0
 def validate_image(out: EngineOutput, params: dict, prompt: str = "") -> None:
     from PIL import Image, ImageStat, UnidentifiedImageError
 
+    from genforge.credentials import pixels_digest
     from genforge.images import PREFIX
 
     if out.media_type != "image/png":
@@ -45,6 +46,7 @@ def validate_image(out: EngineOutput, params: dict, prompt: str = "") -> None:
             im.load()
             fmt, size, text = im.format, im.size, dict(getattr(im, "text", {}))
             stddev = ImageStat.Stat(im if im.mode == "RGB" else im.convert("RGB")).stddev
+            content_hash = pixels_digest(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidOutput(f"the image does not decode: {exc}") from None
     if fmt != "PNG":
@@ -59,6 +61,7 @@ def validate_image(out: EngineOutput, params: dict, prompt: str = "") -> None:
         )
     if text.get(PREFIX + "seed") != str(params["seed"]) or not text.get(PREFIX + "content_id"):
         raise InvalidOutput("the PNG does not carry its provenance (content id, seed)")
+    out.extra["content_hash"] = content_hash  # of the pixels just decoded: finds the record of a stripped copy
 
 
 # Speech: RMS on a [-1, 1] scale below this (about -40 dBFS) is silence; real speech measures 0.05-0.3.
@@ -82,6 +85,7 @@ def speech_duration_range(text: str, speed: float = 1.0, sentence_silence: float
 
 def validate_speech(out: EngineOutput, params: dict, prompt: str = "") -> None:
     from genforge.audio import decode_wav, rms
+    from genforge.credentials import samples_digest
 
     if out.media_type != "audio/wav":
         raise InvalidOutput(f"the speech engine returned {out.media_type!r}, not audio/wav")
@@ -109,6 +113,7 @@ def validate_speech(out: EngineOutput, params: dict, prompt: str = "") -> None:
         or abs(float(out.extra.get("duration_s", -1)) - wav.duration_s) > 0.01
     ):
         raise InvalidOutput("the engine's sample rate or duration does not match the audio it returned")
+    out.extra["content_hash"] = samples_digest(wav)  # of the samples just decoded: finds a re-written copy
 
 
 VALIDATORS = {"text": validate_text, "image": validate_image, "speech": validate_speech}
