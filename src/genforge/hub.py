@@ -227,19 +227,18 @@ def _fetch(ref: HubRef, filename: str, dest: Path, pinned: str | None, progress:
     out = _HashingFile(partial, algorithm)
     done = out.tell()
     try:
-        headers = build_hf_headers(token=_token())
         http_get(
             meta.location or url,
             out,
             resume_size=done,
-            headers=headers,
+            headers=build_hf_headers(token=_token()),
             expected_size=meta.size,
             tqdm_class=lambda **kw: _Bar(progress, filename, **kw),
         )
     except Exception as exc:
-        out.close()  # the partial file stays for the next pull to resume
         raise _translate(exc, f"{ref.repo}/{filename}") from None
-    out.close()
+    finally:
+        out.close()  # flushed and synced: after a failure or Ctrl-C the partial file stays for the next pull
     if git_blob or out.dirty:
         actual = _hash_file(partial, algorithm, git_blob)
     else:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from genforge.catalog import PACKAGED, QUALITY, ModelCatalog
+from genforge.catalog import HUB_MODELS, PACKAGED, QUALITY, ModelCatalog
 from genforge.config import Settings
-from genforge.errors import InvalidRequest, ModelNotFound
+from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from genforge.images import diffusers_native_size
 from genforge.schemas import GenerateRequest, ImageParams, SpeechParams, TextParams
 
@@ -43,6 +43,8 @@ def check_model(catalog: ModelCatalog, name: str | None, content_type: str) -> N
     """A named model must exist (404 listing the installed ones) and make this content type."""
     if name is None:
         return
+    if name not in catalog.names() and name in HUB_MODELS:
+        raise ModelUnavailable(f"model {name!r} is not pulled yet", hint=f"Pull it with `genforge models pull {name}`.")
     if name not in catalog.names():
         installed = catalog.installed_names()
         raise ModelNotFound(

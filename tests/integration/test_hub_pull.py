@@ -216,3 +216,11 @@ def test_a_diffusers_pipeline_pull_fetches_only_the_files_it_needs(tmp_path, hub
     small = [k for k, v in state.files.items() if len(v.data) < 1024 and k.endswith(".json")]
     assert small, "the small config files are verified by their git blob sha1"
     assert os.path.basename(model.path) == COMMIT
+
+
+def test_a_request_for_an_alias_not_pulled_yet_says_how_to_pull_it(tmp_path):
+    with running_app(make_settings(tmp_path, preload=False)) as client:
+        resp = client.post(GENERATE, json={"content_type": "text", "model": "tinyllama-1.1b-chat", "prompt": "Hi"})
+    assert resp.status_code == 503, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "model_unavailable" and "genforge models pull tinyllama-1.1b-chat" in err["hint"]
