@@ -27,10 +27,14 @@ class HubFile:
     cut_once_at: int | None = None  # drop the connection after this many bytes, on the first GET only
     slow: bool = False  # stream in small pieces with pauses (for Ctrl-C)
 
-    def etag(self) -> str:
+    def __post_init__(self) -> None:  # hashed once: the hub serves its stored hash, it does not re-hash per request
         if len(self.data) >= LFS_MIN:
-            return self.claimed_sha256 or hashlib.sha256(self.data).hexdigest()
-        return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
+            self._etag = self.claimed_sha256 or hashlib.sha256(self.data).hexdigest()
+        else:
+            self._etag = hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
+
+    def etag(self) -> str:
+        return self._etag
 
 
 @dataclass

@@ -198,12 +198,15 @@ def _hash_file(path: Path, algorithm: str, git_blob: bool) -> str:
     return h.hexdigest()
 
 
-def _fetch(ref: HubRef, filename: str, dest: Path, pinned: str | None, progress: Progress | None) -> tuple[str, str]:
-    """Download one file to `dest` (resuming a partial one) and verify it; returns (commit, sha256)."""
+def _fetch(
+    ref: HubRef, filename: str, dest: Path, pinned: str | None, progress: Progress | None, found=None
+) -> tuple[str, str]:
+    """Download one file to `dest` (resuming a partial one) and verify it; returns (commit, sha256).
+    `found`: the (url, metadata) of a HEAD already made for this file."""
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
-    url, meta = _metadata(ref, filename)
+    url, meta = found or _metadata(ref, filename)
     etag = (meta.etag or "").strip('"').lower()
     commit = meta.commit_hash or ref.revision
     # What the file must hash to: the catalog's pin, else the hub's LFS sha256, else its git blob sha1.
@@ -265,10 +268,10 @@ def pull_file(ref: HubRef, root: Path, pinned: str | None = None, progress: Prog
 
 
 def _pull_file(ref: HubRef, root: Path, pinned: str | None, progress: Progress | None) -> Pulled:
-    _, meta = _metadata(ref, ref.file)  # resolves the revision to a commit before choosing the directory
-    folder = root / ref.repo.replace("/", "--") / (meta.commit_hash or ref.revision)
+    found = _metadata(ref, ref.file)  # resolves the revision to a commit before choosing the directory
+    folder = root / ref.repo.replace("/", "--") / (found[1].commit_hash or ref.revision)
     dest = folder / ref.file
-    commit, sha = _fetch(HubRef(ref.repo, ref.file, meta.commit_hash or ref.revision), ref.file, dest, pinned, progress)
+    commit, sha = _fetch(ref, ref.file, dest, pinned, progress, found)
     return Pulled(dest, ref.repo, commit, ref.file, sha, dest.stat().st_size, _license(ref, commit))
 
 
