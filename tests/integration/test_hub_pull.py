@@ -217,6 +217,15 @@ def test_a_diffusers_pipeline_pull_fetches_only_the_files_it_needs(tmp_path, hub
     assert small, "the small config files are verified by their git blob sha1"
     assert os.path.basename(model.path) == COMMIT
 
+    with running_app(make_settings(tmp_path / "data", preload=False)) as client:  # and it makes real images
+        body = {"content_type": "image", "model": "tiny-hub", "prompt": "a red square",
+                "params": {"width": 64, "height": 64, "steps": 2, "seed": 1}}  # fmt: skip
+        resp = client.post(GENERATE, json=body)
+    assert resp.status_code == 201, resp.text
+    rec = resp.json()
+    assert rec["model"]["source"]["repo"] == "o/tiny-sd" and rec["model"]["file_sha256"] == model.sha256
+    assert rec["credentials"]["signed"] is True
+
 
 def test_a_request_for_an_alias_not_pulled_yet_says_how_to_pull_it(tmp_path):
     with running_app(make_settings(tmp_path, preload=False)) as client:
