@@ -11,7 +11,7 @@ against a plain HTTP download of the same file.
    verification, rename) against a plain streamed GET of the same URL to a file (1 MiB chunks, fsync).
    Runs alternate; medians. Goal: hub pull >= 0.9x the plain download's speed.
 
-    .venv/bin/python benchmarks/credentials.py [--runs 5] [--pull-runs 5]
+    .venv/bin/python benchmarks/credentials.py [--runs 5] [--pull-runs 9] [--pull-only]
 """
 
 from __future__ import annotations
@@ -173,10 +173,12 @@ def pull(runs: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--pull-runs", type=int, default=5)
+    ap.add_argument("--pull-runs", type=int, default=9)
+    ap.add_argument("--pull-only", action="store_true")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores")
-    signing(args.runs)
+    if not args.pull_only:
+        signing(args.runs)
     pull(args.pull_runs)
 
 

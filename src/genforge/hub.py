@@ -18,7 +18,9 @@ import fnmatch
 import hashlib
 import json
 import os
+import queue
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +159,8 @@ class _Bar:
 
 
 class _HashingFile:
-    """A binary append file that hashes what is written; a rewind (server ignored Range) forces a re-hash."""
+    """A binary append file that hashes what is written, in a thread of its own (hashlib releases the GIL), so
+    verification overlaps the download; a rewind (the server ignored Range) forces a re-hash at the end."""
 
     def __init__(self, path: Path, algorithm: str):
         self.path, self.algorithm = path, algorithm
@@ -168,9 +171,16 @@ class _HashingFile:
                 while block := f.read(1 << 20):
                     self.hash.update(block)
         self.f = open(path, "ab")
+        self.pending: queue.Queue[bytes | None] = queue.Queue(maxsize=64)  # at most 64 MiB waiting to be hashed
+        self.hasher = threading.Thread(target=self._hash_pending, name="genforge-hub-sha256", daemon=True)
+        self.hasher.start()
+
+    def _hash_pending(self) -> None:
+        while (block := self.pending.get()) is not None:
+            self.hash.update(block)
 
     def write(self, data: bytes) -> int:
-        self.hash.update(data)
+        self.pending.put(data)
         return self.f.write(data)
 
     def tell(self) -> int:
@@ -185,9 +195,11 @@ class _HashingFile:
         return self.f.truncate(*args)
 
     def close(self) -> None:
+        self.pending.put(None)
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
+        self.hasher.join()
 
 
 def _hash_file(path: Path, algorithm: str, git_blob: bool) -> str:
