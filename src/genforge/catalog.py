@@ -448,30 +448,27 @@ class ModelCatalog:
             if row.source not in ("user", "hub"):
                 continue
             present = Path(row.path).exists()
-            alias = HUB_MODELS.get(row.name)
+            hub, package, description = None, None, "user-added file"
+            if row.hub_repo:  # pulled from a hub
+                hub = {"repo": row.hub_repo, "revision": row.hub_revision, "file": row.hub_file}
+                package = f"hf:{row.hub_repo}" + (f"/{row.hub_file}" if row.hub_file else "")
+                alias = HUB_MODELS.get(row.name)
+                description = alias.description if alias else f"pulled from the hub at commit {row.hub_revision}"
             out.append(
                 {
                     "name": row.name,
                     "type": row.content_type,
                     "engine": row.engine,
                     "source": row.source,
-                    "package": f"hf:{row.hub_repo}" + (f"/{row.hub_file}" if row.hub_file else "")
-                    if row.hub_repo
-                    else None,
+                    "package": package,
                     "installed": present,
                     "path": row.path,
                     "size_bytes": row.size_bytes,
                     "sha256": row.sha256,
                     "license": row.license or ("as supplied by the user" if row.source == "user" else "unknown"),
-                    "description": alias.description
-                    if alias
-                    else "user-added file"
-                    if row.source == "user"
-                    else f"pulled from the hub at commit {row.hub_revision}",
+                    "description": description,
                     "prompt_conditioned": True,
-                    "hub": {"repo": row.hub_repo, "revision": row.hub_revision, "file": row.hub_file}
-                    if row.hub_repo
-                    else None,
+                    "hub": hub,
                 }
             )
         for alias in HUB_MODELS.values():  # pullable, not pulled yet
