@@ -156,8 +156,10 @@ def png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def image_data(png: bytes) -> bytes:
-    """The PNG without its text chunks: header and compressed pixels (what the seed alone decides)."""
-    return b"".join(kind + data for kind, data in png_chunks(png) if kind not in (b"tEXt", b"iTXt", b"zTXt"))
+    """The PNG without its text chunks and its C2PA manifest (caBX): header and compressed pixels (what the
+    seed alone decides)."""
+    skip = (b"tEXt", b"iTXt", b"zTXt", b"caBX")
+    return b"".join(kind + data for kind, data in png_chunks(png) if kind not in skip)
 
 
 def stats(png: bytes) -> dict:

@@ -306,3 +306,7 @@ class CallerService:
     def verify(self, content_id: str):
         self._owned(content_id)
         return self.svc.verify(content_id)
+
+    def credentials_of(self, content_id: str):
+        self._owned(content_id)
+        return self.svc.credentials_of(content_id)

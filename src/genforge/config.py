@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # The path prefix a reverse proxy serves genforge under (e.g. "/genforge"); the web UI uses relative URLs.
     root_path: str = ""
 
+    # Content Credentials (C2PA) on every artifact, signed with this instance's key; "off" records that they
+    # were switched off.
+    credentials: Literal["on", "off"] = "on"
+
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.
     engine_log_level: str = "INFO"

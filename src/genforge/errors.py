@@ -153,3 +153,16 @@ class HostNotAllowed(GenforgeError):
 class CrossOrigin(GenforgeError):
     code = "cross_origin"
     hint = "A web page of another origin may not change anything here; allow it with GENFORGE_CORS_ORIGINS."
+
+
+class ModelIntegrityFailed(GenforgeError):
+    code = "model_integrity_failed"
+    hint = "The downloaded file is not the published one; it was deleted. Pull it again."
+
+
+class CredentialsFailed(GenforgeError):
+    code = "credentials_failed"
+    hint = (
+        "Content Credentials could not be signed: check GENFORGE_DATA_DIR/credentials (remove it to make a new "
+        "key), or set GENFORGE_CREDENTIALS=off to generate without them."
+    )

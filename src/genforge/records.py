@@ -18,6 +18,7 @@ class ModelInfo(BaseModel):
     engine: str | None = Field(description="The engine that ran it (llama.cpp, diffusers, portrait, piper, ...).")
     engine_version: str | None = Field(description="The engine's version, as it reported itself.")
     file_sha256: str | None = Field(description="sha256 of the model file (or checkpoint directory) that ran.")
+    source: dict | None = Field(None, description="Pulled from a hub: its repo, revision (commit) and file.")
 
 
 class Artifact(BaseModel):
@@ -64,6 +65,11 @@ class RecordBase(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     queue_position: int | None = Field(None, description="1-based place in the queue while pending.")
     owner: str | None = Field(None, description="The id of the API key that made it (null without keys).")
+    credentials: dict | None = Field(
+        None,
+        description="Content Credentials (C2PA): signed or not, by which certificate; GET .../credentials reads "
+        "them back from the file.",
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -22,6 +22,7 @@ from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY, ContentRecord, Plan, spec_of
+from genforge.credentials import Credentials, describe
 from genforge.db import ContentRow, Database
 from genforge.engines.base import Emit, GenerationJob
 from genforge.errors import (
@@ -87,6 +88,7 @@ def to_record(row: ContentRow, queue_position: int | None = None) -> ContentReco
             engine=row.model_engine,
             engine_version=row.engine_version,
             file_sha256=row.model_sha256,
+            source=(row.extra or {}).get("model_source"),
         ),
         "params": row.params,
         "artifact": artifact,
@@ -97,6 +99,7 @@ def to_record(row: ContentRow, queue_position: int | None = None) -> ContentReco
         "warnings": (row.extra or {}).get("warnings", []),
         "queue_position": queue_position,
         "owner": row.owner,
+        "credentials": (row.extra or {}).get("credentials"),
     }
     return spec.record.model_validate({**common, **spec.record_section(row)})
 
@@ -144,6 +147,9 @@ class ContentService:
         self.runner = runner
         self.closing = False  # set when the runtime shuts down: database retries give up
         self.search = search_for(db.url)
+        self.credentials = Credentials(settings.data_dir, enabled=settings.credentials != "off")
+        if self.credentials.enabled:
+            self.credentials.ensure()  # the instance's CA and signing key, made on first start
 
     # --- the one path ------------------------------------------------------------------------
     def submit(self, req: GenerateRequest, owner: str | None = None) -> Job:
@@ -249,10 +255,19 @@ class ContentService:
         if not isinstance(out.facts, spec.facts):
             raise InvalidOutput(f"the engine reported {type(out.facts).__name__}, not {spec.facts.__name__}")
         spec.validate(out, job)
+        signed = self.credentials.sign(  # Content Credentials; the signed file is what is stored and hashed
+            content_id=content_id,
+            content_type=req.content_type,
+            media_type=out.media_type,
+            data=out.data,
+            model=model,
+            params=plan.params.model_dump(mode="json"),
+        )
+        extra = {**signed.extra, **({"model_source": model.source} if model.source else {})}
         with self.store.guard():  # a delete of a record sharing this file waits until ours is committed
-            stored = self.store.write(out.data, out.media_type)
+            stored = self.store.write(signed.data, out.media_type)
             try:
-                result = self._retry(lambda: self._succeed(accepted, out, stored), SUCCESS_COMMIT_RETRY_S)
+                result = self._retry(lambda: self._succeed(accepted, out, stored, extra), SUCCESS_COMMIT_RETRY_S)
             except Exception:
                 if stored.created:  # ours alone: an identical artifact of another record stays
                     self.store.remove(stored.relpath)
@@ -267,7 +282,7 @@ class ContentService:
         )
         return result
 
-    def _succeed(self, accepted: Accepted, out, stored) -> ContentRecord:
+    def _succeed(self, accepted: Accepted, out, stored, extra: dict) -> ContentRecord:
         """The final commit: the record turns `succeeded` with everything the engine and the store said."""
         with self.db.session() as s:
             row = s.get(ContentRow, accepted.content_id)
@@ -278,7 +293,7 @@ class ContentService:
             if out.usage:
                 row.prompt_tokens = out.usage.get("prompt_tokens")
                 row.completion_tokens = out.usage.get("completion_tokens")
-            row.extra = {**(row.extra or {}), **out.facts.model_dump(mode="json")}
+            row.extra = {**(row.extra or {}), **out.facts.model_dump(mode="json"), **extra}
             row.artifact_sha256, row.artifact_size = stored.sha256, stored.size_bytes
             row.artifact_media_type, row.artifact_path = stored.media_type, stored.relpath
             row.load_ms, row.generate_ms = round(out.load_ms, 2), round(out.generate_ms, 2)
@@ -470,6 +485,26 @@ class ContentService:
                 "recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed", len(stale), len(orphans)
             )
         return {"interrupted": [r.id for r in stale], "orphans_removed": len(orphans)}
+
+    def credentials_of(self, content_id: str) -> dict:
+        """The record's Content Credentials, as read back from its file now (or its text's signed sidecar)."""
+        path, media_type = self.artifact(content_id)
+        with self.db.session() as s:
+            extra = dict(s.get(ContentRow, content_id).extra or {})
+        return describe(self.credentials, content_id, extra, path.read_bytes(), media_type)
+
+    def find_by_content_hash(self, digest: str) -> list[ContentRecord]:
+        """Succeeded records whose decoded pixels or samples hash to `digest` (a file stripped of metadata)."""
+        with self.db.session() as s:
+            rows = s.query(ContentRow).filter(
+                ContentRow.status == "succeeded", ContentRow.extra["content_hash"].as_string() == digest
+            )
+            return [to_record(r) for r in rows]
+
+    def sidecar_of(self, content_id: str) -> dict | None:
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            return (row.extra or {}).get("credentials_sidecar") if row else None
 
     def find_by_file(self, path: Path) -> tuple[str, list[ContentRecord]]:
         """(sha256 of the file, the succeeded records whose artifact it is)."""

@@ -141,6 +141,19 @@ def get_file(content_id: str, svc: ServiceDep):
     return FileResponse(path, media_type=media_type, filename=f"{content_id}{path.suffix}")
 
 
+@router.get(
+    "/{content_id}/credentials",
+    responses={
+        200: {"description": "The manifest read back from the file and checked now, or a text's signed sidecar."},
+        **error_responses(404, 409, *COMMON),
+    },
+)
+def get_credentials(content_id: str, svc: ServiceDep) -> dict:
+    """The Content Credentials: the manifest embedded in an image or speech file (as read back and checked
+    now), or the signed sidecar of a text."""
+    return svc.credentials_of(content_id)
+
+
 @router.delete(
     "/{content_id}",
     status_code=204,

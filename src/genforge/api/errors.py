@@ -50,6 +50,8 @@ STATUS: dict[str, int] = {
     "rate_limited": 429,
     "too_many_jobs": 429,
     "not_supported": 501,
+    "model_integrity_failed": 502,
+    "credentials_failed": 500,
 }
 OPENAI_PREFIX = "/v1/"
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from genforge.errors import InvalidRequest, ModelNotFound
+from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 
 if TYPE_CHECKING:
     from genforge.catalog import ModelCatalog
@@ -75,10 +75,14 @@ def draw_seed(given: int | None) -> int:
 
 
 def check_model(catalog: ModelCatalog, name: str | None, content_type: str) -> None:
+    from genforge.catalog import HUB_MODELS  # the catalog imports this package: imported when used
+
     """A named model must exist (404 listing the installed ones) and make this content type."""
     if name is None:
         return
     made = catalog.type_of(name)
+    if made is None and name in HUB_MODELS:
+        raise ModelUnavailable(f"model {name!r} is not pulled yet", hint=f"Pull it with `genforge models pull {name}`.")
     if made is None:
         installed = catalog.installed_names()
         raise ModelNotFound(

@@ -157,6 +157,8 @@ def plan(req, settings, catalog) -> Plan:
 def validate(out: EngineOutput, job: GenerationJob) -> None:
     from PIL import Image, ImageStat, UnidentifiedImageError
 
+    from genforge.credentials import pixels_digest
+
     if out.media_type != "image/png":
         raise InvalidOutput(f"the image engine returned {out.media_type!r}, not image/png")
     try:
@@ -164,6 +166,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
             im.load()
             fmt, size, text = im.format, im.size, dict(getattr(im, "text", {}))
             stddev = ImageStat.Stat(im if im.mode == "RGB" else im.convert("RGB")).stddev
+            content_hash = pixels_digest(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidOutput(f"the image does not decode: {exc}") from None
     if fmt != "PNG":
@@ -178,6 +181,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
         )
     if text.get(PREFIX + "seed") != str(job.params.seed) or not text.get(PREFIX + "content_id"):
         raise InvalidOutput("the PNG does not carry its provenance (content id, seed)")
+    out.facts.content_hash = content_hash  # of the pixels just decoded: finds the record of a stripped copy
 
 
 def check_model_path(path: Path) -> str:

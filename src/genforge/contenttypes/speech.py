@@ -108,6 +108,7 @@ def speech_duration_range(text: str, speed: float = 1.0, sentence_silence: float
 
 def validate(out: EngineOutput, job: GenerationJob) -> None:
     from genforge.audio import decode_wav, rms
+    from genforge.credentials import samples_digest
 
     if out.media_type != "audio/wav":
         raise InvalidOutput(f"the speech engine returned {out.media_type!r}, not audio/wav")
@@ -131,6 +132,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
     facts = out.facts
     if facts.sample_rate != wav.sample_rate or abs(facts.duration_s - wav.duration_s) > 0.01:
         raise InvalidOutput("the engine's sample rate or duration does not match the audio it returned")
+    facts.content_hash = samples_digest(wav)  # of the samples just decoded: finds a re-written copy
 
 
 def check_model_path(path: Path) -> str:

@@ -72,13 +72,18 @@ class ModelRow(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     content_type: Mapped[str] = mapped_column(String(16))
     engine: Mapped[str] = mapped_column(String(50))
-    source: Mapped[str] = mapped_column(String(16))  # "user" or "package"
+    source: Mapped[str] = mapped_column(String(16))  # "user", "package" or "hub"
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     # mtime when hashed: lets start-up trust the recorded hash until the file changes.
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Pulled from a model hub: where from (the commit the revision resolved to) and the declared licence.
+    hub_repo: Mapped[str | None] = mapped_column(String(200))
+    hub_revision: Mapped[str | None] = mapped_column(String(64))
+    hub_file: Mapped[str | None] = mapped_column(Text)
+    license: Mapped[str | None] = mapped_column(Text)
 
 
 class ApiKeyRow(Base):

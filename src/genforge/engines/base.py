@@ -35,6 +35,7 @@ class ResolvedModel:
     sha256: str
     size_bytes: int
     chat: bool
+    source: dict | None = None  # pulled from a hub: {"repo", "revision", "file"}
 
 
 @dataclass
@@ -101,6 +102,7 @@ class ImageFacts(_Facts):
         None, description="Steps reported as progress (denoising steps, or the portrait's stages)."
     )
     image: ImageDetails | None = None
+    content_hash: str | None = Field(None, description="sha256 of the decoded pixels: finds a stripped copy.")
 
 
 class SpeechFacts(_Facts):
@@ -109,6 +111,7 @@ class SpeechFacts(_Facts):
     voice: str | None = Field(None, description="The voice (and speaker) that spoke.")
     sentences: int | None = Field(None, description="Sentences synthesised (one progress step each).")
     deterministic: bool | None = Field(None, description="Whether the same request gives the same audio bytes.")
+    content_hash: str | None = Field(None, description="sha256 of the decoded samples: finds a stripped copy.")
 
 
 @dataclass
