@@ -337,6 +337,22 @@ def models_add(
     out.print(f"added {info.name}: {info.path} ({info.size_bytes / 1e6:.0f} MB, sha256 {info.sha256[:12]}…)")
 
 
+@models_app.command("add-remote")
+def models_add_remote(
+    name: str,
+    base_url: Annotated[str, typer.Option(help="The server's OpenAI API base, e.g. http://gpu-box:8080/v1.")],
+    model: Annotated[str, typer.Option("--model", help="The model id the server serves (GET BASE_URL/models).")],
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable with the API key (read when a request runs).")
+    ] = None,
+    content_type: Annotated[str, typer.Option("--type", help="Content type the model makes.")] = "text",
+) -> None:
+    """Register a model served by an OpenAI-compatible server (vLLM, llama-server, Ollama, genforge)."""
+    with runtime() as rt:
+        info = rt.catalog.add_remote(name, base_url, model, api_key_env, content_type)
+    out.print(f"added {info.name}: remote model {model!r} at {info.path} (no local file, no sha256)")
+
+
 @models_app.command("verify")
 def models_verify() -> None:
     """Re-hash every installed model file and compare with the catalog."""

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # Jobs that may wait for a free slot; beyond it requests get 429 queue_full.
     queue_size: int = 32
     generation_timeout_s: float = 600.0
+    # Remote models: the longest wait for the remote's next chunk before the request is generation_timeout.
+    remote_timeout_s: float = 120.0
     # On SIGTERM: how long running jobs may go on before they are stopped and recorded `interrupted`.
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 1_000_000

@@ -79,6 +79,7 @@ def to_record(row: ContentRow, queue_position: int | None = None) -> ContentReco
             engine=row.model_engine,
             engine_version=row.engine_version,
             file_sha256=row.model_sha256,
+            **(row.extra or {}).get("model", {}),
         ),
         "params": row.params,
         "artifact": artifact,
@@ -204,7 +205,10 @@ class ContentService:
         with self.db.session() as s:
             row = s.get(ContentRow, content_id)
             row.status, row.started_at = "running", _now()
-            row.model_engine, row.model_sha256 = model.engine, model.sha256
+            row.model_engine, row.model_sha256 = model.engine, model.sha256 or None  # none for remote models
+            if model.engine == "remote":
+                remote = {"remote": True, "base_url": model.path, "served_model": model.served_model}
+                row.extra = {**(row.extra or {}), "model": remote}
         job = GenerationJob(
             content_id,
             req.content_type,
@@ -250,6 +254,8 @@ class ContentService:
                 row.prompt_tokens = out.usage.get("prompt_tokens")
                 row.completion_tokens = out.usage.get("completion_tokens")
             row.extra = {**(row.extra or {}), **out.facts.model_dump(mode="json")}
+            if out.provenance:
+                row.extra["model"] = {**row.extra.get("model", {}), **out.provenance}
             row.artifact_sha256, row.artifact_size = stored.sha256, stored.size_bytes
             row.artifact_media_type, row.artifact_path = stored.media_type, stored.relpath
             row.load_ms, row.generate_ms = round(out.load_ms, 2), round(out.generate_ms, 2)
