@@ -314,6 +314,9 @@ class ContentService:
     ) -> ContentPage:
         with self.db.session() as s:
             q = s.query(ContentRow)
+            # TODO(search, PostgreSQL): `q=` full-text search is SQLite FTS5 on another branch; on PostgreSQL it
+            # belongs here as a generated tsvector column with a GIN index (a migration after 0007), chosen
+            # by `self.db.sqlite`; see docs/deploy.md.
             if content_type:
                 q = q.filter(ContentRow.content_type == content_type)
             if status:

@@ -1,4 +1,5 @@
-"""Engine, sessions and migrations. SQLite runs in WAL mode with foreign keys and a busy timeout."""
+"""Engine, sessions and migrations. SQLite (the default) runs in WAL mode with foreign keys and a busy timeout;
+PostgreSQL (GENFORGE_DATABASE_URL=postgresql+psycopg://...) runs the same migrations and queries."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class Database:
     def __init__(self, url: str):
         self.url = url
-        self.engine = create_engine(url)
-        if url.startswith("sqlite"):
+        self.sqlite = url.startswith("sqlite")
+        # A server database may restart or drop idle connections: check each one as it leaves the pool.
+        self.engine = create_engine(url) if self.sqlite else create_engine(url, pool_pre_ping=True)
+        if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -78,15 +81,15 @@ class Database:
         """Raise DatabaseUnavailable unless a write transaction can begin within a moment (readiness)."""
         try:
             with self.engine.connect() as conn:
-                if self.url.startswith("sqlite"):
+                if self.sqlite:
                     conn.exec_driver_sql("PRAGMA busy_timeout=250")
                     try:
                         conn.exec_driver_sql("BEGIN IMMEDIATE")
                         conn.exec_driver_sql("ROLLBACK")
                     finally:
                         conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                else:
-                    conn.exec_driver_sql("SELECT 1")
+                elif conn.exec_driver_sql("SHOW transaction_read_only").scalar() != "off":  # PostgreSQL
+                    raise DatabaseUnavailable("the database is read-only (a standby, or default_transaction_read_only)")
         except OperationalError as exc:
             raise DatabaseUnavailable(f"the database cannot be written: {exc.orig or exc}") from exc
 
