@@ -89,6 +89,39 @@ def serve(
     )
 
 
+@app.command()
+def worker(
+    types: Annotated[
+        str, typer.Option(help="The content types this worker runs, comma-separated.")
+    ] = "text,image,speech",
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (task threads); default GENFORGE_PARALLEL.")
+    ] = None,
+) -> None:
+    """Run jobs from the broker (GENFORGE_QUEUE=celery): a Celery worker hosting genforge's engine workers."""
+    from genforge.contenttypes import REGISTRY
+    from genforge.jobs_celery import run_worker
+
+    settings = Settings()
+    setup_logging(settings)
+    chosen = [t.strip() for t in types.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in REGISTRY]
+    if unknown or not chosen:
+        err.print(
+            f"[bold red]error[/] unknown content type(s) {', '.join(unknown) or '(none)'}; types: text, image, speech"
+        )
+        raise typer.Exit(2)
+    if settings.queue != "celery" or not settings.broker_url:
+        err.print(
+            "[bold red]error[/] `genforge worker` needs GENFORGE_QUEUE=celery and GENFORGE_BROKER_URL=redis://..."
+        )
+        raise typer.Exit(2)
+    try:
+        run_worker(settings, chosen, concurrency or settings.parallel)
+    except GenforgeError as exc:
+        raise fail(exc) from None
+
+
 def _request(**fields) -> GenerateRequest:
     try:
         return GenerateRequest(**fields)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,17 @@ class Settings(BaseSettings):
     # Speech: the longest text one request may speak (longer is 422; split it into several requests).
     speech_max_chars: int = 5000
 
+    # Scale-out. "embedded": this process queues and runs the jobs. "celery": this process accepts, records and
+    # enqueues on the broker (Redis), and `genforge worker` processes run the jobs.
+    queue: Literal["embedded", "celery"] = "embedded"
+    broker_url: str = ""
+    # Where artifacts are written and served from; every API and worker process must mount the same path in
+    # the celery mode. Empty: DATA_DIR/artifacts.
+    artifact_dir: Path | None = None
+    # A worker holds a lease on each job it runs (renewed every third of this); a running job whose lease lapsed
+    # lost its worker, and runs once more elsewhere or ends `interrupted`.
+    worker_lease_s: float = 15.0
+
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.
     engine_log_level: str = "INFO"
@@ -61,7 +73,7 @@ class Settings(BaseSettings):
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.data_dir / "artifacts"
+        return self.artifact_dir or self.data_dir / "artifacts"
 
     @property
     def models_dir(self) -> Path:

@@ -152,7 +152,7 @@ class ContentService:
         def run(job: Job) -> ContentRecord:
             return self._execute(accepted, job)
 
-        return self.runner.submit(accepted.content_id, run, on_accept=accept)
+        return self.runner.submit(accepted.content_id, run, on_accept=accept, content_type=req.content_type)
 
     def generate(
         self, req: GenerateRequest, emit: Emit | None = None, cancel: threading.Event | None = None

@@ -3,6 +3,7 @@ PostgreSQL (GENFORGE_DATABASE_URL=postgresql+psycopg://...) runs the same migrat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,24 @@ class Database:
             cfg = self._alembic_config()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    def wait_migrated(self, timeout_s: float = 120.0) -> None:
+        """Wait until another process (the API) has brought the schema to the newest revision."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                current, head = self.migration_state()
+                if current == head:
+                    return
+                detail = f"schema {current}, newest {head}"
+            except OperationalError as exc:
+                detail = str(exc.orig or exc)
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(
+                    f"the database is not at the newest schema ({detail})",
+                    hint="Start `genforge serve` (it migrates the database) before the workers.",
+                )
+            time.sleep(0.5)
 
     def migration_state(self) -> tuple[str | None, str | None]:
         """(current revision, newest revision)."""
