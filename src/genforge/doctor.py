@@ -57,6 +57,46 @@ def _data_dir_check(settings: Settings) -> Check:
     return Check("data directory", True, f"{settings.data_dir} is writable")
 
 
+def _distributed_checks(rt: Runtime) -> tuple[list[Check], set[str]]:
+    """The celery mode: the broker, the workers (and the types each serves), the shared artifact directory.
+    Returns the checks and the content types some worker serves (the smoke generations run on those)."""
+    from genforge.jobs_celery import workers_serving
+
+    settings = rt.settings
+    try:
+        rt.runner.redis.ping()
+    except Exception as exc:  # reported as a failed check with its reason
+        hint = "Start Redis and point GENFORGE_BROKER_URL at it (redis://HOST:6379/0)."
+        return [Check("broker", False, f"{settings.broker_url} unreachable: {exc}", hint)], set()
+    checks = [Check("broker", True, f"{settings.broker_url} answers")]
+    workers = workers_serving(rt.runner.app)
+    served = {t for types in workers.values() for t in types}
+    detail = "; ".join(f"{name} serves {', '.join(types)}" for name, types in sorted(workers.items()))
+    checks.append(
+        Check(
+            "workers",
+            bool(workers),
+            detail or "no `genforge worker` answers on the broker",
+            None if workers else "Start `genforge worker` (same GENFORGE_* settings) on the worker machines.",
+        )
+    )
+    shared = settings.artifacts_dir
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=shared) as f:
+            f.write(b"genforge doctor")
+            f.flush()
+            os.fsync(f.fileno())
+        ok, detail = True, f"{shared} is writable"
+    except OSError as exc:
+        ok, detail = False, f"{shared} is not writable: {exc}"
+    if settings.artifact_dir is None:
+        ok, detail = False, f"GENFORGE_ARTIFACT_DIR is not set; artifacts would go to {shared}, which no worker shares"
+    hint = "Mount one directory on every API and worker machine and set GENFORGE_ARTIFACT_DIR to it."
+    checks.append(Check("shared artifact directory", ok, detail, None if ok else hint))
+    return checks, served
+
+
 def _smoke_text(rt: Runtime) -> Check:
     name = rt.settings.default_text_model
     req = GenerateRequest(content_type="text", prompt=SMOKE_PROMPT, params={"max_tokens": 32, "seed": 1})
@@ -180,6 +220,10 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(
             Check("database", current == head, f"{settings.db_url.split('://')[0]} schema {current} (newest {head})")
         )
+        served = set(REGISTRY)
+        if rt.distributed:  # the smoke generations below then run on the workers, through the broker
+            distributed, served = _distributed_checks(rt)
+            checks.extend(distributed)
         installed = [e for e in rt.catalog.entries() if e.installed or e.source == "user"]
         if settings.default_text_model not in {e.name for e in installed}:
             checks.append(
@@ -199,10 +243,16 @@ def run_checks(settings: Settings) -> list[Check]:
                     None if result.ok else f"Reinstall with `genforge models pull {result.name}`.",
                 )
             )
-        if checks[0].ok and settings.default_text_model in {e.name for e in installed if e.installed}:
+        if (
+            checks[0].ok
+            and "text" in served
+            and settings.default_text_model in {e.name for e in installed if e.installed}
+        ):
             checks.append(_smoke_text(rt))
-        checks.extend(_smoke_speech(rt))
-        checks.extend(_smoke_image(rt))
+        if "speech" in served:
+            checks.extend(_smoke_speech(rt))
+        if "image" in served:
+            checks.extend(_smoke_image(rt))
     finally:
         rt.close()
     return checks

@@ -24,6 +24,7 @@ from conftest import (
     cli_env,
     files_under,
     long_generation_body,
+    run_cli,
     sha256,
     text_body,
     wait_for,
@@ -150,6 +151,13 @@ def test_the_client_view_is_the_embedded_one(cluster, postgres):  # noqa: F811
     time.sleep(2)  # a task for the cancelled pending record, if any worker took it, would have run by now
     assert cluster.record(waiting["id"])["status"] == "cancelled"
     assert cluster.record(waiting["id"])["text"] is None
+
+    # doctor checks the broker, the workers and the types they serve, the shared directory, and runs its
+    # smoke generation on a worker
+    doctor = run_cli(cluster.tmp / "doctor", "doctor", env=cluster.env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "ok   broker" in doctor.stdout and doctor.stdout.count("serves text") == 2, doctor.stdout
+    assert "ok   shared artifact directory" in doctor.stdout and "ok   smoke generation (text" in doctor.stdout
 
 
 def test_a_worker_killed_mid_job_costs_one_more_run_never_a_false_success(cluster):
