@@ -104,7 +104,8 @@ _DESCRIPTIONS = {
     429: "The queue is full (`queue_full`); see Retry-After.",
     502: "The engine crashed (`engine_failed`) or produced unusable output (`invalid_output`).",
     503: "The model is not installed or its file is missing or changed (`model_unavailable`); the database is "
-    "locked or cannot be written (`database_unavailable`); the server is stopping (`shutting_down`).",
+    "locked or cannot be written (`database_unavailable`); the job broker cannot be reached (`broker_unavailable`); "
+    "the server is stopping (`shutting_down`).",
     504: "Generation exceeded GENFORGE_GENERATION_TIMEOUT_S (`generation_timeout`).",
     507: "The artifact could not be written (`storage_failed`).",
 }
