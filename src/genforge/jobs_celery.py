@@ -277,8 +277,15 @@ class CeleryJobRunner:
         job.finish(record, None if record is not None else err)
 
     def get(self, content_id: str) -> Job | None:
+        """The job, followed from now on when another API process accepted it (its earlier events are gone)."""
         with self._lock:
-            return self._jobs.get(content_id)
+            job = self._jobs.get(content_id)
+        if job is not None:
+            return job
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            unfinished = row is not None and row.status in ("pending", "running")
+        return self._track(content_id) if unfinished else None
 
     # --- where a job is
     def position(self, content_id: str) -> int | None:

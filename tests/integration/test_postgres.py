@@ -13,8 +13,11 @@ from conftest import (
     CONTENT,
     GENERATE,
     TEXT_SETTINGS,
+    assert_error,
     assert_failed,
     assert_succeeded_text,
+    failed_record,
+    free_port,
     make_settings,
     running_app,
     sha256,
@@ -109,3 +112,19 @@ def test_a_read_only_postgres_is_not_writable(postgres, pg_url):  # noqa: F811
     with pytest.raises(DatabaseUnavailable, match="read-only"):
         db.check_writable()
     db.dispose()
+
+
+def test_a_broker_that_is_down_fails_the_request_visibly(tmp_path, pg_url):  # noqa: F811
+    """The celery mode with no Redis behind GENFORGE_BROKER_URL: 503 broker_unavailable and a failed record,
+    never a record left pending with no task behind it."""
+    pytest.importorskip("celery", reason="celery is not installed (pip install 'genforge[distributed]')")
+    broker = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(tmp_path / "data", database_url=pg_url, queue="celery", broker_url=broker)
+    with running_app(settings) as client:
+        resp = client.post(GENERATE, json=text_body(max_tokens=8))
+        assert_error(resp, 503, "broker_unavailable")
+        assert resp.headers["Retry-After"]
+        rec = failed_record(client, resp, "broker_unavailable")
+        assert rec["status"] == "failed"
+        ready = client.get("/readyz").json()
+        assert not ready["ready"] and "unreachable" in ready["checks"]["workers"]["detail"]
