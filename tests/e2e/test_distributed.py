@@ -20,9 +20,11 @@ from conftest import (
     GENERATE,
     GENFORGE,
     Server,
+    assert_error,
     assert_succeeded_text,
     cli_env,
     files_under,
+    free_port,
     long_generation_body,
     run_cli,
     sha256,
@@ -151,6 +153,15 @@ def test_the_client_view_is_the_embedded_one(cluster, postgres):  # noqa: F811
     time.sleep(2)  # a task for the cancelled pending record, if any worker took it, would have run by now
     assert cluster.record(waiting["id"])["status"] == "cancelled"
     assert cluster.record(waiting["id"])["text"] is None
+
+    # a remote model runs on a worker too; one that is down is 503 model_unavailable through the relay
+    base = f"http://127.0.0.1:{free_port()}/v1"
+    add = run_cli(cluster.tmp / "cli", "models", "add-remote", "far", "--base-url", base, "--model", "x",
+                  env=cluster.env)  # fmt: skip
+    assert add.returncode == 0, add.stdout + add.stderr
+    down = http.post(GENERATE, json={**text_body(max_tokens=8), "model": "far"})
+    err = assert_error(down, 503, "model_unavailable")
+    assert base in err["hint"] and cluster.record(err["content_id"])["model"]["remote"] is True
 
     # doctor checks the broker, the workers and the types they serve, the shared directory, and runs its
     # smoke generation on a worker
