@@ -63,6 +63,14 @@ def test_llama_cpp_server_as_remote(app_with, app_dir, llama_server):  # noqa: F
         body = stream.read().decode()
     assert body.count("event: token") >= 2 and "event: done" in body, body[-500:]
 
+    # an empty answer is 502 invalid_output: greedy decoding, stopped at the first character it would write
+    greedy = {**text_body("Name a river.", max_tokens=12, temperature=0), "model": "far"}
+    first = client.post(GENERATE, json=greedy).json()["text"].strip()[0]
+    greedy["params"]["stop"] = [first]
+    empty = client.post(GENERATE, json=greedy)
+    assert_error(empty, 502, "invalid_output")
+    failed_record(client, empty, "invalid_output")
+
 
 def test_genforge_as_remote_and_killed_mid_stream(app_with, app_dir, tmp_path):
     remote = Server(tmp_path / "remote").start()
