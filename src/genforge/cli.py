@@ -74,6 +74,10 @@ def serve(
     settings = Settings()
     setup_logging(settings)
     try:
+        if settings.queue == "celery":
+            from genforge.jobs_celery import check_settings
+
+            check_settings(settings)
         claim_data_dir(settings)  # held until the process exits
     except GenforgeError as exc:
         raise fail(exc) from None

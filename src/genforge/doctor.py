@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
-from genforge.errors import GenforgeError
+from genforge.errors import GenforgeError, InvalidRequest
 from genforge.runtime import Runtime
 from genforge.schemas import GenerateRequest
 
@@ -90,8 +90,6 @@ def _distributed_checks(rt: Runtime) -> tuple[list[Check], set[str]]:
         ok, detail = True, f"{shared} is writable"
     except OSError as exc:
         ok, detail = False, f"{shared} is not writable: {exc}"
-    if settings.artifact_dir is None:
-        ok, detail = False, f"GENFORGE_ARTIFACT_DIR is not set; artifacts would go to {shared}, which no worker shares"
     hint = "Mount one directory on every API and worker machine and set GENFORGE_ARTIFACT_DIR to it."
     checks.append(Check("shared artifact directory", ok, detail, None if ok else hint))
     return checks, served
@@ -205,6 +203,8 @@ def run_checks(settings: Settings) -> list[Check]:
     checks = [_engine_check(), _data_dir_check(settings)]
     try:
         rt = Runtime.open(settings)
+    except InvalidRequest as exc:  # settings that cannot work (the celery mode without its shared parts)
+        return [*checks, Check("settings", False, exc.message, exc.hint)]
     except Exception as exc:  # reported as a failed check with its reason
         return [
             *checks,

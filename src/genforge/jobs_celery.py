@@ -68,14 +68,29 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def celery_app(settings: Settings):
-    """The Celery application of the API and the workers (same broker, same settings)."""
-    from celery import Celery
-
+def check_settings(settings: Settings) -> None:
+    """The celery mode needs a broker, and a database and an artifact directory that every process shares."""
     if not settings.broker_url:
         raise errors.InvalidRequest(
             "GENFORGE_QUEUE=celery needs GENFORGE_BROKER_URL (e.g. redis://127.0.0.1:6379/0)", field="broker_url"
         )
+    # Each process's own SQLite file or artifact directory would lose the jobs between API and workers.
+    for value, name, example in (
+        (settings.database_url, "GENFORGE_DATABASE_URL", "postgresql+psycopg://user@host/genforge"),
+        (settings.artifact_dir, "GENFORGE_ARTIFACT_DIR", "a directory every API and worker process mounts"),
+    ):
+        if not value:
+            raise errors.InvalidRequest(
+                f"GENFORGE_QUEUE=celery needs {name}, shared by every process ({example})",
+                hint="See docs/deploy.md: the API and worker processes share the database and the artifacts.",
+            )
+
+
+def celery_app(settings: Settings):
+    """The Celery application of the API and the workers (same broker, same settings)."""
+    from celery import Celery
+
+    check_settings(settings)
     app = Celery("genforge", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,

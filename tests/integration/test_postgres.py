@@ -119,7 +119,9 @@ def test_a_broker_that_is_down_fails_the_request_visibly(tmp_path, pg_url):  # n
     never a record left pending with no task behind it."""
     pytest.importorskip("celery", reason="celery is not installed (pip install 'genforge[distributed]')")
     broker = f"redis://127.0.0.1:{free_port()}/0"
-    settings = make_settings(tmp_path / "data", database_url=pg_url, queue="celery", broker_url=broker)
+    settings = make_settings(
+        tmp_path / "data", database_url=pg_url, queue="celery", broker_url=broker, artifact_dir=tmp_path / "shared"
+    )
     with running_app(settings) as client:
         resp = client.post(GENERATE, json=text_body(max_tokens=8))
         assert_error(resp, 503, "broker_unavailable")
