@@ -9,8 +9,10 @@ job; Redis carries the tasks, the engine events (pub/sub, worker -> API) and the
 Delivery is honest:
 - A worker runs a record only if it moves it from `pending` to `running` itself (a compare-and-set in the
   database): a task whose record was cancelled (or already run) is acknowledged and dropped.
-- Tasks are acknowledged late (after the run) and rejected when a worker is lost; the visibility timeout is
-  longer than any job may run, so Redis never hands a live job to a second worker.
+- Tasks are acknowledged late (after the run; `reject_on_worker_lost` is set too, though it acts only in prefork
+  pools, and workers run a threads pool); the visibility timeout is longer than any job may run, so Redis never
+  hands a live job to a second worker. A lost worker's unacknowledged task comes back only after it, which is
+  why the leases below, not Redis, decide when a job lost its worker.
 - A worker holds a lease (a Redis key it renews) on each job it runs. Every worker reaps: a `running` record
   whose lease lapsed lost its worker (killed, machine gone); it goes back to `pending` and is enqueued once
   more, or, on its second loss, ends `failed` with `interrupted`. Never `succeeded` without a file: the
