@@ -344,6 +344,18 @@ class ModelCatalog:
                 field="model",
                 details={"installed": self.installed_names()},
             )
+        if row.engine == "remote":  # a URL: nothing here to hash; the engine finds out whether it answers
+            return ResolvedModel(
+                name,
+                row.content_type,
+                "remote",
+                row.path,
+                "",
+                0,
+                True,
+                served_model=row.served_model,
+                api_key_env=row.api_key_env,
+            )
         path = Path(row.path)
         if not path.exists():
             raise ModelUnavailable(
@@ -387,8 +399,10 @@ class ModelCatalog:
         for row in rows.values():
             if row.source not in ("user", "hub"):
                 continue
-            present = Path(row.path).exists()
-            hub, package, description = None, None, "user-added file"
+            remote = row.engine == "remote"
+            present = remote or Path(row.path).exists()  # a remote's availability shows on its first request
+            hub, package = None, None
+            description = f"remote model {row.served_model!r} at {row.path}" if remote else "user-added file"
             if row.hub_repo:  # pulled from a hub
                 hub = {"repo": row.hub_repo, "revision": row.hub_revision, "file": row.hub_file}
                 package = f"hf:{row.hub_repo}" + (f"/{row.hub_file}" if row.hub_file else "")
@@ -404,8 +418,15 @@ class ModelCatalog:
                     installed=present,
                     path=row.path,
                     size_bytes=row.size_bytes,
-                    sha256=row.sha256,
-                    license=row.license or ("as supplied by the user" if row.source == "user" else "unknown"),
+                    sha256=row.sha256 or None,
+                    license=row.license
+                    or (
+                        "as served by the remote"
+                        if remote
+                        else "as supplied by the user"
+                        if row.source == "user"
+                        else "unknown"
+                    ),
                     description=description,
                     prompt_conditioned=True,
                     by_name_only=False,
@@ -456,6 +477,37 @@ class ModelCatalog:
         return AddedModel(
             name=name, path=str(path), sha256=digest, size_bytes=path_stat(path)[0], type=content_type, engine=engine
         )
+
+    def add_remote(
+        self, name: str, base_url: str, served_model: str, api_key_env: str | None = None, content_type: str = "text"
+    ) -> AddedModel:
+        """Register a model served by an OpenAI-compatible server at `base_url` (e.g. http://host:8080/v1).
+        Nothing is contacted here: a remote that is down is model_unavailable on the request that needs it."""
+        if content_type != "text":
+            raise InvalidRequest("remote models make text only (OpenAI chat completions)", field="type")
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidRequest(f"--base-url must be an http(s) URL, not {base_url!r}", field="base_url")
+        if name in PACKAGED:
+            raise InvalidRequest(f"{name!r} is the name of a packaged model; choose another name", field="name")
+        base_url = base_url.rstrip("/")
+        with self.db.session() as s:
+            s.query(ModelRow).filter(ModelRow.name == name).delete()
+            s.add(
+                ModelRow(
+                    name=name,
+                    content_type=content_type,
+                    engine="remote",
+                    source="user",
+                    path=base_url,
+                    sha256="",
+                    size_bytes=0,
+                    mtime_ns=0,
+                    served_model=served_model,
+                    api_key_env=api_key_env,
+                    added_at=_now(),
+                )
+            )
+        return AddedModel(name=name, path=base_url, sha256="", size_bytes=0, type=content_type, engine="remote")
 
     def remove(self, name: str) -> None:
         with self.db.session() as s:
@@ -543,6 +595,9 @@ class ModelCatalog:
         with self.db.session() as s:
             rows = {r.name: r for r in s.query(ModelRow)}
         for entry in self.entries():
+            if entry.engine == "remote":
+                results.append(ModelCheck(name=entry.name, ok=True, detail=f"remote at {entry.path}: no file to hash"))
+                continue
             if not entry.installed:
                 if entry.source == "user":
                     results.append(ModelCheck(name=entry.name, ok=False, detail=f"file missing: {entry.path}"))

@@ -87,6 +87,10 @@ def serve(
         err.print(f"[bold red]error[/] {escape(refusal)}")
         raise typer.Exit(2)
     try:
+        if settings.queue == "celery":
+            from genforge.jobs_celery import check_settings
+
+            check_settings(settings)
         claim_data_dir(settings)  # held until the process exits
     except GenforgeError as exc:
         raise fail(exc) from None
@@ -101,6 +105,39 @@ def serve(
         **uvicorn_options(settings),
         root_path=settings.root_path,  # behind a reverse proxy that strips this prefix
     )
+
+
+@app.command()
+def worker(
+    types: Annotated[
+        str, typer.Option(help="The content types this worker runs, comma-separated.")
+    ] = "text,image,speech",
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (task threads); default GENFORGE_PARALLEL.")
+    ] = None,
+) -> None:
+    """Run jobs from the broker (GENFORGE_QUEUE=celery): a Celery worker hosting genforge's engine workers."""
+    from genforge.contenttypes import REGISTRY
+    from genforge.jobs_celery import run_worker
+
+    settings = Settings()
+    setup_logging(settings)
+    chosen = [t.strip() for t in types.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in REGISTRY]
+    if unknown or not chosen:
+        err.print(
+            f"[bold red]error[/] unknown content type(s) {', '.join(unknown) or '(none)'}; types: text, image, speech"
+        )
+        raise typer.Exit(2)
+    if settings.queue != "celery" or not settings.broker_url:
+        err.print(
+            "[bold red]error[/] `genforge worker` needs GENFORGE_QUEUE=celery and GENFORGE_BROKER_URL=redis://..."
+        )
+        raise typer.Exit(2)
+    try:
+        run_worker(settings, chosen, concurrency or settings.parallel)
+    except GenforgeError as exc:
+        raise fail(exc) from None
 
 
 def _request(**fields) -> GenerateRequest:
@@ -405,6 +442,22 @@ def models_add(
     with runtime() as rt:
         info = rt.catalog.add(path, name, content_type)
     out.print(f"added {info.name}: {info.path} ({info.size_bytes / 1e6:.0f} MB, sha256 {info.sha256[:12]}…)")
+
+
+@models_app.command("add-remote")
+def models_add_remote(
+    name: str,
+    base_url: Annotated[str, typer.Option(help="The server's OpenAI API base, e.g. http://gpu-box:8080/v1.")],
+    model: Annotated[str, typer.Option("--model", help="The model id the server serves (GET BASE_URL/models).")],
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable with the API key (read when a request runs).")
+    ] = None,
+    content_type: Annotated[str, typer.Option("--type", help="Content type the model makes.")] = "text",
+) -> None:
+    """Register a model served by an OpenAI-compatible server (vLLM, llama-server, Ollama, genforge)."""
+    with runtime() as rt:
+        info = rt.catalog.add_remote(name, base_url, model, api_key_env, content_type)
+    out.print(f"added {info.name}: remote model {model!r} at {info.path} (no local file, no sha256)")
 
 
 @models_app.command("verify")

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     # Jobs that may wait for a free slot; beyond it requests get 429 queue_full.
     queue_size: int = 32
     generation_timeout_s: float = 600.0
+    # Remote models: the longest wait for the remote's next chunk before the request is generation_timeout.
+    remote_timeout_s: float = 120.0
     # On SIGTERM: how long running jobs may go on before they are stopped and recorded `interrupted`.
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 1_000_000
@@ -78,6 +80,17 @@ class Settings(BaseSettings):
     # were switched off.
     credentials: Literal["on", "off"] = "on"
 
+    # Scale-out. "embedded": this process queues and runs the jobs. "celery": this process accepts, records and
+    # enqueues on the broker (Redis), and `genforge worker` processes run the jobs.
+    queue: Literal["embedded", "celery"] = "embedded"
+    broker_url: str = ""
+    # Where artifacts are written and served from; every API and worker process must mount the same path in
+    # the celery mode. Empty: DATA_DIR/artifacts.
+    artifact_dir: Path | None = None
+    # A worker holds a lease on each job it runs (renewed every third of this); a running job whose lease lapsed
+    # lost its worker, and runs once more elsewhere or ends `interrupted`.
+    worker_lease_s: float = 15.0
+
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.
     engine_log_level: str = "INFO"
@@ -88,7 +101,7 @@ class Settings(BaseSettings):
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.data_dir / "artifacts"
+        return self.artifact_dir or self.data_dir / "artifacts"
 
     @property
     def models_dir(self) -> Path:

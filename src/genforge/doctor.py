@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
-from genforge.errors import GenforgeError
+from genforge.errors import GenforgeError, InvalidRequest
 from genforge.runtime import Runtime
 from genforge.schemas import GenerateRequest
 
@@ -55,6 +55,44 @@ def _data_dir_check(settings: Settings) -> Check:
             "Point GENFORGE_DATA_DIR at a writable directory.",
         )
     return Check("data directory", True, f"{settings.data_dir} is writable")
+
+
+def _distributed_checks(rt: Runtime) -> tuple[list[Check], set[str]]:
+    """The celery mode: the broker, the workers (and the types each serves), the shared artifact directory.
+    Returns the checks and the content types some worker serves (the smoke generations run on those)."""
+    from genforge.jobs_celery import workers_serving
+
+    settings = rt.settings
+    try:
+        rt.runner.redis.ping()
+    except Exception as exc:  # reported as a failed check with its reason
+        hint = "Start Redis and point GENFORGE_BROKER_URL at it (redis://HOST:6379/0)."
+        return [Check("broker", False, f"{settings.broker_url} unreachable: {exc}", hint)], set()
+    checks = [Check("broker", True, f"{settings.broker_url} answers")]
+    workers = workers_serving(rt.runner.app)
+    served = {t for types in workers.values() for t in types}
+    detail = "; ".join(f"{name} serves {', '.join(types)}" for name, types in sorted(workers.items()))
+    checks.append(
+        Check(
+            "workers",
+            bool(workers),
+            detail or "no `genforge worker` answers on the broker",
+            None if workers else "Start `genforge worker` (same GENFORGE_* settings) on the worker machines.",
+        )
+    )
+    shared = settings.artifacts_dir
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=shared) as f:
+            f.write(b"genforge doctor")
+            f.flush()
+            os.fsync(f.fileno())
+        ok, detail = True, f"{shared} is writable"
+    except OSError as exc:
+        ok, detail = False, f"{shared} is not writable: {exc}"
+    hint = "Mount one directory on every API and worker machine and set GENFORGE_ARTIFACT_DIR to it."
+    checks.append(Check("shared artifact directory", ok, detail, None if ok else hint))
+    return checks, served
 
 
 def _smoke_text(rt: Runtime) -> Check:
@@ -165,6 +203,8 @@ def run_checks(settings: Settings) -> list[Check]:
     checks = [_engine_check(), _data_dir_check(settings)]
     try:
         rt = Runtime.open(settings)
+    except InvalidRequest as exc:  # settings that cannot work (the celery mode without its shared parts)
+        return [*checks, Check("settings", False, exc.message, exc.hint)]
     except Exception as exc:  # reported as a failed check with its reason
         return [
             *checks,
@@ -180,6 +220,10 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(
             Check("database", current == head, f"{settings.db_url.split('://')[0]} schema {current} (newest {head})")
         )
+        served = set(REGISTRY)
+        if rt.distributed:  # the smoke generations below then run on the workers, through the broker
+            distributed, served = _distributed_checks(rt)
+            checks.extend(distributed)
         installed = [e for e in rt.catalog.entries() if e.installed or e.source == "user"]
         if settings.default_text_model not in {e.name for e in installed}:
             checks.append(
@@ -199,10 +243,16 @@ def run_checks(settings: Settings) -> list[Check]:
                     None if result.ok else f"Reinstall with `genforge models pull {result.name}`.",
                 )
             )
-        if checks[0].ok and settings.default_text_model in {e.name for e in installed if e.installed}:
+        if (
+            checks[0].ok
+            and "text" in served
+            and settings.default_text_model in {e.name for e in installed if e.installed}
+        ):
             checks.append(_smoke_text(rt))
-        checks.extend(_smoke_speech(rt))
-        checks.extend(_smoke_image(rt))
+        if "speech" in served:
+            checks.extend(_smoke_speech(rt))
+        if "image" in served:
+            checks.extend(_smoke_image(rt))
     finally:
         rt.close()
     return checks

@@ -110,6 +110,11 @@ class DatabaseUnavailable(GenforgeError):
     hint = "The database is locked or cannot be written (another process, a full disk); retry after Retry-After."
 
 
+class BrokerUnavailable(GenforgeError):
+    code = "broker_unavailable"
+    hint = "The job broker (Redis, GENFORGE_BROKER_URL) cannot be reached; start it and retry after Retry-After."
+
+
 class ArtifactLost(NotFound):
     code = "artifact_lost"
     hint = "The file was removed outside genforge (the record keeps its sha256); `genforge audit --mark` marks it."

@@ -85,8 +85,15 @@ class JobRunner:
         for t in self._threads:
             t.start()
 
-    def submit(self, content_id: str, run: Callable[[Job], Any], on_accept: Callable[[], None] | None = None) -> Job:
+    def submit(
+        self,
+        content_id: str,
+        run: Callable[[Job], Any],
+        on_accept: Callable[[], None] | None = None,
+        content_type: str | None = None,
+    ) -> Job:
         """Queue a job, or raise QueueFull. `on_accept` runs (e.g. writes the record) only if it has a place.
+        (`content_type` routes a job in the distributed runner, jobs_celery.py; all run here.)
 
         The place is reserved under the lock and `on_accept` runs outside it: a slow database write must not
         hold up other submits, cancels, or the job threads taking work."""

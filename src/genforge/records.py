@@ -17,7 +17,13 @@ class ModelInfo(BaseModel):
     name: str | None = Field(description="The model that was asked for (and ran, when it ran).")
     engine: str | None = Field(description="The engine that ran it (llama.cpp, diffusers, portrait, piper, ...).")
     engine_version: str | None = Field(description="The engine's version, as it reported itself.")
-    file_sha256: str | None = Field(description="sha256 of the model file (or checkpoint directory) that ran.")
+    file_sha256: str | None = Field(
+        description="sha256 of the model file (or checkpoint directory) that ran; null for a remote model."
+    )
+    remote: bool = Field(False, description="Served by a remote OpenAI-compatible server (no local file).")
+    base_url: str | None = Field(None, description="Remote models: the server's base URL.")
+    served_model: str | None = Field(None, description="Remote models: the model id the server was asked for.")
+    system_fingerprint: str | None = Field(None, description="Remote models: the server's system_fingerprint.")
     source: dict | None = Field(None, description="Pulled from a hub: its repo, revision (commit) and file.")
 
 

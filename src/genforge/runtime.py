@@ -74,26 +74,44 @@ class Runtime:
     closed: bool = False
     _preloading: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def distributed(self) -> bool:
+        """The celery mode's API or CLI: jobs run in `genforge worker` processes, no model loads here."""
+        return not isinstance(self.runner, JobRunner)
+
     @classmethod
-    def open(cls, settings: Settings, recover: bool = False) -> Runtime:
+    def open(cls, settings: Settings, recover: bool = False, worker: bool = False) -> Runtime:
         """Build the parts. Only the server recovers after a crash (`recover=True`): a CLI command run
-        beside a live server must not mistake its running generations for interrupted ones."""
+        beside a live server must not mistake its running generations for interrupted ones. In the celery
+        mode jobs live on in the workers, whose leases tell lost ones (jobs_celery.py): nothing to recover.
+        `worker=True` is a `genforge worker` process: it runs the jobs it takes, and leaves the schema to the
+        API processes (it waits for their migration)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_url)
-        db.migrate()
+        if worker:
+            db.wait_migrated()
+        else:
+            db.migrate()
         catalog = ModelCatalog(settings, db)
         store = ArtifactStore(settings.artifacts_dir)
-        worker = EnginePool(settings)
-        runner = JobRunner(workers=settings.parallel, queue_size=settings.queue_size)
-        service = ContentService(settings, db, catalog, store, worker, runner)
-        if recover:
+        engines = EnginePool(settings)
+        if settings.queue == "celery" and not worker:
+            from genforge.jobs_celery import CeleryJobRunner
+
+            runner = CeleryJobRunner(settings, db)
+        else:  # a worker's jobs come from Celery tasks, run by the task threads: no job threads here
+            runner = JobRunner(workers=0 if worker else settings.parallel, queue_size=settings.queue_size)
+        service = ContentService(settings, db, catalog, store, engines, runner)
+        if settings.queue == "celery" and not worker:
+            runner.records = service.get
+        elif recover:
             service.recover()
         metrics.track_runner(runner)
-        return cls(settings, db, catalog, store, worker, runner, service)
+        return cls(settings, db, catalog, store, engines, runner, service)
 
     def preload(self) -> None:
         """Load the default text model into the engine worker so the first request is warm."""
-        if not self._preloading.acquire(blocking=False):
+        if self.distributed or not self._preloading.acquire(blocking=False):
             return
         try:
             model = self.catalog.resolve(self.settings.default_text_model)
@@ -121,6 +139,16 @@ class Runtime:
             checks["database"] = {"ok": False, "detail": exc.message}
         except Exception as exc:  # reported as not ready, with the reason
             checks["database"] = {"ok": False, "detail": f"unreachable: {exc}"}
+        if self.distributed:  # the models are the workers' business: are there workers, and what do they serve?
+            ok, detail = self.runner.check()
+            checks["workers"] = {"ok": ok, "detail": detail}
+            checks["queue"] = {
+                "ok": True,
+                "depth": self.runner.depth,
+                "running": self.runner.running,
+                "detail": f"{self.runner.depth} waiting, {self.runner.running} running (all workers)",
+            }
+            return Readiness(ready=all(c["ok"] for c in checks.values()), checks=checks)
         try:
             model = self.catalog.resolve(self.settings.default_text_model)
             if not self.preloaded and self.load_error is None and self.settings.preload and not self.closed:

@@ -89,6 +89,7 @@ def to_record(row: ContentRow, queue_position: int | None = None) -> ContentReco
             engine_version=row.engine_version,
             file_sha256=row.model_sha256,
             source=(row.extra or {}).get("model_source"),
+            **(row.extra or {}).get("model", {}),
         ),
         "params": row.params,
         "artifact": artifact,
@@ -182,7 +183,7 @@ class ContentService:
         def run(job: Job) -> ContentRecord:
             return self._execute(accepted, job)
 
-        return self.runner.submit(accepted.content_id, run, on_accept=accept)
+        return self.runner.submit(accepted.content_id, run, on_accept=accept, content_type=req.content_type)
 
     def generate(
         self,
@@ -239,7 +240,10 @@ class ContentService:
         with self.db.session() as s:
             row = s.get(ContentRow, content_id)
             row.status, row.started_at = "running", _now()
-            row.model_engine, row.model_sha256 = model.engine, model.sha256
+            row.model_engine, row.model_sha256 = model.engine, model.sha256 or None  # none for remote models
+            if model.engine == "remote":
+                remote = {"remote": True, "base_url": model.path, "served_model": model.served_model}
+                row.extra = {**(row.extra or {}), "model": remote}
         job = GenerationJob(
             content_id,
             req.content_type,
@@ -294,6 +298,8 @@ class ContentService:
                 row.prompt_tokens = out.usage.get("prompt_tokens")
                 row.completion_tokens = out.usage.get("completion_tokens")
             row.extra = {**(row.extra or {}), **out.facts.model_dump(mode="json"), **extra}
+            if out.provenance:
+                row.extra["model"] = {**row.extra.get("model", {}), **out.provenance}
             row.artifact_sha256, row.artifact_size = stored.sha256, stored.size_bytes
             row.artifact_media_type, row.artifact_path = stored.media_type, stored.relpath
             row.load_ms, row.generate_ms = round(out.load_ms, 2), round(out.generate_ms, 2)
@@ -376,6 +382,8 @@ class ContentService:
         if created_before:
             conds.append(ContentRow.created_at < _db_time(created_before))
         with self.db.session() as s:
+            # PostgreSQL: `q=` answers not_supported until its search (a generated tsvector column with a GIN index,
+            # behind search.FullTextSearch) is built; see docs/deploy.md.
             found = self.search.page(s, q, conds, limit, offset) if q else None
             if found is None:
                 total = s.scalar(select(func.count()).select_from(ContentRow).where(*conds))

@@ -9,6 +9,7 @@ one job at a time.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -166,7 +167,7 @@ class _Child:
         if isinstance(engine, BatchingEngine):
             self.send(engine.submit(job))
             return
-        with self.cores:  # one job at a time, events straight through
+        with self.cores if engine.uses_cores else contextlib.nullcontext():  # one job at a time
             out = engine.generate(
                 job,
                 lambda ev: self.send([Update(job.content_id, ev)]),
@@ -401,6 +402,10 @@ class EngineWorker:
             self._reap_locked()
 
 
+def _worker_key(model: ResolvedModel) -> str:
+    return "remote" if model.engine == "remote" else model.content_type
+
+
 class EnginePool:
     """One supervised engine worker per content type, so a slow image never stalls streaming text."""
 
@@ -411,6 +416,8 @@ class EnginePool:
         self._stopped = False
 
     def worker(self, content_type: str) -> EngineWorker:
+        """The worker of a content type; remote models get one of their own (key "remote"), so that a
+        relayed stream never holds up the local engine of the same type."""
         with self._lock:
             if self._stopped:  # a late caller (a preload racing shutdown) must not start an engine process
                 raise errors.EngineFailed("the engine workers have been stopped (the server is shutting down)")
@@ -429,7 +436,7 @@ class EnginePool:
         return sum(w.restarts for w in self._workers.values())
 
     def load(self, model: ResolvedModel, timeout: float = 300) -> float:
-        return self.worker(model.content_type).load(model, timeout)
+        return self.worker(_worker_key(model)).load(model, timeout)
 
     def generate(
         self,
@@ -438,7 +445,7 @@ class EnginePool:
         timeout: float | None = None,
         cancel: threading.Event | None = None,
     ) -> EngineOutput:
-        return self.worker(job.content_type).generate(job, emit=emit, timeout=timeout, cancel=cancel)
+        return self.worker(_worker_key(job.model)).generate(job, emit=emit, timeout=timeout, cancel=cancel)
 
     def stop(self) -> None:
         with self._lock:

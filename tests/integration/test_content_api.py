@@ -16,14 +16,16 @@ from conftest import (
     runtime_of,
     text_body,
 )
+from scale_fixtures import postgres  # noqa: F401 (a fixture)
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """An app of its own, so that listing sees exactly the records made here."""
-    settings = make_settings(tmp_path_factory.mktemp("content-api"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def app(request, tmp_path_factory):
+    """An app of its own, so that listing sees exactly the records made here: on SQLite, then on PostgreSQL."""
+    url = request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else ""
+    settings = make_settings(tmp_path_factory.mktemp("content-api"), database_url=url)
     with running_app(settings) as client:
         yield client, settings
 

@@ -49,6 +49,11 @@ def test_generation_through_http_is_real_text_with_a_complete_record(answer):
         "engine": "llama.cpp",
         "engine_version": llama_cpp.__version__,
         "file_sha256": PACKAGED[DEFAULT_MODEL].sha256,
+        "remote": False,  # a local file: no remote server, base URL or fingerprint
+        "base_url": None,
+        "served_model": None,
+        "system_fingerprint": None,
+        "source": None,  # a packaged model, not pulled from a hub
     }
     assert answer["params"]["seed"] == 7 and answer["params"]["max_tokens"] == 12
     assert answer["params"]["temperature"] == 0

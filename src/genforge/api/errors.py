@@ -37,6 +37,7 @@ STATUS: dict[str, int] = {
     "engine_failed": 502,
     "invalid_output": 502,
     "model_unavailable": 503,
+    "broker_unavailable": 503,
     "generation_timeout": 504,
     "storage_failed": 507,
     "shutting_down": 503,
@@ -114,7 +115,8 @@ _DESCRIPTIONS = {
     429: "The queue is full (`queue_full`); see Retry-After.",
     502: "The engine crashed (`engine_failed`) or produced unusable output (`invalid_output`).",
     503: "The model is not installed or its file is missing or changed (`model_unavailable`); the database is "
-    "locked or cannot be written (`database_unavailable`); the server is stopping (`shutting_down`).",
+    "locked or cannot be written (`database_unavailable`); the job broker cannot be reached (`broker_unavailable`); "
+    "the server is stopping (`shutting_down`).",
     504: "Generation exceeded GENFORGE_GENERATION_TIMEOUT_S (`generation_timeout`).",
     507: "The artifact could not be written (`storage_failed`).",
 }

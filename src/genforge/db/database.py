@@ -1,7 +1,9 @@
-"""Engine, sessions and migrations. SQLite runs in WAL mode with foreign keys and a busy timeout."""
+"""Engine, sessions and migrations. SQLite (the default) runs in WAL mode with foreign keys and a busy timeout;
+PostgreSQL (GENFORGE_DATABASE_URL=postgresql+psycopg://...) runs the same migrations and queries."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +34,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class Database:
     def __init__(self, url: str):
         self.url = url
-        self.engine = create_engine(url)
-        if url.startswith("sqlite"):
+        self.sqlite = url.startswith("sqlite")
+        # A server database may restart or drop idle connections: check each one as it leaves the pool.
+        self.engine = create_engine(url) if self.sqlite else create_engine(url, pool_pre_ping=True)
+        if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -49,6 +53,24 @@ class Database:
             cfg = self._alembic_config()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    def wait_migrated(self, timeout_s: float = 120.0) -> None:
+        """Wait until another process (the API) has brought the schema to the newest revision."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                current, head = self.migration_state()
+                if current == head:
+                    return
+                detail = f"schema {current}, newest {head}"
+            except OperationalError as exc:
+                detail = str(exc.orig or exc)
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(
+                    f"the database is not at the newest schema ({detail})",
+                    hint="Start `genforge serve` (it migrates the database) before the workers.",
+                )
+            time.sleep(0.5)
 
     def migration_state(self) -> tuple[str | None, str | None]:
         """(current revision, newest revision)."""
@@ -78,15 +100,15 @@ class Database:
         """Raise DatabaseUnavailable unless a write transaction can begin within a moment (readiness)."""
         try:
             with self.engine.connect() as conn:
-                if self.url.startswith("sqlite"):
+                if self.sqlite:
                     conn.exec_driver_sql("PRAGMA busy_timeout=250")
                     try:
                         conn.exec_driver_sql("BEGIN IMMEDIATE")
                         conn.exec_driver_sql("ROLLBACK")
                     finally:
                         conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                else:
-                    conn.exec_driver_sql("SELECT 1")
+                elif conn.exec_driver_sql("SHOW transaction_read_only").scalar() != "off":  # PostgreSQL
+                    raise DatabaseUnavailable("the database is read-only (a standby, or default_transaction_read_only)")
         except OperationalError as exc:
             raise DatabaseUnavailable(f"the database cannot be written: {exc.orig or exc}") from exc
 

@@ -78,6 +78,10 @@ class ModelRow(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     # mtime when hashed: lets start-up trust the recorded hash until the file changes.
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    # Remote models (engine "remote", `path` their base URL, no sha256): the served model id and the
+    # environment variable that holds the API key.
+    served_model: Mapped[str | None] = mapped_column(String(200))
+    api_key_env: Mapped[str | None] = mapped_column(String(100))
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Pulled from a model hub: where from (the commit the revision resolved to) and the declared licence.
     hub_repo: Mapped[str | None] = mapped_column(String(200))

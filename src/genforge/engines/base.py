@@ -36,6 +36,9 @@ class ResolvedModel:
     size_bytes: int
     chat: bool
     source: dict | None = None  # pulled from a hub: {"repo", "revision", "file"}
+    # A remote model (engine "remote"): `path` is the server's base URL, `sha256` empty (no file here).
+    served_model: str | None = None  # the model id the remote serves
+    api_key_env: str | None = None  # the environment variable holding its API key, if it needs one
 
 
 @dataclass
@@ -125,12 +128,16 @@ class EngineOutput:
     text: str | None = None
     finish_reason: str | None = None
     usage: dict | None = None
+    # What the engine learned about the model while running (a remote's base URL, served id, fingerprint):
+    # extra fields of the record's `model` (records.ModelInfo).
+    provenance: dict | None = None
 
 
 # --- the two engine protocols --------------------------------------------------------------------------
 class OneAtATimeEngine(ABC):
     kind: ClassVar[str]
     content_types: ClassVar[tuple[str, ...]]
+    uses_cores: ClassVar[bool] = True  # False for engines that compute elsewhere (a remote server)
 
     @abstractmethod
     def load(self, model: ResolvedModel) -> float:

@@ -1,0 +1,207 @@
+"""A model served by an OpenAI-compatible server (vLLM, llama-server, Ollama, another genforge).
+
+Runs in the engine worker like every engine: one request at a time per remote engine worker, streamed with
+httpx from /v1/chat/completions (or /v1/completions for raw continuation) with `stream: true`. Tokens pass
+through as they arrive; a cancel closes the upstream request between chunks. What genforge cannot know (the
+remote's weights) it does not claim: the record says `model.remote: true` with the base URL, the served model
+id, the remote's `system_fingerprint` and its usage, and no file sha256.
+
+Remote failures map to the one error table: connection refused or DNS failure -> model_unavailable, a remote
+5xx or a broken stream -> engine_failed, a timeout -> generation_timeout, an empty answer -> invalid_output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+import httpx
+
+from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, TextFacts
+from genforge.errors import Cancelled, EngineFailed, GenerationTimeout, ModelUnavailable
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class RemoteEngine(OneAtATimeEngine):
+    kind = "remote"
+    content_types = ("text",)
+    uses_cores = False  # the remote computes; this process only relays its stream
+
+    def __init__(self, read_timeout_s: float):
+        self.timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=read_timeout_s)
+
+    def load(self, model: ResolvedModel) -> float:
+        return 0.0  # nothing to load here; the first request finds out whether the remote answers
+
+    @staticmethod
+    def _headers(model: ResolvedModel) -> dict:
+        if not model.api_key_env:
+            return {}
+        key = os.environ.get(model.api_key_env)
+        if not key:
+            raise ModelUnavailable(
+                f"model {model.name!r} needs an API key in ${model.api_key_env}, which is not set",
+                hint=f"Export {model.api_key_env} in the environment of the process that runs the engine "
+                "(`genforge serve`, or `genforge worker` in the distributed mode).",
+            )
+        return {"Authorization": f"Bearer {key}"}
+
+    @staticmethod
+    def _body(job: GenerationJob, model: ResolvedModel) -> tuple[str, dict]:
+        p = job.params
+        body = {
+            "model": model.served_model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "seed": p.seed,
+        }
+        if p.stop:
+            body["stop"] = p.stop
+        if job.raw:
+            return "/completions", {**body, "prompt": (job.system + "\n\n" if job.system else "") + job.prompt}
+        messages = job.messages or [
+            *([{"role": "system", "content": job.system}] if job.system else []),
+            {"role": "user", "content": job.prompt},
+        ]
+        return "/chat/completions", {**body, "messages": messages}
+
+    def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
+        model = job.model
+        base = model.path.rstrip("/")
+        path, body = self._body(job, model)
+        url = base + path
+        start = time.perf_counter()
+        state = _Stream()
+        try:
+            with httpx.Client(timeout=self.timeout) as client:
+                with client.stream("POST", url, json=body, headers=self._headers(model)) as resp:
+                    if resp.status_code >= 400:
+                        raise _http_error(model, resp)
+                    server = resp.headers.get("server")
+                    for line in resp.iter_lines():
+                        if cancelled():  # leaving the `with` closes the upstream request
+                            raise Cancelled("cancelled during generation")
+                        if state.feed(line, emit, start):
+                            break
+        except httpx.ConnectError as exc:
+            raise ModelUnavailable(
+                f"the remote server of model {model.name!r} at {base} cannot be reached: {exc}",
+                hint=f"Start the server at {base}, or register the model again with the right --base-url "
+                f"(`genforge models add-remote {model.name} --base-url URL --model ID`).",
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise GenerationTimeout(
+                f"the remote server of model {model.name!r} at {base} did not answer in time ({type(exc).__name__})",
+                hint="The remote is overloaded or stuck; try again, or raise GENFORGE_REMOTE_TIMEOUT_S.",
+            ) from None
+        except httpx.HTTPError as exc:  # the connection broke mid-stream, or the remote spoke no HTTP
+            raise EngineFailed(
+                f"the stream from the remote server of model {model.name!r} broke: {type(exc).__name__}: {exc}",
+                hint="The remote server failed during generation; check it and try again.",
+            ) from None
+        if state.finish is None:
+            raise EngineFailed(
+                f"the stream from the remote server of model {model.name!r} ended before the answer was complete",
+                hint="The remote server stopped during generation; check it and try again.",
+            )
+        generate_ms = (time.perf_counter() - start) * 1000
+        warnings = []
+        completion = state.usage.get("completion_tokens")
+        if completion is None:  # a remote that reports no usage: count what came, and say so
+            completion = state.chunks
+            warnings.append("the remote reported no token usage; completion_tokens counts the streamed chunks")
+        return EngineOutput(
+            data=state.text.encode("utf-8"),
+            media_type="text/plain",
+            engine_version=(state.fingerprint or server or "unreported")[:50],
+            load_ms=0.0,
+            generate_ms=generate_ms,
+            facts=TextFacts(ttft_ms=state.ttft_ms, warnings=warnings),
+            text=state.text,
+            finish_reason=state.finish,
+            usage={"prompt_tokens": state.usage.get("prompt_tokens"), "completion_tokens": completion},
+            provenance={
+                "remote": True,
+                "base_url": base,
+                "served_model": model.served_model,
+                "system_fingerprint": state.fingerprint,
+            },
+        )
+
+
+class _Stream:
+    """What the server-sent chunks said so far."""
+
+    def __init__(self):
+        self.text = ""
+        self.chunks = 0
+        self.finish: str | None = None
+        self.usage: dict = {}
+        self.fingerprint: str | None = None
+        self.ttft_ms: float | None = None
+        self.done = False
+
+    def feed(self, line: str, emit: Emit, start: float) -> bool:
+        """Take one SSE line; True at `[DONE]`."""
+        if not line.startswith("data:"):
+            return False
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return True
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            raise EngineFailed(f"the remote sent a chunk that is not JSON: {data[:120]!r}") from None
+        if "error" in chunk:  # an OpenAI-style error in the stream: the remote failed mid-generation
+            err = chunk["error"]
+            message = err.get("message") if isinstance(err, dict) else str(err)
+            raise EngineFailed(f"the remote server failed during generation: {message}")
+        self.fingerprint = chunk.get("system_fingerprint") or self.fingerprint
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+            if piece:
+                if self.ttft_ms is None:
+                    self.ttft_ms = round((time.perf_counter() - start) * 1000, 2)
+                self.text += piece
+                self.chunks += 1
+                emit({"type": "token", "text": piece})
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return False
+
+
+def _http_error(model: ResolvedModel, resp: httpx.Response):
+    resp.read()
+    detail = resp.text[:300]
+    where = f"the remote server of model {model.name!r} ({model.path})"
+    if resp.status_code >= 500:
+        return EngineFailed(
+            f"{where} failed with HTTP {resp.status_code}: {detail}",
+            hint="The remote server failed; check its log and try again.",
+        )
+    if resp.status_code in (401, 403):
+        return ModelUnavailable(
+            f"{where} refused the credentials (HTTP {resp.status_code}): {detail}",
+            hint="Set the right key in the variable given with --api-key-env, or register the model again.",
+        )
+    if resp.status_code == 404:
+        return ModelUnavailable(
+            f"{where} does not serve model {model.served_model!r} (HTTP 404): {detail}",
+            hint="Check the served model id (GET BASE_URL/models) and register it again with `--model ID`.",
+        )
+    return EngineFailed(
+        f"{where} rejected the request with HTTP {resp.status_code}: {detail}",
+        hint="The remote server does not accept these parameters; check its documentation.",
+    )
+
+
+def create(settings) -> RemoteEngine:
+    return RemoteEngine(settings.remote_timeout_s)

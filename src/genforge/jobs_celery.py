@@ -1,0 +1,584 @@
+"""The distributed JobRunner: Celery on Redis (GENFORGE_QUEUE=celery, GENFORGE_BROKER_URL=redis://...).
+
+The API process accepts, records and enqueues (one Celery task per record, on the queue of its content type)
+and loads no model; `genforge worker` processes take the tasks and run them through the same
+ContentService._execute path as the embedded runner, with the engines in their supervised engine workers, and
+write the artifacts to the shared GENFORGE_ARTIFACT_DIR. The database (PostgreSQL) is the truth about every
+job; Redis carries the tasks, the engine events (pub/sub, worker -> API) and the cancels and leases.
+
+Delivery is honest:
+- A worker runs a record only if it moves it from `pending` to `running` itself (a compare-and-set in the
+  database): a task whose record was cancelled (or already run) is acknowledged and dropped.
+- Tasks are acknowledged late (after the run; `reject_on_worker_lost` is set too, though it acts only in prefork
+  pools, and workers run a threads pool); the visibility timeout is longer than any job may run, so Redis never
+  hands a live job to a second worker. A lost worker's unacknowledged task comes back only after it, which is
+  why the leases below, not Redis, decide when a job lost its worker.
+- A worker holds a lease (a Redis key it renews) on each job it runs. Every worker reaps: a `running` record
+  whose lease lapsed lost its worker (killed, machine gone); it goes back to `pending` and is enqueued once
+  more, or, on its second loss, ends `failed` with `interrupted`. Never `succeeded` without a file: the
+  record turns `succeeded` only in the final commit after the artifact is durable, as in the embedded mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import func, update
+
+from genforge import errors
+from genforge.config import Settings
+from genforge.contenttypes import Plan, spec_of
+from genforge.db import ContentRow, Database
+from genforge.errors import GenforgeError, Interrupted, QueueFull, ShuttingDown
+from genforge.jobs import Job
+from genforge.schemas import GenerateRequest
+from genforge.worker import WireError
+
+log = logging.getLogger("genforge.jobs_celery")
+
+TASK = "genforge.run"
+MAX_ATTEMPTS = 2  # a job whose worker was lost runs once more, then ends `interrupted`
+KEY_TTL_S = 3600  # cancel flags expire; nothing else is kept in Redis
+
+
+def queue_of(content_type: str) -> str:
+    return f"genforge.{content_type}"
+
+
+def events_channel(content_id: str) -> str:
+    return f"genforge:events:{content_id}"
+
+
+def cancel_key(content_id: str) -> str:
+    return f"genforge:cancel:{content_id}"
+
+
+def lease_key(content_id: str) -> str:
+    return f"genforge:lease:{content_id}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_settings(settings: Settings) -> None:
+    """The celery mode needs a broker, and a database and an artifact directory that every process shares."""
+    if not settings.broker_url:
+        raise errors.InvalidRequest(
+            "GENFORGE_QUEUE=celery needs GENFORGE_BROKER_URL (e.g. redis://127.0.0.1:6379/0)", field="broker_url"
+        )
+    # Each process's own SQLite file or artifact directory would lose the jobs between API and workers.
+    for value, name, example in (
+        (settings.database_url, "GENFORGE_DATABASE_URL", "postgresql+psycopg://user@host/genforge"),
+        (settings.artifact_dir, "GENFORGE_ARTIFACT_DIR", "a directory every API and worker process mounts"),
+    ):
+        if not value:
+            raise errors.InvalidRequest(
+                f"GENFORGE_QUEUE=celery needs {name}, shared by every process ({example})",
+                hint="See docs/deploy.md: the API and worker processes share the database and the artifacts.",
+            )
+
+
+def celery_app(settings: Settings):
+    """The Celery application of the API and the workers (same broker, same settings)."""
+    from celery import Celery
+
+    check_settings(settings)
+    app = Celery("genforge", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=queue_of("text"),
+        # Longer than any job may run: Redis must not redeliver a job a live worker is still running.
+        broker_transport_options={"visibility_timeout": settings.generation_timeout_s + 600},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app
+
+
+def redis_client(settings: Settings):
+    import redis
+
+    return redis.Redis.from_url(settings.broker_url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def _broker_down(exc: Exception) -> GenforgeError:
+    return errors.BrokerUnavailable(f"the broker cannot be reached: {exc}", details={"retry_after": 2})
+
+
+class _TypedError:
+    """The typed error of a record's code (for records finished by another process)."""
+
+    by_code = {cls.code: cls for cls in GenforgeError.__subclasses__()}
+
+    @classmethod
+    def of(cls, record) -> GenforgeError:
+        err = record.error
+        klass = cls.by_code.get(err.code if err else "", GenforgeError)
+        return klass(err.message if err else "failed", hint=err.hint if err else None, content_id=record.id)
+
+
+# --- the API side -----------------------------------------------------------------------------------------
+class CeleryJobRunner:
+    """The JobRunner surface (submit, get, position, cancel, depth, running, drain, close) over Celery."""
+
+    def __init__(self, settings: Settings, db: Database):
+        self.settings = settings
+        self.db = db
+        self.queue_size = settings.queue_size
+        self.app = celery_app(settings)
+        self.redis = redis_client(settings)
+        self.records = None  # ContentService.get, set by the runtime: the final record of a finished job
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pubsub = self._subscribe()  # before the first submit, so no event of ours is missed
+        threading.Thread(target=self._relay, name="genforge-celery-events", daemon=True).start()
+        threading.Thread(target=self._watch, name="genforge-celery-watch", daemon=True).start()
+
+    # --- submit and follow
+    def submit(self, content_id: str, run, on_accept=None, content_type: str | None = None) -> Job:
+        """Write the record (`on_accept`) and enqueue its task; `run` is the embedded runner's and unused."""
+        if self._closed:
+            raise ShuttingDown("the server is shutting down and accepts no new work", details={"retry_after": 5})
+        waiting = self.depth
+        if waiting >= self.queue_size:
+            raise QueueFull(f"the queue is full ({waiting} waiting)", details={"retry_after": 1 + waiting // 4})
+        job = self._track(content_id)
+        try:
+            if on_accept is not None:
+                on_accept()
+            self.app.send_task(TASK, args=[content_id], queue=queue_of(content_type or "text"))
+        except GenforgeError:
+            self._untrack(content_id)
+            raise
+        except Exception as exc:  # the broker is down: the record must not stay pending with no task behind it
+            self._untrack(content_id)
+            err = _broker_down(exc)
+            self._fail_pending(content_id, err)
+            err.content_id = content_id
+            raise err from exc
+        return job
+
+    def _track(self, content_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(content_id)
+            if job is None:
+                job = self._jobs[content_id] = Job(content_id, run=None)
+                job.tracked_since = time.monotonic()
+            return job
+
+    def _untrack(self, content_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(content_id, None)
+
+    def _fail_pending(self, content_id: str, err: GenforgeError) -> None:
+        with self.db.session() as s:
+            s.execute(
+                update(ContentRow)
+                .where(ContentRow.id == content_id, ContentRow.status == "pending")
+                .values(
+                    status="failed",
+                    error_code=err.code,
+                    error_message=err.message,
+                    error_hint=err.hint,
+                    finished_at=_now(),
+                )
+            )
+
+    def _subscribe(self):
+        try:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub.psubscribe(events_channel("*"))
+            return pubsub
+        except Exception as exc:  # the broker is down: readiness says so, the relay keeps trying
+            log.warning("cannot subscribe to the workers' events: %s", exc)
+            return None
+
+    def _relay(self) -> None:
+        """Engine events from the workers (Redis pub/sub) to the jobs this process follows."""
+        while not self._closed:
+            try:
+                pubsub = self._pubsub or self._subscribe()
+                if pubsub is None:
+                    time.sleep(1)
+                    continue
+                self._pubsub = pubsub
+                for message in pubsub.listen():
+                    if self._closed:
+                        return
+                    if message["type"] != "pmessage":
+                        continue
+                    content_id = message["channel"].decode().rsplit(":", 1)[1]
+                    with self._lock:
+                        job = self._jobs.get(content_id)
+                    if job is None:
+                        continue
+                    event = json.loads(message["data"])
+                    if event["type"] == "final":
+                        self._finish(job, event.get("error"))
+                    else:
+                        job.publish(event)
+            except Exception as exc:  # Redis went away: the watch loop finishes jobs from the database meanwhile
+                if self._closed:
+                    return
+                log.warning("event relay lost the broker (%s); reconnecting", exc)
+                self._pubsub = None
+                time.sleep(1)
+
+    def _finish(self, job: Job, wire: dict | None) -> None:
+        with self._lock:
+            if self._jobs.get(job.content_id) is not job:
+                return
+            del self._jobs[job.content_id]
+        if wire is not None:
+            err = WireError(wire["name"], wire["message"], wire.get("hint"), wire.get("field")).error()
+            err.content_id = job.content_id
+            job.finish(None, err)
+            return
+        try:
+            job.finish(self.records(job.content_id), None)
+        except GenforgeError as exc:
+            job.finish(None, exc)
+
+    def _watch(self) -> None:
+        """A job whose final event was missed (Redis restarted, a reaper ended it) is finished from its record."""
+        while not self._closed:
+            time.sleep(1.0)
+            with self._lock:
+                jobs = [j for j in self._jobs.values() if time.monotonic() - j.tracked_since > 2.0]
+            if not jobs:
+                continue
+            try:
+                with self.db.session() as s:
+                    rows = s.query(ContentRow.id, ContentRow.status).filter(
+                        ContentRow.id.in_([j.content_id for j in jobs])
+                    )
+                    status = dict(rows.all())
+            except GenforgeError:
+                continue
+            for job in jobs:
+                state = status.get(job.content_id)
+                if state in ("succeeded", "failed", "cancelled") or state is None:
+                    if getattr(job, "final_seen", False):  # finished two rounds ago and no event came
+                        self._finish_from_record(job)
+                    job.final_seen = True
+
+    def _finish_from_record(self, job: Job) -> None:
+        try:
+            record = self.records(job.content_id)
+        except GenforgeError as exc:
+            self._finish_with(job, None, exc)
+            return
+        self._finish_with(job, record if record.status == "succeeded" else None, _TypedError.of(record))
+
+    def _finish_with(self, job: Job, record, err: GenforgeError | None) -> None:
+        with self._lock:
+            if self._jobs.pop(job.content_id, None) is None:
+                return
+        job.finish(record, None if record is not None else err)
+
+    def get(self, content_id: str) -> Job | None:
+        """The job, followed from now on when another API process accepted it (its earlier events are gone)."""
+        with self._lock:
+            job = self._jobs.get(content_id)
+        if job is not None:
+            return job
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            unfinished = row is not None and row.status in ("pending", "running")
+        return self._track(content_id) if unfinished else None
+
+    # --- where a job is
+    def position(self, content_id: str) -> int | None:
+        """1-based place among the pending records of its content type (every API process agrees)."""
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            if row is None or row.status != "pending":
+                return None
+            ahead = (
+                s.query(func.count(ContentRow.id))
+                .filter(
+                    ContentRow.status == "pending",
+                    ContentRow.content_type == row.content_type,
+                    ContentRow.created_at < row.created_at,
+                )
+                .scalar()
+            )
+            return ahead + 1
+
+    def _count(self, status: str) -> int:
+        with self.db.session() as s:
+            return s.query(func.count(ContentRow.id)).filter(ContentRow.status == status).scalar()
+
+    @property
+    def depth(self) -> int:
+        return self._count("pending")
+
+    @property
+    def running(self) -> int:
+        return self._count("running")
+
+    def cancel(self, content_id: str) -> Job | None:
+        """A pending record is cancelled here (its task will not run); a running one is told to stop (its worker
+        reads the flag between tokens or steps). None when the record is already finished."""
+        with self.db.session() as s:
+            took = s.execute(
+                update(ContentRow)
+                .where(ContentRow.id == content_id, ContentRow.status == "pending")
+                .values(status="cancelled", finished_at=_now())
+            ).rowcount
+            status = None if took else (s.get(ContentRow, content_id) or ContentRow()).status
+        if not took and status != "running":
+            return None
+        job = self._track(content_id)
+        job.cancel.set()
+        if took:
+            job.state = "queued"  # the service records it `cancelled` and finishes the job
+            self._untrack(content_id)
+            return job
+        job.state = "running"
+        try:
+            self.redis.set(cancel_key(content_id), 1, ex=KEY_TTL_S)
+        except Exception as exc:
+            raise _broker_down(exc) from exc
+        return job
+
+    # --- readiness and shutdown
+    def check(self) -> tuple[bool, str]:
+        """Whether the broker answers, and which workers serve which queues."""
+        try:
+            self.redis.ping()
+        except Exception as exc:
+            return False, f"broker {self.settings.broker_url} unreachable: {exc}"
+        workers = workers_serving(self.app)
+        if not workers:
+            return False, "the broker answers, but no `genforge worker` does"
+        return True, "; ".join(f"{name}: {', '.join(types)}" for name, types in sorted(workers.items()))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def drain(self, timeout: float) -> tuple[list[Job], list[Job]]:
+        """Stop accepting; the jobs themselves live on in the workers (nothing here to interrupt)."""
+        self._closed = True
+        return [], []
+
+    def close(self) -> None:
+        self._closed = True
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception as exc:  # closing a dead connection
+                log.debug("closing the event relay: %s", exc)
+        self.redis.close()
+
+
+def workers_serving(app, timeout: float = 2.0) -> dict[str, list[str]]:
+    """{worker name: content types} of the workers that answer now (Celery's remote control)."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return {
+        name: sorted(q["name"].removeprefix("genforge.") for q in queues if q["name"].startswith("genforge."))
+        for name, queues in replies.items()
+    }
+
+
+# --- the worker side --------------------------------------------------------------------------------------
+def accepted_of(row: ContentRow, started: float):
+    """A record's request and plan, rebuilt from what it recorded (exactly what a client can send again)."""
+    from genforge.service import Accepted
+
+    spec = spec_of(row.content_type)
+    extra = row.extra or {}
+    req = GenerateRequest(
+        content_type=row.content_type,
+        prompt=row.prompt,
+        system=row.system,
+        quality=row.quality,
+        model=row.model_name,
+        params=row.params,
+    )
+    plan = Plan(
+        row.model_name,
+        TypeAdapter(spec.settings).validate_python(row.params),
+        messages=extra.get("messages"),
+        raw=bool(extra.get("raw", False)),
+        fallback_reason=extra.get("fallback_reason"),
+    )
+    return Accepted(row.id, req, plan, started)
+
+
+class WorkerSide:
+    """What a `genforge worker` process does with a task: take the record, run it, publish its events."""
+
+    def __init__(self, settings: Settings, service, app):
+        self.settings = settings
+        self.service = service
+        self.db: Database = service.db
+        self.app = app
+        self.redis = redis_client(settings)
+        self.node = f"{socket.gethostname()}-{os.getpid()}"
+        self.stopping = threading.Event()
+
+    def _take(self, content_id: str) -> ContentRow | None:
+        """pending -> running, only if this worker wins it; the row (with its attempt counted) or None."""
+        with self.db.session() as s:
+            won = s.execute(
+                update(ContentRow)
+                .where(ContentRow.id == content_id, ContentRow.status == "pending")
+                .values(status="running", started_at=_now())
+            ).rowcount
+            if not won:
+                return None
+            row = s.get(ContentRow, content_id)
+            extra = dict(row.extra or {})
+            extra["attempts"] = extra.get("attempts", 0) + 1
+            row.extra = extra
+            return row
+
+    def run(self, content_id: str) -> None:
+        lease = lease_key(content_id)
+        # The lease comes before the record says running; a lease held already is a live worker's (a duplicate).
+        if not self.redis.set(lease, self.node, ex=int(self.settings.worker_lease_s), nx=True):
+            log.info("content=%s is leased by another worker: duplicate task dropped", content_id)
+            return
+        try:
+            row = self._take(content_id)
+            if row is None:
+                log.info("content=%s is not pending (cancelled, or run already): task dropped", content_id)
+                return
+            waited = (_now() - _utc(row.created_at)).total_seconds()
+            accepted = accepted_of(row, time.perf_counter() - waited)
+            job = Job(content_id, run=None)
+            job.listen(lambda event: self.redis.publish(events_channel(content_id), json.dumps(event)))
+            stop = threading.Event()
+            watcher = threading.Thread(target=self._keep, args=(content_id, job, stop), daemon=True)
+            watcher.start()
+            wire = None
+            try:
+                self.service._execute(accepted, job)  # the one path; it records success or failure
+            except GenforgeError as exc:
+                wire = dataclasses.asdict(WireError.of(exc))
+            finally:
+                stop.set()
+                watcher.join()
+            self.redis.publish(events_channel(content_id), json.dumps({"type": "final", "error": wire}))
+        finally:
+            self.redis.delete(lease)
+
+    def _keep(self, content_id: str, job: Job, stop: threading.Event) -> None:
+        """While the job runs: renew its lease, and pass a cancel from any API process to it."""
+        renew_every = self.settings.worker_lease_s / 3
+        renewed = time.monotonic()
+        while not stop.wait(0.2):
+            try:
+                if self.redis.exists(cancel_key(content_id)):
+                    job.cancel.set()
+                if time.monotonic() - renewed > renew_every:
+                    self.redis.set(lease_key(content_id), self.node, ex=int(self.settings.worker_lease_s))
+                    renewed = time.monotonic()
+            except Exception as exc:  # Redis away for a moment: the lease has time to spare
+                log.warning("content=%s: broker unreachable while running (%s)", content_id, exc)
+
+    def reap_forever(self, every_s: float = 2.0) -> None:
+        while not self.stopping.wait(every_s):
+            try:
+                self.reap()
+            except Exception:
+                log.exception("reaping lost jobs failed; trying again")
+
+    def reap(self) -> None:
+        """Running records whose lease lapsed lost their worker: once more on another worker, or `interrupted`."""
+        with self.db.session() as s:
+            running = s.query(ContentRow.id, ContentRow.content_type, ContentRow.extra).filter(
+                ContentRow.status == "running"
+            )
+            rows = running.all()
+        for content_id, content_type, extra in rows:
+            if self.redis.exists(lease_key(content_id)):
+                continue
+            attempts = (extra or {}).get("attempts", 1)
+            if attempts < MAX_ATTEMPTS:
+                if self._cas(content_id, status="pending", started_at=None):
+                    log.warning("content=%s lost its worker; running it once more", content_id)
+                    self.app.send_task(TASK, args=[content_id], queue=queue_of(content_type))
+            else:
+                err = Interrupted(
+                    f"the worker running this generation was lost {attempts} times (killed, or its machine went away)"
+                )
+                values = dict(error_code=err.code, error_message=err.message, error_hint=err.hint)
+                if self._cas(content_id, status="failed", finished_at=_now(), **values):
+                    log.warning("content=%s lost its worker again; recorded interrupted", content_id)
+                    self.redis.publish(
+                        events_channel(content_id),
+                        json.dumps(
+                            {
+                                "type": "final",
+                                "error": {
+                                    "name": "Interrupted",
+                                    "message": err.message,
+                                    "hint": err.hint,
+                                    "field": None,
+                                },
+                            }
+                        ),
+                    )
+
+    def _cas(self, content_id: str, **values: Any) -> bool:
+        with self.db.session() as s:
+            return bool(
+                s.execute(
+                    update(ContentRow)
+                    .where(ContentRow.id == content_id, ContentRow.status == "running")
+                    .values(**values)
+                ).rowcount
+            )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def run_worker(settings: Settings, types: list[str], concurrency: int) -> None:
+    """`genforge worker`: a Celery worker (threads pool) whose tasks run in this process's engine workers."""
+    from genforge.runtime import Runtime
+
+    app = celery_app(settings)
+    rt = Runtime.open(settings, worker=True)
+    side = WorkerSide(settings, rt.service, app)
+
+    @app.task(name=TASK, bind=True, max_retries=60)
+    def run(task, content_id: str) -> None:
+        try:
+            side.run(content_id)
+        except errors.DatabaseUnavailable as exc:  # before the record was taken: try again shortly
+            raise task.retry(countdown=2, exc=exc) from None
+
+    threading.Thread(target=side.reap_forever, name="genforge-reaper", daemon=True).start()
+    if "text" in types and settings.preload:
+        threading.Thread(target=rt.preload, name="genforge-preload", daemon=True).start()
+    name = f"genforge-{'+'.join(types)}-{os.getpid()}@{socket.gethostname()}"
+    argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--hostname", name]
+    argv += ["--queues", ",".join(queue_of(t) for t in types), "--without-gossip", "--without-mingle"]
+    argv += ["--loglevel", settings.log_level.upper()]
+    try:
+        app.worker_main(argv)
+    finally:
+        side.stopping.set()
+        rt.close()

@@ -1,0 +1,196 @@
+"""The celery mode end to end, all real: PostgreSQL, Redis, a `genforge serve` API process that loads no model,
+and two `genforge worker` processes sharing an artifact directory. Same client view as the embedded mode: 202
+and Location, queue positions, cancel of pending and running jobs, SSE tokens relayed through Redis, the same
+records; a worker killed with SIGKILL mid-job costs the job one more run elsewhere or an `interrupted` record,
+never a false success or an orphan file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import (
+    CONTENT,
+    GENERATE,
+    GENFORGE,
+    Server,
+    assert_error,
+    assert_succeeded_text,
+    cli_env,
+    files_under,
+    free_port,
+    long_generation_body,
+    run_cli,
+    sha256,
+    text_body,
+    wait_for,
+)
+from genforge.storage import LOCK_NAME
+from scale_fixtures import pg_url, postgres, redis_server  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow
+
+
+class Cluster:
+    def __init__(self, tmp: Path, database_url: str, broker: str):
+        self.shared = tmp / "shared-artifacts"
+        self.env = {
+            "GENFORGE_DATABASE_URL": database_url,
+            "GENFORGE_QUEUE": "celery",
+            "GENFORGE_BROKER_URL": broker,
+            "GENFORGE_ARTIFACT_DIR": str(self.shared),
+            "GENFORGE_THREADS": "1",
+            "GENFORGE_WORKER_LEASE_S": "6",
+        }
+        self.api = Server(tmp / "api", env=self.env)
+        self.tmp = tmp
+        self.workers: list[subprocess.Popen] = []
+
+    def start_worker(self, types: str = "text") -> subprocess.Popen:
+        data = self.tmp / f"worker{len(self.workers)}"
+        data.mkdir()
+        log = open(self.tmp / f"worker{len(self.workers)}.log", "wb")  # noqa: SIM115 (lives with the process)
+        proc = subprocess.Popen(
+            [str(GENFORGE), "worker", "--types", types, "--concurrency", "1"],
+            env={**cli_env(data), **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.workers.append(proc)
+        return proc
+
+    @property
+    def http(self) -> httpx.Client:
+        return self.api.http
+
+    def ready(self) -> dict | None:
+        try:
+            resp = self.http.get("/readyz", timeout=10)
+        except httpx.TransportError:
+            return None
+        return resp.json() if resp.status_code == 200 else None
+
+    def record(self, content_id: str) -> dict:
+        return self.http.get(f"{CONTENT}/{content_id}").json()
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.api.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path, pg_url, redis_server):  # noqa: F811
+    c = Cluster(tmp_path, pg_url, redis_server.url(0))
+    c.api.start()
+    c.start_worker()
+    c.start_worker()
+    try:
+        wait_for(lambda: (c.ready() or {}).get("ready"), 120, 0.5, f"two workers to serve\n{tmp_path}")
+        yield c
+    finally:
+        c.stop()
+        redis_server_flush(redis_server)
+
+
+def redis_server_flush(server) -> None:
+    subprocess.run(["redis-cli", "-p", str(server.port), "flushall"], capture_output=True)
+
+
+def loaded_models(pid: int) -> bool:
+    """Whether the process or any child of it maps a GGUF file."""
+    pids = [pid] + [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    ]
+    return any(".gguf" in Path(f"/proc/{p}/maps").read_text() for p in pids if Path(f"/proc/{p}/maps").exists())
+
+
+def test_the_client_view_is_the_embedded_one(cluster, postgres):  # noqa: F811
+    http = cluster.http
+    workers = cluster.ready()["checks"]["workers"]["detail"]
+    assert workers.count(": text") == 2, workers
+
+    rec = http.post(GENERATE, json=text_body("Name a river.", max_tokens=12)).json()
+    assert_succeeded_text(rec)
+    assert sha256(http.get(rec["artifact"]["url"]).content) == rec["artifact"]["sha256"]
+    assert (cluster.shared / rec["artifact"]["sha256"][:2]).is_dir()  # written to the shared directory
+    assert rec["id"] in postgres.dump(cluster.env["GENFORGE_DATABASE_URL"])
+    assert not loaded_models(cluster.api.proc.pid), "the API process loaded a model"
+    assert not list(cluster.api.data_dir.rglob("*.db"))
+
+    # SSE: tokens come from the worker through Redis pub/sub, then the final record
+    with http.stream("POST", GENERATE, json={**text_body("Name a bird.", max_tokens=12), "stream": True}) as s:
+        body = s.read().decode()
+    assert body.count("event: token") >= 2 and "event: done" in body, body[-400:]
+
+    # two long jobs keep both workers busy; a third waits with its queue position, and is cancelled unrun
+    running = [http.post(GENERATE, json={**long_generation_body(), "mode": "async"}) for _ in range(2)]
+    assert all(r.status_code == 202 and r.headers["Location"] for r in running)
+    ids = [r.json()["id"] for r in running]
+    wait_for(lambda: all(cluster.record(i)["status"] == "running" for i in ids), 60, 0.1, "both jobs to run")
+    waiting = http.post(GENERATE, json={**text_body("Name a tree.", max_tokens=8), "mode": "async"}).json()
+    assert cluster.record(waiting["id"])["queue_position"] == 1
+    cancelled = http.post(f"{CONTENT}/{waiting['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled"
+
+    # cancel of a running job: its worker stops between tokens
+    stopped = http.post(f"{CONTENT}/{ids[0]}/cancel").json()
+    assert stopped["status"] == "cancelled" and stopped["artifact"] is None
+    http.post(f"{CONTENT}/{ids[1]}/cancel")
+    time.sleep(2)  # a task for the cancelled pending record, if any worker took it, would have run by now
+    assert cluster.record(waiting["id"])["status"] == "cancelled"
+    assert cluster.record(waiting["id"])["text"] is None
+
+    # a remote model runs on a worker too; one that is down is 503 model_unavailable through the relay
+    base = f"http://127.0.0.1:{free_port()}/v1"
+    add = run_cli(cluster.tmp / "cli", "models", "add-remote", "far", "--base-url", base, "--model", "x",
+                  env=cluster.env)  # fmt: skip
+    assert add.returncode == 0, add.stdout + add.stderr
+    down = http.post(GENERATE, json={**text_body(max_tokens=8), "model": "far"})
+    err = assert_error(down, 503, "model_unavailable")
+    assert base in err["hint"] and cluster.record(err["content_id"])["model"]["remote"] is True
+
+    # doctor checks the broker, the workers and the types they serve, the shared directory, and runs its
+    # smoke generation on a worker
+    doctor = run_cli(cluster.tmp / "doctor", "doctor", env=cluster.env)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "ok   broker" in doctor.stdout and doctor.stdout.count("serves text") == 2, doctor.stdout
+    assert "ok   shared artifact directory" in doctor.stdout and "ok   smoke generation (text" in doctor.stdout
+
+
+def test_a_worker_killed_mid_job_costs_one_more_run_never_a_false_success(cluster):
+    http = cluster.http
+    job = http.post(GENERATE, json={**long_generation_body(600), "mode": "async"}).json()
+    wait_for(lambda: cluster.record(job["id"])["status"] == "running", 60, 0.1, "the job to run")
+    time.sleep(1.0)
+    holder = subprocess.run(  # the lease names the worker process that runs the job
+        ["redis-cli", "-u", cluster.env["GENFORGE_BROKER_URL"], "get", f"genforge:lease:{job['id']}"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    victim = next(p for p in cluster.workers if holder.endswith(f"-{p.pid}"))
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    final = wait_for(
+        lambda: (r := cluster.record(job["id"]))["status"] in ("succeeded", "failed") and r, 180, 0.5, "the end"
+    )
+    if final["status"] == "succeeded":  # ran once more on the other worker
+        assert sha256(http.get(final["artifact"]["url"]).content) == final["artifact"]["sha256"]
+    else:
+        assert final["error"]["code"] == "interrupted" and final["artifact"] is None
+    listed = {r["artifact"]["sha256"] for r in http.get(CONTENT).json()["items"] if r["artifact"]}
+    stored = {p.stem for p in files_under(cluster.shared) if p.name != LOCK_NAME}
+    assert stored == listed, "an orphan file in the shared directory"
