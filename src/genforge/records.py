@@ -4,7 +4,7 @@ genforge/contenttypes/. The API declares these as its response models, so /opena
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -44,6 +44,24 @@ class Usage(BaseModel):
     completion_tokens: int | None
 
 
+class PersonaUse(BaseModel):
+    """The persona a record was made with, and what it set (kept even when the persona is deleted)."""
+
+    name: str
+    version: int
+    applied: dict[str, Any] = Field(
+        default_factory=dict, description="The request fields that came from the persona (field -> value)."
+    )
+
+
+class Attempt(BaseModel):
+    """A generation that ran but broke the request's policy (a forbidden phrase, a character limit)."""
+
+    seed: int | None
+    code: str = Field(description="policy_violation.")
+    message: str = Field(description="What broke the policy, naming the phrase or the limit.")
+
+
 class RecordBase(BaseModel):
     """What every record has, whatever its content type."""
 
@@ -63,6 +81,11 @@ class RecordBase(BaseModel):
     error: RecordError | None = Field(description="Why the record failed or was cancelled; null otherwise.")
     warnings: list[str] = Field(default_factory=list)
     queue_position: int | None = Field(None, description="1-based place in the queue while pending.")
+    persona: PersonaUse | None = Field(None, description="The persona (name, version) the record was made with.")
+    attempts: list[Attempt] = Field(
+        default_factory=list,
+        description="Runs that broke the policy, each retried with the next seed (GENFORGE_POLICY_ATTEMPTS).",
+    )
 
 
 class ErrorDetail(BaseModel):

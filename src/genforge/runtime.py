@@ -16,6 +16,7 @@ from genforge.config import Settings
 from genforge.db import Database
 from genforge.errors import AlreadyRunning, GenforgeError
 from genforge.jobs import JobRunner
+from genforge.posts import PostService
 from genforge.service import ContentService
 from genforge.storage import ArtifactStore
 from genforge.worker import EnginePool
@@ -69,6 +70,7 @@ class Runtime:
     worker: EnginePool
     runner: JobRunner
     service: ContentService
+    posts: PostService
     load_error: str | None = None
     preloaded: bool = False
     closed: bool = False
@@ -86,10 +88,12 @@ class Runtime:
         worker = EnginePool(settings)
         runner = JobRunner(workers=settings.parallel, queue_size=settings.queue_size)
         service = ContentService(settings, db, catalog, store, worker, runner)
+        posts = PostService(service)
         if recover:
             service.recover()
+            posts.recover()
         metrics.track_runner(runner)
-        return cls(settings, db, catalog, store, worker, runner, service)
+        return cls(settings, db, catalog, store, worker, runner, service, posts)
 
     def preload(self) -> None:
         """Load the default text model into the engine worker so the first request is warm."""

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from genforge import __version__
-from genforge.api import content, models, openai, system
+from genforge.api import content, models, openai, personas, posts, system
 from genforge.api.errors import BodySizeLimit, install_error_handlers
 from genforge.config import Settings
 from genforge.runtime import Runtime
@@ -39,4 +39,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(content.router)
     app.include_router(models.router)
     app.include_router(openai.router)
+    app.include_router(personas.router)
+    app.include_router(posts.router)
     return app

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
+from genforge import variants
 from genforge.api.deps import ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
 from genforge.api.streaming import SSE_DOC, event_stream, final_event, native_events
@@ -38,7 +39,8 @@ RECORD_LINKS = {
     responses={
         201: {
             "description": "The succeeded record (sync), or with stream: true a text/event-stream of `token` and "
-            "`progress` events ending with exactly one `done` (the record) or `failed` (the failed record).",
+            "`progress` events ending with exactly one `done` (the record) or `failed` (the failed record). With "
+            "`variants`: {batch_id, items: [record, ...]} (see GET /api/v1/batches/{batch_id}).",
             "content": SSE_DOC,
             "links": RECORD_LINKS,
         },
@@ -51,6 +53,9 @@ RECORD_LINKS = {
     },
 )
 async def generate(body: GenerateRequest, svc: ServiceDep):
+    if body.variants is not None:  # n records under one batch id: {"batch_id", "items"}
+        batch = await run_in_threadpool(variants.generate, svc, body)
+        return JSONResponse(batch.model_dump(mode="json"), status_code=201)
     if body.mode == "async" and body.stream:
         raise InvalidRequest(
             "stream: an async request answers 202 at once; follow its events at GET /api/v1/content/{id}/events, "

@@ -1,4 +1,4 @@
 from genforge.db.database import Database
-from genforge.db.tables import ContentRow, ModelRow
+from genforge.db.tables import BatchRow, ContentRow, ModelRow, PersonaRow, PostRow
 
-__all__ = ["Database", "ContentRow", "ModelRow"]
+__all__ = ["Database", "BatchRow", "ContentRow", "ModelRow", "PersonaRow", "PostRow"]

@@ -10,6 +10,7 @@ ENGINE_MODULES: dict[str, str] = {
     "diffusers": "genforge.engines.diffusers",
     "piper": "genforge.engines.piper",
     "espeak-ng": "genforge.engines.espeak",
+    "video": "genforge.engines.video",
 }
 
 
