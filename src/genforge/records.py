@@ -23,7 +23,7 @@ class ModelInfo(BaseModel):
 class Artifact(BaseModel):
     sha256: str = Field(description="sha256 of the stored file's bytes.")
     size_bytes: int
-    media_type: str = Field(description="text/plain, image/png or audio/wav.")
+    media_type: str = Field(description="text/plain, image/png, audio/wav or video/mp4.")
     url: str = Field(description="Where GET serves the file.")
 
 
@@ -68,7 +68,7 @@ class RecordBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="The content id (a UUID).")
-    content_type: str = Field(description="text, image or speech: which section the record has.")
+    content_type: str = Field(description="text, image, speech or video: which section the record has.")
     status: Status = Field(description="succeeded only when real, validated content was stored durably.")
     prompt: str
     system: str | None = Field(None, description="Text: the system prompt, if one was given.")
