@@ -438,3 +438,7 @@ def doctor() -> None:
     out.print(f"doctor: {len(results) - len(failed)} of {len(results)} checks passed")
     if failed:
         raise typer.Exit(1)
+
+
+# `genforge personas ...` and `genforge post` live in their own module; importing it registers them.
+from genforge import cli_posts  # noqa: E402, F401
