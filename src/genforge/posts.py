@@ -53,6 +53,7 @@ PLATFORM_LIMITS: dict[str, int] = {
 # that most first attempts fit; the limit is still enforced on the text).
 CAPTION_TOKENS = {"x": 56}
 CAPTION_TOKENS_DEFAULT = 96
+CAPTION_MIN_WORDS = 3  # a caption is spoken by the narration: emoji or a lone hashtag are not one
 PartState = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped"]
 
 
@@ -110,10 +111,8 @@ def _now() -> datetime:
 
 
 def _caption_prompt(brief: str, platform: str, limit: int) -> str:
-    return (
-        f"Write the caption of a {platform} post about: {brief}\n"
-        f"Answer with the caption only, in at most {min(limit, 400)} characters."
-    )
+    size = "one sentence" if limit <= 280 else "two or three sentences"
+    return f"Write a short {platform} caption ({size}) about: {brief}\nAnswer with the caption only."
 
 
 class PostService:
@@ -206,7 +205,11 @@ class PostService:
             raise InvalidRequest(f"the {part} request is invalid: {exc}", field=f"params.{part}") from None
 
     def _submit(self, post_id: str, part: str, gen: GenerateRequest, req: PostRequest) -> Job:
-        policy = TextPolicy(max_chars=PLATFORM_LIMITS[req.platform]) if part == "caption" else None
+        policy = (
+            TextPolicy(max_chars=PLATFORM_LIMITS[req.platform], min_words=CAPTION_MIN_WORDS)
+            if part == "caption"
+            else None
+        )
         job = self.service.submit(gen, policy)
         with self.db.session() as s:
             row = s.get(PostRow, post_id)

@@ -127,6 +127,9 @@ def check_policy(text: str, policy: TextPolicy | None) -> None:
     for phrase in policy.forbidden_phrases:
         if phrase.casefold() in folded:
             raise PolicyViolation(f"the text contains the forbidden phrase {phrase!r}", details={"phrase": phrase})
+    words = len(re.findall(r"\w+", text))
+    if policy.min_words is not None and words < policy.min_words:
+        raise PolicyViolation(f"the text has {words} word(s), fewer than {policy.min_words}")
     if policy.max_chars is not None and len(text) > policy.max_chars:
         raise PolicyViolation(
             f"the text is {len(text)} characters, over the limit of {policy.max_chars}",

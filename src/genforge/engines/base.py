@@ -52,6 +52,7 @@ class TextPolicy:
 
     forbidden_phrases: tuple[str, ...] = ()
     max_chars: int | None = None
+    min_words: int | None = None  # e.g. a caption that will be spoken: emoji alone are not a caption
 
 
 @dataclass
