@@ -13,10 +13,10 @@ import warnings
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func
 
-from genforge.contenttypes.base import SEED_LIMIT
+from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
 from genforge.db import ContentRow, Database, PersonaRow, PostRow
 from genforge.engines.base import TextPolicy
 from genforge.errors import Conflict, InvalidRequest, NotFound
@@ -174,14 +174,8 @@ class PersonaStore:
             data[key] = {**data[key], **(value or {})} if key in ("text", "image", "speech") else value
         try:
             body = PersonaBody.model_validate(data)
-        except ValueError as exc:
-            from pydantic import ValidationError
-
-            from genforge.contenttypes.base import pydantic_error
-
-            if isinstance(exc, ValidationError):
-                raise pydantic_error(exc) from None
-            raise
+        except ValidationError as exc:  # a section's field of the wrong type or unknown: 422 naming it
+            raise pydantic_error(exc) from None
         with self.db.session() as s:
             row = PersonaRow(version=current.version + 1, created_at=datetime.now(UTC), **body.model_dump(mode="json"))
             s.add(row)

@@ -15,6 +15,7 @@ from genforge.errors import InvalidRequest
 from genforge.records import Status
 from genforge.schemas import ContentType, GenerateRequest
 from genforge.service import ContentPage
+from genforge.variants import Batch
 
 router = APIRouter(prefix="/api/v1/content", tags=["content"])
 OFFSET_LIMIT = 10**9
@@ -35,7 +36,7 @@ RECORD_LINKS = {
 @router.post(
     "/generate",
     status_code=201,
-    response_model=ContentRecord,
+    response_model=ContentRecord | Batch,
     responses={
         201: {
             "description": "The succeeded record (sync), or with stream: true a text/event-stream of `token` and "
