@@ -20,7 +20,7 @@ from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
 from genforge.db import ContentRow, Database, PersonaRow, PostRow
 from genforge.engines.base import TextPolicy
 from genforge.errors import Conflict, InvalidRequest, NotFound
-from genforge.records import PersonaUse
+from genforge.records import ChatMessage, PersonaUse
 from genforge.schemas import GenerateRequest
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -221,8 +221,10 @@ def apply(persona: Persona, req: GenerateRequest, engine_of) -> tuple[GenerateRe
     if req.content_type == "text":
         t = persona.text
         system = _text_system(t)
-        if system and "system" not in given and not req.messages:
+        if system and req.system is None:  # a chat (/v1) gets it as its first message
             fields["system"] = system
+            if req.messages:
+                fields["messages"] = [ChatMessage(role="system", content=system), *req.messages]
         if t.model and "model" not in given:
             fields["model"] = t.model
         if t.quality and "quality" not in given:
@@ -248,7 +250,7 @@ def apply(persona: Persona, req: GenerateRequest, engine_of) -> tuple[GenerateRe
         for key, value in (("voice", sp.voice), ("speed", sp.speed)):
             if value is not None and key not in req.params:
                 params[key] = value
-    applied = {**fields, **{f"params.{k}": v for k, v in params.items()}}
+    applied = {**{k: v for k, v in fields.items() if k != "messages"}, **{f"params.{k}": v for k, v in params.items()}}
     if policy:
         applied["policy.forbidden_phrases"] = list(policy.forbidden_phrases)
     update = {**fields, "params": {**req.params, **params}}

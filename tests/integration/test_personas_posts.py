@@ -92,6 +92,15 @@ def test_persona_versions_and_the_records_that_used_them(app):
     own = client.post(GENERATE, json={**body, "system": "Be brief."}).json()  # the request's field wins
     assert own["system"] == "Be brief." and "system" not in own["persona"]["applied"]
 
+    chat = client.post(  # on /v1 a persona is a model name
+        "/v1/chat/completions",
+        json={"model": "persona:tom", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+    )
+    assert chat.status_code == 200, chat.text
+    via_v1 = client.get(f"/api/v1/content/{chat.headers['x-genforge-content-id']}").json()
+    assert via_v1["persona"]["version"] == 2 and via_v1["system"] == "You are Tom, a grumpy chef."
+    assert via_v1["messages"][0] == {"role": "system", "content": "You are Tom, a grumpy chef."}
+
     assert client.delete(f"{PERSONAS}/tom").status_code == 409
     assert client.delete(f"{PERSONAS}/tom", params={"force": "true"}).status_code == 204
     assert client.get(f"{PERSONAS}/tom").status_code == 404
