@@ -214,3 +214,14 @@ def test_variants_have_distinct_seeds_and_each_is_reproducible(app):
     assert len({i["params"]["seed"] for i in drawn["items"]}) == 4
     assert client.post(GENERATE, json={**body, "content_type": "speech", "variants": 2}).status_code == 422
     assert client.post(GENERATE, json={**body, "variants": 9}).status_code == 422
+
+
+def test_a_video_needs_succeeded_records_of_the_right_types(app):
+    client, _ = app
+    text = client.post(GENERATE, json={"content_type": "text", "prompt": "Hi.", "params": {"max_tokens": 4}}).json()
+    before = client.get("/api/v1/content", params={"content_type": "video"}).json()["total"]
+    for params, field in (({"image": "nope", "narration": text["id"]}, "params.image"),
+                          ({"image": text["id"], "narration": text["id"]}, "params.image")):  # fmt: skip
+        resp = client.post(GENERATE, json={"content_type": "video", "prompt": "a clip", "params": params})
+        assert resp.status_code == 422 and resp.json()["error"]["field"] == field, resp.text
+    assert client.get("/api/v1/content", params={"content_type": "video"}).json()["total"] == before  # no record
