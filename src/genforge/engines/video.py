@@ -8,7 +8,8 @@ frame). Each frame is a crop of the image, moving and tightening over the clip, 
 Speed (measured on 2 busy cores, 1080x1920): Pillow's per-frame resize cost 38 ms and x264's veryfast preset
 51 ms a frame, three times too slow for real time at 30 fps. So the image is scaled once, up front, until its
 zoom-1 crop is the output size; each frame is then an integer crop (a numpy slice) that FFmpeg's scaler turns
-into a yuv420p frame of the output size in one pass (~13 ms), and x264 runs `ultrafast` (~11 ms) by default.
+into a yuv420p frame of the output size in one pass (~13 ms), made by a helper thread while x264 encodes the
+earlier ones, with x264's `ultrafast` preset (~11 ms) by default.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import io
 import math
+import queue
+import threading
 import time
 import wave
 from collections.abc import Callable
@@ -62,6 +65,35 @@ def ken_burns_boxes(img_w: int, img_h: int, out_w: int, out_h: int, frames: int,
         cy = img_h / 2 if img_h - h < 1 else h / 2 + (img_h - h) * (0.5 - 0.2 * (1 - ease))
         boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
     return boxes
+
+
+def _ahead(make, items, depth: int = 8):
+    """make(item) for each item, computed by a helper thread up to `depth` ahead of the consumer: FFmpeg's scaler
+    and x264 release the GIL, so frames are made while earlier ones encode (1.2x -> 2.1x real time measured)."""
+    done = object()
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                ready.put(make(item))
+            ready.put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ready.put(exc)
+
+    threading.Thread(target=produce, name="video-frames", daemon=True).start()
+    try:
+        while (value := ready.get()) is not done:
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while not ready.empty():  # unblock a producer waiting on a full queue
+            ready.get_nowait()
 
 
 def _scaled_source(image, out_w: int, out_h: int):
@@ -127,11 +159,13 @@ class VideoEngine(OneAtATimeEngine):
             aus = out.add_stream("aac", rate=rate, layout="mono")
             aus.bit_rate = 96_000
 
-            total = math.ceil(duration)
-            for i, box in enumerate(boxes):
+            def make(box):
                 x0, y0, x1, y1 = (round(v) for v in box)
                 crop = av.VideoFrame.from_ndarray(np.ascontiguousarray(source[y0:y1, x0:x1]), format="rgb24")
-                frame = crop.reformat(p.width, p.height, "yuv420p", interpolation="FAST_BILINEAR")
+                return crop.reformat(p.width, p.height, "yuv420p", interpolation="FAST_BILINEAR")
+
+            total = math.ceil(duration)
+            for i, frame in enumerate(_ahead(make, boxes)):
                 frame.pts = i
                 out.mux(vs.encode(frame))
                 if (i + 1) % p.fps == 0:
