@@ -65,7 +65,8 @@ def main() -> None:
             print(
                 f"run {i}: API {elapsed:.2f} s, direct {direct_s[-1]:.2f} s ("
                 + ", ".join(f"{p} {times[p]:.2f}" for p in records)
-                + f"), video {times['video_s']:.2f} s encoded at {rtf[-1]:.2f}x real time",
+                + f"), video {times['video_s']:.2f} s encoded at {rtf[-1]:.2f}x real time, "
+                + f"caption retries {len(records['caption']['attempts'])}",
                 flush=True,
             )
     direct.stdin.close()
