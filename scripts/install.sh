@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-text}"
+# The tests encode real videos: the test extra brings the video extra (PyAV).
+[[ ",$EXTRAS," == *",test,"* && ",$EXTRAS," != *",video,"* ]] && EXTRAS="$EXTRAS,video"
 LLAMA_CPP_VERSION="0.3.36"
 PY="${PYTHON:-python3}"
 

@@ -287,6 +287,9 @@ class CallerService:
     def get(self, content_id: str) -> ContentRecord:
         return self._owned(content_id)
 
+    def wait(self, job, emit=None, cancel=None) -> ContentRecord:
+        return self.svc.wait(job, emit, cancel)  # a job this key submitted
+
     def list(self, content_type=None, status=None, limit: int = 50, offset: int = 0, **filters):
         owner = None if self.caller.admin else self.caller.id
         return self.svc.list(content_type, status, limit, offset, owner=owner, **filters)

@@ -119,6 +119,18 @@ PACKAGED: dict[str, PackagedModel] = {
             by_name_only=True,
             binary=True,
         ),
+        PackagedModel(
+            name="h264-kenburns",
+            content_type="video",
+            engine="video",
+            distribution="av",
+            filename="_core.abi3.so",  # PyAV's core module; the wheel bundles FFmpeg and libx264 beside it
+            sha256="3a6f0e12a0b03b8c42b2dd4602745a564ba5d2236cb8a1d0c2a20dd2a0610b19",
+            license="PyAV BSD-3-Clause; its wheel bundles FFmpeg (LGPL/GPL build) and libx264 (GPL-2.0)",
+            description="A still image with a narration as soundtrack and a slow pan and zoom: MP4, H.264 + AAC "
+            "(PyAV); not a generative model, it ignores the prompt",
+            prompt_conditioned=False,
+        ),
     ]
 }
 

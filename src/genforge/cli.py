@@ -740,3 +740,7 @@ def audit(
     out.print(f"audit: {checked} succeeded record(s) checked, {len(problems)} problem(s){marked}")
     if problems:
         raise typer.Exit(1)
+
+
+# `genforge personas ...` and `genforge post` live in their own module; importing it registers them.
+from genforge import cli_posts  # noqa: E402, F401

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # torch runs slow down many times over when another process keeps a core busy; 1 avoids that.
     image_threads: int = 0
 
+    # Text with a policy (a persona's forbidden phrases, a post's character limit): how many generations, each
+    # with the next seed, may be tried before the record fails with policy_violation.
+    policy_attempts: int = Field(default=3, ge=1, le=20)
+
     # Speech: the longest text one request may speak (longer is 422; split it into several requests).
     speech_max_chars: int = 5000
 

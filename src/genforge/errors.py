@@ -73,6 +73,14 @@ class InvalidOutput(GenforgeError):
     hint = "The model produced unusable output. Try again with another seed, prompt or model."
 
 
+class PolicyViolation(InvalidOutput):
+    code = "policy_violation"
+    hint = (
+        "Every attempt broke the policy (a persona's forbidden phrase, a platform's character limit); change the "
+        "prompt or the persona, or raise GENFORGE_POLICY_ATTEMPTS."
+    )
+
+
 class GenerationTimeout(GenforgeError):
     code = "generation_timeout"
     hint = "Ask for fewer tokens, or raise GENFORGE_GENERATION_TIMEOUT_S."

@@ -4,7 +4,7 @@ genforge/contenttypes/. The API declares these as its response models, so /opena
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -30,7 +30,7 @@ class ModelInfo(BaseModel):
 class Artifact(BaseModel):
     sha256: str = Field(description="sha256 of the stored file's bytes.")
     size_bytes: int
-    media_type: str = Field(description="text/plain, image/png or audio/wav.")
+    media_type: str = Field(description="text/plain, image/png, audio/wav or video/mp4.")
     url: str = Field(description="Where GET serves the file.")
 
 
@@ -51,13 +51,31 @@ class Usage(BaseModel):
     completion_tokens: int | None
 
 
+class PersonaUse(BaseModel):
+    """The persona a record was made with, and what it set (kept even when the persona is deleted)."""
+
+    name: str
+    version: int
+    applied: dict[str, Any] = Field(
+        default_factory=dict, description="The request fields that came from the persona (field -> value)."
+    )
+
+
+class Attempt(BaseModel):
+    """A generation that ran but broke the request's policy (a forbidden phrase, a character limit)."""
+
+    seed: int | None
+    code: str = Field(description="policy_violation.")
+    message: str = Field(description="What broke the policy, naming the phrase or the limit.")
+
+
 class RecordBase(BaseModel):
     """What every record has, whatever its content type."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="The content id (a UUID).")
-    content_type: str = Field(description="text, image or speech: which section the record has.")
+    content_type: str = Field(description="text, image, speech or video: which section the record has.")
     status: Status = Field(description="succeeded only when real, validated content was stored durably.")
     prompt: str
     system: str | None = Field(None, description="Text: the system prompt, if one was given.")
@@ -75,6 +93,11 @@ class RecordBase(BaseModel):
         None,
         description="Content Credentials (C2PA): signed or not, by which certificate; GET .../credentials reads "
         "them back from the file.",
+    )
+    persona: PersonaUse | None = Field(None, description="The persona (name, version) the record was made with.")
+    attempts: list[Attempt] = Field(
+        default_factory=list,
+        description="Runs that broke the policy, each retried with the next seed (GENFORGE_POLICY_ATTEMPTS).",
     )
 
 

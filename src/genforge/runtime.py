@@ -16,6 +16,7 @@ from genforge.config import Settings
 from genforge.db import Database
 from genforge.errors import AlreadyRunning, GenforgeError
 from genforge.jobs import JobRunner
+from genforge.posts import PostService
 from genforge.service import ContentService
 from genforge.storage import ArtifactStore
 from genforge.worker import EnginePool
@@ -69,6 +70,7 @@ class Runtime:
     worker: EnginePool
     runner: JobRunner
     service: ContentService
+    posts: PostService
     load_error: str | None = None
     preloaded: bool = False
     closed: bool = False
@@ -102,12 +104,14 @@ class Runtime:
         else:  # a worker's jobs come from Celery tasks, run by the task threads: no job threads here
             runner = JobRunner(workers=0 if worker else settings.parallel, queue_size=settings.queue_size)
         service = ContentService(settings, db, catalog, store, engines, runner)
+        posts = PostService(service)
         if settings.queue == "celery" and not worker:
             runner.records = service.get
         elif recover:
             service.recover()
+            posts.recover()
         metrics.track_runner(runner)
-        return cls(settings, db, catalog, store, engines, runner, service)
+        return cls(settings, db, catalog, store, engines, runner, service, posts)
 
     def preload(self) -> None:
         """Load the default text model into the engine worker so the first request is warm."""

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from genforge.contenttypes import REGISTRY
 from genforge.records import ChatMessage
 
-ContentType = Literal["text", "image", "speech"]
+ContentType = Literal["text", "image", "speech", "video"]
 Quality = Literal["draft", "standard", "high"]
 
 # `params` is validated by the content type's own model (see genforge/contenttypes/), so that an error names
@@ -42,6 +42,19 @@ class GenerateRequest(BaseModel):
         description="Text: a whole chat instead of prompt and system (the prompt is then its last user message).",
     )
     raw: bool = Field(False, description="Text: continue the prompt as raw text, without the chat template.")
+    persona: str | None = Field(
+        None,
+        max_length=80,
+        description="A persona's name (its latest version) or NAME@VERSION: its defaults apply "
+        "where the request leaves fields unset.",
+    )
+    variants: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description="Text and images: make this many, with seeds seed, seed+1, ... (drawn when "
+        "no seed is given), under one batch id.",
+    )
 
     @field_validator("content_type", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,9 +22,10 @@ from genforge import metrics
 from genforge.catalog import ModelCatalog
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY, ContentRecord, Plan, spec_of
+from genforge.contenttypes.base import SEED_LIMIT
 from genforge.credentials import Credentials, describe
 from genforge.db import ContentRow, Database
-from genforge.engines.base import Emit, GenerationJob
+from genforge.engines.base import Emit, GenerationJob, TextPolicy, VideoInputs
 from genforge.errors import (
     ArtifactChanged,
     ArtifactLost,
@@ -34,10 +35,13 @@ from genforge.errors import (
     GenforgeError,
     Interrupted,
     InvalidOutput,
+    InvalidRequest,
     NotFound,
+    PolicyViolation,
 )
 from genforge.jobs import Job, JobRunner
 from genforge.limits import check_limits
+from genforge.personas import PersonaStore, apply
 from genforge.records import Artifact, ModelInfo, RecordError, Status, Timings
 from genforge.schemas import GenerateRequest
 from genforge.search import search_for
@@ -101,6 +105,8 @@ def to_record(row: ContentRow, queue_position: int | None = None) -> ContentReco
         "queue_position": queue_position,
         "owner": row.owner,
         "credentials": (row.extra or {}).get("credentials"),
+        "persona": (row.extra or {}).get("persona"),
+        "attempts": (row.extra or {}).get("attempts", []),
     }
     return spec.record.model_validate({**common, **spec.record_section(row)})
 
@@ -148,20 +154,38 @@ class ContentService:
         self.runner = runner
         self.closing = False  # set when the runtime shuts down: database retries give up
         self.search = search_for(db.url)
+        self.personas = PersonaStore(db)
         self.credentials = Credentials(settings.data_dir, enabled=settings.credentials != "off")
         if self.credentials.enabled:
             self.credentials.ensure()  # the instance's CA and signing key, made on first start
 
     # --- the one path ------------------------------------------------------------------------
-    def submit(self, req: GenerateRequest, owner: str | None = None) -> Job:
+    def submit(self, req: GenerateRequest, owner: str | None = None, policy: TextPolicy | None = None) -> Job:
         """Accept a request: plan it, write its `pending` record and queue it (or raise QueueFull).
-        `owner`: the id of the API key asking (see auth.py), recorded with the record."""
+
+        `owner`: the id of the API key asking (see auth.py), recorded with the record. A persona fills in what
+        the request leaves unset; `policy` (a post's character limit) and the persona's forbidden phrases become
+        the text's policy."""
+        use = None
+        if req.persona:
+            engine_of = lambda model: (self.catalog.engine_of(model) or (None,))[0] if model else None  # noqa: E731
+            req, use, forbidden = apply(self.personas.resolve(req.persona), req, engine_of)
+            if forbidden:
+                policy = replace(policy or TextPolicy(), forbidden_phrases=forbidden.forbidden_phrases)
         plan = spec_of(req.content_type).plan(req, self.settings, self.catalog)
         check_limits(req, plan.params, self.settings)
+        if policy is not None and req.content_type == "text":
+            plan = replace(plan, policy=policy)
+        self._inputs(plan)  # a video's inputs must exist before its record does
         accepted = Accepted(str(uuid.uuid4()), req, plan, time.perf_counter())
 
         def accept() -> None:
-            controls = {"messages": plan.messages, "raw": plan.raw or None, "fallback_reason": plan.fallback_reason}
+            controls = {
+                "messages": plan.messages,
+                "raw": plan.raw or None,
+                "fallback_reason": plan.fallback_reason,
+                "persona": use.model_dump(mode="json") if use else None,
+            }
             with self.db.session() as s:
                 s.add(
                     ContentRow(
@@ -176,6 +200,8 @@ class ContentService:
                         extra={k: v for k, v in controls.items() if v is not None},
                         created_at=_now(),
                         owner=owner,
+                        persona_name=use.name if use else None,
+                        persona_version=use.version if use else None,
                     )
                 )
             log.info("content=%s accepted type=%s model=%s", accepted.content_id, req.content_type, plan.model)
@@ -191,9 +217,13 @@ class ContentService:
         emit: Emit | None = None,
         cancel: threading.Event | None = None,
         owner: str | None = None,
+        policy: TextPolicy | None = None,
     ) -> ContentRecord:
         """Submit and wait for the final record; engine events go to `emit` as they happen."""
-        job = self.submit(req, owner)
+        return self.wait(self.submit(req, owner, policy), emit, cancel)
+
+    def wait(self, job: Job, emit: Emit | None = None, cancel: threading.Event | None = None) -> ContentRecord:
+        """Wait for a submitted job's final record (raising its error); its events go to `emit`."""
         if emit is not None:
             job.listen(lambda event: event["type"] != "final" and emit(event))
         while not job.done.wait(0.1):
@@ -235,8 +265,8 @@ class ContentService:
 
     def _run(self, accepted: Accepted, emit: Emit, cancel: threading.Event) -> ContentRecord:
         req, plan, content_id = accepted.request, accepted.plan, accepted.content_id
-        spec = spec_of(req.content_type)
         model = self.catalog.resolve(plan.model, req.content_type)
+        inputs = self._inputs(plan)
         with self.db.session() as s:
             row = s.get(ContentRow, content_id)
             row.status, row.started_at = "running", _now()
@@ -254,24 +284,25 @@ class ContentService:
             messages=plan.messages,
             raw=plan.raw,
             fallback_reason=plan.fallback_reason,
+            policy=plan.policy,
+            inputs=inputs,
         )
-        out = self.engines.generate(job, emit=emit, cancel=cancel)
-        if not isinstance(out.facts, spec.facts):
-            raise InvalidOutput(f"the engine reported {type(out.facts).__name__}, not {spec.facts.__name__}")
-        spec.validate(out, job)
+        out, job = self._generate_checked(job, emit, cancel)  # `job`: after a policy retry, the seed that passed
         signed = self.credentials.sign(  # Content Credentials; the signed file is what is stored and hashed
             content_id=content_id,
             content_type=req.content_type,
             media_type=out.media_type,
             data=out.data,
             model=model,
-            params=plan.params.model_dump(mode="json"),
+            params=job.params.model_dump(mode="json"),
         )
         extra = {**signed.extra, **({"model_source": model.source} if model.source else {})}
         with self.store.guard():  # a delete of a record sharing this file waits until ours is committed
             stored = self.store.write(signed.data, out.media_type)
             try:
-                result = self._retry(lambda: self._succeed(accepted, out, stored, extra), SUCCESS_COMMIT_RETRY_S)
+                result = self._retry(
+                    lambda: self._succeed(accepted, out, stored, job.params, extra), SUCCESS_COMMIT_RETRY_S
+                )
             except Exception:
                 if stored.created:  # ours alone: an identical artifact of another record stays
                     self.store.remove(stored.relpath)
@@ -286,11 +317,61 @@ class ContentService:
         )
         return result
 
-    def _succeed(self, accepted: Accepted, out, stored, extra: dict) -> ContentRecord:
-        """The final commit: the record turns `succeeded` with everything the engine and the store said."""
+    def _generate_checked(self, job: GenerationJob, emit: Emit, cancel: threading.Event):
+        """Run the engine and the validator. Output that breaks the job's policy (a forbidden phrase, a character
+        limit) is retried with the next seed, up to GENFORGE_POLICY_ATTEMPTS runs; each broken run is listed in
+        the record's `attempts`, and the record keeps the seed that passed. Returns (output, the job that made it)."""
+        spec = spec_of(job.content_type)
+        attempts: list[dict] = []
+        while True:
+            out = self.engines.generate(job, emit=emit, cancel=cancel)
+            if not isinstance(out.facts, spec.facts):
+                raise InvalidOutput(f"the engine reported {type(out.facts).__name__}, not {spec.facts.__name__}")
+            try:
+                spec.validate(out, job)
+                return out, job
+            except PolicyViolation as exc:
+                attempts.append({"seed": getattr(job.params, "seed", None), "code": exc.code, "message": exc.message})
+                self._retry(lambda: self._note_attempts(job.content_id, list(attempts)), SUCCESS_COMMIT_RETRY_S)  # noqa: B023
+                log.info("content=%s attempt %d broke the policy: %s", job.content_id, len(attempts), exc.message)
+                if len(attempts) >= self.settings.policy_attempts or getattr(job.params, "seed", None) is None:
+                    exc.message = f"{exc.message} (in each of {len(attempts)} attempt(s); the last is shown)"
+                    raise
+                emit({"type": "retry", "attempt": len(attempts) + 1, "reason": exc.message})
+                job = replace(job, params=job.params.model_copy(update={"seed": (job.params.seed + 1) % SEED_LIMIT}))
+
+    def _note_attempts(self, content_id: str, attempts: list[dict]) -> None:
+        with self.db.session() as s:
+            row = s.get(ContentRow, content_id)
+            row.extra = {**(row.extra or {}), "attempts": list(attempts)}
+
+    def _inputs(self, plan: Plan) -> VideoInputs | None:
+        """The stored files a plan names (a video's image and narration): succeeded records of the right types."""
+        if not plan.inputs:
+            return None
+        paths = {}
+        with self.db.session() as s:
+            for role, (content_id, content_type) in plan.inputs.items():
+                row = s.get(ContentRow, content_id)
+                if row is None or row.content_type != content_type or row.status != "succeeded":
+                    state = "no record" if row is None else f"a {row.status} {row.content_type} record"
+                    raise InvalidRequest(
+                        f"params.{role}: {content_id!r} is {state}, not a succeeded {content_type} record",
+                        field=f"params.{role}",
+                    )
+                path = self.store.resolve(row.artifact_path)
+                if not path.is_file():
+                    raise ArtifactLost(f"the file of {role} {content_id} is missing", content_id=content_id)
+                paths[role] = str(path)
+        return VideoInputs(image_path=paths["image"], narration_path=paths["narration"])
+
+    def _succeed(self, accepted: Accepted, out, stored, params: BaseModel, extra: dict) -> ContentRecord:
+        """The final commit: the record turns `succeeded` with everything the engine and the store said (and the
+        parameters that ran: after a policy retry, the seed that passed)."""
         with self.db.session() as s:
             row = s.get(ContentRow, accepted.content_id)
             row.status, row.finished_at = "succeeded", _now()
+            row.params = params.model_dump(mode="json")
             row.error_code = row.error_message = row.error_hint = None
             row.engine_version = out.engine_version
             row.text, row.finish_reason = out.text, out.finish_reason

@@ -48,7 +48,7 @@ def post(live, body) -> object:
     [
         ({"content_type": "text", "prompt": ""}, "prompt"),
         ({"content_type": "text", "prompt": " \n\t "}, "prompt"),
-        ({"content_type": "video", "prompt": "a film"}, "content_type"),
+        ({"content_type": "hologram", "prompt": "a film"}, "content_type"),
         ({"prompt": "no type"}, "content_type"),
         ({"content_type": "text"}, "prompt"),
         (text_body(max_tokens=0), "params.max_tokens"),

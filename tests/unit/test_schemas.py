@@ -49,7 +49,7 @@ def test_voice_is_an_alias_of_speech():
         ({"prompt": "x" * 100_001}, "prompt"),
         ({"prompt": 42}, "prompt"),
         ({"prompt": None}, "prompt"),
-        ({"content_type": "video"}, "content_type"),
+        ({"content_type": "hologram"}, "content_type"),
         ({"content_type": None}, "content_type"),
         ({"quality": "ultra"}, "quality"),
         ({"model": ""}, "model"),

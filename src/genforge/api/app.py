@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from genforge import __version__
-from genforge.api import auth, content, keys, models, openai, system
+from genforge.api import auth, content, keys, models, openai, personas, posts, system
 from genforge.api.errors import BodySizeLimit, install_error_handlers
 from genforge.api.network import HostOriginGuard
 from genforge.api.web import WebUI
@@ -59,5 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.include_router(keys.router, responses=auth.RESPONSES)  # admin keys only (its own guard)
     app.include_router(openai.router, dependencies=auth.GUARD, responses=auth.OPENAI_RESPONSES)
+    app.include_router(personas.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(posts.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.mount("/", WebUI(), name="web")  # last: every API route above wins
     return app

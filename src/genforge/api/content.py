@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
+from genforge import variants
 from genforge.api.deps import ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
 from genforge.api.streaming import SSE_DOC, event_stream, final_event, native_events
@@ -16,6 +17,7 @@ from genforge.errors import InvalidRequest
 from genforge.records import Status
 from genforge.schemas import ContentType, GenerateRequest
 from genforge.service import ArtifactCheck, ContentPage
+from genforge.variants import Batch
 
 router = APIRouter(prefix="/api/v1/content", tags=["content"])
 OFFSET_LIMIT = 10**9
@@ -36,11 +38,12 @@ RECORD_LINKS = {
 @router.post(
     "/generate",
     status_code=201,
-    response_model=ContentRecord,
+    response_model=ContentRecord | Batch,
     responses={
         201: {
             "description": "The succeeded record (sync), or with stream: true a text/event-stream of `token` and "
-            "`progress` events ending with exactly one `done` (the record) or `failed` (the failed record).",
+            "`progress` events ending with exactly one `done` (the record) or `failed` (the failed record). With "
+            "`variants`: {batch_id, items: [record, ...]} (see GET /api/v1/batches/{batch_id}).",
             "content": SSE_DOC,
             "links": RECORD_LINKS,
         },
@@ -53,6 +56,9 @@ RECORD_LINKS = {
     },
 )
 async def generate(body: GenerateRequest, svc: ServiceDep):
+    if body.variants is not None:  # n records under one batch id: {"batch_id", "items"}
+        batch = await run_in_threadpool(variants.generate, svc, body)
+        return JSONResponse(batch.model_dump(mode="json"), status_code=201)
     if body.mode == "async" and body.stream:
         raise InvalidRequest(
             "stream: an async request answers 202 at once; follow its events at GET /api/v1/content/{id}/events, "

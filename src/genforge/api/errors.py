@@ -36,6 +36,7 @@ STATUS: dict[str, int] = {
     "queue_full": 429,
     "engine_failed": 502,
     "invalid_output": 502,
+    "policy_violation": 502,
     "model_unavailable": 503,
     "broker_unavailable": 503,
     "generation_timeout": 504,
@@ -113,7 +114,8 @@ _DESCRIPTIONS = {
     413: "Body over GENFORGE_MAX_BODY_BYTES (`payload_too_large`).",
     422: "A field is wrong; the message names it (`invalid_request`).",
     429: "The queue is full (`queue_full`); see Retry-After.",
-    502: "The engine crashed (`engine_failed`) or produced unusable output (`invalid_output`).",
+    502: "The engine crashed (`engine_failed`) or produced unusable output (`invalid_output`), or every attempt "
+    "broke the policy (`policy_violation`: a forbidden phrase, a character limit).",
     503: "The model is not installed or its file is missing or changed (`model_unavailable`); the database is "
     "locked or cannot be written (`database_unavailable`); the job broker cannot be reached (`broker_unavailable`); "
     "the server is stopping (`shutting_down`).",

@@ -197,8 +197,15 @@ class ImagesResponse(BaseModel):
 
 
 # --- requests into the service ------------------------------------------------------------------------
+PERSONA_PREFIX = "persona:"
+
+
 def _request(renames: dict[str, str] | None = None, **fields) -> GenerateRequest:
-    """The native request for an OpenAI call; what the native model refuses is a 400 naming OpenAI's field."""
+    """The native request for an OpenAI call; what the native model refuses is a 400 naming OpenAI's field.
+    `model: "persona:NAME"` (or NAME@VERSION) asks for a persona's defaults, its model among them."""
+    model = fields.get("model") or ""
+    if model.startswith(PERSONA_PREFIX):
+        fields = {**fields, "model": None, "persona": model.removeprefix(PERSONA_PREFIX)}
     try:
         return GenerateRequest(**fields)
     except ValidationError as exc:

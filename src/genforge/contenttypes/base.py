@@ -32,6 +32,10 @@ class Plan:
     messages: list[dict] | None = None
     raw: bool = False
     fallback_reason: str | None = None
+    # Video: the stored records it is made of, by role: (content id, the content type it must be).
+    inputs: dict[str, tuple[str, str]] | None = None
+    # Text: what the output must respect (genforge.engines.base.TextPolicy); set by personas and posts.
+    policy: Any = None
 
 
 Planner = Callable[["GenerateRequest", "Settings", "ModelCatalog"], Plan]

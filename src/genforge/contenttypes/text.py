@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
-from genforge.engines.base import TextFacts
-from genforge.errors import InvalidOutput, InvalidRequest
+from genforge.engines.base import TextFacts, TextPolicy
+from genforge.errors import InvalidOutput, InvalidRequest, PolicyViolation
 from genforge.records import ChatMessage, RecordBase, Usage
 
 if TYPE_CHECKING:
@@ -116,6 +116,25 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
         raise InvalidOutput(f"unknown finish reason {out.finish_reason!r}")
     if not (out.usage or {}).get("completion_tokens"):
         raise InvalidOutput("the engine reported no generated tokens")
+    check_policy(decoded, job.policy)
+
+
+def check_policy(text: str, policy: TextPolicy | None) -> None:
+    """A text that breaks its policy is not a success (the service retries it with the next seed)."""
+    if policy is None:
+        return
+    folded = text.casefold()
+    for phrase in policy.forbidden_phrases:
+        if phrase.casefold() in folded:
+            raise PolicyViolation(f"the text contains the forbidden phrase {phrase!r}", details={"phrase": phrase})
+    words = len(re.findall(r"\w+", text))
+    if policy.min_words is not None and words < policy.min_words:
+        raise PolicyViolation(f"the text has {words} word(s), fewer than {policy.min_words}")
+    if policy.max_chars is not None and len(text) > policy.max_chars:
+        raise PolicyViolation(
+            f"the text is {len(text)} characters, over the limit of {policy.max_chars}",
+            details={"limit": policy.max_chars},
+        )
 
 
 def check_model_path(path: Path) -> str:

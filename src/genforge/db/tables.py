@@ -53,6 +53,9 @@ class ContentRow(Base):
     error_hint: Mapped[str | None] = mapped_column(Text)
     # The id of the API key that created the record (None: made without a key, e.g. by the CLI).
     owner: Mapped[str | None] = mapped_column(String(32), index=True)
+    # The persona the record was made with (its fields used are in `extra`): deleting it is refused while used.
+    persona_name: Mapped[str | None] = mapped_column(String(64), index=True)
+    persona_version: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_content_created", "created_at"),
@@ -105,3 +108,50 @@ class ApiKeyRow(Base):
     max_jobs: Mapped[int | None] = mapped_column(Integer)  # jobs pending or running at once; None: no limit
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PersonaRow(Base):
+    """One version of a persona: an edit adds a row with the next version."""
+
+    __tablename__ = "personas"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[dict] = mapped_column(JSON, default=dict)
+    image: Mapped[dict] = mapped_column(JSON, default=dict)
+    speech: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PostRow(Base):
+    """A post: a persona's parts (caption, image, narration, video), each its own content record."""
+
+    __tablename__ = "posts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    persona_name: Mapped[str] = mapped_column(String(64), index=True)
+    persona_version: Mapped[int] = mapped_column(Integer)
+    platform: Mapped[str] = mapped_column(String(32))
+    brief: Mapped[str] = mapped_column(Text)
+    parts: Mapped[list] = mapped_column(JSON, default=list)  # the requested parts, in order
+    part_ids: Mapped[dict] = mapped_column(JSON, default=dict)  # part -> content id, as each is submitted
+    error_part: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_hint: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BatchRow(Base):
+    """Variants of one request: its records, in seed order."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    content_type: Mapped[str] = mapped_column(String(16))
+    item_ids: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -11,6 +11,7 @@ ENGINE_MODULES: dict[str, str] = {
     "piper": "genforge.engines.piper",
     "espeak-ng": "genforge.engines.espeak",
     "remote": "genforge.engines.remote",
+    "video": "genforge.engines.video",
 }
 
 

@@ -41,6 +41,24 @@ class ResolvedModel:
     api_key_env: str | None = None  # the environment variable holding its API key, if it needs one
 
 
+@dataclass(frozen=True)
+class VideoInputs:
+    """Video only: the stored artifacts a video is made of, by path (the engine never reads the database)."""
+
+    image_path: str
+    narration_path: str
+
+
+@dataclass(frozen=True)
+class TextPolicy:
+    """Text only: what a generated text must respect to count as a success (a persona's forbidden phrases, a
+    platform's character limit). The text validator enforces it; the service retries with the next seed."""
+
+    forbidden_phrases: tuple[str, ...] = ()
+    max_chars: int | None = None
+    min_words: int | None = None  # e.g. a caption that will be spoken: emoji alone are not a caption
+
+
 @dataclass
 class GenerationJob:
     content_id: str
@@ -57,6 +75,8 @@ class GenerationJob:
     raw: bool = False
     # Speech only: why the espeak-ng fallback runs (the request allowed it), for the record's warnings.
     fallback_reason: str | None = None
+    policy: TextPolicy | None = None
+    inputs: VideoInputs | None = None
 
 
 # --- what engines return: the artifact and the facts of its type -------------------------------------
@@ -115,6 +135,18 @@ class SpeechFacts(_Facts):
     sentences: int | None = Field(None, description="Sentences synthesised (one progress step each).")
     deterministic: bool | None = Field(None, description="Whether the same request gives the same audio bytes.")
     content_hash: str | None = Field(None, description="sha256 of the decoded samples: finds a stripped copy.")
+
+
+class VideoFacts(_Facts):
+    width: int | None = Field(None, description="Frame width in pixels.")
+    height: int | None = Field(None, description="Frame height in pixels.")
+    fps: int | None = Field(None, description="Frames per second.")
+    frames: int | None = Field(None, description="Video frames encoded.")
+    duration_s: float | None = Field(None, description="Length of the video track in seconds.")
+    narration_s: float | None = Field(None, description="Length of the narration (the soundtrack) in seconds.")
+    video_codec: str | None = Field(None, description="h264.")
+    audio_codec: str | None = Field(None, description="aac.")
+    realtime_factor: float | None = Field(None, description="Seconds of video encoded per second of encoding.")
 
 
 @dataclass

@@ -1,0 +1,140 @@
+"""Video: an MP4 of a stored image with a stored narration as its soundtrack (engines/video.py); its validator.
+
+A video request names its two inputs by content id (`params.image`, `params.narration`); the service resolves
+them to their stored files (succeeded records of the right types) and hands the paths to the engine. The record's
+params keep the ids, so sending them again makes the same video.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, facts_of, parse_params
+from genforge.engines.base import VideoFacts
+from genforge.errors import InvalidOutput, InvalidRequest
+from genforge.records import RecordBase
+
+if TYPE_CHECKING:
+    from genforge.engines.base import EngineOutput, GenerationJob
+
+# Frame sizes (width, height) by platform: vertical 9:16 for reels and stories, 16:9 for X and YouTube.
+PLATFORM_SIZES: dict[str, tuple[int, int]] = {
+    "instagram": (1080, 1920),
+    "reels": (1080, 1920),
+    "story": (1080, 1920),
+    "tiktok": (1080, 1920),
+    "x": (1280, 720),
+    "youtube": (1920, 1080),
+    "square": (1080, 1080),
+}
+DEFAULT_PLATFORM = "instagram"
+DURATION_TOLERANCE_S = 0.1  # the video lasts as long as its narration, within this
+Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
+
+
+class VideoParams(BaseModel):
+    """Video parameters: the two inputs by content id, the frame size (a platform's, or width and height) and
+    the encoder's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, max_length=64, description="Content id of a succeeded image record.")
+    narration: str = Field(min_length=1, max_length=64, description="Content id of a succeeded speech record.")
+    platform: Literal[tuple(PLATFORM_SIZES)] | None = Field(None, description="Sets the frame size.")
+    width: int | None = Field(None, ge=128, le=3840, multiple_of=2)
+    height: int | None = Field(None, ge=128, le=3840, multiple_of=2)
+    fps: int = Field(30, ge=10, le=60)
+    zoom: float = Field(1.15, ge=1.0, le=2.0, description="How far the slow zoom goes in (1: pan only).")
+    preset: Preset = Field("ultrafast", description="libx264 speed preset (ultrafast: faster than real time).")
+    crf: int = Field(23, ge=0, le=51, description="libx264 constant quality (lower is better and larger).")
+
+    @model_validator(mode="after")
+    def _size(self):
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height, or neither (a platform sets them)")
+        return self
+
+
+class VideoSettings(VideoParams):
+    """The complete video parameters, as recorded (send them as `params` to make the same video again)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    platform: str
+    width: int
+    height: int
+
+
+class VideoRecord(VideoFacts, RecordBase):
+    content_type: Literal["video"]
+    params: VideoSettings
+
+
+def plan(req, settings, catalog) -> Plan:
+    given = parse_params(VideoParams, req.params)
+    if req.system is not None:
+        raise InvalidRequest("system: a video takes no system prompt", field="system")
+    platform = given.platform or DEFAULT_PLATFORM
+    width, height = (given.width, given.height) if given.width else PLATFORM_SIZES[platform]
+    model = req.model or catalog.default_for("video")
+    check_model(catalog, model, "video")
+    params = VideoSettings(**{**given.model_dump(), "platform": platform, "width": width, "height": height})
+    return Plan(model, params, inputs={"image": (given.image, "image"), "narration": (given.narration, "speech")})
+
+
+def wav_duration(path: str) -> float:
+    with wave.open(path) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def validate(out: EngineOutput, job: GenerationJob) -> None:
+    """Decodes with PyAV (every frame), has a video and an audio stream of the asked size, and lasts as long as
+    the narration."""
+    import av
+
+    if out.media_type != "video/mp4":
+        raise InvalidOutput(f"the video engine returned {out.media_type!r}, not video/mp4")
+    p = job.params
+    try:
+        with av.open(io.BytesIO(out.data)) as c:
+            video = [s for s in c.streams if s.type == "video"]
+            audio = [s for s in c.streams if s.type == "audio"]
+            if not video or not audio:
+                raise InvalidOutput("the MP4 lacks a video or an audio stream")
+            size = (video[0].codec_context.width, video[0].codec_context.height)
+            frames = sum(1 for _ in c.decode(video=0))
+            duration = float(c.duration) / 1e6 if c.duration else 0.0
+    except av.FFmpegError as exc:
+        raise InvalidOutput(f"the MP4 does not decode: {exc}") from None
+    if size != (p.width, p.height):
+        raise InvalidOutput(f"the video is {size[0]}x{size[1]}, not the asked {p.width}x{p.height}")
+    if frames != out.facts.frames or frames == 0:
+        raise InvalidOutput(f"{frames} frames decode, the engine reported {out.facts.frames}")
+    narration = wav_duration(job.inputs.narration_path)
+    if abs(duration - narration) > DURATION_TOLERANCE_S:
+        raise InvalidOutput(f"the video lasts {duration:.2f} s, the narration {narration:.2f} s")
+
+
+def record_section(row) -> dict:
+    return facts_of(row, VideoFacts)
+
+
+SPEC = ContentTypeSpec(
+    name="video",
+    params=VideoParams,
+    settings=VideoSettings,
+    facts=VideoFacts,
+    record=VideoRecord,
+    plan=plan,
+    validate=validate,
+    media_type="video/mp4",
+    suffix=".mp4",
+    no_model_hint="Install the video extra: `pip install 'genforge[video]'` (PyAV), then ask for the model "
+    "`h264-kenburns`.",
+    check_model_path=None,
+    record_section=record_section,
+)
