@@ -249,6 +249,9 @@ class CallerService:
     def __init__(self, svc, caller: Caller, slots: JobSlots):
         self.svc, self.caller, self.slots = svc, caller, slots
         self.runner = svc.runner
+        # Shared by every key (scopes still apply per HTTP method): the personas, and the database for batch
+        # rows, whose records are read back through get() with its ownership check.
+        self.personas, self.db = svc.personas, svc.db
 
     def _owned(self, content_id: str) -> ContentRecord:
         rec = self.svc.get(content_id)

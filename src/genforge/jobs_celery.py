@@ -448,7 +448,7 @@ class WorkerSide:
                 return None
             row = s.get(ContentRow, content_id)
             extra = dict(row.extra or {})
-            extra["attempts"] = extra.get("attempts", 0) + 1
+            extra["worker_runs"] = extra.get("worker_runs", 0) + 1  # how many workers took it (leases)
             row.extra = extra
             return row
 
@@ -513,7 +513,7 @@ class WorkerSide:
         for content_id, content_type, extra in rows:
             if self.redis.exists(lease_key(content_id)):
                 continue
-            attempts = (extra or {}).get("attempts", 1)
+            attempts = (extra or {}).get("worker_runs", 1)
             if attempts < MAX_ATTEMPTS:
                 if self._cas(content_id, status="pending", started_at=None):
                     log.warning("content=%s lost its worker; running it once more", content_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from genforge.api.deps import ServiceDep
 from genforge.api.errors import COMMON, error_responses
@@ -27,7 +27,7 @@ def get_persona(name: str, svc: ServiceDep) -> Persona:
 
 
 @router.get("/{name}/versions/{version}", response_model=Persona, responses=error_responses(404, *COMMON))
-def get_persona_version(name: str, version: int, svc: ServiceDep) -> Persona:
+def get_persona_version(name: str, svc: ServiceDep, version: int = Path(ge=1, le=10**9)) -> Persona:
     return svc.personas.get(name, version)
 
 
