@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
+from genforge import imagebackend
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
 from genforge.db import Database, ModelRow
@@ -315,7 +316,8 @@ class ModelCatalog:
         digest = self._hash_checked(
             name, path, source="user", content_type=row.content_type, engine=row.engine, expected=row.sha256
         )
-        return ResolvedModel(name, row.content_type, row.engine, str(path), digest, path_stat(path)[0], chat=True)
+        engine = imagebackend.engine_for(row.engine, self.settings)  # diffusers: torch or OpenVINO
+        return ResolvedModel(name, row.content_type, engine, str(path), digest, path_stat(path)[0], chat=True)
 
     # --- listing ----------------------------------------------------------------------
     def entries(self) -> list[ModelEntry]:

@@ -37,6 +37,7 @@ STATUS: dict[str, int] = {
     "engine_failed": 502,
     "invalid_output": 502,
     "model_unavailable": 503,
+    "model_unconvertible": 503,
     "generation_timeout": 504,
     "storage_failed": 507,
     "shutting_down": 503,
