@@ -259,7 +259,8 @@ def unet_step(args) -> dict:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel().eval()  # the defaults are SD 1.5's: (320, 640, 1280, 1280), cross-attention 768
+    # SD 1.5: the default blocks (320, 640, 1280, 1280), 8 heads, cross-attention 768 (CLIP ViT-L), 64x64 latents
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
     params = sum(p.numel() for p in unet.parameters())
     sample, t, text = torch.randn(2, 4, 64, 64), torch.tensor(999.0), torch.randn(2, 77, 768)
     with torch.inference_mode():

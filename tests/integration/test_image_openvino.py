@@ -123,16 +123,20 @@ def test_the_image_is_close_to_the_torch_engines_for_the_same_seed(first, checkp
 
 def test_separate_processes_reuse_the_cache_and_give_identical_pixels(first, data_dir):
     _, rec, png = first
+    manifest = data_dir / "ov-cache" / rec["image"]["cache_key"] / MANIFEST
+    written = (manifest.stat().st_ino, manifest.stat().st_mtime_ns)
     runs = []
     for _ in range(2):  # two CLI processes, each with its own engine worker
         run = run_cli(data_dir, "generate", "image", "a red bicycle", "--model", MODEL, "--seed", "11",
                       "--width", "64", "--height", "64", "--steps", "4", "--json")  # fmt: skip
         assert run.returncode == 0, run.stdout + run.stderr
         runs.append(json.loads(run.stdout[: run.stdout.rindex("}") + 1]))
+    # the entry was used as it was, not converted again (a rebuild renames a new folder into place)
+    assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == written
     for cli in runs:
         assert cli["model"]["engine"] == "openvino-diffusers" and cli["image"]["cache_key"] == rec["image"]["cache_key"]
-        # a cached load is compiling only: far below the first load, which converted
-        assert cli["timings"]["load_ms"] < rec["timings"]["load_ms"] / 3, (cli["timings"], rec["timings"])
+        # a cached load reads and compiles; the first one converted (3x faster on a quiet machine, less under load)
+        assert cli["timings"]["load_ms"] < rec["timings"]["load_ms"], (cli["timings"], rec["timings"])
     files = [artifact_of(data_dir, cli) for cli in runs]
     assert pixels_sha256(files[0]) == pixels_sha256(files[1]) == pixels_sha256(png)
 
