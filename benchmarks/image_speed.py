@@ -23,7 +23,8 @@ Runs alternate between the two sides so that machine noise hits both alike; medi
       with GENFORGE_IMAGE_BACKEND=torch and once with openvino: seconds per image, the first request's load
       (the conversion, for OpenVINO) and the engine worker's peak RSS.
 
-    nice -n 10 .venv/bin/python benchmarks/image_speed.py --full [--full-runs 3]
+    nice -n 10 .venv/bin/python benchmarks/image_speed.py --full [--full-runs 3] [--full-precisions fp32,int8]
+                                                         [--full-skip-api]
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main() -> None:
     ap.add_argument("--sd-steps", type=int, default=30)
     ap.add_argument("--full", action="store_true", help="the full-size case (3.) instead of 1 and 2")
     ap.add_argument("--full-runs", type=int, default=3, help="timed runs per side in the full-size case")
+    ap.add_argument("--full-precisions", default="fp32,int8", help="OpenVINO weights measured in 3a")
+    ap.add_argument("--full-skip-api", action="store_true", help="3a only (no SD-Turbo-shaped pipeline, no server)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -248,13 +251,14 @@ def timed(fn, runs: int) -> float:
 
 
 def unet_step(args) -> dict:
+    """3a, printing each figure as soon as it is measured (the whole case takes long on a loaded machine)."""
     import gc
 
     import openvino as ov
     import torch
     from diffusers import UNet2DConditionModel
 
-    from genforge.engines.openvino_diffusers import compile_config, convert_unet
+    from genforge.engines.openvino_diffusers import StaticShapes, compile_config, convert_unet
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -262,21 +266,32 @@ def unet_step(args) -> dict:
     # SD 1.5: the default blocks (320, 640, 1280, 1280), 8 heads, cross-attention 768 (CLIP ViT-L), 64x64 latents
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
     params = sum(p.numel() for p in unet.parameters())
+    print(f"{threads} cores; load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+    print(f"3a. SD 1.5-shaped UNet ({params / 1e6:.0f}M parameters), one step, 64x64 latents, batch 2 "
+          f"(median of {args.full_runs} after a warm-up):", flush=True)  # fmt: skip
     sample, t, text = torch.randn(2, 4, 64, 64), torch.tensor(999.0), torch.randn(2, 77, 768)
     with torch.inference_mode():
-        out = {"params": params, "torch fp32": timed(lambda: unet(sample, t, text, return_dict=False), args.full_runs)}
-    out["rss after torch"] = peak_rss_mb()
+        ref = timed(lambda: unet(sample, t, text, return_dict=False), args.full_runs)
+    out = {"torch fp32": ref}
+    print(f"  torch float32:          {ref:.2f} s/step  1.00x  (peak RSS {peak_rss_mb():.0f} MB; "
+          f"load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
     core = ov.Core()
-    for precision in ("fp32", "int8"):
+    for precision in args.full_precisions.split(","):
         start = time.perf_counter()
         model = convert_unet(unet, 768, precision)
-        out[f"convert {precision}"] = time.perf_counter() - start
+        conv = time.perf_counter() - start
         start = time.perf_counter()
-        request = core.compile_model(model, "CPU", compile_config(threads)).create_infer_request()
-        out[f"compile {precision}"] = time.perf_counter() - start
         inputs = [sample.numpy(), t.numpy(), text.numpy()]
-        out[f"openvino {precision}"] = timed(lambda r=request, x=inputs: r.infer(x), args.full_runs)
-        out[f"rss after {precision}"] = peak_rss_mb()
+        request = StaticShapes(core, model, compile_config(threads))  # compiled for these shapes, as the engine does
+        request.infer(inputs)
+        comp = time.perf_counter() - start  # the compile and the first step
+        s = out[f"openvino {precision}"] = timed(lambda r=request, x=inputs: r.infer(x), args.full_runs)
+        print(
+            f"  OpenVINO {precision} weights: {s:.2f} s/step  {ref / s:.2f}x  (convert {conv:.0f} s, "
+            f"compile + first step {comp:.0f} s, peak RSS {peak_rss_mb():.0f} MB; load {os.getloadavg()[0]:.1f}); "
+            f"a 20-step image's UNet: torch {20 * ref:.0f} s, this {20 * s:.0f} s",
+            flush=True,
+        )
         del model, request
         gc.collect()
     return out
@@ -368,34 +383,22 @@ def turbo_through_api(args, checkpoint: Path, backend: str) -> dict:
 
 
 def full(args, scratch: Path) -> None:
-    load_start = os.getloadavg()[0]
-    step = unet_step(args)
-    ref = step["torch fp32"]
-    print(f"{os.cpu_count()} cores; load average {load_start:.1f} at the start")
-    print(f"SD 1.5-shaped UNet ({step['params'] / 1e6:.0f}M parameters), one step, 64x64 latents, batch 2 "
-          f"(median of {args.full_runs} after a warm-up):")  # fmt: skip
-    print(f"  torch float32:          {ref:.2f} s/step  1.00x  (peak RSS {step['rss after torch']:.0f} MB)")
-    for precision in ("fp32", "int8"):
-        s, conv, comp = (step[f"{what} {precision}"] for what in ("openvino", "convert", "compile"))
-        print(
-            f"  OpenVINO {precision} weights: {s:.2f} s/step  {ref / s:.2f}x  (convert {conv:.0f} s, "
-            f"compile {comp:.0f} s, peak RSS {step[f'rss after {precision}']:.0f} MB)"
-        )
-    print(f"  per 20-step 512x512 image (UNet only): torch {20 * ref:.0f} s, OpenVINO fp32 "
-          f"{20 * step['openvino fp32']:.0f} s, int8 {20 * step['openvino int8']:.0f} s")  # fmt: skip
-    print(f"  load average {os.getloadavg()[0]:.1f}", flush=True)
-
+    unet_step(args)
+    if args.full_skip_api:
+        return
     checkpoint = sd_turbo_pipeline(scratch / "sd-turbo-shaped")
-    results = {backend: turbo_through_api(args, checkpoint, backend) for backend in ("torch", "openvino")}
-    torch_s = results["torch"]["api"]
-    print(f"SD-Turbo-shaped pipeline, 512x512, 1 step, guidance 0, through the API (median of {args.full_runs}):")
-    for backend, r in results.items():
+    print(f"3b. SD-Turbo-shaped pipeline, 512x512, 1 step, guidance 0, through the API (median of {args.full_runs}):")
+    results = {}
+    for backend in ("openvino", "torch"):
+        r = results[backend] = turbo_through_api(args, checkpoint, backend)
         print(
-            f"  {backend:8} {r['api']:.2f} s/image  {torch_s / r['api']:.2f}x  (engine {r['engine']:.2f} s; "
-            f"first request {r['first_s']:.0f} s of which load/convert {r['first_load_s']:.0f} s; "
-            f"worker peak RSS {r['worker_peak_mb']:.0f} MB; {r['record']['model']['engine_version']})"
+            f"  {backend:8} {r['api']:.2f} s/image  (engine {r['engine']:.2f} s; first request "
+            f"{r['first_s']:.0f} s, of which load/convert {r['first_load_s']:.0f} s; worker peak RSS "
+            f"{r['worker_peak_mb']:.0f} MB; {r['record']['model']['engine_version']}; load {os.getloadavg()[0]:.1f})",
+            flush=True,
         )
-    print(f"  goal: under 2.5 s per image through the API; load average {os.getloadavg()[0]:.1f} at the end")
+    speedup = results["torch"]["api"] / results["openvino"]["api"]
+    print(f"  OpenVINO / torch: {speedup:.2f}x; goal: an SD-Turbo-shaped 512x512 image under 2.5 s through the API")
 
 
 if __name__ == "__main__":

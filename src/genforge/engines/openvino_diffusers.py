@@ -30,7 +30,7 @@ from pathlib import Path
 
 from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel
 from genforge.engines.diffusers import DiffusersEngine, render
-from genforge.errors import GenforgeError, ModelUnavailable, ModelUnconvertible
+from genforge.errors import EngineFailed, GenforgeError, ModelUnavailable, ModelUnconvertible
 
 log = logging.getLogger("genforge.engine.openvino")
 FORMAT = 1  # bump when the converted files change meaning: every older cache entry is then rebuilt
@@ -150,6 +150,38 @@ def compile_config(threads: int) -> dict:
     return config
 
 
+class StaticShapes:
+    """A converted network compiled for the input shapes it is called with. The cache keeps the model with dynamic
+    shapes; OpenVINO's CPU kernels run a static-shape compile much faster (measured: docs/benchmarks.md), so each
+    new shape (another size or batch) recompiles, in seconds, and only the latest compile is kept (bounded memory)."""
+
+    def __init__(self, core, model, config: dict):
+        self.core, self.model, self.config = core, model, config
+        self._shapes: tuple | None = None
+        self._request = None
+
+    def infer(self, arrays: list):
+        shapes = tuple(a.shape for a in arrays)
+        if shapes != self._shapes:
+            import openvino as ov
+
+            self._request = None  # release the previous compile first
+            model = self.model.clone()
+            model.reshape(
+                {port: ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes, strict=True)}
+            )
+            try:
+                self._request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            except Exception as exc:
+                raise EngineFailed(
+                    f"OpenVINO could not compile the network for inputs {shapes}: {type(exc).__name__}: "
+                    f"{str(exc)[:300]}",
+                    hint=UNCONVERTIBLE_HINT,
+                ) from None
+            self._shapes = shapes
+        return self._request.infer(arrays)
+
+
 class _OVUNet:
     """Stands in for the pipeline's UNet: the config diffusers reads, and a call that runs the compiled UNet."""
 
@@ -250,17 +282,19 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
             config = pipe.unet.config
         core = ov.Core()
         try:
-            unet = core.compile_model(str(key_dir / "unet.xml"), "CPU", compile_config(self.threads))
-            decoder = core.compile_model(str(key_dir / "vae_decoder.xml"), "CPU", compile_config(self.threads))
-        except Exception as exc:  # the entry was checked; a compile failure is the runtime's
+            unet = StaticShapes(core, core.read_model(str(key_dir / "unet.xml")), compile_config(self.threads))
+            decoder = StaticShapes(
+                core, core.read_model(str(key_dir / "vae_decoder.xml")), compile_config(self.threads)
+            )
+        except Exception as exc:  # the entry was checked; a read failure is the runtime's
             raise ModelUnconvertible(
-                f"OpenVINO could not compile the converted {model.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
+                f"OpenVINO could not read the converted {model.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
                 hint=UNCONVERTIBLE_HINT,
             ) from None
         from diffusers.configuration_utils import FrozenDict
 
-        pipe.unet = _OVUNet(unet.create_infer_request(), FrozenDict(config), torch)
-        pipe.vae.decoder = _ov_decoder(decoder.create_infer_request(), torch)
+        pipe.unet = _OVUNet(unet, FrozenDict(config), torch)
+        pipe.vae.decoder = _ov_decoder(decoder, torch)
         self._pipe, self._default_scheduler = pipe, pipe.scheduler
         self._key = key
         self._version = f"diffusers {diffusers.__version__} (OpenVINO {ov_version}, cpu)"
