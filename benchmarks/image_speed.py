@@ -24,7 +24,7 @@ Runs alternate between the two sides so that machine noise hits both alike; medi
       (the conversion, for OpenVINO) and the engine worker's peak RSS.
 
     nice -n 10 .venv/bin/python benchmarks/image_speed.py --full [--full-runs 3] [--full-precisions fp32,int8]
-                                                         [--full-skip-api]
+                                                         [--full-skip-api | --full-skip-unet]
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--full-runs", type=int, default=3, help="timed runs per side in the full-size case")
     ap.add_argument("--full-precisions", default="fp32,int8", help="OpenVINO weights measured in 3a")
     ap.add_argument("--full-skip-api", action="store_true", help="3a only (no SD-Turbo-shaped pipeline, no server)")
+    ap.add_argument("--full-skip-unet", action="store_true", help="3b only")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -383,7 +384,8 @@ def turbo_through_api(args, checkpoint: Path, backend: str) -> dict:
 
 
 def full(args, scratch: Path) -> None:
-    unet_step(args)
+    if not args.full_skip_unet:
+        unet_step(args)
     if args.full_skip_api:
         return
     checkpoint = sd_turbo_pipeline(scratch / "sd-turbo-shaped")
