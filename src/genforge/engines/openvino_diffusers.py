@@ -356,6 +356,11 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
             raise ModelUnavailable(
                 f"int8 weights need nncf: {exc}", hint="Install the openvino extra: `pip install 'genforge[openvino]'`."
             ) from None
+        except (MemoryError, OSError) as exc:  # the machine's trouble (memory, disk), not the checkpoint's
+            raise EngineFailed(
+                f"converting {stem.name} of {model.name!r} failed: {type(exc).__name__}: {str(exc)[:300]}",
+                hint="Conversion needs several GB of memory and disk for an SD 1.5 checkpoint; free some and retry.",
+            ) from None
         except Exception as exc:  # the converter's own errors: the pipeline is not convertible as it is
             err = ModelUnconvertible(
                 f"OpenVINO could not convert {stem.name} of {model.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
