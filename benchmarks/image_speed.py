@@ -11,6 +11,20 @@
 Runs alternate between the two sides so that machine noise hits both alike; medians are reported.
 
     .venv/bin/python benchmarks/image_speed.py [--runs 10] [--sd-runs 8] [--sd-size 64] [--sd-steps 30]
+
+3. `--full` (instead of 1 and 2; heavy: ~15 GB RAM at its peak, ~10 GB of scratch disk, many minutes): full-size
+   networks with random weights (the compute is that of real weights), built from their configurations:
+   a. one denoising step of an SD 1.5-shaped UNet (860M parameters; 512x512, so 64x64 latents, batch 2 for
+      classifier-free guidance): torch float32 (the reference) against the same UNet converted by genforge's
+      OpenVINO engine (`convert_unet`, compiled as the engine compiles it), float32 and int8 weights; with each
+      conversion's time and the process's peak RSS;
+   b. an SD-Turbo-shaped pipeline (SD 2.1 UNet, OpenCLIP-H-sized text encoder, SD VAE; 1 step, guidance 0,
+      512x512) saved as a diffusers directory and generated through the API of a real `genforge serve`, once
+      with GENFORGE_IMAGE_BACKEND=torch and once with openvino: seconds per image, the first request's load
+      (the conversion, for OpenVINO) and the engine worker's peak RSS.
+
+    nice -n 10 .venv/bin/python benchmarks/image_speed.py --full [--full-runs 3] [--full-precisions fp32,int8]
+                                                         [--full-skip-api | --full-skip-unet]
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ import json, sys, time, uuid
 from pathlib import Path
 from genforge.catalog import PACKAGED, ModelCatalog, ResolvedModel
 from genforge.config import Settings
+from genforge.contenttypes.image import DiffusersSettings, PortraitSettings
 from genforge.engines import create_engine
 from genforge.engines.base import GenerationJob
 from genforge.storage import path_stat, sha256_path
@@ -49,7 +64,8 @@ t = time.perf_counter()
 engine.load(model)
 print(json.dumps({"load_s": time.perf_counter() - t}), flush=True)
 for line in sys.stdin:
-    job = GenerationJob(str(uuid.uuid4()), "image", model, "a lighthouse at dusk", None, dict(params))
+    typed = PortraitSettings(**params) if kind == "portrait" else DiffusersSettings(**params)
+    job = GenerationJob(str(uuid.uuid4()), "image", model, "a lighthouse at dusk", None, typed)
     t = time.perf_counter()
     out = engine.generate(job, lambda event: None, lambda: False)
     print(json.dumps({"s": time.perf_counter() - t, "bytes": len(out.data)}), flush=True)
@@ -115,9 +131,18 @@ def main() -> None:
     ap.add_argument("--sd-runs", type=int, default=8, help="tiny diffusers images per side")
     ap.add_argument("--sd-size", type=int, default=64)
     ap.add_argument("--sd-steps", type=int, default=30)
+    ap.add_argument("--full", action="store_true", help="the full-size case (3.) instead of 1 and 2")
+    ap.add_argument("--full-runs", type=int, default=3, help="timed runs per side in the full-size case")
+    ap.add_argument("--full-precisions", default="fp32,int8", help="OpenVINO weights measured in 3a")
+    ap.add_argument("--full-skip-api", action="store_true", help="3a only (no SD-Turbo-shaped pipeline, no server)")
+    ap.add_argument("--full-skip-unet", action="store_true", help="3b only")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))
+    if args.full:
+        with tempfile.TemporaryDirectory(prefix="gf-bench-full-") as scratch:
+            full(args, Path(scratch))
+        return
     from image_fixtures import build_tiny_sd
 
     with tempfile.TemporaryDirectory(prefix="gf-bench-images-") as scratch:
@@ -128,7 +153,8 @@ def run(args, tiny: Path, scratch: str) -> None:
     sd_params = {"width": args.sd_size, "height": args.sd_size, "steps": args.sd_steps, "seed": 1}
     portrait_params = {"width": 1024, "height": 1024, "seed": 1}
 
-    with Server(env={"GENFORGE_PRELOAD": "false"}) as srv, httpx.Client(base_url=srv.url, timeout=600) as client:
+    env = {"GENFORGE_PRELOAD": "false", "GENFORGE_IMAGE_BACKEND": "torch"}  # the tiny case compares torch alike
+    with Server(env=env) as srv, httpx.Client(base_url=srv.url, timeout=600) as client:
         added = subprocess.run(
             [GENFORGE, "models", "add", str(tiny), "--type", "image", "--name", "tiny-sd"],
             env=srv.env,
@@ -192,6 +218,189 @@ def run(args, tiny: Path, scratch: str) -> None:
         f"ratio API / direct = {sd['ratio']:.3f}"
     )
     print(f"server RSS (server + engine workers): {server_rss:.0f} MB")
+
+
+# --- 3. full size ----------------------------------------------------------------------------------
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def children_peak_mb(pid: int) -> float:
+    """The largest peak RSS (VmHWM) among a process's children: the engine worker's."""
+    peak = 0.0
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return peak
+
+
+def timed(fn, runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def unet_step(args) -> dict:
+    """3a, printing each figure as soon as it is measured (the whole case takes long on a loaded machine)."""
+    import gc
+
+    import openvino as ov
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from genforge.engines.openvino_diffusers import StaticShapes, compile_config, convert_unet
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    # SD 1.5: the default blocks (320, 640, 1280, 1280), 8 heads, cross-attention 768 (CLIP ViT-L), 64x64 latents
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+    params = sum(p.numel() for p in unet.parameters())
+    print(f"{threads} cores; load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+    print(f"3a. SD 1.5-shaped UNet ({params / 1e6:.0f}M parameters), one step, 64x64 latents, batch 2 "
+          f"(median of {args.full_runs} after a warm-up):", flush=True)  # fmt: skip
+    sample, t, text = torch.randn(2, 4, 64, 64), torch.tensor(999.0), torch.randn(2, 77, 768)
+    with torch.inference_mode():
+        ref = timed(lambda: unet(sample, t, text, return_dict=False), args.full_runs)
+    out = {"torch fp32": ref}
+    print(f"  torch float32:          {ref:.2f} s/step  1.00x  (peak RSS {peak_rss_mb():.0f} MB; "
+          f"load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
+    core = ov.Core()
+    for precision in args.full_precisions.split(","):
+        start = time.perf_counter()
+        model = convert_unet(unet, 768, precision)
+        conv = time.perf_counter() - start
+        start = time.perf_counter()
+        inputs = [sample.numpy(), t.numpy(), text.numpy()]
+        request = StaticShapes(core, model, compile_config(threads))  # compiled for these shapes, as the engine does
+        request.infer(inputs)
+        comp = time.perf_counter() - start  # the compile and the first step
+        s = out[f"openvino {precision}"] = timed(lambda r=request, x=inputs: r.infer(x), args.full_runs)
+        print(
+            f"  OpenVINO {precision} weights: {s:.2f} s/step  {ref / s:.2f}x  (convert {conv:.0f} s, "
+            f"compile + first step {comp:.0f} s, peak RSS {peak_rss_mb():.0f} MB; load {os.getloadavg()[0]:.1f}); "
+            f"a 20-step image's UNet: torch {20 * ref:.0f} s, this {20 * s:.0f} s",
+            flush=True,
+        )
+        del model, request
+        gc.collect()
+    return out
+
+
+def sd_turbo_pipeline(path: Path) -> Path:
+    """An SD-Turbo-shaped pipeline (SD 2.1 layout) with random weights; the tokenizer is the tests' byte-level
+    one (its small vocabulary changes only the embedding table, not the compute)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from image_fixtures import _byte_level_vocab
+
+    torch.manual_seed(0)
+    vocab = _byte_level_vocab()
+    pipe = StableDiffusionPipeline(
+        unet=UNet2DConditionModel(
+            sample_size=64, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True
+        ),
+        vae=AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        ),
+        text_encoder=CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_attention_heads=16,
+                num_hidden_layers=23,
+                projection_dim=1024,
+                hidden_act="gelu",
+                vocab_size=len(vocab),
+                max_position_embeddings=77,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        ),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77),
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            timestep_spacing="trailing",
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(path))
+    return path
+
+
+def turbo_through_api(args, checkpoint: Path, backend: str) -> dict:
+    body = {
+        "content_type": "image",
+        "prompt": "a lighthouse at dusk",
+        "model": "turbo",
+        "params": {"width": 512, "height": 512, "steps": 1, "guidance_scale": 0.0, "seed": 1},
+    }
+    env = {"GENFORGE_PRELOAD": "false", "GENFORGE_IMAGE_BACKEND": backend, "GENFORGE_GENERATION_TIMEOUT_S": "3600"}
+    with Server(env=env) as srv, httpx.Client(base_url=srv.url, timeout=3600) as client:
+        added = subprocess.run(
+            [GENFORGE, "models", "add", str(checkpoint), "--type", "image", "--name", "turbo"],
+            env=srv.env,
+            capture_output=True,
+            text=True,
+        )
+        assert added.returncode == 0, added.stderr
+        first_s, first = api_run(client, body)
+        times, rec = [], first
+        for i in range(args.full_runs):
+            elapsed, rec = api_run(client, {**body, "params": {**body["params"], "seed": 2 + i}})
+            times.append(elapsed)
+        return {
+            "first_s": first_s,
+            "first_load_s": first["timings"]["load_ms"] / 1000,
+            "api": statistics.median(times),
+            "engine": rec["timings"]["generate_ms"] / 1000,
+            "record": rec,
+            "worker_peak_mb": children_peak_mb(srv.proc.pid),
+        }
+
+
+def full(args, scratch: Path) -> None:
+    if not args.full_skip_unet:
+        unet_step(args)
+    if args.full_skip_api:
+        return
+    checkpoint = sd_turbo_pipeline(scratch / "sd-turbo-shaped")
+    print(f"3b. SD-Turbo-shaped pipeline, 512x512, 1 step, guidance 0, through the API (median of {args.full_runs}):")
+    results = {}
+    for backend in ("openvino", "torch"):
+        r = results[backend] = turbo_through_api(args, checkpoint, backend)
+        print(
+            f"  {backend:8} {r['api']:.2f} s/image  (engine {r['engine']:.2f} s; first request "
+            f"{r['first_s']:.0f} s, of which load/convert {r['first_load_s']:.0f} s; worker peak RSS "
+            f"{r['worker_peak_mb']:.0f} MB; {r['record']['model']['engine_version']}; load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    speedup = results["torch"]["api"] / results["openvino"]["api"]
+    print(f"  OpenVINO / torch: {speedup:.2f}x; goal: an SD-Turbo-shaped 512x512 image under 2.5 s through the API")
 
 
 if __name__ == "__main__":

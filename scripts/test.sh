@@ -2,7 +2,7 @@
 # Set up (idempotent), add the test dependencies to the same .venv, lint, and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh text,image,speech,test
+bash scripts/install.sh text,image,openvino,speech,test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

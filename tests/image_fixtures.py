@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 PROMPT_WARNING = "the portrait model ignores the prompt; the image depends on the seed only"
-_built: dict[tuple[Path, bool], Path] = {}
+_built: dict[tuple[Path, bool, bool], Path] = {}
 
 
 def _byte_level_vocab() -> dict[str, int]:
@@ -40,11 +40,13 @@ def _byte_level_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tiny_sd(path: Path, *, black: bool = False) -> Path:
+def build_tiny_sd(path: Path, *, black: bool = False, time_cond_proj_dim: int | None = None) -> Path:
     """Save a tiny random text-to-image pipeline to `path` (a diffusers directory).
 
     `black=True` makes the VAE decoder output a constant -10 (all-black after diffusers' post-processing):
     real diffusers code producing the all-black image a safety checker or a NaN overflow gives.
+    `time_cond_proj_dim` gives the UNet LCM-style guidance conditioning (an input the OpenVINO engine does not
+    convert; diffusers on torch runs it).
     """
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -64,6 +66,7 @@ def build_tiny_sd(path: Path, *, black: bool = False) -> Path:
         cross_attention_dim=32,
         attention_head_dim=4,
         norm_num_groups=32,
+        time_cond_proj_dim=time_cond_proj_dim,
     )
     vae = AutoencoderKL(
         block_out_channels=(32, 64),
@@ -111,13 +114,14 @@ def build_tiny_sd(path: Path, *, black: bool = False) -> Path:
     return path
 
 
-def tiny_sd(root: Path, *, black: bool = False) -> Path:
-    """The tiny pipeline, built once per test session under `root` (a session temp dir)."""
-    key = (root, black)
+def tiny_sd(root: Path, *, black: bool = False, lcm: bool = False) -> Path:
+    """The tiny pipeline, built once per test session under `root` (a session temp dir); `lcm`: with a UNet
+    that takes LCM's guidance conditioning."""
+    key = (root, black, lcm)
     if key not in _built or not (_built[key] / "model_index.json").is_file():
-        target = root / ("tiny-sd-black" if black else "tiny-sd")
+        target = root / ("tiny-sd" + ("-black" if black else "") + ("-lcm" if lcm else ""))
         shutil.rmtree(target, ignore_errors=True)
-        _built[key] = build_tiny_sd(target, black=black)
+        _built[key] = build_tiny_sd(target, black=black, time_cond_proj_dim=8 if lcm else None)
     return _built[key]
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
+from genforge import imagebackend
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
 from genforge.db import Database, ModelRow
@@ -378,8 +379,9 @@ class ModelCatalog:
             name, path, source=row.source, content_type=row.content_type, engine=row.engine, expected=row.sha256
         )
         source = {"repo": row.hub_repo, "revision": row.hub_revision, "file": row.hub_file} if row.hub_repo else None
+        engine = imagebackend.engine_for(row.engine, self.settings)  # diffusers: torch or OpenVINO
         return ResolvedModel(
-            name, row.content_type, row.engine, str(path), digest, path_stat(path)[0], chat=True, source=source
+            name, row.content_type, engine, str(path), digest, path_stat(path)[0], chat=True, source=source
         )
 
     # --- listing ----------------------------------------------------------------------

@@ -206,7 +206,9 @@ def _generate_with_progress(req: GenerateRequest, loading: str, working: str) ->
 
     def show(event: dict) -> None:
         if event.get("type") == "progress":
-            progress.update(task, description=working, completed=event["step"], total=event["total"])
+            # "stage" names work before the steps proper (the OpenVINO engine converting a checkpoint)
+            description = f"{event['stage']} the model" if event.get("stage") else working
+            progress.update(task, description=description, completed=event["step"], total=event["total"])
 
     with runtime() as rt, progress:
         rec = rt.service.generate(req, emit=show)
@@ -232,6 +234,9 @@ def generate_image(
     scheduler: Annotated[
         str | None, typer.Option(help="default, euler, euler_a, ddim, dpmpp_2m, heun, pndm, unipc or lcm (diffusers).")
     ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="default, or int8 (int8 weights; diffusers on OpenVINO).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
 ) -> None:
     """Generate an image with a progress bar, then print the content id and the file's path."""
@@ -245,6 +250,7 @@ def generate_image(
             "guidance_scale": guidance_scale,
             "negative_prompt": negative_prompt,
             "scheduler": scheduler,
+            "precision": precision,
         }.items()
         if v is not None
     }

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     image_default_steps: int = 25
     # Where diffusers runs: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
     image_device: str = "auto"
+    # What runs diffusers checkpoints: "openvino" (converted once, cached in the data dir), "torch", or "auto":
+    # torch where diffusers runs on CUDA, else OpenVINO, falling back to torch (with a warning in the record) for
+    # a checkpoint OpenVINO cannot convert. See genforge/imagebackend.py.
+    image_backend: Literal["auto", "openvino", "torch"] = "auto"
     # CPU threads of the image engines (torch, OpenVINO); 0 means GENFORGE_THREADS (one per core). Two-thread
     # torch runs slow down many times over when another process keeps a core busy; 1 avoids that.
     image_threads: int = 0

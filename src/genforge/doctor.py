@@ -6,6 +6,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+from genforge import imagebackend
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
 from genforge.errors import GenforgeError, InvalidRequest
@@ -173,7 +174,8 @@ def _smoke_image(rt: Runtime) -> list[Check]:
             True,
             f"diffusers {metadata.version('diffusers')} with torch "
             f"{torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU, no CUDA device'}); "
-            f"OpenVINO {metadata.version('openvino')}",
+            f"OpenVINO {metadata.version('openvino')}; diffusers checkpoints run on "
+            f"{imagebackend.diffusers_engine(rt.settings)} (GENFORGE_IMAGE_BACKEND={rt.settings.image_backend})",
         )
     ]
     if "portrait" not in rt.catalog.installed_names("image"):

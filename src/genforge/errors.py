@@ -63,6 +63,12 @@ class ModelUnavailable(GenforgeError):
     hint = "Install the model with `genforge models pull smollm2-135m-instruct`."
 
 
+class ModelUnconvertible(ModelUnavailable):
+    """The OpenVINO image engine cannot convert this checkpoint (the torch engine may still run it)."""
+
+    code = "model_unconvertible"
+
+
 class EngineFailed(GenforgeError):
     code = "engine_failed"
     hint = "The engine crashed or failed; it has been restarted. Try again, and check the server log."

@@ -374,6 +374,7 @@ class ContentService:
             row.params = params.model_dump(mode="json")
             row.error_code = row.error_message = row.error_hint = None
             row.engine_version = out.engine_version
+            row.model_engine = out.engine or row.model_engine
             row.text, row.finish_reason = out.text, out.finish_reason
             if out.usage:
                 row.prompt_tokens = out.usage.get("prompt_tokens")

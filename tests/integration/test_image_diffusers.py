@@ -1,5 +1,6 @@
 """diffusers through the whole path: a tiny Stable Diffusion pipeline built on the spot (real diffusers code,
-random weights), registered with `genforge models add --type image`, generated through HTTP."""
+random weights), registered with `genforge models add --type image`, generated through HTTP on the torch engine
+(GENFORGE_IMAGE_BACKEND=torch; the OpenVINO engine has tests/integration/test_image_openvino.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def added(data_dir, checkpoint):
 
 @pytest.fixture(scope="module")
 def client(data_dir, added):
-    with running_app(make_settings(data_dir, preload=False)) as client:
+    with running_app(make_settings(data_dir, preload=False, image_backend="torch")) as client:
         yield client
 
 
@@ -86,7 +87,9 @@ def test_generation_through_http_is_a_real_png_with_a_complete_record(first, che
         "guidance_scale": 7.5,
         "negative_prompt": "",
         "scheduler": "default",
+        "precision": "default",
     }
+    assert rec["image"]["backend"] == "torch" and rec["image"]["precision"] == "fp32"
     assert (rec["width"], rec["height"], rec["steps"]) == (64, 64, 4)
     assert rec["image"]["scheduler"] == "EulerDiscreteScheduler" and rec["image"]["device"] in ("cpu", "cuda")
     assert rec["warnings"] == []

@@ -26,7 +26,8 @@ MODEL = "tiny-sd"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    with running_app(make_settings(tmp_path_factory.mktemp("img-faults"), preload=False)) as client:
+    settings = make_settings(tmp_path_factory.mktemp("img-faults"), preload=False, image_backend="torch")
+    with running_app(settings) as client:
         yield client
 
 
@@ -172,7 +173,8 @@ def test_settings_that_would_have_no_effect_are_refused(client, tiny):
 
 
 def test_the_configured_maximum_size_applies(tmp_path, tiny):
-    with running_app(make_settings(tmp_path / "small", preload=False, image_max_size=64)) as small:
+    settings = make_settings(tmp_path / "small", preload=False, image_max_size=64, image_backend="torch")
+    with running_app(settings) as small:
         runtime_of(small).catalog.add(tiny, name=MODEL, content_type="image")
         err = assert_bad_input(small.post(GENERATE, json=image(width=72)), "params.width")
         assert "64" in err["message"]

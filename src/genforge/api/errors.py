@@ -39,6 +39,7 @@ STATUS: dict[str, int] = {
     "policy_violation": 502,
     "model_unavailable": 503,
     "broker_unavailable": 503,
+    "model_unconvertible": 503,
     "generation_timeout": 504,
     "storage_failed": 507,
     "shutting_down": 503,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genforge import imagebackend
 from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
 from genforge.engines.base import ImageFacts
 from genforge.errors import InvalidOutput, InvalidRequest
@@ -26,6 +27,9 @@ ImageScheduler = Literal["default", "euler", "euler_a", "ddim", "dpmpp_2m", "heu
 # An image whose every channel has a standard deviation below this (on 0..255) is near-constant: the
 # all-black picture a safety checker substitutes, NaN output cast to zeros, a blank canvas.
 MIN_IMAGE_STDDEV = 2.0
+# diffusers weights: "default" is the backend's own precision (float32 on the CPU, float16 on CUDA); "int8"
+# compresses the weights to int8 with nncf (OpenVINO only; the compute stays float32).
+ImagePrecision = Literal["default", "int8"]
 
 
 class ImageParams(BaseModel):
@@ -41,6 +45,7 @@ class ImageParams(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=10_000)
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     scheduler: ImageScheduler | None = None
+    precision: ImagePrecision | None = None
 
 
 class PortraitSettings(BaseModel):
@@ -65,6 +70,7 @@ class DiffusersSettings(BaseModel):
     negative_prompt: str
     scheduler: ImageScheduler
     seed: int = Field(ge=0, lt=SEED_LIMIT)
+    precision: ImagePrecision = "default"
 
 
 ImageSettings = PortraitSettings | DiffusersSettings
@@ -77,7 +83,7 @@ class ImageRecord(ImageFacts, RecordBase):
 
 def _portrait_params(given: ImageParams) -> PortraitSettings:
     """The portrait model makes square faces at a few sizes from a seed; it has nothing else to set."""
-    for name in ("steps", "guidance_scale", "negative_prompt", "scheduler"):
+    for name in ("steps", "guidance_scale", "negative_prompt", "scheduler", "precision"):
         if getattr(given, name) is not None:
             raise InvalidRequest(
                 f"params.{name}: the portrait model has no {name} (it makes a face from the seed alone)",
@@ -125,7 +131,15 @@ def _diffusers_params(given: ImageParams, settings, path: str | None) -> Diffuse
             field="params.steps",
             hint="Ask for fewer steps, or raise GENFORGE_IMAGE_MAX_STEPS.",
         )
+    precision = given.precision or "default"
+    if precision == "int8" and imagebackend.diffusers_engine(settings) != imagebackend.OPENVINO:
+        raise InvalidRequest(
+            "params.precision: int8 weights need the OpenVINO backend, and this server runs diffusers on torch",
+            field="params.precision",
+            hint="Leave precision out, or set GENFORGE_IMAGE_BACKEND=openvino (or auto on a machine without CUDA).",
+        )
     return DiffusersSettings(
+        precision=precision,
         width=width,
         height=height,
         steps=steps,

@@ -8,6 +8,7 @@ ENGINE_MODULES: dict[str, str] = {
     "llama.cpp": "genforge.engines.llama",
     "portrait": "genforge.engines.portrait",
     "diffusers": "genforge.engines.diffusers",
+    "openvino-diffusers": "genforge.engines.openvino_diffusers",
     "piper": "genforge.engines.piper",
     "espeak-ng": "genforge.engines.espeak",
     "remote": "genforge.engines.remote",

@@ -113,7 +113,14 @@ class ImageDetails(BaseModel):
     downscaled: bool | None = Field(None, description="Portrait: downscaled from the native size.")
     resample: str | None = Field(None, description="Portrait: the downscaling filter, when downscaled.")
     truncation_psi: float | None = Field(None, description="Portrait: StyleGAN truncation.")
-    precision: str | None = Field(None, description="Portrait: OpenVINO inference precision.")
+    precision: str | None = Field(
+        None, description="Inference precision: f32 (portrait), fp32 or fp16 (torch), fp32 or int8 weights (OpenVINO)."
+    )
+    backend: str | None = Field(None, description="diffusers: the runtime that ran the networks, torch or openvino.")
+    backend_version: str | None = Field(None, description="diffusers: that runtime's version.")
+    cache_key: str | None = Field(
+        None, description="OpenVINO: the converted model's cache entry (checkpoint sha256, OpenVINO, precision)."
+    )
     stages: list[str] | None = Field(None, description="Portrait: the stages reported as progress steps.")
     license: str | None = Field(None, description="Portrait: the licence of the weights.")
 
@@ -163,6 +170,9 @@ class EngineOutput:
     # What the engine learned about the model while running (a remote's base URL, served id, fingerprint):
     # extra fields of the record's `model` (records.ModelInfo).
     provenance: dict | None = None
+    # The engine kind that made the output when it is not the one the job was sent to (the OpenVINO image
+    # engine falling back to torch); the record then names it.
+    engine: str | None = None
 
 
 # --- the two engine protocols --------------------------------------------------------------------------

@@ -122,15 +122,25 @@ class DiffusersEngine(OneAtATimeEngine):
             )
         self._device = "cuda" if cuda and self.device_setting in ("auto", "cuda") else "cpu"
         self._dtype = torch.float16 if self._device == "cuda" else torch.float32
+        pipe = self.open_pipeline(model, self._dtype)
+        self._pipe = pipe.to(self._device)
+        self._default_scheduler = pipe.scheduler
+        self._version = f"diffusers {diffusers.__version__} (torch {torch.__version__}, {self._device})"
+        self._model = model
+        return (time.perf_counter() - start) * 1000
+
+    def open_pipeline(self, model: ResolvedModel, dtype, **components):
+        """The checkpoint's diffusers pipeline from local files (`components` replace some, e.g. unet=None)."""
+        diffusers, _, _ = self._imports()
         path = Path(model.path)
         try:
             if path.is_dir():
                 pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
-                    str(path), local_files_only=True, dtype=self._dtype
+                    str(path), local_files_only=True, dtype=dtype, **components
                 )
             elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
                 cls = diffusers.StableDiffusionXLPipeline if _is_sdxl(path) else diffusers.StableDiffusionPipeline
-                pipe = cls.from_single_file(str(path), local_files_only=True, dtype=self._dtype)
+                pipe = cls.from_single_file(str(path), local_files_only=True, dtype=dtype, **components)
             else:
                 raise ModelUnavailable(
                     f"model {model.name!r}: {path} is neither a diffusers directory nor a .safetensors/.ckpt file",
@@ -148,88 +158,116 @@ class DiffusersEngine(OneAtATimeEngine):
                 "`genforge models verify`, or register a complete one with `genforge models add DIR --type image`.",
             ) from None
         pipe.set_progress_bar_config(disable=True)
-        self._pipe = pipe.to(self._device)
-        self._default_scheduler = pipe.scheduler
-        self._version = f"diffusers {diffusers.__version__} (torch {torch.__version__}, {self._device})"
-        self._model = model
-        return (time.perf_counter() - start) * 1000
+        return pipe
 
-    def _scheduler(self, name: str):
+    def scheduler_for(self, default, name: str):
         if name == "default":
-            return self._default_scheduler
+            return default
         import diffusers
 
         cls = getattr(diffusers, SCHEDULERS[name])
-        return cls.from_config(self._default_scheduler.config)
+        return cls.from_config(default.config)
 
     # --- generation --------------------------------------------------------------------------------
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
-        _, np, torch = self._imports()
+        _, _, torch = self._imports()
         load_ms = self.load(job.model)
-        start = time.perf_counter()
-        p = job.params
-        pipe = self._pipe
-        pipe.scheduler = self._scheduler(p.scheduler)
-
-        def on_step_end(pipeline, i, _t, kwargs):
-            emit({"type": "progress", "step": i + 1, "total": pipeline.num_timesteps})
-            if cancelled():
-                raise Cancelled(f"cancelled after step {i + 1}")
-            return kwargs
-
-        generator = torch.Generator("cpu").manual_seed(p.seed)  # CPU noise: the same latents on any device
-        with torch.inference_mode():
-            result = pipe(
-                prompt=job.prompt,
-                negative_prompt=p.negative_prompt or None,
-                width=p.width,
-                height=p.height,
-                num_inference_steps=p.steps,
-                guidance_scale=p.guidance_scale,
-                generator=generator,
-                output_type="np",
-                callback_on_step_end=on_step_end,
-            )
-        if any(getattr(result, "nsfw_content_detected", None) or []):
-            raise InvalidOutput(
-                "the checkpoint's safety checker flagged the image and replaced it with a black one",
-                hint="Try another prompt or seed; genforge never stores the blacked-out image.",
-            )
-        image = result.images[0]
-        if not np.isfinite(image).all():
-            raise InvalidOutput(
-                "the pipeline produced NaN or infinite pixel values (numerical overflow)",
-                hint="Try another seed, fewer steps or a lower guidance_scale; on CUDA, float16 "
-                "overflow is a known cause.",
-            )
-        rgb = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        details = ImageDetails(
-            pipeline=type(pipe).__name__,
-            scheduler=type(pipe.scheduler).__name__,
-            device=self._device,
-            dtype=str(self._dtype).removeprefix("torch."),
-            denoising_steps=pipe.num_timesteps,
-        )
-        text = images.provenance(
-            content_id=job.content_id,
-            model=job.model.name,
-            model_sha256=job.model.sha256,
+        return render(
+            self._pipe,
+            job,
+            emit,
+            cancelled,
+            scheduler=self.scheduler_for(self._default_scheduler, job.params.scheduler),
             engine=self.kind,
             engine_version=self._version,
-            seed=p.seed,
-            params=p.model_dump(mode="json"),
-            prompt=job.prompt,
-            details={"image": details.model_dump(exclude_none=True)},
-        )
-        data = images.encode_png(rgb, text)
-        return EngineOutput(
-            data=data,
-            media_type="image/png",
-            engine_version=self._version,
             load_ms=load_ms,
-            generate_ms=(time.perf_counter() - start) * 1000,
-            facts=ImageFacts(width=rgb.shape[1], height=rgb.shape[0], steps=p.steps, image=details),
+            details={
+                "device": self._device,
+                "dtype": str(self._dtype).removeprefix("torch."),
+                "backend": "torch",
+                "backend_version": torch.__version__,
+                "precision": "fp16" if self._dtype == torch.float16 else "fp32",
+            },
         )
+
+
+def render(
+    pipe,
+    job: GenerationJob,
+    emit: Emit,
+    cancelled: Callable[[], bool],
+    *,
+    scheduler,
+    engine: str,
+    engine_version: str,
+    load_ms: float,
+    details: dict,
+) -> EngineOutput:
+    """Run a loaded diffusers pipeline for a job (torch or OpenVINO networks inside): progress after each
+    step, cancellation between steps, the NaN and safety-checker checks, and the PNG with its provenance."""
+    import numpy as np
+    import torch
+
+    start = time.perf_counter()
+    p = job.params
+    pipe.scheduler = scheduler
+
+    def on_step_end(pipeline, i, _t, kwargs):
+        emit({"type": "progress", "step": i + 1, "total": pipeline.num_timesteps})
+        if cancelled():
+            raise Cancelled(f"cancelled after step {i + 1}")
+        return kwargs
+
+    generator = torch.Generator("cpu").manual_seed(p.seed)  # CPU noise: the same latents on any device
+    with torch.inference_mode():
+        result = pipe(
+            prompt=job.prompt,
+            negative_prompt=p.negative_prompt or None,
+            width=p.width,
+            height=p.height,
+            num_inference_steps=p.steps,
+            guidance_scale=p.guidance_scale,
+            generator=generator,
+            output_type="np",
+            callback_on_step_end=on_step_end,
+        )
+    if any(getattr(result, "nsfw_content_detected", None) or []):
+        raise InvalidOutput(
+            "the checkpoint's safety checker flagged the image and replaced it with a black one",
+            hint="Try another prompt or seed; genforge never stores the blacked-out image.",
+        )
+    image = result.images[0]
+    if not np.isfinite(image).all():
+        raise InvalidOutput(
+            "the pipeline produced NaN or infinite pixel values (numerical overflow)",
+            hint="Try another seed, fewer steps or a lower guidance_scale; on CUDA, float16 overflow is a known cause.",
+        )
+    rgb = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    info = ImageDetails(
+        pipeline=type(pipe).__name__,
+        scheduler=type(pipe.scheduler).__name__,
+        denoising_steps=pipe.num_timesteps,
+        **details,
+    )
+    text = images.provenance(
+        content_id=job.content_id,
+        model=job.model.name,
+        model_sha256=job.model.sha256,
+        engine=engine,
+        engine_version=engine_version,
+        seed=p.seed,
+        params=p.model_dump(mode="json"),
+        prompt=job.prompt,
+        details={"image": info.model_dump(exclude_none=True)},
+    )
+    return EngineOutput(
+        data=images.encode_png(rgb, text),
+        media_type="image/png",
+        engine_version=engine_version,
+        load_ms=load_ms,
+        generate_ms=(time.perf_counter() - start) * 1000,
+        facts=ImageFacts(width=rgb.shape[1], height=rgb.shape[0], steps=p.steps, image=info),
+    )
 
 
 def _is_sdxl(path: Path) -> bool:

@@ -340,7 +340,9 @@ async function runStream(body, output, state, signal) {
       else if (event === "progress") {
         bar.max = data.total || 1;
         bar.value = data.step;
-        state.textContent = `Step ${data.step} of ${data.total}`;
+        state.textContent = data.stage
+          ? `${data.stage[0].toUpperCase()}${data.stage.slice(1)} the model: ${data.step} of ${data.total}`
+          : `Step ${data.step} of ${data.total}`;
       } else if (event === "done" || event === "failed") {
         final = { event, record: data };
         break;

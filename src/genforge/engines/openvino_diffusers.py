@@ -1,0 +1,412 @@
+"""OpenVINO engine for diffusers checkpoints: the same diffusers pipeline, its UNet and VAE decoder run by OpenVINO.
+
+The pipeline stays diffusers' own (tokenizer, text encoder, schedulers, step callbacks, `torch.Generator` noise),
+so seeds, schedulers, progress and cancellation behave as on the torch engine; only the two heavy networks are
+converted with `openvino.convert_model` and compiled for the CPU (f32 inference; optionally int8 weights through
+`nncf.compress_weights`). optimum-intel would do the same, but its releases pin transformers < 5.6 and
+huggingface_hub < 1.22, which the diffusers release genforge uses cannot run with (docs/benchmarks.md).
+
+The first load converts and caches the networks in `DATA_DIR/ov-cache/KEY`, KEY naming the checkpoint's sha256,
+the OpenVINO version, the precision and this module's format. An entry is written into a temp folder, its
+manifest (with every file's sha256) last, then renamed into place; on every load the manifest and the hashes are
+checked, and an entry that does not match is rebuilt, never used.
+
+A pipeline this engine cannot convert (SDXL's added conditioning, LCM's timestep conditioning, a transformer
+denoiser, a failed conversion) raises `ModelUnconvertible`. With GENFORGE_IMAGE_BACKEND=auto the engine then runs
+the request on the torch engine in the same worker process, and the record says so in its warnings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel
+from genforge.engines.diffusers import DiffusersEngine, render
+from genforge.errors import EngineFailed, GenforgeError, ModelUnavailable, ModelUnconvertible
+
+log = logging.getLogger("genforge.engine.openvino")
+FORMAT = 1  # bump when the converted files change meaning: every older cache entry is then rebuilt
+NETWORKS = ("unet", "vae_decoder")
+MANIFEST = "manifest.json"
+UNET_CONFIG = "unet_config.json"  # what the pipeline reads of its UNet, so a cached load needs no torch UNet
+PRECISIONS = {"default": "fp32", "int8": "int8"}  # request name -> what runs (and part of the cache key)
+UNCONVERTIBLE_HINT = (
+    "Run this checkpoint on torch: set GENFORGE_IMAGE_BACKEND=torch (or auto, which falls back to torch by itself)."
+)
+# Conversion stages, reported as progress events with "stage": "converting" before the denoising steps.
+STAGES = ("load the torch pipeline", "convert the UNet", "convert the VAE decoder", "write the cache")
+
+
+def openvino_version() -> str:
+    from importlib.metadata import version
+
+    return version("openvino")
+
+
+def cache_key(model_sha256: str, ov_version: str, precision: str) -> str:
+    return f"{model_sha256[:24]}-ov{ov_version}-{precision}-f{FORMAT}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files() -> list[str]:
+    return [UNET_CONFIG, *(f"{n}.{ext}" for n in NETWORKS for ext in ("xml", "bin"))]
+
+
+def check_entry(key_dir: Path, expected: dict) -> str | None:
+    """Why a cache entry cannot be used (None when it can): missing files, a manifest that does not match,
+    a file whose sha256 differs from the manifest's."""
+    try:
+        manifest = json.loads((key_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest"
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest ({exc})"
+    if not isinstance(manifest, dict):
+        return "the manifest is not an object"
+    for name, value in expected.items():
+        if manifest.get(name) != value:
+            return f"the manifest's {name} is {manifest.get(name)!r}, not {value!r}"
+    hashes = manifest.get("files")
+    if not isinstance(hashes, dict) or sorted(hashes) != sorted(_files()):
+        return "the manifest does not list the converted files"
+    for name, digest in hashes.items():
+        path = key_dir / name
+        try:
+            if _sha256(path) != digest:
+                return f"{name} does not match its sha256 in the manifest"
+        except OSError as exc:
+            return f"{name} is unreadable ({exc.strerror or exc})"
+    return None
+
+
+def _to_openvino(module, example: tuple, inputs: list, precision: str):
+    """A torch module as an OpenVINO model (dynamic batch and size), its weights int8 when asked."""
+    import openvino as ov
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about shape checks in diffusers' code
+        converted = ov.convert_model(module, example_input=example, input=inputs)
+    if precision == "int8":
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)  # its per-layer tables would flood the engine log
+        converted = nncf.compress_weights(converted)  # int8 weights, f32 compute
+    return converted
+
+
+def _side(config) -> int:
+    """A small latent size for tracing (the converted model takes any size the network can)."""
+    return 4 * 2 ** (len(config.block_out_channels) - 1)
+
+
+def convert_unet(unet, hidden: int, precision: str):
+    """The UNet: inputs (sample, timestep, encoder_hidden_states), output the noise prediction."""
+    import openvino as ov
+    import torch
+
+    class UNetForward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    ch, side = unet.config.in_channels, _side(unet.config)
+    example = (torch.randn(2, ch, side, side), torch.tensor(999.0), torch.randn(2, 77, hidden))
+    inputs = [([-1, ch, -1, -1], ov.Type.f32), ([], ov.Type.f32), ([-1, -1, hidden], ov.Type.f32)]
+    return _to_openvino(UNetForward(), example, inputs, precision)
+
+
+def convert_decoder(vae, precision: str):
+    """The VAE decoder (after post_quant_conv): latents in, pixels in [-1, 1] out."""
+    import openvino as ov
+    import torch
+
+    ch, side = vae.config.latent_channels, _side(vae.config)
+    return _to_openvino(vae.decoder, (torch.randn(1, ch, side, side),), [([-1, ch, -1, -1], ov.Type.f32)], precision)
+
+
+def compile_config(threads: int) -> dict:
+    config: dict = {"INFERENCE_PRECISION_HINT": "f32"}  # bf16 on AMX CPUs would change the pixels
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+class StaticShapes:
+    """A converted network compiled for the input shapes it is called with. The cache keeps the model with dynamic
+    shapes; OpenVINO's CPU kernels run a static-shape compile much faster (measured: docs/benchmarks.md), so each
+    new shape (another size or batch) recompiles, in seconds, and only the latest compile is kept (bounded memory)."""
+
+    def __init__(self, core, model, config: dict):
+        self.core, self.model, self.config = core, model, config
+        self._shapes: tuple | None = None
+        self._request = None
+
+    def infer(self, arrays: list):
+        shapes = tuple(a.shape for a in arrays)
+        if shapes != self._shapes:
+            import openvino as ov
+
+            self._request = None  # release the previous compile first
+            model = self.model.clone()
+            model.reshape(
+                {port: ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes, strict=True)}
+            )
+            try:
+                self._request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            except Exception as exc:
+                raise EngineFailed(
+                    f"OpenVINO could not compile the network for inputs {shapes}: {type(exc).__name__}: "
+                    f"{str(exc)[:300]}",
+                    hint=UNCONVERTIBLE_HINT,
+                ) from None
+            self._shapes = shapes
+        return self._request.infer(arrays)
+
+
+class _OVUNet:
+    """Stands in for the pipeline's UNet: the config diffusers reads, and a call that runs the compiled UNet."""
+
+    def __init__(self, request, config, torch):
+        self._request, self._torch = request, torch
+        self.config = config
+        self.dtype, self.device = torch.float32, torch.device("cpu")
+
+    def __call__(self, sample, timestep, encoder_hidden_states, return_dict=False, **extra):
+        used = {k: v for k, v in extra.items() if v is not None}
+        if used:  # a LoRA scale, IP-adapter embeddings...: inputs the converted UNet does not have
+            raise ModelUnconvertible(
+                f"the OpenVINO UNet has no input for {', '.join(sorted(used))}", hint=UNCONVERTIBLE_HINT
+            )
+        t = self._torch.as_tensor(timestep, dtype=self._torch.float32).reshape(())
+        out = self._request.infer([sample.numpy(), t.numpy(), encoder_hidden_states.numpy()])
+        return (self._torch.from_numpy(out[0].copy()),)
+
+
+def _ov_decoder(request, torch):
+    class OVDecoder(torch.nn.Module):
+        """Stands in for `vae.decoder` (AutoencoderKL still applies post_quant_conv and the scaling)."""
+
+        def forward(self, z, latent_embeds=None):
+            return torch.from_numpy(request.infer([z.numpy()])[0].copy())
+
+    return OVDecoder()
+
+
+def _unsupported(pipe) -> str | None:
+    """Why this engine cannot convert a pipeline's denoiser (None when it can)."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None or type(unet).__name__ != "UNet2DConditionModel":
+        return f"{type(pipe).__name__} has no UNet2DConditionModel (its denoiser is {type(unet).__name__})"
+    cfg = unet.config
+    for name in ("addition_embed_type", "time_cond_proj_dim", "class_embed_type", "encoder_hid_dim_type"):
+        if cfg.get(name) is not None:
+            return f"its UNet uses {name}={cfg.get(name)!r}, an input this engine does not convert"
+    vae = getattr(pipe, "vae", None)
+    if vae is None or type(vae).__name__ != "AutoencoderKL":
+        return f"its VAE is {type(vae).__name__}, not AutoencoderKL"
+    return None
+
+
+class OpenVINODiffusersEngine(OneAtATimeEngine):
+    kind = "openvino-diffusers"
+    content_types = ("image",)
+
+    def __init__(self, threads: int, cache_dir: Path, fallback: bool):
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self.fallback = fallback  # GENFORGE_IMAGE_BACKEND=auto: an unconvertible pipeline runs on torch
+        self.torch_engine = DiffusersEngine(threads=threads, device="cpu")
+        self._loaded: tuple[str, str, str] | None = None  # (path, sha256, precision)
+        self._pipe = None
+        self._default_scheduler = None
+        self._key = ""
+        self._version = ""
+        self._unconvertible: dict[str, ModelUnconvertible] = {}  # sha256 -> why (not retried in this process)
+
+    # --- loading ---------------------------------------------------------------------------------
+    def load(self, model: ResolvedModel) -> float:
+        try:
+            return self._load(model, "default", None)
+        except ModelUnconvertible:
+            if not self.fallback:
+                raise
+            return self.torch_engine.load(model)
+
+    def _load(self, model: ResolvedModel, precision: str, emit: Emit | None) -> float:
+        wanted = (model.path, model.sha256, PRECISIONS[precision])
+        if self._loaded == wanted:
+            return 0.0
+        if model.sha256 in self._unconvertible:
+            raise self._unconvertible[model.sha256]
+        diffusers, _, torch = self.torch_engine._imports()
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ModelUnavailable(
+                f"the OpenVINO image engine needs openvino: {exc}",
+                hint="Install the image extra: `pip install 'genforge[image]'`, or set GENFORGE_IMAGE_BACKEND=torch.",
+            ) from None
+        start = time.perf_counter()
+        self._loaded = self._pipe = None
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        ov_version, prec = openvino_version(), PRECISIONS[precision]
+        key = cache_key(model.sha256, ov_version, prec)
+        key_dir = self.cache_dir / key
+        expected = {"format": FORMAT, "model_sha256": model.sha256, "openvino": ov_version, "precision": prec}
+        problem = check_entry(key_dir, expected) if key_dir.exists() else "not converted yet"
+        if problem is None:
+            pipe = self.torch_engine.open_pipeline(model, torch.float32, unet=None)
+            config = json.loads((key_dir / UNET_CONFIG).read_text())
+        else:
+            pipe = self._convert(model, key_dir, expected, problem, emit)
+            config = pipe.unet.config
+        core = ov.Core()
+        try:
+            unet = StaticShapes(core, core.read_model(str(key_dir / "unet.xml")), compile_config(self.threads))
+            decoder = StaticShapes(
+                core, core.read_model(str(key_dir / "vae_decoder.xml")), compile_config(self.threads)
+            )
+        except Exception as exc:  # the entry was checked; a read failure is the runtime's
+            raise ModelUnconvertible(
+                f"OpenVINO could not read the converted {model.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
+                hint=UNCONVERTIBLE_HINT,
+            ) from None
+        from diffusers.configuration_utils import FrozenDict
+
+        pipe.unet = _OVUNet(unet, FrozenDict(config), torch)
+        pipe.vae.decoder = _ov_decoder(decoder, torch)
+        self._pipe, self._default_scheduler = pipe, pipe.scheduler
+        self._key = key
+        self._version = f"diffusers {diffusers.__version__} (OpenVINO {ov_version}, cpu)"
+        self._loaded = wanted
+        return (time.perf_counter() - start) * 1000
+
+    def _convert(self, model: ResolvedModel, key_dir: Path, expected: dict, why: str, emit: Emit | None):
+        """Convert the UNet and the VAE decoder into a temp folder, write the manifest last, rename into place."""
+        import torch
+
+        log.info("converting %r for OpenVINO into %s (the cache entry: %s)", model.name, key_dir.name, why)
+
+        def stage(i: int) -> None:
+            if emit is not None:
+                emit({"type": "progress", "step": i, "total": len(STAGES), "stage": "converting"})
+
+        stage(0)
+        pipe = self.torch_engine.open_pipeline(model, torch.float32)
+        reason = _unsupported(pipe)
+        if reason:
+            err = ModelUnconvertible(
+                f"the OpenVINO engine cannot convert {model.name!r}: {reason}", hint=UNCONVERTIBLE_HINT
+            )
+            self._unconvertible[model.sha256] = err
+            raise err
+        stage(1)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_dir / f".tmp-{key_dir.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            hidden = pipe.text_encoder.config.hidden_size
+            self._save(lambda: convert_unet(pipe.unet, hidden, expected["precision"]), tmp / "unet", model)
+            stage(2)
+            self._save(lambda: convert_decoder(pipe.vae, expected["precision"]), tmp / "vae_decoder", model)
+            stage(3)
+            (tmp / UNET_CONFIG).write_text(json.dumps(dict(pipe.unet.config), default=str))
+            manifest = {**expected, "files": {name: _sha256(tmp / name) for name in _files()}}
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            if key_dir.exists():  # the stale or corrupt entry `why` names
+                shutil.rmtree(key_dir)
+            os.replace(tmp, key_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        stage(4)
+        return pipe
+
+    def _save(self, convert: Callable, stem: Path, model: ResolvedModel) -> None:
+        import openvino as ov
+
+        try:
+            ov.save_model(convert(), str(stem) + ".xml", compress_to_fp16=False)
+        except GenforgeError:
+            raise
+        except ImportError as exc:
+            raise ModelUnavailable(
+                f"int8 weights need nncf: {exc}", hint="Install the openvino extra: `pip install 'genforge[openvino]'`."
+            ) from None
+        except (MemoryError, OSError) as exc:  # the machine's trouble (memory, disk), not the checkpoint's
+            raise EngineFailed(
+                f"converting {stem.name} of {model.name!r} failed: {type(exc).__name__}: {str(exc)[:300]}",
+                hint="Conversion needs several GB of memory and disk for an SD 1.5 checkpoint; free some and retry.",
+            ) from None
+        except Exception as exc:  # the converter's own errors: the pipeline is not convertible as it is
+            err = ModelUnconvertible(
+                f"OpenVINO could not convert {stem.name} of {model.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
+                hint=UNCONVERTIBLE_HINT,
+            )
+            self._unconvertible[model.sha256] = err
+            raise err from None
+
+    # --- generation --------------------------------------------------------------------------------
+    def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
+        p = job.params
+        try:
+            load_ms = self._load(job.model, p.precision, emit)
+        except ModelUnconvertible as exc:
+            if not self.fallback:
+                raise
+            out = self.torch_engine.generate(job, emit, cancelled)
+            out.engine = self.torch_engine.kind
+            note = f"ran on torch: {exc.message}"
+            if p.precision != "default":
+                note += f" (precision {p.precision!r} needs OpenVINO; torch ran float32)"
+            out.facts.warnings.append(note)
+            return out
+        return render(
+            self._pipe,
+            job,
+            emit,
+            cancelled,
+            scheduler=self.torch_engine.scheduler_for(self._default_scheduler, p.scheduler),
+            engine=self.kind,
+            engine_version=self._version,
+            load_ms=load_ms,
+            details={
+                "device": "cpu",
+                "dtype": "float32",
+                "backend": "openvino",
+                "backend_version": openvino_version(),
+                "precision": PRECISIONS[p.precision],
+                "cache_key": self._key,
+            },
+        )
+
+
+def create(settings) -> OpenVINODiffusersEngine:
+    return OpenVINODiffusersEngine(
+        threads=settings.image_threads or settings.n_threads,
+        cache_dir=settings.data_dir / "ov-cache",
+        fallback=settings.image_backend == "auto",
+    )
