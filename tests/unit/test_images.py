@@ -20,6 +20,7 @@ from genforge.errors import InvalidOutput, InvalidRequest, ModelUnavailable
 from genforge.images import (
     compare_provenance,
     diffusers_native_size,
+    encode_checked_png,
     encode_png,
     is_png,
     params_json,
@@ -108,8 +109,33 @@ def test_encode_png_refuses_bad_input():
 
 
 # --- the validator --------------------------------------------------------------------------------------
-def test_a_real_picture_of_the_requested_size_with_provenance_passes():
-    validate_image(output(encode_png(noise(), chunks_for(record()))), {"width": 32, "height": 32, "seed": 5})
+# Both ways an image reaches the validator: a PNG it decodes and measures itself, and a PNG whose pixels the
+# engine measured before encoding them (encode_checked_png), whose bytes it then checks instead.
+@pytest.fixture(params=["decoded", "measured"])
+def image_output(request):
+    def make(pixels: np.ndarray, chunks: dict[str, str]) -> EngineOutput:
+        if request.param == "decoded":
+            return output(encode_png(pixels, chunks))
+        data, checked = encode_checked_png(pixels, chunks)
+        out = output(data)
+        out.pixels = checked
+        return out
+
+    return make
+
+
+def test_a_real_picture_of_the_requested_size_with_provenance_passes(image_output):
+    out = image_output(noise(), chunks_for(record()))
+    validate_image(out, {"width": 32, "height": 32, "seed": 5})
+    assert out.facts.content_hash == output_hash(noise())
+
+
+def output_hash(pixels: np.ndarray) -> str:
+    from PIL import Image
+
+    from genforge.credentials import pixels_digest
+
+    return pixels_digest(Image.fromarray(pixels))
 
 
 @pytest.mark.parametrize(
@@ -120,14 +146,41 @@ def test_a_real_picture_of_the_requested_size_with_provenance_passes():
         np.random.RandomState(1).randint(0, 2, (32, 32, 3)).astype(np.uint8),
     ],
 )
-def test_constant_and_near_constant_pictures_are_invalid(pixels):
+def test_constant_and_near_constant_pictures_are_invalid(pixels, image_output):
     with pytest.raises(InvalidOutput, match="constant"):
-        validate_image(output(encode_png(pixels, chunks_for(record()))), {"width": 32, "height": 32, "seed": 5})
+        validate_image(image_output(pixels, chunks_for(record())), {"width": 32, "height": 32, "seed": 5})
 
 
-def test_the_wrong_size_is_invalid():
+def test_the_wrong_size_is_invalid(image_output):
     with pytest.raises(InvalidOutput, match="64x64 was requested"):
-        validate_image(output(encode_png(noise(), chunks_for(record()))), {"width": 64, "height": 64, "seed": 5})
+        validate_image(image_output(noise(), chunks_for(record())), {"width": 64, "height": 64, "seed": 5})
+
+
+def changed(data: bytes, where: str) -> bytes:
+    idat = data.index(b"IDAT") + 8
+    return {
+        "a flipped bit in the image data": data[:idat] + bytes([data[idat] ^ 1]) + data[idat + 1 :],
+        "truncated": data[: len(data) // 2],
+        "bytes after IEND": data + b"junk",
+        "no IEND": data[:-12],
+    }[where]
+
+
+@pytest.mark.parametrize("where", ["a flipped bit in the image data", "truncated", "bytes after IEND", "no IEND"])
+def test_a_measured_png_whose_bytes_changed_after_encoding_is_invalid(where):
+    data, checked = encode_checked_png(noise(), chunks_for(record()))
+    out = output(changed(data, where))
+    out.pixels = checked
+    with pytest.raises(InvalidOutput, match="does not decode"):
+        validate_image(out, {"width": 32, "height": 32, "seed": 5})
+
+
+def test_a_png_that_is_not_the_image_the_engine_measured_is_invalid():
+    _, checked = encode_checked_png(noise(64, 64), chunks_for(record()))
+    out = output(encode_png(noise(), chunks_for(record())))
+    out.pixels = checked
+    with pytest.raises(InvalidOutput, match="not the image the engine measured"):
+        validate_image(out, {"width": 32, "height": 32, "seed": 5})
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
@@ -136,9 +189,9 @@ def test_bytes_that_do_not_decode_are_invalid(data):
         validate_image(output(data), {"width": 32, "height": 32, "seed": 5})
 
 
-def test_a_png_without_provenance_is_invalid():
+def test_a_png_without_provenance_is_invalid(image_output):
     with pytest.raises(InvalidOutput, match="provenance"):
-        validate_image(output(encode_png(noise(), {})), {"width": 32, "height": 32, "seed": 5})
+        validate_image(image_output(noise(), {}), {"width": 32, "height": 32, "seed": 5})
 
 
 def test_another_media_type_is_invalid():

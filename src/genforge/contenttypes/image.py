@@ -169,18 +169,32 @@ def plan(req, settings, catalog) -> Plan:
 
 
 def validate(out: EngineOutput, job: GenerationJob) -> None:
+    """A real PNG of the requested size that is not blank and carries its provenance.
+
+    Engines that measured the pixels they encoded (`out.pixels`, genforge.images.PixelCheck) get their PNG's
+    bytes checked instead of decoded again: every chunk against its CRC, IHDR to IEND, the size and format
+    in IHDR. Any other PNG is decoded in full and measured here.
+    """
     from PIL import Image, ImageStat, UnidentifiedImageError
 
     from genforge.credentials import pixels_digest
+    from genforge.images import png_chunks
 
     if out.media_type != "image/png":
         raise InvalidOutput(f"the image engine returned {out.media_type!r}, not image/png")
     try:
         with Image.open(io.BytesIO(out.data)) as im:
-            im.load()
-            fmt, size, text = im.format, im.size, dict(getattr(im, "text", {}))
-            stddev = ImageStat.Stat(im if im.mode == "RGB" else im.convert("RGB")).stddev
-            content_hash = pixels_digest(im)
+            if out.pixels is None:
+                im.load()
+                stddev = max(ImageStat.Stat(im if im.mode == "RGB" else im.convert("RGB")).stddev)
+                content_hash = pixels_digest(im)
+            else:
+                png_chunks(out.data)
+                if im.mode != "RGB" or im.size != (out.pixels.width, out.pixels.height):
+                    raise InvalidOutput(f"the PNG ({im.mode} {im.size}) is not the image the engine measured")
+                stddev, content_hash = out.pixels.stddev_max, out.pixels.digest
+            # Unloaded, `info` has the text chunks before IDAT, where encode_png writes them (`text` would decode).
+            fmt, size, text = im.format, im.size, dict(im.text if out.pixels is None else im.info)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidOutput(f"the image does not decode: {exc}") from None
     if fmt != "PNG":
@@ -188,14 +202,14 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
     wanted = (job.params.width, job.params.height)
     if size != wanted:
         raise InvalidOutput(f"the image is {size[0]}x{size[1]}, {wanted[0]}x{wanted[1]} was requested")
-    if max(stddev) < MIN_IMAGE_STDDEV:
+    if stddev < MIN_IMAGE_STDDEV:
         raise InvalidOutput(
-            f"the image is constant or nearly so (largest channel standard deviation {max(stddev):.2f}): "
+            f"the image is constant or nearly so (largest channel standard deviation {stddev:.2f}): "
             "a blank, black or NaN picture is not a generated image"
         )
     if text.get(PREFIX + "seed") != str(job.params.seed) or not text.get(PREFIX + "content_id"):
         raise InvalidOutput("the PNG does not carry its provenance (content id, seed)")
-    out.facts.content_hash = content_hash  # of the pixels just decoded: finds the record of a stripped copy
+    out.facts.content_hash = content_hash  # of the pixels: finds the record of a stripped copy
 
 
 def check_model_path(path: Path) -> str:

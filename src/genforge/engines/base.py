@@ -173,6 +173,9 @@ class EngineOutput:
     # The engine kind that made the output when it is not the one the job was sent to (the OpenVINO image
     # engine falling back to torch); the record then names it.
     engine: str | None = None
+    # Images: the pixel checks made on the array that was encoded (genforge.images.PixelCheck); the
+    # validator then checks the PNG's bytes instead of decoding them again.
+    pixels: Any = None
 
 
 # --- the two engine protocols --------------------------------------------------------------------------

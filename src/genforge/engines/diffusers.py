@@ -260,13 +260,15 @@ def render(
         prompt=job.prompt,
         details={"image": info.model_dump(exclude_none=True)},
     )
+    data, pixels = images.encode_checked_png(rgb, text)
     return EngineOutput(
-        data=images.encode_png(rgb, text),
+        data=data,
         media_type="image/png",
         engine_version=engine_version,
         load_ms=load_ms,
         generate_ms=(time.perf_counter() - start) * 1000,
         facts=ImageFacts(width=rgb.shape[1], height=rgb.shape[0], steps=p.steps, image=info),
+        pixels=pixels,
     )
 
 

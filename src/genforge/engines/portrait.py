@@ -218,7 +218,7 @@ class PortraitEngine(OneAtATimeEngine):
             prompt=job.prompt,
             details={"image": details.model_dump(exclude_none=True), "warning": PROMPT_WARNING},
         )
-        data = images.encode_png(rgb, text)
+        data, pixels = images.encode_checked_png(rgb, text)
         emit({"type": "progress", "step": len(STAGES), "total": len(STAGES)})
         return EngineOutput(
             data=data,
@@ -227,6 +227,7 @@ class PortraitEngine(OneAtATimeEngine):
             load_ms=load_ms,
             generate_ms=(time.perf_counter() - start) * 1000,
             facts=ImageFacts(width=size, height=size, steps=len(STAGES), warnings=[PROMPT_WARNING], image=details),
+            pixels=pixels,
         )
 
 
