@@ -1,10 +1,13 @@
 """Concurrency: aggregate tokens/s with 1, 2, 4 and 8 concurrent streaming clients through the API,
-single-stream tokens/s direct vs API, and time-to-first-token overhead, in one run.
+single-stream tokens/s direct vs API, time-to-first-token overhead, and the server's memory, in one run.
 
-    .venv/bin/python benchmarks/concurrency.py [--tokens 128] [--clients 1,2,4,8]
+    .venv/bin/python benchmarks/concurrency.py [--tokens 128] [--clients 1,2,4,8] [--leak-requests 1000]
 
-With LLAMA_SERVER=/path/to/llama-server set (llama.cpp's own server, built separately), the same
-load is also sent to it with the same model and parallel slots, for comparison.
+genforge is driven twice: through its native SSE endpoint, and through `/v1/chat/completions` with the same
+OpenAI-style streaming client that drives the reference. With LLAMA_SERVER=/path/to/llama-server set
+(llama.cpp's own server; benchmarks/build_llama_server.sh builds it), the same load is also sent to it with the
+same model, threads and parallel slots, for comparison. The leak check sends short requests and reads the
+server's RSS (the API process and its engine worker) after 100 of them and after all.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 import time
 
 import httpx
-from _server import Server, free_port
+from _server import Server, free_port, rss_mb
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a map."
 
@@ -82,8 +85,10 @@ def stream_genforge(url: str, tokens: int, seed: int) -> dict:
     return {"ttft_s": first - start, "tokens": final["usage"]["completion_tokens"], "s": time.perf_counter() - start}
 
 
-def stream_llama_server(url: str, tokens: int, seed: int) -> dict:
+def stream_v1(url: str, tokens: int, seed: int) -> dict:
+    """One OpenAI-style streaming client on /v1/chat/completions (the same for genforge and llama-server)."""
     body = {
+        "model": "smollm2-135m-instruct",
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": tokens,
         "temperature": 0,
@@ -128,6 +133,17 @@ def load(fn, url: str, clients: int, tokens: int) -> dict:
     return {"agg": sum(r["tokens"] for r in results) / wall, "ttft": statistics.median(r["ttft_s"] for r in results)}
 
 
+def leak_check(srv: Server, requests: int) -> list[tuple[int, float]]:
+    """RSS after 100 short streaming requests and after `requests` in all (both APIs, alternating)."""
+    figures, done = [], 0
+    for mark in sorted({min(100, requests), requests}):
+        while done < mark:
+            (stream_genforge if done % 2 else stream_v1)(srv.url, 8, done)
+            done += 1
+        figures.append((mark, rss_mb(srv.proc.pid)))
+    return figures
+
+
 def llama_server(parallel: int):
     binary = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
     if not binary:
@@ -170,6 +186,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--single-runs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5, help="rounds per client count (and server), alternated")
+    ap.add_argument("--leak-requests", type=int, default=1000, help="short requests for the RSS leak check")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -187,12 +204,12 @@ def main() -> None:
         return json.loads(direct.stdout.readline())
 
     reference = llama_server(4)
-    servers = {"genforge": stream_genforge}
+    servers = {"genforge": stream_genforge, "genforge /v1": stream_v1}
     try:
         with Server() as srv:
-            urls = {"genforge": srv.url}
+            urls = {"genforge": srv.url, "genforge /v1": srv.url}
             if reference is not None:
-                servers["llama-server"], urls["llama-server"] = stream_llama_server, reference[1]
+                servers["llama-server"], urls["llama-server"] = stream_v1, reference[1]
             stream_genforge(srv.url, 16, 0)  # warm-up
             direct_run()
             api_single, direct_single, api_ttft, direct_ttft = [], [], [], []
@@ -213,6 +230,8 @@ def main() -> None:
                 for n in levels:
                     for name, fn in servers.items():
                         rounds[(name, n)].append(load(fn, urls[name], n, args.tokens))
+            rss_loaded = rss_mb(srv.proc.pid)
+            rss_after = leak_check(srv, args.leak_requests)
     finally:
         if reference is not None:
             reference[0].kill()
@@ -228,7 +247,11 @@ def main() -> None:
     d_ttft, a_ttft = statistics.median(direct_ttft), statistics.median(api_ttft)
     print(
         f"time to first token p50: direct {d_ttft:.1f} ms, API {a_ttft:.1f} ms, overhead {a_ttft - d_ttft:.1f} ms"
-        " (goal <= 10)"
+        " (goal <= 5)"
+    )
+    print(
+        f"server RSS (API process + engine worker), text model loaded: {rss_loaded:.0f} MB (goal <= 400); "
+        + ", ".join(f"after {n} more requests {mb:.0f} MB" for n, mb in rss_after)
     )
     agg = {key: statistics.median(r["agg"] for r in runs) for key, runs in rounds.items()}
     for name in servers:
@@ -239,13 +262,16 @@ def main() -> None:
                 f"{name} {n} clients: aggregate {agg[(name, n)]:.1f} tok/s ({agg[(name, n)] / base:.2f}x of "
                 f"{levels[0]}), TTFT p50 {ttft:.0f} ms"
             )
-            if name == "llama-server":
-                pairs = [g["agg"] / r["agg"] for g, r in zip(rounds[("genforge", n)], rounds[(name, n)], strict=True)]
-                line += (
-                    f"; genforge / llama-server = {agg[('genforge', n)] / agg[(name, n)]:.3f} "
+            print(line)
+    if reference is not None:
+        for name in ("genforge", "genforge /v1"):
+            for n in levels:
+                ref = rounds[("llama-server", n)]
+                pairs = [g["agg"] / r["agg"] for g, r in zip(rounds[(name, n)], ref, strict=True)]
+                print(
+                    f"{name} / llama-server, {n} clients: {agg[(name, n)] / agg[('llama-server', n)]:.3f} "
                     f"(per round: {min(pairs):.2f}-{max(pairs):.2f})"
                 )
-            print(line)
     if reference is None:
         print("llama-server: not available (set LLAMA_SERVER to a built llama-server binary to compare)")
 
