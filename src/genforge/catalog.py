@@ -223,10 +223,22 @@ class ModelCatalog:
         self.settings = settings
         self.db = db
         self._hash_lock = threading.Lock()
+        # Packaged model files found so far: looking one up reads the package's RECORD (~2 ms, on every
+        # request's path). Only files found are kept, and each is checked to be there still when reused.
+        self._packaged_found: dict[str, Path] = {}
 
     # --- where files are -------------------------------------------------------------
     def packaged_path(self, spec: PackagedModel) -> Path | None:
         """The file of a packaged model if it is installed, found through package metadata (or PATH)."""
+        found = self._packaged_found.get(spec.filename)
+        if found is not None and found.is_file():
+            return found
+        path = self._find_packaged(spec)
+        if path is not None:
+            self._packaged_found[spec.filename] = path
+        return path
+
+    def _find_packaged(self, spec: PackagedModel) -> Path | None:
         if spec.binary:
             found = shutil.which(spec.filename)
             return Path(found) if found else None

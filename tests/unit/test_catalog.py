@@ -151,3 +151,15 @@ def test_unknown_model_is_not_found_and_lists_the_installed_ones(catalog):
     assert info.value.details["installed"] == catalog.installed_names()
     assert DEFAULT_MODEL in info.value.details["installed"]
     assert DEFAULT_MODEL in info.value.message
+
+
+def test_a_packaged_file_found_once_is_not_trusted_after_it_is_gone(catalog):
+    """Found paths are kept (finding one reads the package metadata), but each use checks the file is there."""
+    spec = PACKAGED["gemma3-270m"]  # assembled into models_dir by `pull`, so a test can place and remove it
+    target = catalog.settings.models_dir / spec.filename
+    assert catalog.packaged_path(spec) is None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"GGUF")
+    assert catalog.packaged_path(spec) == target
+    target.unlink()
+    assert catalog.packaged_path(spec) is None
