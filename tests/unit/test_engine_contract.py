@@ -6,7 +6,6 @@ the two protocols: no model and no process are needed to see how it dispatches, 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -203,19 +202,3 @@ def test_importing_any_engine_loads_no_database_or_web_framework():
     assert run.returncode == 0, run.stderr
     count, bad = run.stdout.split()
     assert int(count) >= 5 and bad == "-", run.stdout
-
-
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_llama_cpp_threads_sleep_when_idle_unless_the_operator_says_otherwise(given, expected):
-    """The llama engine sets OMP_WAIT_POLICY before llama.cpp (and its OpenMP runtime) loads."""
-    probe = (
-        "import os, sys\n"
-        "import genforge.engines.llama as e\n"
-        "print(os.environ.get('OMP_WAIT_POLICY'), e.llama_cpp is not None)"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | (
-        {"OMP_WAIT_POLICY": given} if given else {}
-    )
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == [expected, "True"]

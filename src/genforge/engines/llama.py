@@ -9,7 +9,6 @@ requests cost far less than N times one. A single request takes the same path, a
 from __future__ import annotations
 
 import codecs
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -27,12 +26,6 @@ from genforge.engines.base import (
     Update,
 )
 from genforge.errors import Cancelled, EngineFailed, GenforgeError, InvalidRequest, ModelUnavailable
-
-# llama.cpp's CPU threads are an OpenMP team, which by default keeps spinning for a while after each decode.
-# Between two steps that spinning thread holds a core the server process needs to stream the token just made,
-# and on a busy machine it fights other processes for it; idle threads sleep instead (measured in
-# docs/benchmarks.md). libgomp reads this when it loads, with llama_cpp below; an operator's own value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:  # the text extra; its absence is reported when a model is loaded
     import llama_cpp
