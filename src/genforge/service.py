@@ -464,8 +464,6 @@ class ContentService:
         if created_before:
             conds.append(ContentRow.created_at < _db_time(created_before))
         with self.db.session() as s:
-            # PostgreSQL: `q=` answers not_supported until its search (a generated tsvector column with a GIN index,
-            # behind search.FullTextSearch) is built; see docs/deploy.md.
             found = self.search.page(s, q, conds, limit, offset) if q else None
             if found is None:
                 total = s.scalar(select(func.count()).select_from(ContentRow).where(*conds))
