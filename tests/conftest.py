@@ -312,7 +312,7 @@ class Live:
 def live(tmp_path_factory) -> Iterator[Live]:
     settings = make_settings(tmp_path_factory.mktemp("live"))
     with running_app(settings) as client:
-        yield Live(client, settings)
+        yield Live(client, runtime_of(client).settings)  # the distributed mode adds to them
 
 
 @pytest.fixture
