@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -185,6 +185,9 @@ class ContentService:
                 "raw": plan.raw or None,
                 "fallback_reason": plan.fallback_reason,
                 "persona": use.model_dump(mode="json") if use else None,
+                # what a worker needs to run the same plan (jobs_celery.accepted_of); no part of the record
+                "policy": asdict(plan.policy) if plan.policy else None,
+                "inputs": plan.inputs,
             }
             with self.db.session() as s:
                 s.add(
