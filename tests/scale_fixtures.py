@@ -26,6 +26,7 @@ import pytest
 
 from conftest import GENFORGE, cli_env, free_port, packaged_model_path, wait_for
 from genforge.config import Settings
+from genforge.contenttypes import CONTENT_TYPES
 
 
 def _pg_bin() -> str | None:
@@ -203,20 +204,26 @@ def settings_env(settings: Settings) -> dict:
     return env
 
 
+_databases: dict[Path, str] = {}  # the distributed mode's database of each data dir
+
+
 @contextmanager
 def distributed(settings: Settings) -> Iterator[Settings]:
-    """The celery mode around one app: `settings` on a fresh PostgreSQL database (unless they name one), a Redis
-    of their own (its queues, events and leases are this app's alone) and a shared artifact directory, with a
-    real `genforge worker` process (every content type, GENFORGE_PARALLEL task threads) on the same settings.
-    Yields those settings, for the app (the API process) to run on."""
+    """The celery mode around one app: `settings` on a PostgreSQL database (the one they name, or their data dir's,
+    fresh on its first app), a Redis of their own (its queues, events and leases are this app's alone) and a
+    shared artifact directory, with a real `genforge worker` process (every content type, GENFORGE_PARALLEL task
+    threads) on the same settings. Yields those settings, for the app (the API process) to run on."""
     postgres = shared_postgres()
     need_redis()
+    if not settings.database_url:  # one database per data dir, as embedded: a second app on it is a restart
+        if settings.data_dir not in _databases:
+            _databases[settings.data_dir] = postgres.new_database()
+        settings = settings.model_copy(update={"database_url": _databases[settings.data_dir]})
     redis = Redis().start()
     shared = settings.data_dir.with_name(f"{settings.data_dir.name}-shared")
     try:
         settings = settings.model_copy(
             update={
-                "database_url": settings.database_url or postgres.new_database(),
                 "queue": "celery",
                 "broker_url": redis.url(),
                 "artifact_dir": settings.artifact_dir or shared,
@@ -226,7 +233,7 @@ def distributed(settings: Settings) -> Iterator[Settings]:
         worker = Worker(
             settings.data_dir.with_name(f"{settings.data_dir.name}-worker"),
             settings_env(settings),
-            types="text,image,speech",
+            types=",".join(CONTENT_TYPES),
             concurrency=settings.parallel,
         ).start()
         try:

@@ -1,4 +1,5 @@
-"""history search on PostgreSQL: a generated tsvector column over the records' prompt and text, with a GIN index
+"""PostgreSQL: history search (a generated tsvector column over the records' prompt and text, with a GIN index),
+and room for engine versions
 
 The PostgreSQL counterpart of migration 0002's FTS5 index (which is SQLite only; this one does nothing on
 SQLite). `content.search_tsv` is GENERATED ALWAYS ... STORED, so PostgreSQL computes it on every insert and
@@ -14,10 +15,15 @@ database's owner may create it.
 The prompt is weight A and the text weight B: FTS5 matches a "phrase" within one column, and genforge/search.py
 asks for a phrase as all-A or all-B, so the prompt's last word and the text's first word never make a phrase.
 
+`content.engine_version` grows from 50 to 200 characters: PostgreSQL enforces a VARCHAR's length (SQLite does
+not), and OpenVINO's version strings are longer than 50 ("openvino 2026.4.1-22982-e213a147257-releases/2026/4"),
+which failed every portrait image on PostgreSQL.
+
 Revision ID: 0008
 Revises: 0006
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
@@ -45,6 +51,7 @@ DOWNGRADE = [
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    op.alter_column("content", "engine_version", type_=sa.String(200), existing_type=sa.String(50))
     for statement in UPGRADE:
         op.execute(statement)
 
@@ -54,3 +61,4 @@ def downgrade() -> None:
         return
     for statement in DOWNGRADE:
         op.execute(statement)
+    op.alter_column("content", "engine_version", type_=sa.String(50), existing_type=sa.String(200))
