@@ -20,6 +20,7 @@ from conftest import (
 )
 from genforge import __version__
 from genforge.catalog import PACKAGED
+from genforge.contenttypes import CONTENT_TYPES
 
 pytestmark = pytest.mark.both_modes
 # In the distributed mode the API process loads no model: its readiness asks for workers, not for a model file.
@@ -55,7 +56,7 @@ def test_readyz_names_the_workers_and_the_types_they_serve(live):
     assert body["ready"] is True, body
     checks = body["checks"]
     assert set(checks) == {"database", "workers", "queue"}, "the API process has no engine worker"
-    assert checks["workers"]["detail"].endswith(": image, speech, text"), checks["workers"]
+    assert checks["workers"]["detail"].endswith(": " + ", ".join(sorted(CONTENT_TYPES))), checks["workers"]
     assert all(c["ok"] for c in checks.values())
 
 
