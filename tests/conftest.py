@@ -267,9 +267,12 @@ def running_app(settings: Settings) -> Iterator[TestClient]:
         return
     from scale_fixtures import distributed  # it imports this module
 
-    with distributed(settings) as api_settings, _client(api_settings) as client:
+    with distributed(settings) as (api_settings, worker), _client(api_settings) as client:
         assert runtime_of(client).distributed, "the app is not the API process of the celery mode"
-        wait_for(lambda: client.get("/readyz").json()["checks"]["workers"]["ok"], 180, 0.5, "a worker to serve")
+        try:
+            wait_for(lambda: client.get("/readyz").json()["checks"]["workers"]["ok"], 180, 0.5, "a worker to serve")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the worker's log:\n{worker.log()}") from None
         yield client
 
 

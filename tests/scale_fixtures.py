@@ -208,11 +208,11 @@ _databases: dict[Path, str] = {}  # the distributed mode's database of each data
 
 
 @contextmanager
-def distributed(settings: Settings) -> Iterator[Settings]:
+def distributed(settings: Settings) -> Iterator[tuple[Settings, Worker]]:
     """The celery mode around one app: `settings` on a PostgreSQL database (the one they name, or their data dir's,
     fresh on its first app), a Redis of their own (its queues, events and leases are this app's alone) and a
     shared artifact directory, with a real `genforge worker` process (every content type, GENFORGE_PARALLEL task
-    threads) on the same settings. Yields those settings, for the app (the API process) to run on."""
+    threads) on the same settings. Yields those settings, for the app (the API process) to run on, and the worker."""
     postgres = shared_postgres()
     need_redis()
     if not settings.database_url:  # one database per data dir, as embedded: a second app on it is a restart
@@ -237,7 +237,7 @@ def distributed(settings: Settings) -> Iterator[Settings]:
             concurrency=settings.parallel,
         ).start()
         try:
-            yield settings
+            yield settings, worker
         finally:
             worker.stop(timeout=10)
     finally:
