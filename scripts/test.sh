@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh text,image,openvino,speech,test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
+GENFORGE_TEST_MODE=distributed exec .venv/bin/python -m pytest tests/integration "$@"  # API tests again: docs/deploy.md

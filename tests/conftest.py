@@ -3,6 +3,13 @@
 Everything here runs the real thing: the packaged SmolLM2 GGUF through llama.cpp, SQLite in a temporary
 data directory, HTTP through the FastAPI app (with its lifespan), and `genforge` subprocesses. The only
 test doubles are the scripted runners below, used to prove the service's honesty when an engine fails.
+
+Two modes. Embedded (the default): each app queues and runs its jobs itself. Distributed
+(`GENFORGE_TEST_MODE=distributed`): every app from `running_app` (so `live`, `app_with` and the test files' own
+apps) is the API process of the celery mode, on PostgreSQL and a Redis of its own, with a real `genforge worker`
+process running its jobs (tests/scale_fixtures.py: distributed). That mode runs only the test files marked
+`pytestmark = pytest.mark.both_modes`; a test there that cannot have a second mode is marked
+`pytest.mark.only_in("embedded", reason=...)` (or the other way round).
 """
 
 from __future__ import annotations
@@ -77,6 +84,33 @@ def long_generation_body(max_tokens: int = 1500) -> dict:
     return text_body(
         "Write a very long story about the sea.", max_tokens=max_tokens, seed=1, temperature=2.0, top_p=1.0
     )
+
+
+TEST_MODE = os.environ.get("GENFORGE_TEST_MODE", "embedded")
+DISTRIBUTED = TEST_MODE == "distributed"
+# The databases an app fixture runs its tests on: the distributed mode is PostgreSQL's.
+DATABASES = ["postgresql"] if DISTRIBUTED else ["sqlite", "postgresql"]
+
+
+def pytest_configure(config):
+    if TEST_MODE not in ("embedded", "distributed"):
+        raise pytest.UsageError(f"GENFORGE_TEST_MODE={TEST_MODE!r}: use embedded (the default) or distributed")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The distributed mode runs the files marked both_modes and nothing else."""
+    if not DISTRIBUTED:
+        return
+    other = [item for item in items if not item.get_closest_marker("both_modes")]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if item.get_closest_marker("both_modes")]
+
+
+def pytest_runtest_setup(item):
+    only = item.get_closest_marker("only_in")
+    if only and only.args[0] != TEST_MODE:
+        pytest.skip(f"{only.args[0]} mode only: {only.kwargs['reason']}")
 
 
 # --- planning and validation, as the service calls them ------------------------------------------------
@@ -225,10 +259,26 @@ def count(client, **filters) -> int:
 # --- apps -------------------------------------------------------------------------------------------
 @contextmanager
 def running_app(settings: Settings) -> Iterator[TestClient]:
-    """A TestClient with the app's lifespan running (database migrated, engine worker supervised)."""
-    # base_url: the Host guard answers loopback names (TestClient's default host is "testserver").
-    with TestClient(create_app(settings), base_url="http://localhost") as client:
+    """A TestClient with the app's lifespan running (database migrated, engine worker supervised); in the
+    distributed mode the API process of the celery mode, with its `genforge worker` serving (see the top)."""
+    if not DISTRIBUTED:
+        with _client(settings) as client:
+            yield client
+        return
+    from scale_fixtures import distributed  # it imports this module
+
+    with distributed(settings) as (api_settings, worker), _client(api_settings) as client:
+        assert runtime_of(client).distributed, "the app is not the API process of the celery mode"
+        try:
+            wait_for(lambda: client.get("/readyz").json()["checks"]["workers"]["ok"], 180, 0.5, "a worker to serve")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the worker's log:\n{worker.log()}") from None
         yield client
+
+
+def _client(settings: Settings) -> TestClient:
+    # base_url: the Host guard answers loopback names (TestClient's default host is "testserver").
+    return TestClient(create_app(settings), base_url="http://localhost")
 
 
 def runtime_of(client: TestClient):
@@ -265,7 +315,7 @@ class Live:
 def live(tmp_path_factory) -> Iterator[Live]:
     settings = make_settings(tmp_path_factory.mktemp("live"))
     with running_app(settings) as client:
-        yield Live(client, settings)
+        yield Live(client, runtime_of(client).settings)  # the distributed mode adds to them
 
 
 @pytest.fixture
@@ -327,6 +377,11 @@ class ScriptedRunner:
 def scripted_app(tmp_path):
     """Factory: an app whose engine worker is replaced by a scripted `runner` (no model, no worker process)."""
     stack = []
+
+    if DISTRIBUTED:
+        pytest.skip(
+            "a scripted runner stands in for this process's engines; the distributed mode runs its jobs in a worker"
+        )
 
     def start(runner) -> TestClient:
         cm = running_app(make_settings(tmp_path / f"scripted{len(stack)}", preload=False))

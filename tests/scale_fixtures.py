@@ -1,4 +1,5 @@
-"""Throw-away PostgreSQL clusters, Redis servers and OpenAI-compatible servers, started by the tests.
+"""Throw-away PostgreSQL clusters, Redis servers, `genforge worker` processes and OpenAI-compatible servers,
+started by the tests; and `distributed()`, the celery mode around one app (GENFORGE_TEST_MODE=distributed).
 
 PostgreSQL and Redis come from the Debian packages `postgresql` and `redis-server`; a test that needs one and
 finds it absent skips, saying which package to install. As root (CI) the cluster runs as the `postgres` user.
@@ -6,7 +7,9 @@ finds it absent skips, saying which package to install. As root (CI) the cluster
 
 from __future__ import annotations
 
+import atexit
 import glob
+import json
 import os
 import shutil
 import signal
@@ -15,12 +18,15 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import free_port, packaged_model_path, wait_for
+from conftest import GENFORGE, cli_env, free_port, packaged_model_path, wait_for
+from genforge.config import Settings
+from genforge.contenttypes import CONTENT_TYPES
 
 
 def _pg_bin() -> str | None:
@@ -83,14 +89,24 @@ class Postgres:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
+_cluster: list[Postgres] = []
+
+
+def shared_postgres() -> Postgres:
+    """The test session's one PostgreSQL cluster, started on first use and stopped when the session ends; tests
+    take fresh databases in it. Skips (with the package to install) where PostgreSQL is absent."""
+    if not _cluster:
+        if _pg_bin() is None:
+            pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+        pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'genforge[distributed]')")
+        _cluster.append(Postgres().start())
+        atexit.register(_cluster[0].stop)
+    return _cluster[0]
+
+
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    if _pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'genforge[distributed]')")
-    pg = Postgres().start()
-    yield pg
-    pg.stop()
+def postgres() -> Postgres:
+    return shared_postgres()
 
 
 @pytest.fixture
@@ -120,14 +136,112 @@ class Redis:
             self.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[Redis]:
+def need_redis() -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("Redis is not installed (Debian: apt-get install redis-server)")
     pytest.importorskip("celery", reason="celery is not installed (pip install 'genforge[distributed]')")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    need_redis()
     server = Redis().start()
     yield server
     server.stop()
+
+
+class Worker:
+    """`genforge worker` in a process group of its own, on its own data directory, with GENFORGE_* `env`."""
+
+    def __init__(self, data_dir: Path, env: dict, types: str = "text", concurrency: int = 1):
+        self.data_dir, self.env = data_dir, env
+        self.args = ["worker", "--types", types, "--concurrency", str(concurrency)]
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(GENFORGE), *self.args],
+                env={**cli_env(self.data_dir), **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM (Celery's warm shutdown lets a running task finish), SIGKILL after `timeout`."""
+        if self.proc is None:
+            return
+        self.kill(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def settings_env(settings: Settings) -> dict:
+    """The GENFORGE_* environment that gives another process the settings set here (data_dir aside)."""
+    env = {}
+    for name in sorted(settings.model_fields_set - {"data_dir"}):
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"GENFORGE_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env
+
+
+_databases: dict[Path, str] = {}  # the distributed mode's database of each data dir
+
+
+@contextmanager
+def distributed(settings: Settings) -> Iterator[tuple[Settings, Worker]]:
+    """The celery mode around one app: `settings` on a PostgreSQL database (the one they name, or their data dir's,
+    fresh on its first app), a Redis of their own (its queues, events and leases are this app's alone) and a
+    shared artifact directory, with a real `genforge worker` process (every content type, GENFORGE_PARALLEL task
+    threads) on the same settings. Yields those settings, for the app (the API process) to run on, and the worker."""
+    postgres = shared_postgres()
+    need_redis()
+    if not settings.database_url:  # one database per data dir, as embedded: a second app on it is a restart
+        if settings.data_dir not in _databases:
+            _databases[settings.data_dir] = postgres.new_database()
+        settings = settings.model_copy(update={"database_url": _databases[settings.data_dir]})
+    redis = Redis().start()
+    shared = settings.data_dir.with_name(f"{settings.data_dir.name}-shared")
+    try:
+        settings = settings.model_copy(
+            update={
+                "queue": "celery",
+                "broker_url": redis.url(),
+                "artifact_dir": settings.artifact_dir or shared,
+            }
+        )
+        # Started before the app: it waits for the app's migration, and imports meanwhile.
+        worker = Worker(
+            settings.data_dir.with_name(f"{settings.data_dir.name}-worker"),
+            settings_env(settings),
+            types=",".join(CONTENT_TYPES),
+            concurrency=settings.parallel,
+        ).start()
+        try:
+            yield settings, worker
+        finally:
+            worker.stop(timeout=10)
+    finally:
+        redis.stop()
 
 
 class LlamaServer:

@@ -111,7 +111,7 @@ def serve(
 def worker(
     types: Annotated[
         str, typer.Option(help="The content types this worker runs, comma-separated.")
-    ] = "text,image,speech",
+    ] = "text,image,speech,video",
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (task threads); default GENFORGE_PARALLEL.")
     ] = None,
@@ -126,7 +126,7 @@ def worker(
     unknown = [t for t in chosen if t not in REGISTRY]
     if unknown or not chosen:
         err.print(
-            f"[bold red]error[/] unknown content type(s) {', '.join(unknown) or '(none)'}; types: text, image, speech"
+            f"[bold red]error[/] unknown content type(s) {', '.join(unknown) or '(none)'}; types: {', '.join(REGISTRY)}"
         )
         raise typer.Exit(2)
     if settings.queue != "celery" or not settings.broker_url:

@@ -38,6 +38,7 @@ from genforge import errors
 from genforge.config import Settings
 from genforge.contenttypes import Plan, spec_of
 from genforge.db import ContentRow, Database
+from genforge.engines.base import TextPolicy
 from genforge.errors import GenforgeError, Interrupted, QueueFull, ShuttingDown
 from genforge.jobs import Job
 from genforge.schemas import GenerateRequest
@@ -401,7 +402,8 @@ def workers_serving(app, timeout: float = 2.0) -> dict[str, list[str]]:
 
 # --- the worker side --------------------------------------------------------------------------------------
 def accepted_of(row: ContentRow, started: float):
-    """A record's request and plan, rebuilt from what it recorded (exactly what a client can send again)."""
+    """A record's request and plan, rebuilt from what it recorded (exactly what a client can send again, and the
+    controls the API process planned: messages, raw, a video's inputs, a text's policy)."""
     from genforge.service import Accepted
 
     spec = spec_of(row.content_type)
@@ -420,8 +422,17 @@ def accepted_of(row: ContentRow, started: float):
         messages=extra.get("messages"),
         raw=bool(extra.get("raw", False)),
         fallback_reason=extra.get("fallback_reason"),
+        inputs={role: tuple(ref) for role, ref in extra["inputs"].items()} if extra.get("inputs") else None,
+        policy=_policy(extra.get("policy")),
     )
     return Accepted(row.id, req, plan, started)
+
+
+def _policy(recorded: dict | None) -> TextPolicy | None:
+    """The text's policy (a persona's forbidden phrases, a post's limits) as the API process planned it."""
+    if not recorded:
+        return None
+    return TextPolicy(**{**recorded, "forbidden_phrases": tuple(recorded.get("forbidden_phrases", ()))})
 
 
 class WorkerSide:

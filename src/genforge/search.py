@@ -1,9 +1,11 @@
 """Full-text search over the records' prompt and generated text, behind one small interface.
 
-`search_for(db_url)` picks the implementation for the database: SQLite FTS5 today (the `content_fts`
-external-content table of migration 0002, kept in step with `content` by triggers). A PostgreSQL
-implementation (a tsvector GIN index and `@@ websearch_to_tsquery`) can stand behind the same
-`FullTextSearch.page()` later; the API, the CLI and the UI do not change.
+`search_for(db_url)` picks the implementation for the database, behind the same `FullTextSearch.page()`:
+- SQLite: FTS5 (the `content_fts` external-content table of migration 0002, kept in step with `content` by
+  triggers);
+- PostgreSQL: full-text search over `content.search_tsv`, a generated tsvector column with a GIN index
+  (migration 0008), queried with a tsquery built from the parsed terms.
+The API, the CLI and the UI are the same on both.
 
 The query language is the same on every backend, and small: words (all must occur, case-insensitive),
 `"quoted phrases"`, and `word*` for a prefix. Everything else a user types is taken literally, so plain
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import Join
 
 from genforge.db.tables import ContentRow
-from genforge.errors import GenforgeError, InvalidRequest
+from genforge.errors import InvalidRequest
 
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 32
@@ -130,22 +132,54 @@ class SqliteFts5Search:
         return total, list(rows)
 
 
-class SearchUnavailable(GenforgeError):
-    code = "not_supported"
-    hint = "Full-text search runs on SQLite today; PostgreSQL support is planned."
+def tsquery_text(terms: list[Term]) -> str:
+    """to_tsquery syntax built from terms: every word a quoted lexeme (quotes and backslashes doubled), so the
+    result is always valid syntax and no user character is ever an operator (`&`, `|`, `!`, `<->`, `:`).
+    to_tsquery then normalises each lexeme with the same configuration as the documents (migration 0008).
+
+    A word is `'w'`, a prefix `'w':*`, and a phrase `'a' <-> 'b'` within the prompt (weight A) or within the
+    text (weight B), as FTS5 matches a phrase within one column."""
+
+    def lexeme(word: str, flags: str = "") -> str:
+        quoted = "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
+        return quoted + (":" + flags if flags else "")
+
+    parts = []
+    for t in terms:
+        words = t.text.split() if t.phrase else [t.text]
+        if len(words) == 1:
+            parts.append(lexeme(words[0], "*" if t.prefix else ""))
+        else:
+            parts.append(" | ".join("(" + " <-> ".join(lexeme(w, weight) for w in words) + ")" for weight in "AB"))
+    return " & ".join(f"({p})" for p in parts)
 
 
-class NoSearch:
-    """For databases without a search implementation yet: a blank query lists, any other says so."""
+SEARCH_CONFIG = "genforge_search"  # 'simple' with unaccent (migration 0008)
+SEARCH_TSV = literal_column("content.search_tsv")
 
-    def __init__(self, dialect: str):
-        self.dialect = dialect
+
+class PostgresSearch:
+    """PostgreSQL full-text search over `content.search_tsv` (its GIN index finds the hits). Hits come newest
+    first by created_at, the order of plain listing and of the SQLite path (there rowid, the order records were
+    written); the total counts every hit under the same filters."""
 
     def page(self, s: Session, q: str, conds: list, limit: int, offset: int) -> tuple[int, list[ContentRow]] | None:
-        if parse_query(q):
-            raise SearchUnavailable(f"full-text search is not available on {self.dialect} yet", field="q")
-        return None
+        terms = parse_query(q)
+        if not terms:
+            return None
+        match = SEARCH_TSV.op("@@")(
+            func.to_tsquery(literal_column(f"'{SEARCH_CONFIG}'::regconfig"), tsquery_text(terms))
+        )
+        rows = s.scalars(
+            select(ContentRow)
+            .where(match, *conds)
+            .order_by(ContentRow.created_at.desc(), ContentRow.id.desc())
+            .offset(offset)
+            .limit(limit)
+        ).all()
+        total = s.scalar(select(func.count()).select_from(ContentRow).where(match, *conds))
+        return total, list(rows)
 
 
 def search_for(db_url: str) -> FullTextSearch:
-    return SqliteFts5Search() if db_url.startswith("sqlite") else NoSearch(db_url.split(":", 1)[0])
+    return SqliteFts5Search() if db_url.startswith("sqlite") else PostgresSearch()

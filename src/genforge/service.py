@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -185,6 +185,9 @@ class ContentService:
                 "raw": plan.raw or None,
                 "fallback_reason": plan.fallback_reason,
                 "persona": use.model_dump(mode="json") if use else None,
+                # what a worker needs to run the same plan (jobs_celery.accepted_of); no part of the record
+                "policy": asdict(plan.policy) if plan.policy else None,
+                "inputs": plan.inputs,
             }
             with self.db.session() as s:
                 s.add(
@@ -464,8 +467,6 @@ class ContentService:
         if created_before:
             conds.append(ContentRow.created_at < _db_time(created_before))
         with self.db.session() as s:
-            # PostgreSQL: `q=` answers not_supported until its search (a generated tsvector column with a GIN index,
-            # behind search.FullTextSearch) is built; see docs/deploy.md.
             found = self.search.page(s, q, conds, limit, offset) if q else None
             if found is None:
                 total = s.scalar(select(func.count()).select_from(ContentRow).where(*conds))

@@ -6,7 +6,6 @@ never a false success or an orphan file."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -18,11 +17,9 @@ import pytest
 from conftest import (
     CONTENT,
     GENERATE,
-    GENFORGE,
     Server,
     assert_error,
     assert_succeeded_text,
-    cli_env,
     files_under,
     free_port,
     long_generation_body,
@@ -32,7 +29,7 @@ from conftest import (
     wait_for,
 )
 from genforge.storage import LOCK_NAME
-from scale_fixtures import pg_url, postgres, redis_server  # noqa: F401 (fixtures)
+from scale_fixtures import Worker, pg_url, postgres, redis_server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -50,21 +47,12 @@ class Cluster:
         }
         self.api = Server(tmp / "api", env=self.env)
         self.tmp = tmp
-        self.workers: list[subprocess.Popen] = []
+        self.workers: list[Worker] = []
 
-    def start_worker(self, types: str = "text") -> subprocess.Popen:
-        data = self.tmp / f"worker{len(self.workers)}"
-        data.mkdir()
-        log = open(self.tmp / f"worker{len(self.workers)}.log", "wb")  # noqa: SIM115 (lives with the process)
-        proc = subprocess.Popen(
-            [str(GENFORGE), "worker", "--types", types, "--concurrency", "1"],
-            env={**cli_env(data), **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.workers.append(proc)
-        return proc
+    def start_worker(self, types: str = "text") -> Worker:
+        worker = Worker(self.tmp / f"worker{len(self.workers)}", self.env, types=types, concurrency=1).start()
+        self.workers.append(worker)
+        return worker
 
     @property
     def http(self) -> httpx.Client:
@@ -81,14 +69,10 @@ class Cluster:
         return self.http.get(f"{CONTENT}/{content_id}").json()
 
     def stop(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.workers:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        for worker in self.workers:
+            worker.kill(signal.SIGTERM)
+        for worker in self.workers:
+            worker.stop()
         self.api.stop()
 
 
@@ -181,9 +165,9 @@ def test_a_worker_killed_mid_job_costs_one_more_run_never_a_false_success(cluste
         capture_output=True,
         text=True,
     ).stdout.strip()
-    victim = next(p for p in cluster.workers if holder.endswith(f"-{p.pid}"))
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=30)
+    victim = next(w for w in cluster.workers if holder.endswith(f"-{w.pid}"))
+    victim.kill(signal.SIGKILL)
+    victim.proc.wait(timeout=30)
     final = wait_for(
         lambda: (r := cluster.record(job["id"]))["status"] in ("succeeded", "failed") and r, 180, 0.5, "the end"
     )

@@ -21,6 +21,8 @@ from conftest import (
     text_body,
 )
 
+pytestmark = pytest.mark.both_modes
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):

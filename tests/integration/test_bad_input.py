@@ -19,6 +19,8 @@ from conftest import (
     text_body,
 )
 
+pytestmark = pytest.mark.both_modes
+
 JSON = {"content-type": "application/json"}
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import (
     CONTENT,
+    DATABASES,
     GENERATE,
     assert_error,
     assert_failed,
@@ -18,16 +19,17 @@ from conftest import (
 )
 from scale_fixtures import postgres  # noqa: F401 (a fixture)
 
+pytestmark = pytest.mark.both_modes
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=DATABASES)
 def app(request, tmp_path_factory):
     """An app of its own, so that listing sees exactly the records made here: on SQLite, then on PostgreSQL."""
     url = request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else ""
     settings = make_settings(tmp_path_factory.mktemp("content-api"), database_url=url)
     with running_app(settings) as client:
-        yield client, settings
+        yield client, runtime_of(client).settings
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ from conftest import (
 from genforge.catalog import PACKAGED
 from genforge.engines import create_engine
 
+pytestmark = pytest.mark.both_modes
+
 
 @pytest.fixture(scope="module")
 def answer(live) -> dict:

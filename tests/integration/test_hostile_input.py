@@ -7,6 +7,8 @@ import pytest
 
 from conftest import CONTENT, GENERATE, files_under, text_body
 
+pytestmark = pytest.mark.both_modes
+
 ODD_IDS = ["..%2F..%2Fetc%2Fpasswd", "%2e%2e", "x" * 300, "%00", "' OR 1=1 --", "%F0%9F%92%A9", "-1"]
 ID_ROUTES = [
     ("GET", ""),

@@ -13,8 +13,10 @@ import zipfile
 import pytest
 from PIL import Image
 
-from conftest import GENERATE, make_settings, running_app
+from conftest import GENERATE, assert_error, make_settings, running_app
 from speech_fixtures import needs_piper
+
+pytestmark = pytest.mark.both_modes
 
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed: pip install 'genforge[video]'")
 
@@ -63,6 +65,21 @@ def app(tmp_path_factory):
     with running_app(make_settings(data, preload=False)) as client:
         assert client.post(PERSONAS, json=MIRA).status_code == 201
         yield client, data
+
+
+def test_a_personas_forbidden_phrase_holds_where_the_job_runs(app):
+    """The policy goes with the job: in the distributed mode a worker runs it, and still refuses the phrase."""
+    client, _ = app
+    params = {"max_tokens": 8, "seed": 1, "temperature": 0}
+    body = {"content_type": "text", "prompt": "Name a colour.", "params": params}
+    free = client.post(GENERATE, json=body)
+    assert free.status_code == 201, free.text
+    word = max(free.json()["text"].split(), key=len).strip(".,!?:;\"'")
+    persona = {"name": "strict", "text": {"forbidden_phrases": [word]}}
+    assert client.post(PERSONAS, json=persona).status_code == 201
+    refused = client.post(GENERATE, json={**body, "persona": "strict"})  # greedy: every attempt says it again
+    err = assert_error(refused, 502, "policy_violation")
+    assert word in err["message"] or word in str(err), err
 
 
 def test_persona_versions_and_the_records_that_used_them(app):

@@ -98,6 +98,9 @@ def test_migrations_upgrade_an_existing_history(tmp_path, request, backend):
         assert row.params == {"max_tokens": 8} and row.extra == {"raw": True, "messages": None}
     columns = {c["name"] for c in sa.inspect(db.engine).get_columns("models")}
     assert {"served_model", "api_key_env"} <= columns
+    if backend == "postgresql":  # PostgreSQL enforces a VARCHAR's length: OpenVINO's version needs 51 characters
+        content = {c["name"]: c["type"] for c in sa.inspect(db.engine).get_columns("content")}
+        assert content["engine_version"].length == 200 and "search_tsv" in content
     db.check_writable()
     db.dispose()
 

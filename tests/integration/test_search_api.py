@@ -1,5 +1,6 @@
-"""Full-text search over HTTP (`q=`) and the other history filters, on real records from the real model;
-the FTS5 index kept in step by the database; the migration's backfill; verify; the UI under a root path."""
+"""Full-text search over HTTP (`q=`) and the other history filters, on real records from the real model, on
+SQLite (FTS5) and on PostgreSQL (a generated tsvector column): the index kept in step by the database, the
+migrations' backfill, the same query language on both; verify; the UI under a root path."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from fastapi.testclient import TestClient
 
 from conftest import (
     CONTENT,
+    DATABASES,
     GENERATE,
     assert_bad_input,
     make_settings,
@@ -23,12 +26,17 @@ from conftest import (
 )
 from genforge.api import create_app
 from genforge.db import Database
-from genforge.search import Term, parse_query
+from genforge.search import Term, parse_query, search_for
+from scale_fixtures import postgres  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.both_modes
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    settings = make_settings(tmp_path_factory.mktemp("search"))
+@pytest.fixture(scope="module", params=DATABASES)
+def app(request, tmp_path_factory):
+    """An app of its own, so that search sees exactly the records made here: on SQLite, then on PostgreSQL."""
+    url = request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else ""
+    settings = make_settings(tmp_path_factory.mktemp("search"), database_url=url)
     with running_app(settings) as client:
         yield client
 
@@ -93,12 +101,13 @@ def test_prompt_words_phrases_and_filters_combine(app, made):
 
 def test_the_cli_searches_the_same_records(app, made):
     settings = runtime_of(app).settings
+    env = {"GENFORGE_DATABASE_URL": settings.database_url} if settings.database_url else {}
     word = only_in_text(made[0], made[1:])
-    result = run_cli(settings.data_dir, "content", "search", word)
+    result = run_cli(settings.data_dir, "content", "search", word, env=env)
     assert result.returncode == 0, result.stderr
     assert made[0]["id"] in result.stdout and made[1]["id"] not in result.stdout
     assert "1 records match" in result.stdout
-    bad = run_cli(settings.data_dir, "content", "search", '"open')
+    bad = run_cli(settings.data_dir, "content", "search", '"open', env=env)
     assert bad.returncode == 2 and "unbalanced" in bad.stderr
 
 
@@ -109,10 +118,16 @@ def test_a_query_that_cannot_be_searched_is_a_422_naming_q(app, made, q):
 
 
 def test_fts_operators_typed_by_a_user_are_plain_words(app, made):
-    # AND / NEAR / parentheses / column filters would be FTS5 syntax; here they are words (and never a 500)
+    # AND / NEAR / parentheses / column filters are FTS5 syntax, & | ! <-> :* ' \\ tsquery syntax; here they are
+    # words (and never a 500)
     for q in ["AND", "orchard OR", "NEAR(orchard", "prompt:orchard", "orchard)", "-orchard", "^orchard", "orch*ard"]:
         resp = app.get(CONTENT, params={"q": q})
         assert resp.status_code == 200, (q, resp.text)
+    for q in ["orchard & !orchard", "orchard <-> harbour", "orchard:*", "a:A", "it's", "back\\slash"]:
+        resp = app.get(CONTENT, params={"q": q})
+        assert resp.status_code == 200, (q, resp.text)
+    assert found(app, q="orchard|harbour") == [], "| is no operator: `orchard|harbour` is in no record"
+    assert found(app, q="!harbour orchard") == found(app, q="harbour orchard") == []
     assert parse_query('say "hi there" now*') == [Term("say"), Term("hi there", phrase=True), Term("now", prefix=True)]
 
 
@@ -121,25 +136,50 @@ def test_the_index_follows_deletes(app, made, tmp_path):
     assert found(app, q="windmill") == [rec["id"]]
     assert app.delete(f"{CONTENT}/{rec['id']}").status_code == 204
     assert found(app, q="windmill") == []
-    db = runtime_of(app).settings.data_dir / "genforge.db"
-    with sqlite3.connect(db) as conn:  # FTS5's own consistency check of the external-content index
-        conn.execute("INSERT INTO content_fts(content_fts, rank) VALUES ('integrity-check', 1)")
+    if not runtime_of(app).settings.database_url:  # PostgreSQL's tsvector is a column of the row itself
+        db = runtime_of(app).settings.data_dir / "genforge.db"
+        with sqlite3.connect(db) as conn:  # FTS5's own consistency check of the external-content index
+            conn.execute("INSERT INTO content_fts(content_fts, rank) VALUES ('integrity-check', 1)")
 
 
-def test_the_migration_backfills_records_written_before_it(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+@pytest.mark.only_in("embedded", reason="no app: migrations on both databases, the same in either mode")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_migrations_backfill_records_written_before_them(tmp_path, request, backend):
+    """A history made at revision 0001 upgrades to the head with its records searchable, and the query
+    language means the same on both databases: accents folded, phrases within the prompt or the text."""
+    url = (
+        request.getfixturevalue("postgres").new_database() if backend == "postgresql" else f"sqlite:///{tmp_path}/a.db"
+    )
+    db = Database(url)
     cfg = db._alembic_config()
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
         conn.exec_driver_sql(
             "INSERT INTO content (id, content_type, status, prompt, quality, params, extra, text, created_at) "
-            "VALUES ('old-1', 'text', 'succeeded', 'p', 'standard', '{}', '{}', 'a zeppelin drifted', '2026-01-01')"
+            "VALUES ('old-1', 'text', 'succeeded', 'Describe the airship', 'standard', '{}', '{}', "
+            "'A zeppelin drifted over the café.', '2026-01-01')"
         )
     db.migrate()
-    with db.engine.connect() as conn:
-        hits = conn.exec_driver_sql("SELECT rowid FROM content_fts WHERE content_fts MATCH 'zeppelin'").all()
-    assert len(hits) == 1
+    search = search_for(url)
+    with db.session() as s:
+        for q, hits in [
+            ("zeppelin", 1),
+            ("ZEPPELIN cafe", 1),
+            ("zepp*", 1),
+            ('"zeppelin drifted"', 1),
+            ('"drifted zeppelin"', 0),
+            ('"airship a zeppelin"', 0),  # the prompt's last words and the text's first are no phrase
+            ("zeppelin harbour", 0),
+        ]:
+            total, rows = search.page(s, q, [], 10, 0)
+            assert (total, [r.id for r in rows]) == (hits, ["old-1"] * hits), (backend, q)
+        if backend == "postgresql":  # the GIN index serves the search
+            s.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            plan = s.execute(
+                sa.text("EXPLAIN SELECT id FROM content WHERE search_tsv @@ to_tsquery('genforge_search', 'x')")
+            )
+            assert "ix_content_search" in " ".join(r[0] for r in plan)
     db.dispose()
 
 
@@ -166,6 +206,7 @@ def _relpath(client, content_id: str) -> str:
         return s.get(ContentRow, content_id).artifact_path
 
 
+@pytest.mark.only_in("embedded", reason="its own app without jobs: the UI's files and headers, the same in either mode")
 def test_the_ui_is_served_with_a_csp_and_relative_urls_under_a_root_path(tmp_path):
     app = create_app(make_settings(tmp_path, preload=False))
     with TestClient(app, root_path="/gf", base_url="http://localhost") as client:  # a loopback Host name

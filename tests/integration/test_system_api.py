@@ -20,6 +20,11 @@ from conftest import (
 )
 from genforge import __version__
 from genforge.catalog import PACKAGED
+from genforge.contenttypes import CONTENT_TYPES
+
+pytestmark = pytest.mark.both_modes
+# In the distributed mode the API process loads no model: its readiness asks for workers, not for a model file.
+MODELS_ARE_THE_WORKERS = "the API process of the distributed mode checks no model file (the workers load them)"
 
 
 def test_healthz(live):
@@ -28,6 +33,7 @@ def test_healthz(live):
     assert resp.json() == {"status": "ok", "version": __version__}
 
 
+@pytest.mark.only_in("embedded", reason=MODELS_ARE_THE_WORKERS)
 def test_readyz_reports_each_check_and_the_engine_worker(live):
     def ready_with_worker():
         body = live.client.get("/readyz").json()
@@ -44,6 +50,16 @@ def test_readyz_reports_each_check_and_the_engine_worker(live):
     assert isinstance(checks["engine_worker"]["pid"], int)
 
 
+@pytest.mark.only_in("distributed", reason="workers exist in the distributed mode only")
+def test_readyz_names_the_workers_and_the_types_they_serve(live):
+    body = live.client.get("/readyz").json()
+    assert body["ready"] is True, body
+    checks = body["checks"]
+    assert set(checks) == {"database", "workers", "queue"}, "the API process has no engine worker"
+    assert checks["workers"]["detail"].endswith(": " + ", ".join(sorted(CONTENT_TYPES))), checks["workers"]
+    assert all(c["ok"] for c in checks.values())
+
+
 @pytest.fixture
 def data_with_missing_default(tmp_path):
     """A data dir whose default text model is a registered user GGUF that has since been deleted."""
@@ -54,6 +70,7 @@ def data_with_missing_default(tmp_path):
     return settings, path
 
 
+@pytest.mark.only_in("embedded", reason=MODELS_ARE_THE_WORKERS)
 def test_readyz_is_503_with_the_reason_when_the_default_model_is_missing(app_with, data_with_missing_default):
     settings, path = data_with_missing_default
     client = app_with(data_dir=settings.data_dir, default_text_model="gone")
@@ -69,6 +86,7 @@ def test_readyz_is_503_with_the_reason_when_the_default_model_is_missing(app_wit
     assert client.get("/healthz").status_code == 200, "the process is up even when it is not ready"
 
 
+@pytest.mark.only_in("embedded", reason=MODELS_ARE_THE_WORKERS)
 def test_readyz_is_503_when_the_default_model_is_unknown(app_with):
     client = app_with(default_text_model="never-registered", preload=False)
     resp = client.get("/readyz")
@@ -76,6 +94,7 @@ def test_readyz_is_503_when_the_default_model_is_unknown(app_with):
     assert "never-registered" in resp.json()["checks"]["default_text_model"]["detail"]
 
 
+@pytest.mark.only_in("embedded", reason=MODELS_ARE_THE_WORKERS)
 def test_readyz_recovers_when_the_default_model_comes_back(app_with, tmp_path):
     settings = make_settings(tmp_path / "data", default_text_model="mine")
     path = copy_packaged_model(tmp_path / "mine.gguf")

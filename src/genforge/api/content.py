@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -13,13 +13,21 @@ from genforge.api.deps import ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
 from genforge.api.streaming import SSE_DOC, event_stream, final_event, native_events
 from genforge.contenttypes import REGISTRY, ContentRecord
-from genforge.errors import InvalidRequest
+from genforge.errors import InvalidRequest, NotFound
 from genforge.records import Status
 from genforge.schemas import ContentType, GenerateRequest
 from genforge.service import ArtifactCheck, ContentPage
 from genforge.variants import Batch
 
-router = APIRouter(prefix="/api/v1/content", tags=["content"])
+
+def _no_nul_in_id(request: Request) -> None:
+    """No id genforge makes has a NUL in it, and PostgreSQL cannot even compare one: it is unknown, as any."""
+    content_id = request.path_params.get("content_id")
+    if content_id is not None and "\x00" in content_id:
+        raise NotFound(f"no content with id {content_id!r}", field="id")
+
+
+router = APIRouter(prefix="/api/v1/content", tags=["content"], dependencies=[Depends(_no_nul_in_id)])
 OFFSET_LIMIT = 10**9
 
 # The record's id leads to the routes that take it (OpenAPI links: clients and stateful fuzzers follow them).

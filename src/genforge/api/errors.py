@@ -52,7 +52,6 @@ STATUS: dict[str, int] = {
     "host_not_allowed": 421,
     "rate_limited": 429,
     "too_many_jobs": 429,
-    "not_supported": 501,
     "model_integrity_failed": 502,
     "credentials_failed": 500,
 }

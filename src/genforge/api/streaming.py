@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from genforge.contenttypes import ContentRecord
-from genforge.errors import GenforgeError
+from genforge.errors import Conflict, GenforgeError
 from genforge.jobs import Job
 from genforge.service import ContentService
 
@@ -46,17 +47,20 @@ class Final:
 async def follow(svc: ContentService, job: Job, cancel_on_disconnect: bool) -> AsyncIterator[dict | Final]:
     """The job's engine events (token, progress) as they happen, then exactly one Final."""
     events = job.listen_async()
+    ended = False  # the final event came: Job.finish publishes it just before it sets job.done
     try:
         while True:
             event = await events.get()
             if event["type"] == "final":
+                ended = True
                 record = job.result or await run_in_threadpool(svc.get, job.content_id)
                 yield Final(record, job.error)
                 return
             yield event
     finally:
-        if cancel_on_disconnect and not job.done.is_set():
-            svc.cancel(job.content_id, wait=False)
+        if cancel_on_disconnect and not ended and not job.done.is_set():
+            with suppress(Conflict):  # it finished on its own while the client left: nothing to stop
+                svc.cancel(job.content_id, wait=False)
 
 
 def sse(event: str, data: str) -> str:

@@ -13,10 +13,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from genforge.errors import DatabaseUnavailable
+from genforge.errors import DatabaseUnavailable, InvalidRequest
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another writer before it is database_unavailable
@@ -94,6 +94,13 @@ class Database:
         except OperationalError as exc:
             raise DatabaseUnavailable(
                 f"the database cannot be used right now: {exc.orig or exc}", details={"retry_after": 2}
+            ) from exc
+        except DataError as exc:
+            if "NUL" not in str(exc.orig):  # PostgreSQL text cannot hold U+0000 (SQLite's can)
+                raise
+            raise InvalidRequest(
+                "a text of the request contains a NUL character (U+0000), which the database (PostgreSQL) cannot store",
+                hint="Remove the NUL characters and send the request again.",
             ) from exc
 
     def check_writable(self) -> None:

@@ -25,7 +25,7 @@ class ContentRow(Base):
 
     model_name: Mapped[str | None] = mapped_column(String(200))
     model_engine: Mapped[str | None] = mapped_column(String(50))
-    engine_version: Mapped[str | None] = mapped_column(String(50))
+    engine_version: Mapped[str | None] = mapped_column(String(200))  # 200 since migration 0008
     model_sha256: Mapped[str | None] = mapped_column(String(64))
 
     text: Mapped[str | None] = mapped_column(Text)
