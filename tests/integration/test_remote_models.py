@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from openai import OpenAI
 
 from conftest import (
     CONTENT,
@@ -62,6 +63,18 @@ def test_llama_cpp_server_as_remote(app_with, app_dir, llama_server):  # noqa: F
     ) as stream:
         body = stream.read().decode()
     assert body.count("event: token") >= 2 and "event: done" in body, body[-500:]
+
+    # the OpenAI SDK through genforge's /v1, on the remote model; llama_cpp.server streams no prompt count, so
+    # the usage is null rather than a number genforge does not know
+    sdk = OpenAI(base_url="http://localhost/v1", api_key="unused", http_client=client)
+    answer = sdk.chat.completions.create(model="far", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
+    assert answer.choices[0].message.content.strip()
+    usage = answer.usage
+    assert usage is None or usage.total_tokens == usage.prompt_tokens + usage.completion_tokens, usage
+    chunks = sdk.chat.completions.create(
+        model="far", messages=[{"role": "user", "content": "Count."}], max_tokens=8, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
 
     # an empty answer is 502 invalid_output: greedy decoding, stopped at the first character it would write
     greedy = {**text_body("Name a river.", max_tokens=12, temperature=0), "model": "far"}

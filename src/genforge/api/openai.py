@@ -152,7 +152,7 @@ class ChatCompletion(BaseModel):
     model: str
     system_fingerprint: str
     choices: list[ChatChoice]
-    usage: Usage
+    usage: Usage | None = Field(description="null when a count is unknown (a remote server that reports none).")
 
 
 class CompletionChoice(BaseModel):
@@ -168,7 +168,7 @@ class Completion(BaseModel):
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: Usage
+    usage: Usage | None = Field(description="null when a count is unknown (a remote server that reports none).")
 
 
 class ModelObject(BaseModel):
@@ -264,9 +264,13 @@ def _chat_request(body: ChatCompletionRequest) -> GenerateRequest:
     )
 
 
-def _usage(record: ContentRecord) -> dict:
+def _usage(record: ContentRecord) -> Usage | None:
+    """OpenAI's usage, or None when the record does not know a count (a remote that reported none): a made-up
+    number would be read as a real one."""
     usage = record.usage
-    return {**usage.model_dump(), "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+    if usage.prompt_tokens is None or usage.completion_tokens is None:
+        return None
+    return Usage(**usage.model_dump(), total_tokens=usage.prompt_tokens + usage.completion_tokens)
 
 
 def _created(record: ContentRecord) -> int:
@@ -333,7 +337,7 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, respons
                     finish_reason=record.finish_reason,
                 )
             ],
-            usage=Usage(**_usage(record)),
+            usage=_usage(record),
         )
     job = await run_in_threadpool(svc.submit, req)
     base = {
@@ -353,7 +357,10 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, respons
             **base,
             "choices": [{"index": 0, "delta": {}, "finish_reason": record.finish_reason, "logprobs": None}],
         }
-        return [last, {**base, "choices": [], "usage": _usage(record)}] if include_usage else [last]
+        usage = _usage(record)
+        return (
+            [last, {**base, "choices": [], "usage": usage.model_dump() if usage else None}] if include_usage else [last]
+        )
 
     return _stream_response(svc, job, chunk, final_chunks)
 
@@ -378,7 +385,7 @@ async def completions(body: CompletionRequest, svc: ServiceDep, response: Respon
             created=_created(record),
             model=record.model.name,
             choices=[CompletionChoice(index=0, text=record.text, finish_reason=record.finish_reason)],
-            usage=Usage(**_usage(record)),
+            usage=_usage(record),
         )
     job = await run_in_threadpool(svc.submit, req)
     base = {
