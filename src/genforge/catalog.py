@@ -230,21 +230,21 @@ class ModelCatalog:
     # --- where files are -------------------------------------------------------------
     def packaged_path(self, spec: PackagedModel) -> Path | None:
         """The file of a packaged model if it is installed, found through package metadata (or PATH)."""
-        found = self._packaged_found.get(spec.filename)
-        if found is not None and found.is_file():
-            return found
-        path = self._find_packaged(spec)
-        if path is not None:
-            self._packaged_found[spec.filename] = path
-        return path
-
-    def _find_packaged(self, spec: PackagedModel) -> Path | None:
-        if spec.binary:
+        if spec.binary:  # looked up on PATH each time: cheap, and PATH is what decides
             found = shutil.which(spec.filename)
             return Path(found) if found else None
         if spec.assembled:
             path = self.settings.models_dir / spec.filename
             return path if path.is_file() else None
+        found = self._packaged_found.get(spec.filename)
+        if found is not None and found.is_file():
+            return found
+        path = self._find_in_package(spec)
+        if path is not None:
+            self._packaged_found[spec.filename] = path
+        return path
+
+    def _find_in_package(self, spec: PackagedModel) -> Path | None:
         try:
             dist = metadata.distribution(spec.distribution)
         except metadata.PackageNotFoundError:

@@ -153,13 +153,26 @@ def test_unknown_model_is_not_found_and_lists_the_installed_ones(catalog):
     assert DEFAULT_MODEL in info.value.message
 
 
-def test_a_packaged_file_found_once_is_not_trusted_after_it_is_gone(catalog):
-    """Found paths are kept (finding one reads the package metadata), but each use checks the file is there."""
-    spec = PACKAGED["gemma3-270m"]  # assembled into models_dir by `pull`, so a test can place and remove it
-    target = catalog.settings.models_dir / spec.filename
-    assert catalog.packaged_path(spec) is None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(b"GGUF")
-    assert catalog.packaged_path(spec) == target
-    target.unlink()
+def test_a_packaged_file_found_once_is_not_trusted_after_it_is_gone(catalog, tmp_path):
+    """Found paths are kept (finding one reads the package's RECORD), but each use checks the file is there:
+    a kept path whose file is gone is looked up again."""
+    spec = PACKAGED[DEFAULT_MODEL]
+    real = catalog.packaged_path(spec)
+    assert real is not None and real.is_file()
+    kept = tmp_path / spec.filename
+    kept.write_bytes(b"GGUF")
+    catalog._packaged_found[spec.filename] = kept
+    assert catalog.packaged_path(spec) == kept
+    kept.unlink()
+    assert catalog.packaged_path(spec) == real
+
+
+def test_a_packaged_program_is_looked_up_on_path_every_time(catalog, tmp_path, monkeypatch):
+    spec = next(s for s in PACKAGED.values() if s.binary)
+    program = tmp_path / spec.filename
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert catalog.packaged_path(spec) == program
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     assert catalog.packaged_path(spec) is None
