@@ -528,18 +528,20 @@ class ContentService:
         return check
 
     def delete(self, content_id: str) -> None:
-        with self.store.guard(), self.db.session() as s:
-            row = s.get(ContentRow, content_id)
-            if row is None:
-                raise NotFound(f"no content with id {content_id!r}", field="id")
-            relpath = row.artifact_path
-            s.delete(row)
-            shared = (
-                relpath
-                and s.query(ContentRow).filter(ContentRow.artifact_path == relpath, ContentRow.id != content_id).count()
-            )
-        if relpath and not shared:
-            self.store.remove(relpath)
+        # The file goes under the same guard, after the commit: removed once the guard is released, it could be
+        # the file a generation had just written (under the guard) and recorded as its own meanwhile.
+        with self.store.guard():
+            with self.db.session() as s:
+                row = s.get(ContentRow, content_id)
+                if row is None:
+                    raise NotFound(f"no content with id {content_id!r}", field="id")
+                relpath = row.artifact_path
+                s.delete(row)
+                shared = relpath and (
+                    s.query(ContentRow).filter(ContentRow.artifact_path == relpath, ContentRow.id != content_id).count()
+                )
+            if relpath and not shared:
+                self.store.remove(relpath)
         log.info("content=%s deleted", content_id)
 
     def shutdown(self, drain_s: float) -> None:
