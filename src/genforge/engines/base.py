@@ -16,9 +16,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from genforge.images import PixelCheck
 
 # Progress and token events: {"type": "token", "text": ...} or {"type": "progress", "step": i, "total": n}.
 Emit = Callable[[dict], None]
@@ -175,7 +178,7 @@ class EngineOutput:
     engine: str | None = None
     # Images: the pixel checks made on the array that was encoded (genforge.images.PixelCheck); the
     # validator then checks the PNG's bytes instead of decoding them again.
-    pixels: Any = None
+    pixels: PixelCheck | None = None
 
 
 # --- the two engine protocols --------------------------------------------------------------------------
