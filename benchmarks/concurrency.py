@@ -6,8 +6,9 @@ single-stream tokens/s direct vs API, time-to-first-token overhead, and the serv
 genforge is driven twice: through its native SSE endpoint, and through `/v1/chat/completions` with the same
 OpenAI-style streaming client that drives the reference. With LLAMA_SERVER=/path/to/llama-server set
 (llama.cpp's own server; benchmarks/build_llama_server.sh builds it), the same load is also sent to it with the
-same model, threads and parallel slots, for comparison. The leak check sends short requests and reads the
-server's RSS (the API process and its engine worker) after 100 of them and after all.
+same model, threads, parallel slots and KV cache precision (GENFORGE_KV_CACHE_TYPE), for comparison. The leak
+check sends short requests and reads the server's RSS (the API process and its engine worker) after 100 of them
+and after all.
 """
 
 from __future__ import annotations
@@ -144,6 +145,12 @@ def leak_check(srv: Server, requests: int) -> list[tuple[int, float]]:
     return figures
 
 
+def kv_cache_args() -> list[str]:
+    """llama-server's KV cache precision as genforge's (GENFORGE_KV_CACHE_TYPE, f16 by default in both)."""
+    kv = os.environ.get("GENFORGE_KV_CACHE_TYPE", "f16")
+    return ["-ctk", kv, "-ctv", kv, *(["-fa", "on"] if kv != "f16" else [])]
+
+
 def llama_server(parallel: int):
     binary = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
     if not binary:
@@ -164,6 +171,7 @@ def llama_server(parallel: int):
             str(2048 * parallel),
             "-t",
             str(os.cpu_count()),
+            *kv_cache_args(),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -241,7 +249,7 @@ def main() -> None:
     api1, ref1 = statistics.median(api_single), statistics.median(direct_single)
     print(
         f"smollm2-135m-instruct, {args.tokens} tokens per stream, greedy, {os.cpu_count()} threads, "
-        f"medians of {args.rounds} rounds per figure"
+        f"KV cache {os.environ.get('GENFORGE_KV_CACHE_TYPE', 'f16')}, medians of {args.rounds} rounds per figure"
     )
     print(f"single stream: direct {ref1:.1f} tok/s, API {api1:.1f} tok/s, ratio {api1 / ref1:.3f} (goal >= 0.99)")
     d_ttft, a_ttft = statistics.median(direct_ttft), statistics.median(api_ttft)

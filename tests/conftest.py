@@ -363,8 +363,10 @@ class ScriptedRunner:
         self.tokens, self.error, self.output = list(tokens), error, output
         self.calls = 0
 
-    def generate(self, job, emit=None, cancel=None):
+    def generate(self, job, emit=None, cancel=None, started=None):
         self.calls += 1
+        if started is not None:  # as the engine worker does once the job is handed over
+            started()
         for tok in self.tokens:
             if emit is not None:
                 emit({"type": "token", "text": tok})

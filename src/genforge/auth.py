@@ -96,6 +96,9 @@ def _public(row: ApiKeyRow) -> dict:
     }
 
 
+ANY_KEY = select(ApiKeyRow.id).limit(1)
+
+
 class KeyStore:
     def __init__(self, db: Database):
         self.db = db
@@ -156,9 +159,9 @@ class KeyStore:
             return len(s.scalars(select(ApiKeyRow.id).where(ApiKeyRow.revoked_at.is_(None))).all())
 
     def exists(self) -> bool:
-        if not self._exists:
-            with self.db.session() as s:
-                self._exists = s.scalar(select(ApiKeyRow.id).limit(1)) is not None
+        if not self._exists:  # asked on every request while the server has no key: a bare query, no ORM session
+            with self.db.connection() as conn:
+                self._exists = conn.execute(ANY_KEY).first() is not None
         return self._exists
 
     def lookup(self, token: str) -> Caller | None:

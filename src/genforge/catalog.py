@@ -226,6 +226,9 @@ class ModelCatalog:
         # Packaged model files found so far: looking one up reads the package's RECORD (~2 ms, on every
         # request's path). Only files found are kept, and each is checked to be there still when reused.
         self._packaged_found: dict[str, Path] = {}
+        # Digests this process has read or computed, by (name, path, size, mtime_ns): the same check as the
+        # database's record of them, without a database round trip on every request (~1.4 ms).
+        self._digests: dict[tuple[str, str, int, int], str] = {}
 
     # --- where files are -------------------------------------------------------------
     def packaged_path(self, spec: PackagedModel) -> Path | None:
@@ -289,11 +292,15 @@ class ModelCatalog:
         self, name: str, path: Path, *, source: str, content_type: str, engine: str, expected: str | None
     ) -> str:
         """sha256 of `path`, re-hashed only when size or mtime changed since it was recorded."""
+        size, mtime_ns = path_stat(path)
+        key = (name, str(path), size, mtime_ns)
+        if key in self._digests:
+            return self._digests[key]
         with self._hash_lock:  # one hash at a time: concurrent first requests must not hash twice
-            size, mtime_ns = path_stat(path)
             with self.db.session() as s:
                 row = s.get(ModelRow, name)
                 if row and row.path == str(path) and row.size_bytes == size and row.mtime_ns == mtime_ns:
+                    self._digests[key] = row.sha256
                     return row.sha256
             digest = sha256_path(path)
             if expected and digest != expected:
@@ -317,6 +324,7 @@ class ModelCatalog:
                 self._record_hash(name, values)
             except IntegrityError:  # another process recorded it first: update its row instead
                 self._record_hash(name, values)
+            self._digests[key] = digest
             return digest
 
     def _record_hash(self, name: str, values: dict) -> None:

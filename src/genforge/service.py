@@ -11,12 +11,13 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 
 from genforge import metrics
 from genforge.catalog import ModelCatalog
@@ -189,24 +190,23 @@ class ContentService:
                 "policy": asdict(plan.policy) if plan.policy else None,
                 "inputs": plan.inputs,
             }
-            with self.db.session() as s:
-                s.add(
-                    ContentRow(
-                        id=accepted.content_id,
-                        content_type=req.content_type,
-                        status="pending",
-                        prompt=req.prompt,
-                        system=req.system,
-                        quality=req.quality,
-                        params=plan.params.model_dump(mode="json"),
-                        model_name=plan.model,
-                        extra={k: v for k, v in controls.items() if v is not None},
-                        created_at=_now(),
-                        owner=owner,
-                        persona_name=use.name if use else None,
-                        persona_version=use.version if use else None,
-                    )
-                )
+            row = dict(
+                id=accepted.content_id,
+                content_type=req.content_type,
+                status="pending",
+                prompt=req.prompt,
+                system=req.system,
+                quality=req.quality,
+                params=plan.params.model_dump(mode="json"),
+                model_name=plan.model,
+                extra={k: v for k, v in controls.items() if v is not None},
+                created_at=_now(),
+                owner=owner,
+                persona_name=use.name if use else None,
+                persona_version=use.version if use else None,
+            )
+            with self.db.transaction() as conn:  # a bare insert: an ORM session costs ~0.5 ms more per request
+                conn.execute(insert(ContentRow), [row])
             log.info("content=%s accepted type=%s model=%s", accepted.content_id, req.content_type, plan.model)
 
         def run(job: Job) -> ContentRecord:
@@ -270,13 +270,18 @@ class ContentService:
         req, plan, content_id = accepted.request, accepted.plan, accepted.content_id
         model = self.catalog.resolve(plan.model, req.content_type)
         inputs = self._inputs(plan)
-        with self.db.session() as s:
-            row = s.get(ContentRow, content_id)
-            row.status, row.started_at = "running", _now()
-            row.model_engine, row.model_sha256 = model.engine, model.sha256 or None  # none for remote models
-            if model.engine == "remote":
-                remote = {"remote": True, "base_url": model.path, "served_model": model.served_model}
-                row.extra = {**(row.extra or {}), "model": remote}
+
+        def running() -> None:  # called once the engine has the job: the commit overlaps its first step
+            values = {"status": "running", "started_at": _now(), "model_engine": model.engine}
+            values["model_sha256"] = model.sha256 or None  # none for remote models
+            this = ContentRow.id == content_id
+            with self.db.transaction() as conn:
+                if model.engine == "remote":
+                    extra = conn.execute(select(ContentRow.extra).where(this)).scalar_one()
+                    remote = {"remote": True, "base_url": model.path, "served_model": model.served_model}
+                    values["extra"] = {**(extra or {}), "model": remote}
+                conn.execute(update(ContentRow).where(this).values(**values))
+
         job = GenerationJob(
             content_id,
             req.content_type,
@@ -290,7 +295,8 @@ class ContentService:
             policy=plan.policy,
             inputs=inputs,
         )
-        out, job = self._generate_checked(job, emit, cancel)  # `job`: after a policy retry, the seed that passed
+        # `job`: after a policy retry, the one whose seed passed
+        out, job = self._generate_checked(job, emit, cancel, running)
         signed = self.credentials.sign(  # Content Credentials; the signed file is what is stored and hashed
             content_id=content_id,
             content_type=req.content_type,
@@ -320,14 +326,18 @@ class ContentService:
         )
         return result
 
-    def _generate_checked(self, job: GenerationJob, emit: Emit, cancel: threading.Event):
+    def _generate_checked(
+        self, job: GenerationJob, emit: Emit, cancel: threading.Event, started: Callable[[], None] | None
+    ):
         """Run the engine and the validator. Output that breaks the job's policy (a forbidden phrase, a character
         limit) is retried with the next seed, up to GENFORGE_POLICY_ATTEMPTS runs; each broken run is listed in
-        the record's `attempts`, and the record keeps the seed that passed. Returns (output, the job that made it)."""
+        the record's `attempts`, and the record keeps the seed that passed. Returns (output, the job that made it).
+        `started` runs once, as soon as the engine has the first run (the engines call it; see worker.py)."""
         spec = spec_of(job.content_type)
         attempts: list[dict] = []
         while True:
-            out = self.engines.generate(job, emit=emit, cancel=cancel)
+            out = self.engines.generate(job, emit=emit, cancel=cancel, started=started)
+            started = None
             if not isinstance(out.facts, spec.facts):
                 raise InvalidOutput(f"the engine reported {type(out.facts).__name__}, not {spec.facts.__name__}")
             try:

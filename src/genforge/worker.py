@@ -13,14 +13,18 @@ import contextlib
 import fcntl
 import itertools
 import logging
-import multiprocessing as mp
 import os
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 from genforge import errors
 from genforge.config import Settings
@@ -207,21 +211,30 @@ class _Child:
                 self.send(events)
 
 
-def worker_main(conn, settings_json: str) -> None:
+def worker_main(conn: Connection) -> None:
     """Child process entry point. Never returns on its own while the parent lives."""
     # The parent decides when we stop. Ctrl-C (SIGINT), systemd and `timeout` (SIGTERM to every process of
     # the service) reach this process too; dying first would look like a crash to the supervisor, which
     # would log it and start a new worker in the middle of the shutdown. (In the fraction of a second
-    # before this line runs they still end the process: a spawned interpreter starts with them unblocked.)
-    # Without a parent the pipe ends (EOFError below); a stuck worker still yields to SIGKILL.
+    # before this line runs they still end the process.)
+    # Without a parent the pipe ends (EOFError, or a broken pipe on send); a stuck worker still yields to SIGKILL.
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    settings = Settings.model_validate_json(settings_json)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        settings = Settings.model_validate_json(conn.recv())
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         _Child(conn, settings, CoresLock(str(settings.data_dir / ".engine-cores.lock"))).run()
-    except EOFError:  # the parent is gone
+    except (EOFError, BrokenPipeError, ConnectionResetError):  # the parent is gone
         return
+
+
+# How EngineWorker starts a child (`-c`, not `-m`: under -m this module would be `__main__`, and the messages the
+# parent pickles as genforge.worker.GenerateMsg would not be instances of `__main__.GenerateMsg`).
+CHILD_COMMAND = "import sys; from genforge.worker import child_main; child_main(int(sys.argv[1]))"
+
+
+def child_main(fd: int) -> None:
+    worker_main(Connection(fd))
 
 
 # --- the parent side ----------------------------------------------------------------------------------
@@ -230,7 +243,6 @@ class EngineWorker:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._ctx = mp.get_context("spawn")
         self._lock = threading.Lock()  # guards the process, the pipe and the job table together
         self._proc = None
         self._conn = None
@@ -243,15 +255,17 @@ class EngineWorker:
     @property
     def pid(self) -> int | None:
         proc = self._proc
-        return proc.pid if proc is not None and proc.is_alive() else None
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def _start_locked(self) -> None:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=worker_main, args=(child, self.settings.model_dump_json()), name="genforge-engine", daemon=True
-        )
-        proc.start()
-        child.close()
+        """A fresh interpreter running only this module (CHILD_COMMAND), not a multiprocessing
+        spawn: that would import the server's main module (the CLI, SQLAlchemy, Alembic) into the engine
+        process and start a resource-tracker process beside it, about 35 MB that no engine uses."""
+        ours, theirs = socket.socketpair()
+        proc = subprocess.Popen([sys.executable, "-c", CHILD_COMMAND, str(theirs.fileno())], pass_fds=[theirs.fileno()])
+        theirs.close()
+        parent = Connection(ours.detach())
+        parent.send(self.settings.model_dump_json())
         self._proc, self._conn = proc, parent
         threading.Thread(target=self._read, args=(proc, parent), name="genforge-engine-reader", daemon=True).start()
         log.info("engine worker started pid=%s", proc.pid)
@@ -302,12 +316,12 @@ class EngineWorker:
 
     def _reap_locked(self) -> str:
         proc = self._proc
-        if proc.is_alive():
+        if proc.poll() is None:
             proc.kill()
-        proc.join(timeout=10)
+        proc.wait(timeout=10)
         self._conn.close()
         self._proc = self._conn = None
-        code = proc.exitcode
+        code = proc.returncode
         if code is not None and code < 0:
             return f"was killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
@@ -382,8 +396,20 @@ class EngineWorker:
         emit: Emit | None = None,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
+        started: Callable[[], None] | None = None,
     ) -> EngineOutput:
+        """Run a job in the engine process. `started` runs as soon as the job is on its way there, so that what
+        it does (the record's `running` commit) overlaps the engine's first step; if it fails, the job is
+        cancelled and its error raised."""
         box = self._submit(job.content_id, GenerateMsg(job), emit)
+        if started is not None:
+            try:
+                started()
+            except BaseException:
+                self._cancel(job.content_id)
+                with contextlib.suppress(errors.GenforgeError):  # stopped: what matters is why we stopped it
+                    self._wait(job.content_id, box, CANCEL_GRACE_S, None)
+                raise
         out = self._wait(job.content_id, box, timeout or self.settings.generation_timeout_s, cancel)
         self._last_model = job.model
         return out
@@ -398,7 +424,8 @@ class EngineWorker:
                 conn.send(StopMsg())
             except OSError:
                 log.info("engine worker already gone at stop")
-            proc.join(timeout=5)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # still busy: _reap_locked kills it
+                proc.wait(timeout=5)
             self._reap_locked()
 
 
@@ -444,8 +471,10 @@ class EnginePool:
         emit: Emit | None = None,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
+        started: Callable[[], None] | None = None,
     ) -> EngineOutput:
-        return self.worker(_worker_key(job.model)).generate(job, emit=emit, timeout=timeout, cancel=cancel)
+        worker = self.worker(_worker_key(job.model))
+        return worker.generate(job, emit=emit, timeout=timeout, cancel=cancel, started=started)
 
     def stop(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ scripted runner in place of the engine worker (it proves the service's honesty, 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from sqlalchemy import event
@@ -31,6 +32,7 @@ from conftest import (
 )
 from genforge import storage
 from genforge.db import ContentRow
+from genforge.errors import DatabaseUnavailable
 
 
 def artifacts(client) -> list:
@@ -185,6 +187,33 @@ def test_db_commit_failing_keeps_a_file_another_record_owns(scripted_app, commit
     assert len(artifacts(client)) == 1
     assert client.get(owner["artifact"]["url"]).content == b"Shared words."
     assert client.get(f"{CONTENT}/{owner['id']}").json()["status"] == "succeeded"
+
+
+def test_the_running_commit_failing_stops_the_engine_and_fails_the_record(app_with, monkeypatch):
+    """The `running` commit overlaps the engine's first step (worker.EngineWorker.generate's `started`): when it
+    fails, the job already in the engine is cancelled there, and the record ends failed with the database's error."""
+    client = app_with()
+    runtime = runtime_of(client)
+    wait_for(lambda: runtime.preloaded, what="the default model to preload")
+    db, transaction, calls = runtime.db, runtime.db.transaction, []
+
+    def second_fails():  # the first transaction of a request is its accept insert, the second its `running`
+        calls.append(1)
+        if len(calls) == 2:
+            raise DatabaseUnavailable("the database cannot be used right now: disk I/O error")
+        return transaction()
+
+    monkeypatch.setattr(db, "transaction", second_fails)
+    started = time.monotonic()
+    resp = client.post(GENERATE, json=long_generation_body())  # runs for many seconds unless stopped
+    assert_error(resp, 503, "database_unavailable")
+    assert time.monotonic() - started < 10, "the engine went on with a job whose record could not be written"
+    failed_record(client, resp, "database_unavailable")
+    assert runtime.service.engines.worker("text")._jobs == {}, "the cancelled job is still waited for"
+    assert artifacts(client) == []
+    monkeypatch.undo()
+    again = client.post(GENERATE, json=text_body("Say hello.", max_tokens=8))
+    assert again.status_code == 201 and again.json()["status"] == "succeeded", again.text
 
 
 # --- timeout, real engine worker -------------------------------------------------------------------

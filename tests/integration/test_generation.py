@@ -146,3 +146,14 @@ def test_system_prompt_and_quality_are_recorded(live):
     assert rec["system"] == "You are a cheerful pirate."
     assert rec["params"]["temperature"] == 0.8  # the draft preset; max_tokens given by the request
     assert rec["params"]["max_tokens"] == 12
+
+
+def test_the_kv_cache_precision_is_a_setting_and_in_the_record(live, app_with):
+    """f16 (llama.cpp's default) unless GENFORGE_KV_CACHE_TYPE says q8_0 (half the memory, other greedy picks)."""
+    assert live.generate(prompt="Name a colour.", max_tokens=6)["kv_cache_type"] == "f16"
+    client = app_with(kv_cache_type="q8_0", preload=False)
+    resp = client.post(GENERATE, json=text_body("Name a colour.", max_tokens=6))
+    assert resp.status_code == 201, resp.text
+    rec = resp.json()
+    assert_succeeded_text(rec)
+    assert rec["kv_cache_type"] == "q8_0"

@@ -17,7 +17,9 @@ class SequenceRunner(ScriptedRunner):
         super().__init__(tokens=())
         self.texts, self.seeds = list(texts), []
 
-    def generate(self, job, emit=None, cancel=None):
+    def generate(self, job, emit=None, cancel=None, started=None):
+        if started is not None:
+            started()
         self.seeds.append(job.params.seed)
         text = self.texts[min(len(self.seeds), len(self.texts)) - 1]
         return engine_output(text)

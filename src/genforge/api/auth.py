@@ -55,8 +55,9 @@ def authenticate_metrics(request: Request, creds: Credentials) -> Caller | None:
     return authenticate(request, creds)
 
 
-def caller_service(request: Request, caller: Annotated[Caller | None, Depends(authenticate)]):
-    """The content service, bound to the calling key when auth is on."""
+async def caller_service(request: Request, caller: Annotated[Caller | None, Depends(authenticate)]):
+    """The content service, bound to the calling key when auth is on. (async: it does no I/O, and FastAPI would
+    run a plain function on its thread pool, a hand-off to another thread and back on every request.)"""
     svc = request.app.state.runtime.service
     return svc if caller is None else CallerService(svc, caller, request.app.state.auth.slots)
 

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +29,23 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+@contextmanager
+def typed_errors() -> Iterator[None]:
+    try:
+        yield
+    except OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"the database cannot be used right now: {exc.orig or exc}", details={"retry_after": 2}
+        ) from exc
+    except DataError as exc:
+        if "NUL" not in str(exc.orig):  # PostgreSQL text cannot hold U+0000 (SQLite's can)
+            raise
+        raise InvalidRequest(
+            "a text of the request contains a NUL character (U+0000), which the database (PostgreSQL) cannot store",
+            hint="Remove the NUL characters and send the request again.",
+        ) from exc
 
 
 class Database:
@@ -83,25 +100,25 @@ class Database:
     def session(self) -> Iterator[Session]:
         """One session per unit of work; commits on success, rolls back on error. A database that cannot be
         reached or written (locked past the busy timeout, disk full, I/O error) is a typed error."""
-        try:
-            with self.sessions() as s:
-                try:
-                    yield s
-                    s.commit()
-                except BaseException:
-                    s.rollback()
-                    raise
-        except OperationalError as exc:
-            raise DatabaseUnavailable(
-                f"the database cannot be used right now: {exc.orig or exc}", details={"retry_after": 2}
-            ) from exc
-        except DataError as exc:
-            if "NUL" not in str(exc.orig):  # PostgreSQL text cannot hold U+0000 (SQLite's can)
+        with typed_errors(), self.sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
                 raise
-            raise InvalidRequest(
-                "a text of the request contains a NUL character (U+0000), which the database (PostgreSQL) cannot store",
-                hint="Remove the NUL characters and send the request again.",
-            ) from exc
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A bare connection for a hot read (no ORM session: a third of the cost), with the same typed errors."""
+        with typed_errors(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A bare connection in a transaction, committed on success, for the hot writes on every request's path."""
+        with typed_errors(), self.engine.begin() as conn:
+            yield conn
 
     def check_writable(self) -> None:
         """Raise DatabaseUnavailable unless a write transaction can begin within a moment (readiness)."""

@@ -100,6 +100,7 @@ class TextFacts(_Facts):
     ttft_ms: float | None = Field(None, description="Milliseconds from admission to the first generated token.")
     batch_size_max: int | None = Field(None, description="Most sequences decoded together with this one.")
     prompt_tokens_cached: int | None = Field(None, description="Prompt tokens reused from a slot's KV cache.")
+    kv_cache_type: str | None = Field(None, description="llama.cpp: the KV cache's precision, f16 or q8_0.")
 
 
 class ImageDetails(BaseModel):

@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     llama_cpp = None
 
 PREFILL_CHUNK = 512  # prompt tokens per llama_decode call (the context's n_batch)
+KV_CACHE_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0"}  # setting -> llama_cpp's ggml type
 
 
 @dataclass
@@ -73,10 +74,11 @@ class LlamaEngine(BatchingEngine):
     kind = "llama.cpp"
     content_types = ("text",)
 
-    def __init__(self, n_threads: int, n_ctx: int, n_parallel: int = 4):
+    def __init__(self, n_threads: int, n_ctx: int, n_parallel: int = 4, kv_cache_type: str = "f16"):
         self.n_threads = n_threads
         self.n_ctx = n_ctx  # per sequence
         self.n_parallel = n_parallel
+        self.kv_cache_type = kv_cache_type
         self._model: ResolvedModel | None = None
         self._llm = None
         self._ctx = None
@@ -129,6 +131,9 @@ class LlamaEngine(BatchingEngine):
         params.n_seq_max = self.n_parallel
         params.n_threads = params.n_threads_batch = self.n_threads
         params.kv_unified = False
+        params.type_k = params.type_v = getattr(llama_cpp, KV_CACHE_TYPES[self.kv_cache_type])
+        if self.kv_cache_type != "f16":  # llama.cpp quantizes the V cache only inside flash attention
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         try:
             self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         except ValueError as exc:
@@ -406,6 +411,7 @@ class LlamaEngine(BatchingEngine):
                 ttft_ms=round(seq.first_token_ms, 2) if seq.first_token_ms is not None else None,
                 batch_size_max=seq.batch_size_max,
                 prompt_tokens_cached=seq.prompt_cached,
+                kv_cache_type=self.kv_cache_type,
                 warnings=warnings,
             ),
         )
@@ -413,4 +419,9 @@ class LlamaEngine(BatchingEngine):
 
 
 def create(settings) -> LlamaEngine:
-    return LlamaEngine(n_threads=settings.n_threads, n_ctx=settings.context_size, n_parallel=settings.parallel)
+    return LlamaEngine(
+        n_threads=settings.n_threads,
+        n_ctx=settings.context_size,
+        n_parallel=settings.parallel,
+        kv_cache_type=settings.kv_cache_type,
+    )
