@@ -58,9 +58,16 @@ class Job:
 
     def listen_async(self) -> asyncio.Queue:
         """An asyncio queue fed with this job's events (history first), for SSE responses."""
-        loop = asyncio.get_running_loop()
+        loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
         q: asyncio.Queue = asyncio.Queue()
-        self.listen(lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+
+        def put(event: dict) -> None:  # engine events come on the loop itself (worker.py) or from a thread
+            if threading.get_ident() == loop_thread:
+                q.put_nowait(event)
+            else:
+                loop.call_soon_threadsafe(q.put_nowait, event)
+
+        self.listen(put)
         return q
 
     def finish(self, result: Any, error: GenforgeError | None) -> None:

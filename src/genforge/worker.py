@@ -9,6 +9,7 @@ one job at a time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import itertools
@@ -241,8 +242,10 @@ def child_main(fd: int) -> None:
 class EngineWorker:
     """Supervises one engine child process and multiplexes jobs over its pipe."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop | None = None, loop_thread: int = 0):
         self.settings = settings
+        self._loop, self._loop_thread = loop, loop_thread  # the server's event loop reads the pipe (see _watch)
+        self._watched: set[int] = set()  # the pipe fds the loop reads
         self._lock = threading.Lock()  # guards the process, the pipe and the job table together
         self._proc = None
         self._conn = None
@@ -267,39 +270,84 @@ class EngineWorker:
         parent = Connection(ours.detach())
         parent.send(self.settings.model_dump_json())
         self._proc, self._conn = proc, parent
-        threading.Thread(target=self._read, args=(proc, parent), name="genforge-engine-reader", daemon=True).start()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._watch, proc, parent)
+        else:
+            threading.Thread(target=self._read, args=(proc, parent), name="genforge-engine-reader", daemon=True).start()
         log.info("engine worker started pid=%s", proc.pid)
 
+    # The child's messages are read by the server's event loop when it has one (attach_loop): a token then
+    # wakes one thread, the loop, which writes it to the client. Without a loop (the CLI, a celery worker) a
+    # reader thread reads them. Either way they are routed the same (_route), and the end of the pipe is the
+    # child's death (_exited).
     def _read(self, proc, conn) -> None:
-        """Route the child's messages to waiting jobs; on its death fail them and start a new child.
-
-        Token and progress events go straight to the job's `emit` from this thread (no hop through the
-        waiting thread, which only takes the final answer), in the order the engine produced them.
-        """
         while True:
             try:
                 messages = conn.recv()
             except (EOFError, OSError):
                 break
-            for message in messages:
-                job_id = message.job_id
-                with self._lock:
-                    box, emit = self._jobs.get(job_id, (None, None))
-                if box is None:
-                    continue
-                if not isinstance(message, Update):
-                    box.put(message)
-                    continue
-                event = message.event
-                if event.get("type") == "token":
-                    engine_log.info("content=%s %r", job_id, event["text"])
-                if emit is not None:
-                    try:
-                        emit(event)
-                    except Exception as exc:  # a broken listener fails its own job, never the reader
-                        log.exception("content=%s event listener failed; cancelling the job", job_id)
-                        self._cancel(job_id)
-                        box.put(Failed(job_id, WireError.of(exc)))
+            self._route(messages)
+        self._exited(proc)
+
+    def _watch(self, proc, conn) -> None:
+        if not conn.closed:
+            self._loop.add_reader(conn.fileno(), self._readable, proc, conn)
+            self._watched.add(conn.fileno())
+
+    def _readable(self, proc, conn) -> None:
+        try:
+            messages = conn.recv()  # a whole message: the child writes each one at once
+        except (EOFError, OSError):
+            self._loop.remove_reader(conn.fileno())
+            self._watched.discard(conn.fileno())
+            # Reaping waits for the process: not on the loop.
+            threading.Thread(target=self._exited, args=(proc,), name="genforge-engine-reaper", daemon=True).start()
+            return
+        self._route(messages)
+
+    def _unwatch(self, conn) -> None:
+        """Stop the loop reading `conn` before it is closed (its fd number may be reused at once)."""
+        loop, fd = self._loop, conn.fileno()
+        if loop is None or fd not in self._watched or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            loop.remove_reader(fd)
+            self._watched.discard(fd)
+            return
+        removed = threading.Event()
+
+        def remove() -> None:
+            loop.remove_reader(fd)
+            self._watched.discard(fd)
+            removed.set()
+
+        loop.call_soon_threadsafe(remove)
+        removed.wait(timeout=5)
+
+    def _route(self, messages: list) -> None:
+        """Token and progress events go straight to the job's `emit` (no hop through the waiting thread, which
+        only takes the final answer), in the order the engine produced them."""
+        for message in messages:
+            job_id = message.job_id
+            box, emit = self._jobs.get(job_id, (None, None))  # one dict read: atomic, no lock needed
+            if box is None:
+                continue
+            if not isinstance(message, Update):
+                box.put(message)
+                continue
+            event = message.event
+            if event.get("type") == "token":
+                engine_log.info("content=%s %r", job_id, event["text"])
+            if emit is not None:
+                try:
+                    emit(event)
+                except Exception as exc:  # a broken listener fails its own job, never the reader
+                    log.exception("content=%s event listener failed; cancelling the job", job_id)
+                    self._cancel(job_id)
+                    box.put(Failed(job_id, WireError.of(exc)))
+
+    def _exited(self, proc) -> None:
+        """The child's pipe ended: unless we stopped it, fail its jobs and start a new child."""
         with self._lock:
             if self._stopping or proc is not self._proc:
                 return
@@ -319,6 +367,7 @@ class EngineWorker:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+        self._unwatch(self._conn)
         self._conn.close()
         self._proc = self._conn = None
         code = proc.returncode
@@ -441,6 +490,12 @@ class EnginePool:
         self._workers: dict[str, EngineWorker] = {}
         self._lock = threading.Lock()
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+
+    def attach_loop(self) -> None:
+        """Called on the server's event loop: it reads the pipes of the workers made from now on (EngineWorker)."""
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
 
     def worker(self, content_type: str) -> EngineWorker:
         """The worker of a content type; remote models get one of their own (key "remote"), so that a
@@ -449,7 +504,7 @@ class EnginePool:
             if self._stopped:  # a late caller (a preload racing shutdown) must not start an engine process
                 raise errors.EngineFailed("the engine workers have been stopped (the server is shutting down)")
             if content_type not in self._workers:
-                self._workers[content_type] = EngineWorker(self.settings)
+                self._workers[content_type] = EngineWorker(self.settings, self._loop, self._loop_thread)
             return self._workers[content_type]
 
     @property
