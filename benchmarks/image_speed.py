@@ -27,7 +27,8 @@ Runs alternate between the two sides so that machine noise hits both alike; medi
       encoder, the UNet step, decoder) from the record.
 
     nice -n 10 .venv/bin/python benchmarks/image_speed.py --full [--full-runs 3] [--full-precisions fp32,int8]
-                                                         [--full-decoders full,tiny]
+                                                         [--full-decoders full,tiny] [--full-backends openvino,torch]
+                                                         [--full-3b-precision default|int8]
                                                          [--full-skip-api | --full-skip-unet]
 """
 
@@ -143,6 +144,7 @@ def main() -> None:
     ap.add_argument("--full-skip-unet", action="store_true", help="3b only")
     ap.add_argument("--full-decoders", default="full,tiny", help="decoders measured in 3b (full, tiny)")
     ap.add_argument("--full-backends", default="openvino,torch", help="backends measured in 3b")
+    ap.add_argument("--full-3b-precision", default="default", help="params.precision of 3b on OpenVINO (or int8)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -403,6 +405,8 @@ def turbo_through_api(args, checkpoint: Path, tiny: Path, backend: str) -> None:
         assert added.returncode == 0, added.stderr
         for decoder in args.full_decoders.split(","):
             params = {**body["params"], "decoder": decoder}
+            if backend == "openvino":
+                params["precision"] = args.full_3b_precision
             first_s, first = api_run(client, {**body, "params": params})
             times, engine, stages, rec = [], [], [], first
             for i in range(args.full_runs):
@@ -413,8 +417,8 @@ def turbo_through_api(args, checkpoint: Path, tiny: Path, backend: str) -> None:
             stage = {k: statistics.median(s[k] for s in stages) / 1000 for k in stages[0]}
             other = statistics.median(engine) - sum(stage.values())
             print(
-                f"  {backend:8} {decoder:4} decoder: {statistics.median(times):.2f} s/image through the API "
-                f"(min {min(times):.2f}); engine {statistics.median(engine):.2f} s = text encoder "
+                f"  {backend:8} {rec['image']['precision']} {decoder:4} decoder: {statistics.median(times):.2f} s/image"
+                f" through the API (min {min(times):.2f}); engine {statistics.median(engine):.2f} s = text encoder "
                 f"{stage['text_encoder']:.2f} + UNet step {stage['denoise']:.2f} + decoder {stage['decoder']:.2f} "
                 f"+ rest (scheduler, PNG) {other:.2f}; first request {first_s:.0f} s, of which load/convert "
                 f"{first['timings']['load_ms'] / 1000:.0f} s; worker peak RSS {children_peak_mb(srv.proc.pid):.0f} MB; "
