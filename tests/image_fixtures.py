@@ -125,6 +125,23 @@ def tiny_sd(root: Path, *, black: bool = False, lcm: bool = False) -> Path:
     return _built[key]
 
 
+def build_tiny_decoder(path: Path, *, latent_channels: int = 4) -> Path:
+    """Save a tiny random AutoencoderTiny (the TAESD layout, 16 channels, two decoder blocks: latents upscaled 2x,
+    as the tiny pipeline's VAE does) to `path`; `latent_channels` other than 4 makes one that does not fit."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(1)
+    AutoencoderTiny(
+        encoder_block_out_channels=(16, 16),
+        decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=latent_channels,
+    ).save_pretrained(str(path))
+    return path
+
+
 def copy_checkpoint(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest

@@ -237,6 +237,9 @@ def generate_image(
     precision: Annotated[
         str | None, typer.Option(help="default, or int8 (int8 weights; diffusers on OpenVINO).")
     ] = None,
+    decoder: Annotated[
+        str | None, typer.Option(help="full (the checkpoint's VAE), or tiny (GENFORGE_IMAGE_TINY_DECODER; diffusers).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON at the end.")] = False,
 ) -> None:
     """Generate an image with a progress bar, then print the content id and the file's path."""
@@ -251,6 +254,7 @@ def generate_image(
             "negative_prompt": negative_prompt,
             "scheduler": scheduler,
             "precision": precision,
+            "decoder": decoder,
         }.items()
         if v is not None
     }

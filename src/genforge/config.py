@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # CPU threads of the image engines (torch, OpenVINO); 0 means GENFORGE_THREADS (one per core). Two-thread
     # torch runs slow down many times over when another process keeps a core busy; 1 avoids that.
     image_threads: int = 0
+    # A diffusers AutoencoderTiny directory (config.json + weights, e.g. TAESD for SD 1.x/2.x): what an image
+    # request with params.decoder "tiny" decodes its latents with (about 1/18 of the SD VAE decoder's compute).
+    # Empty: "tiny" is refused.
+    image_tiny_decoder: str = ""
 
     # Text with a policy (a persona's forbidden phrases, a post's character limit): how many generations, each
     # with the next seed, may be tried before the record fails with policy_violation.

@@ -88,7 +88,10 @@ def test_generation_through_http_is_a_real_png_with_a_complete_record(first, che
         "negative_prompt": "",
         "scheduler": "default",
         "precision": "default",
+        "decoder": "full",
     }
+    assert rec["image"]["decoder"] == "full" and rec["image"]["decoder_sha256"] is None
+    assert set(rec["image"]["stage_ms"]) == {"text_encoder", "denoise", "decoder"}
     assert rec["image"]["backend"] == "torch" and rec["image"]["precision"] == "fp32"
     assert (rec["width"], rec["height"], rec["steps"]) == (64, 64, 4)
     assert rec["image"]["scheduler"] == "EulerDiscreteScheduler" and rec["image"]["device"] in ("cpu", "cuda")

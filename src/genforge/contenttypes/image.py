@@ -30,6 +30,13 @@ MIN_IMAGE_STDDEV = 2.0
 # diffusers weights: "default" is the backend's own precision (float32 on the CPU, float16 on CUDA); "int8"
 # compresses the weights to int8 with nncf (OpenVINO only; the compute stays float32).
 ImagePrecision = Literal["default", "int8"]
+# What turns the latents into pixels: "full", the checkpoint's own VAE decoder; "tiny", the AutoencoderTiny (TAESD
+# layout) of GENFORGE_IMAGE_TINY_DECODER, about 1/18 of the compute, a little less detail.
+ImageDecoder = Literal["full", "tiny"]
+TINY_DECODER_HINT = (
+    "Set GENFORGE_IMAGE_TINY_DECODER to a diffusers AutoencoderTiny directory (config.json and weights; TAESD for "
+    "SD 1.x/2.x checkpoints, TAESDXL for SDXL), or leave params.decoder out for the checkpoint's own VAE."
+)
 
 
 class ImageParams(BaseModel):
@@ -46,6 +53,7 @@ class ImageParams(BaseModel):
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     scheduler: ImageScheduler | None = None
     precision: ImagePrecision | None = None
+    decoder: ImageDecoder | None = None
 
 
 class PortraitSettings(BaseModel):
@@ -71,6 +79,7 @@ class DiffusersSettings(BaseModel):
     scheduler: ImageScheduler
     seed: int = Field(ge=0, lt=SEED_LIMIT)
     precision: ImagePrecision = "default"
+    decoder: ImageDecoder = "full"
 
 
 ImageSettings = PortraitSettings | DiffusersSettings
@@ -83,7 +92,7 @@ class ImageRecord(ImageFacts, RecordBase):
 
 def _portrait_params(given: ImageParams) -> PortraitSettings:
     """The portrait model makes square faces at a few sizes from a seed; it has nothing else to set."""
-    for name in ("steps", "guidance_scale", "negative_prompt", "scheduler", "precision"):
+    for name in ("steps", "guidance_scale", "negative_prompt", "scheduler", "precision", "decoder"):
         if getattr(given, name) is not None:
             raise InvalidRequest(
                 f"params.{name}: the portrait model has no {name} (it makes a face from the seed alone)",
@@ -138,8 +147,16 @@ def _diffusers_params(given: ImageParams, settings, path: str | None) -> Diffuse
             field="params.precision",
             hint="Leave precision out, or set GENFORGE_IMAGE_BACKEND=openvino (or auto on a machine without CUDA).",
         )
+    decoder = given.decoder or "full"
+    if decoder == "tiny" and not settings.image_tiny_decoder:
+        raise InvalidRequest(
+            "params.decoder: this server has no tiny decoder (GENFORGE_IMAGE_TINY_DECODER is not set)",
+            field="params.decoder",
+            hint=TINY_DECODER_HINT,
+        )
     return DiffusersSettings(
         precision=precision,
+        decoder=decoder,
         width=width,
         height=height,
         steps=steps,

@@ -125,6 +125,14 @@ class ImageDetails(BaseModel):
     cache_key: str | None = Field(
         None, description="OpenVINO: the converted model's cache entry (checkpoint sha256, OpenVINO, precision)."
     )
+    decoder: str | None = Field(
+        None, description="diffusers: what decoded the latents, full (the checkpoint's VAE) or tiny (AutoencoderTiny)."
+    )
+    decoder_sha256: str | None = Field(None, description="diffusers: the tiny decoder's sha256 (its directory's).")
+    decoder_cache_key: str | None = Field(None, description="OpenVINO: the converted tiny decoder's cache entry.")
+    stage_ms: dict[str, float] | None = Field(
+        None, description="diffusers: milliseconds in text_encoder, denoise (all steps) and decoder."
+    )
     stages: list[str] | None = Field(None, description="Portrait: the stages reported as progress steps.")
     license: str | None = Field(None, description="Portrait: the licence of the weights.")
 

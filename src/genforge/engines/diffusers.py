@@ -26,6 +26,7 @@ from genforge.engines.base import (
     OneAtATimeEngine,
     ResolvedModel,
 )
+from genforge.engines.tiny_decoder import TinyDecoder, use_decoder
 from genforge.errors import Cancelled, InvalidOutput, ModelUnavailable
 
 # Set before diffusers/transformers import huggingface_hub, which reads them once.
@@ -70,9 +71,11 @@ class DiffusersEngine(OneAtATimeEngine):
     kind = "diffusers"
     content_types = ("image",)
 
-    def __init__(self, threads: int, device: str = "auto"):
+    def __init__(self, threads: int, device: str = "auto", tiny_decoder: str = ""):
         self.threads = threads
         self.device_setting = device
+        self.tiny = TinyDecoder(tiny_decoder)
+        self._full_vae = None  # the checkpoint's VAE, put back for params.decoder "full"
         self._model: ResolvedModel | None = None
         self._pipe = None
         self._default_scheduler = None
@@ -124,7 +127,7 @@ class DiffusersEngine(OneAtATimeEngine):
         self._dtype = torch.float16 if self._device == "cuda" else torch.float32
         pipe = self.open_pipeline(model, self._dtype)
         self._pipe = pipe.to(self._device)
-        self._default_scheduler = pipe.scheduler
+        self._default_scheduler, self._full_vae = pipe.scheduler, pipe.vae
         self._version = f"diffusers {diffusers.__version__} (torch {torch.__version__}, {self._device})"
         self._model = model
         return (time.perf_counter() - start) * 1000
@@ -172,6 +175,17 @@ class DiffusersEngine(OneAtATimeEngine):
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
         _, _, torch = self._imports()
         load_ms = self.load(job.model)
+        start = time.perf_counter()
+        decoder = use_decoder(
+            self._pipe,
+            self._full_vae,
+            job.params.decoder,
+            self.tiny,
+            job.model.name,
+            lambda module, _sha: (module.to(self._device, self._dtype), {}),
+        )
+        if job.params.decoder == "tiny":  # loading the tiny decoder
+            load_ms += (time.perf_counter() - start) * 1000
         return render(
             self._pipe,
             job,
@@ -187,6 +201,7 @@ class DiffusersEngine(OneAtATimeEngine):
                 "backend": "torch",
                 "backend_version": torch.__version__,
                 "precision": "fp16" if self._dtype == torch.float16 else "fp32",
+                **decoder,
             },
         )
 
@@ -219,7 +234,8 @@ def render(
         return kwargs
 
     generator = torch.Generator("cpu").manual_seed(p.seed)  # CPU noise: the same latents on any device
-    with torch.inference_mode():
+    clock = StageClock(pipe)
+    with torch.inference_mode(), clock:
         result = pipe(
             prompt=job.prompt,
             negative_prompt=p.negative_prompt or None,
@@ -247,6 +263,7 @@ def render(
         pipeline=type(pipe).__name__,
         scheduler=type(pipe.scheduler).__name__,
         denoising_steps=pipe.num_timesteps,
+        stage_ms=clock.ms,
         **details,
     )
     text = images.provenance(
@@ -272,6 +289,51 @@ def render(
     )
 
 
+class StageClock:
+    """Milliseconds of one pipeline call in its text encoder(s), its denoising loop and its decoder: forward hooks
+    on the torch modules at either end (the OpenVINO stand-ins are torch modules too); the loop is the time between
+    the last text encoding and the decoder's start."""
+
+    def __init__(self, pipe):
+        self.ms: dict[str, float] = {"text_encoder": 0.0, "denoise": 0.0, "decoder": 0.0}
+        self._modules = [
+            (name, module)
+            for name, module in (
+                ("text_encoder", getattr(pipe, "text_encoder", None)),
+                ("text_encoder", getattr(pipe, "text_encoder_2", None)),
+                ("decoder", getattr(getattr(pipe, "vae", None), "decoder", None)),
+            )
+            if hasattr(module, "register_forward_hook")
+        ]
+        self._handles: list = []
+        self._started = 0.0
+        self._encoded = self._decoding = None
+
+    def _pre(self, name):
+        self._started = time.perf_counter()
+        if name == "decoder" and self._decoding is None:
+            self._decoding = self._started
+
+    def _post(self, name):
+        now = time.perf_counter()
+        self.ms[name] = round(self.ms[name] + (now - self._started) * 1000, 1)
+        if name == "text_encoder":
+            self._encoded = now
+
+    def __enter__(self):
+        for name, module in self._modules:
+            self._handles.append(module.register_forward_pre_hook(lambda _m, _a, n=name: self._pre(n)))
+            self._handles.append(module.register_forward_hook(lambda _m, _a, _o, n=name: self._post(n)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        if self._encoded is not None and self._decoding is not None:
+            self.ms["denoise"] = round((self._decoding - self._encoded) * 1000, 1)
+        return False
+
+
 def _is_sdxl(path: Path) -> bool:
     """SDXL single files carry a second text encoder under conditioner.embedders.1 (read from the header only)."""
     if path.suffix.lower() != ".safetensors":
@@ -286,4 +348,8 @@ def _is_sdxl(path: Path) -> bool:
 
 
 def create(settings) -> DiffusersEngine:
-    return DiffusersEngine(threads=settings.image_threads or settings.n_threads, device=settings.image_device)
+    return DiffusersEngine(
+        threads=settings.image_threads or settings.n_threads,
+        device=settings.image_device,
+        tiny_decoder=settings.image_tiny_decoder,
+    )

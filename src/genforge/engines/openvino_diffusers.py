@@ -9,7 +9,8 @@ huggingface_hub < 1.22, which the diffusers release genforge uses cannot run wit
 The first load converts and caches the networks in `DATA_DIR/ov-cache/KEY`, KEY naming the checkpoint's sha256,
 the OpenVINO version, the precision and this module's format. An entry is written into a temp folder, its
 manifest (with every file's sha256) last, then renamed into place; on every load the manifest and the hashes are
-checked, and an entry that does not match is rebuilt, never used.
+checked, and an entry that does not match is rebuilt, never used. The tiny decoder (params.decoder "tiny",
+genforge/engines/tiny_decoder.py) gets an entry of its own the same way, keyed by its sha256.
 
 A pipeline this engine cannot convert (SDXL's added conditioning, LCM's timestep conditioning, a transformer
 denoiser, a failed conversion) raises `ModelUnconvertible`. With GENFORGE_IMAGE_BACKEND=auto the engine then runs
@@ -18,6 +19,7 @@ the request on the torch engine in the same worker process, and the record says 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -30,11 +32,13 @@ from pathlib import Path
 
 from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel
 from genforge.engines.diffusers import DiffusersEngine, render
+from genforge.engines.tiny_decoder import TinyDecoder, use_decoder
 from genforge.errors import EngineFailed, GenforgeError, ModelUnavailable, ModelUnconvertible
 
 log = logging.getLogger("genforge.engine.openvino")
 FORMAT = 1  # bump when the converted files change meaning: every older cache entry is then rebuilt
 NETWORKS = ("unet", "vae_decoder")
+TINY_FILES = ["decoder.xml", "decoder.bin"]  # a tiny decoder's entry
 MANIFEST = "manifest.json"
 UNET_CONFIG = "unet_config.json"  # what the pipeline reads of its UNet, so a cached load needs no torch UNet
 PRECISIONS = {"default": "fp32", "int8": "int8"}  # request name -> what runs (and part of the cache key)
@@ -55,6 +59,10 @@ def cache_key(model_sha256: str, ov_version: str, precision: str) -> str:
     return f"{model_sha256[:24]}-ov{ov_version}-{precision}-f{FORMAT}"
 
 
+def tiny_cache_key(decoder_sha256: str, ov_version: str, precision: str) -> str:
+    return f"tiny-{decoder_sha256[:24]}-ov{ov_version}-{precision}-f{FORMAT}"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -67,9 +75,10 @@ def _files() -> list[str]:
     return [UNET_CONFIG, *(f"{n}.{ext}" for n in NETWORKS for ext in ("xml", "bin"))]
 
 
-def check_entry(key_dir: Path, expected: dict) -> str | None:
+def check_entry(key_dir: Path, expected: dict, files: list[str] | None = None) -> str | None:
     """Why a cache entry cannot be used (None when it can): missing files, a manifest that does not match,
-    a file whose sha256 differs from the manifest's."""
+    a file whose sha256 differs from the manifest's. `files`: what the entry holds (default: a pipeline's)."""
+    files = files or _files()
     try:
         manifest = json.loads((key_dir / MANIFEST).read_text())
     except FileNotFoundError:
@@ -82,7 +91,7 @@ def check_entry(key_dir: Path, expected: dict) -> str | None:
         if manifest.get(name) != value:
             return f"the manifest's {name} is {manifest.get(name)!r}, not {value!r}"
     hashes = manifest.get("files")
-    if not isinstance(hashes, dict) or sorted(hashes) != sorted(_files()):
+    if not isinstance(hashes, dict) or sorted(hashes) != sorted(files):
         return "the manifest does not list the converted files"
     for name, digest in hashes.items():
         path = key_dir / name
@@ -92,6 +101,27 @@ def check_entry(key_dir: Path, expected: dict) -> str | None:
         except OSError as exc:
             return f"{name} is unreadable ({exc.strerror or exc})"
     return None
+
+
+def write_entry(cache_dir: Path, key_dir: Path, expected: dict, files: list[str], build: Callable[[Path], None]):
+    """`build(tmp)` writes `files` into a temp folder; the manifest (their sha256) goes last, then the folder is
+    renamed into place, replacing a stale or corrupt entry."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".tmp-{key_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        build(tmp)
+        manifest = {**expected, "files": {name: _sha256(tmp / name) for name in files}}
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if key_dir.exists():
+            shutil.rmtree(key_dir)
+        os.replace(tmp, key_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _to_openvino(module, example: tuple, inputs: list, precision: str):
@@ -135,7 +165,7 @@ def convert_unet(unet, hidden: int, precision: str):
 
 
 def convert_decoder(vae, precision: str):
-    """The VAE decoder (after post_quant_conv): latents in, pixels in [-1, 1] out."""
+    """The VAE decoder (after post_quant_conv), or an AutoencoderTiny's: latents in, pixels in [-1, 1] out."""
     import openvino as ov
     import torch
 
@@ -230,17 +260,21 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
     kind = "openvino-diffusers"
     content_types = ("image",)
 
-    def __init__(self, threads: int, cache_dir: Path, fallback: bool):
+    def __init__(self, threads: int, cache_dir: Path, fallback: bool, tiny_decoder: str = ""):
         self.threads = threads
         self.cache_dir = cache_dir
         self.fallback = fallback  # GENFORGE_IMAGE_BACKEND=auto: an unconvertible pipeline runs on torch
-        self.torch_engine = DiffusersEngine(threads=threads, device="cpu")
+        self.torch_engine = DiffusersEngine(threads=threads, device="cpu", tiny_decoder=tiny_decoder)
+        self.tiny = TinyDecoder(tiny_decoder)
+        self._tiny_compiled: tuple[str, object] | None = None  # (cache key, the AutoencoderTiny running it)
+        self._full_vae = None
         self._loaded: tuple[str, str, str] | None = None  # (path, sha256, precision)
         self._pipe = None
         self._default_scheduler = None
         self._key = ""
         self._version = ""
         self._unconvertible: dict[str, ModelUnconvertible] = {}  # sha256 -> why (not retried in this process)
+        self._ov = None  # openvino.Core
 
     # --- loading ---------------------------------------------------------------------------------
     def load(self, model: ResolvedModel) -> float:
@@ -280,7 +314,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         else:
             pipe = self._convert(model, key_dir, expected, problem, emit)
             config = pipe.unet.config
-        core = ov.Core()
+        core = self._ov = self._ov or ov.Core()
         try:
             unet = StaticShapes(core, core.read_model(str(key_dir / "unet.xml")), compile_config(self.threads))
             decoder = StaticShapes(
@@ -295,7 +329,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
 
         pipe.unet = _OVUNet(unet, FrozenDict(config), torch)
         pipe.vae.decoder = _ov_decoder(decoder, torch)
-        self._pipe, self._default_scheduler = pipe, pipe.scheduler
+        self._pipe, self._default_scheduler, self._full_vae = pipe, pipe.scheduler, pipe.vae
         self._key = key
         self._version = f"diffusers {diffusers.__version__} (OpenVINO {ov_version}, cpu)"
         self._loaded = wanted
@@ -321,31 +355,57 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
             self._unconvertible[model.sha256] = err
             raise err
         stage(1)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_dir / f".tmp-{key_dir.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            hidden = pipe.text_encoder.config.hidden_size
-            self._save(lambda: convert_unet(pipe.unet, hidden, expected["precision"]), tmp / "unet", model)
+        hidden, prec = pipe.text_encoder.config.hidden_size, expected["precision"]
+
+        def build(tmp: Path) -> None:
+            self._save(lambda: convert_unet(pipe.unet, hidden, prec), tmp / "unet", model.name, model.sha256)
             stage(2)
-            self._save(lambda: convert_decoder(pipe.vae, expected["precision"]), tmp / "vae_decoder", model)
+            self._save(lambda: convert_decoder(pipe.vae, prec), tmp / "vae_decoder", model.name, model.sha256)
             stage(3)
             (tmp / UNET_CONFIG).write_text(json.dumps(dict(pipe.unet.config), default=str))
-            manifest = {**expected, "files": {name: _sha256(tmp / name) for name in _files()}}
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(manifest, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            if key_dir.exists():  # the stale or corrupt entry `why` names
-                shutil.rmtree(key_dir)
-            os.replace(tmp, key_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        write_entry(self.cache_dir, key_dir, expected, _files(), build)
         stage(4)
         return pipe
 
-    def _save(self, convert: Callable, stem: Path, model: ResolvedModel) -> None:
+    def _tiny_decoder(self, module, sha: str, precision: str, emit: Emit) -> tuple:
+        """The tiny decoder with its decoder converted (cached like the pipeline's networks) and compiled."""
+        import torch
+
+        ov_version, prec = openvino_version(), PRECISIONS[precision]
+        key = tiny_cache_key(sha, ov_version, prec)
+        if self._tiny_compiled is None or self._tiny_compiled[0] != key:
+            self._tiny_compiled = None
+            if sha in self._unconvertible:  # not retried in this process
+                raise self._unconvertible[sha]
+            key_dir = self.cache_dir / key
+            expected = {"format": FORMAT, "decoder_sha256": sha, "openvino": ov_version, "precision": prec}
+            problem = check_entry(key_dir, expected, TINY_FILES) if key_dir.exists() else "not converted yet"
+            if problem is not None:
+                log.info("converting the tiny decoder for OpenVINO into %s (the cache entry: %s)", key, problem)
+                emit({"type": "progress", "step": 0, "total": 1, "stage": "converting"})
+                name = f"the tiny decoder {self.tiny.path}"
+                write_entry(
+                    self.cache_dir,
+                    key_dir,
+                    expected,
+                    TINY_FILES,
+                    lambda tmp: self._save(lambda: convert_decoder(module, prec), tmp / "decoder", name, sha),
+                )
+                emit({"type": "progress", "step": 1, "total": 1, "stage": "converting"})
+            try:
+                network = self._ov.read_model(str(key_dir / "decoder.xml"))
+            except Exception as exc:  # the entry was checked; a read failure is the runtime's
+                raise ModelUnconvertible(
+                    f"OpenVINO could not read the converted tiny decoder: {type(exc).__name__}: {str(exc)[:300]}",
+                    hint=UNCONVERTIBLE_HINT,
+                ) from None
+            runnable = copy.deepcopy(module)  # the loaded module keeps its torch decoder for other precisions
+            runnable.decoder = _ov_decoder(StaticShapes(self._ov, network, compile_config(self.threads)), torch)
+            self._tiny_compiled = (key, runnable)
+        return self._tiny_compiled[1], {"decoder_cache_key": key}
+
+    def _save(self, convert: Callable, stem: Path, name: str, sha: str) -> None:
         import openvino as ov
 
         try:
@@ -358,15 +418,15 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
             ) from None
         except (MemoryError, OSError) as exc:  # the machine's trouble (memory, disk), not the checkpoint's
             raise EngineFailed(
-                f"converting {stem.name} of {model.name!r} failed: {type(exc).__name__}: {str(exc)[:300]}",
+                f"converting {stem.name} of {name!r} failed: {type(exc).__name__}: {str(exc)[:300]}",
                 hint="Conversion needs several GB of memory and disk for an SD 1.5 checkpoint; free some and retry.",
             ) from None
         except Exception as exc:  # the converter's own errors: the pipeline is not convertible as it is
             err = ModelUnconvertible(
-                f"OpenVINO could not convert {stem.name} of {model.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
+                f"OpenVINO could not convert {stem.name} of {name!r}: {type(exc).__name__}: {str(exc)[:300]}",
                 hint=UNCONVERTIBLE_HINT,
             )
-            self._unconvertible[model.sha256] = err
+            self._unconvertible[sha] = err
             raise err from None
 
     # --- generation --------------------------------------------------------------------------------
@@ -374,6 +434,17 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         p = job.params
         try:
             load_ms = self._load(job.model, p.precision, emit)
+            start = time.perf_counter()
+            decoder = use_decoder(
+                self._pipe,
+                self._full_vae,
+                p.decoder,
+                self.tiny,
+                job.model.name,
+                lambda module, sha: self._tiny_decoder(module, sha, p.precision, emit),
+            )
+            if p.decoder == "tiny":  # loading (and on first use converting) the tiny decoder
+                load_ms += (time.perf_counter() - start) * 1000
         except ModelUnconvertible as exc:
             if not self.fallback:
                 raise
@@ -400,6 +471,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
                 "backend_version": openvino_version(),
                 "precision": PRECISIONS[p.precision],
                 "cache_key": self._key,
+                **decoder,
             },
         )
 
@@ -409,4 +481,5 @@ def create(settings) -> OpenVINODiffusersEngine:
         threads=settings.image_threads or settings.n_threads,
         cache_dir=settings.data_dir / "ov-cache",
         fallback=settings.image_backend == "auto",
+        tiny_decoder=settings.image_tiny_decoder,
     )
