@@ -226,8 +226,8 @@ class ModelCatalog:
         # Packaged model files found so far: looking one up reads the package's RECORD (~2 ms, on every
         # request's path). Only files found are kept, and each is checked to be there still when reused.
         self._packaged_found: dict[str, Path] = {}
-        # Digests this process has read or computed, by (name, path, size, mtime_ns): the same check as the
-        # database's record of them, without a database round trip on every request (~1.4 ms).
+        # Digests this process has read or computed, by (name, path, size, mtime_ns): resolve() trusts them as
+        # it trusts the database's record of them, without a round trip on every request (~1.4 ms).
         self._digests: dict[tuple[str, str, int, int], str] = {}
 
     # --- where files are -------------------------------------------------------------
@@ -292,15 +292,12 @@ class ModelCatalog:
         self, name: str, path: Path, *, source: str, content_type: str, engine: str, expected: str | None
     ) -> str:
         """sha256 of `path`, re-hashed only when size or mtime changed since it was recorded."""
-        size, mtime_ns = path_stat(path)
-        key = (name, str(path), size, mtime_ns)
-        if key in self._digests:
-            return self._digests[key]
         with self._hash_lock:  # one hash at a time: concurrent first requests must not hash twice
+            size, mtime_ns = path_stat(path)
             with self.db.session() as s:
                 row = s.get(ModelRow, name)
                 if row and row.path == str(path) and row.size_bytes == size and row.mtime_ns == mtime_ns:
-                    self._digests[key] = row.sha256
+                    self._digests[(name, str(path), size, mtime_ns)] = row.sha256
                     return row.sha256
             digest = sha256_path(path)
             if expected and digest != expected:
@@ -324,8 +321,14 @@ class ModelCatalog:
                 self._record_hash(name, values)
             except IntegrityError:  # another process recorded it first: update its row instead
                 self._record_hash(name, values)
-            self._digests[key] = digest
+            self._digests[(name, str(path), size, mtime_ns)] = digest
             return digest
+
+    def _digest_for_use(self, name: str, path: Path, **checked) -> str:
+        """On a request's path: the digest this process last read or computed for this very file (same path,
+        size and mtime: the database's own test of it), else `_hash_checked`, which records it."""
+        known = self._digests.get((name, str(path), *path_stat(path)))
+        return known if known is not None else self._hash_checked(name, path, **checked)
 
     def _record_hash(self, name: str, values: dict) -> None:
         with self.db.session() as s:
@@ -361,7 +364,7 @@ class ModelCatalog:
             path = self.packaged_path(spec)
             if path is None:
                 raise ModelUnavailable(f"model {name!r} is not installed", hint=spec.install_hint)
-            digest = self._hash_checked(
+            digest = self._digest_for_use(
                 name,
                 path,
                 source="package",
@@ -395,7 +398,7 @@ class ModelCatalog:
                 f"model {name!r}: its file {path} is missing",
                 hint=f"Put the file back, or register it again with `genforge models add PATH --name {name}`.",
             )
-        digest = self._hash_checked(
+        digest = self._digest_for_use(
             name, path, source=row.source, content_type=row.content_type, engine=row.engine, expected=row.sha256
         )
         source = {"repo": row.hub_repo, "revision": row.hub_revision, "file": row.hub_file} if row.hub_repo else None
