@@ -7,6 +7,7 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from genforge import __version__
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.preload:
             threading.Thread(target=runtime.preload, name="genforge-preload", daemon=True).start()
         yield
-        runtime.close(drain_s=settings.drain_timeout_s)
+        # Off the loop: the loop reads the engines' pipes, and the draining jobs wait for their last messages.
+        await run_in_threadpool(runtime.close, drain_s=settings.drain_timeout_s)
 
     # Operation ids are the route functions' names, so that OpenAPI links can name them.
     app = FastAPI(
