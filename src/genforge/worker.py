@@ -263,7 +263,7 @@ class EngineWorker:
     def _start_locked(self) -> None:
         """A fresh interpreter running only this module (CHILD_COMMAND), not a multiprocessing
         spawn: that would import the server's main module (the CLI, SQLAlchemy, Alembic) into the engine
-        process and start a resource-tracker process beside it, about 35 MB that no engine uses."""
+        process and start a resource-tracker process beside it, about 50 MB that no engine uses."""
         ours, theirs = socket.socketpair()
         proc = subprocess.Popen([sys.executable, "-c", CHILD_COMMAND, str(theirs.fileno())], pass_fds=[theirs.fileno()])
         theirs.close()
@@ -298,30 +298,26 @@ class EngineWorker:
         try:
             messages = conn.recv()  # a whole message: the child writes each one at once
         except (EOFError, OSError):
-            self._loop.remove_reader(conn.fileno())
-            self._watched.discard(conn.fileno())
+            self._stop_reading(conn.fileno())
             # Reaping waits for the process: not on the loop.
             threading.Thread(target=self._exited, args=(proc,), name="genforge-engine-reaper", daemon=True).start()
             return
         self._route(messages)
 
+    def _stop_reading(self, fd: int) -> None:  # on the loop
+        self._loop.remove_reader(fd)
+        self._watched.discard(fd)
+
     def _unwatch(self, conn) -> None:
         """Stop the loop reading `conn` before it is closed (its fd number may be reused at once)."""
-        loop, fd = self._loop, conn.fileno()
-        if loop is None or fd not in self._watched or loop.is_closed():
+        fd = conn.fileno()
+        if self._loop is None or fd not in self._watched or self._loop.is_closed():
             return
         if threading.get_ident() == self._loop_thread:
-            loop.remove_reader(fd)
-            self._watched.discard(fd)
+            self._stop_reading(fd)
             return
         removed = threading.Event()
-
-        def remove() -> None:
-            loop.remove_reader(fd)
-            self._watched.discard(fd)
-            removed.set()
-
-        loop.call_soon_threadsafe(remove)
+        self._loop.call_soon_threadsafe(lambda: (self._stop_reading(fd), removed.set()))
         removed.wait(timeout=5)
 
     def _route(self, messages: list) -> None:
