@@ -72,7 +72,7 @@ def test_migrations_upgrade_an_existing_history(tmp_path, request, backend):
     """A database made at revision 0001, with a record in the old params shape, upgrades to the head."""
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'old.db'}"
     db = Database(url)
-    cfg = db._alembic_config()
+    cfg = db.alembic_config()
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")

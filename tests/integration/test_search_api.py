@@ -151,7 +151,7 @@ def test_the_migrations_backfill_records_written_before_them(tmp_path, request, 
         request.getfixturevalue("postgres").new_database() if backend == "postgresql" else f"sqlite:///{tmp_path}/a.db"
     )
     db = Database(url)
-    cfg = db._alembic_config()
+    cfg = db.alembic_config()
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
