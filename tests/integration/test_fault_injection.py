@@ -6,6 +6,7 @@ scripted runner in place of the engine worker (it proves the service's honesty, 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -15,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from conftest import (
     CONTENT,
+    DEFAULT_MODEL,
     GENERATE,
     MID_GENERATION_FAILURE,
     ScriptedRunner,
@@ -26,12 +28,17 @@ from conftest import (
     fake_gguf,
     files_under,
     long_generation_body,
+    make_settings,
+    open_catalog,
     runtime_of,
     text_body,
     wait_for,
 )
 from genforge import storage
+from genforge.contenttypes.text import TextSettings
 from genforge.db import ContentRow
+from genforge.engines.base import Done, Failed, GenerationJob
+from genforge.engines.llama import LlamaEngine
 from genforge.errors import DatabaseUnavailable
 
 
@@ -230,3 +237,53 @@ def test_a_generation_past_the_timeout_is_504_and_the_worker_recovers(app_with):
     again = client.post(GENERATE, json=text_body("Say hello.", max_tokens=8))
     assert again.status_code == 201, again.text
     assert err["content_id"] != again.json()["id"]
+
+
+def _text_job(content_id: str, model, max_tokens: int = 8) -> GenerationJob:
+    return GenerationJob(
+        content_id,
+        "text",
+        model,
+        "Name a colour.",
+        None,
+        TextSettings(max_tokens=max_tokens, temperature=0, top_p=1, seed=1),
+    )
+
+
+def _run(engine: LlamaEngine) -> dict[str, object]:
+    """Step the engine until nothing is left: each job's last event (Done or Failed)."""
+    ends = {}
+    while engine.busy:
+        for ev in engine.step():
+            if isinstance(ev, Done | Failed):
+                ends[ev.job_id] = ev
+    return ends
+
+
+@pytest.mark.timeout(120)  # before the fix such a job was retried forever
+def test_a_job_that_cannot_start_fails_alone_and_the_engine_goes_on(tmp_path, monkeypatch):
+    """Any exception while a job is admitted (loading its model, reading its prompt) fails that job with a
+    typed error; it never stays queued forever, and the sequences beside it finish."""
+    model = open_catalog(make_settings(tmp_path)).resolve(DEFAULT_MODEL)
+    engine = LlamaEngine(n_threads=2, n_ctx=512, n_parallel=2)
+    engine.submit(_text_job("unloadable", dataclasses.replace(model, path=None)))  # TypeError inside llama-cpp
+    engine.submit(_text_job("fine-1", model))
+    ends = _run(engine)
+    assert isinstance(ends["unloadable"], Failed) and ends["unloadable"].error.code == "engine_failed"
+    assert "TypeError" in ends["unloadable"].error.message
+    assert isinstance(ends["fine-1"], Done) and ends["fine-1"].output.text
+
+    engine.submit(_text_job("running", model, max_tokens=24))
+    engine.step()  # "running" is generating
+    real = engine._prompt_tokens
+
+    def prompt_tokens(job):
+        if job.content_id == "broken":
+            raise RuntimeError("bad")
+        return real(job)
+
+    monkeypatch.setattr(engine, "_prompt_tokens", prompt_tokens)
+    engine.submit(_text_job("broken", model))
+    ends = _run(engine)
+    assert isinstance(ends["broken"], Failed) and "RuntimeError: bad" in ends["broken"].error.message
+    assert isinstance(ends["running"], Done) and ends["running"].output.usage["completion_tokens"] > 1

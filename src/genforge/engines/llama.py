@@ -9,6 +9,7 @@ requests cost far less than N times one. A single request takes the same path, a
 from __future__ import annotations
 
 import codecs
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -110,14 +111,12 @@ class LlamaEngine(BatchingEngine):
         self._llm = self._model = self._formatter = self._ctx = self._batch = None
         self._slot_tokens = {}
         try:
-            # The Llama object gives us the model, tokenizer and metadata; its own context stays small.
-            llm = llama_cpp.Llama(
-                model_path=model.path,
-                n_ctx=256,
-                n_batch=256,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
-                verbose=False,
+            # The model alone (tokenizer, metadata, weights): llama_cpp.Llama would add a context of its own that
+            # no sequence uses (8 MB). Like Llama(verbose=False), llama.cpp's log then shows only its errors.
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+            llama_cpp.llama_backend_init()
+            llm = _internals.LlamaModel(
+                path_model=model.path, params=llama_cpp.llama_model_default_params(), verbose=False
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelUnavailable(
@@ -135,7 +134,7 @@ class LlamaEngine(BatchingEngine):
         if self.kv_cache_type != "f16":  # llama.cpp quantizes the V cache only inside flash attention
             params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         try:
-            self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+            self._ctx = _internals.LlamaContext(model=llm, params=params, verbose=False)
         except ValueError as exc:
             raise ModelUnavailable(f"llama.cpp could not create a context for {model.name!r}: {exc}") from exc
         self._batch = _internals.LlamaBatch(
@@ -151,12 +150,12 @@ class LlamaEngine(BatchingEngine):
         """The GGUF's own chat template (tokenizer.chat_template), as llama.cpp's server uses it."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        template = llm.metadata.get("tokenizer.chat_template")
+        template = llm.metadata().get("tokenizer.chat_template")
         if not template:
             return None
 
         def piece(token_id: int) -> str:
-            return llm._model.token_get_text(token_id) if token_id >= 0 else ""
+            return llm.token_get_text(token_id) if token_id >= 0 else ""
 
         return Jinja2ChatFormatter(
             template=template,
@@ -292,25 +291,17 @@ class LlamaEngine(BatchingEngine):
                 self._forget(self._active.pop(job_id).slot)
                 events.append(Failed(job_id, Cancelled("cancelled between tokens")))
             while self._waiting and len(self._active) < self.n_parallel:
-                job, load_ms = self._waiting[0], 0.0
-                if not self._is_loaded(job.model):
-                    if self._active:
-                        break  # another model: switch once the running sequences finish
-                    try:
-                        load_ms = self.load(job.model)
-                    except GenforgeError as exc:
-                        self._waiting.pop(0)
-                        events.append(Failed(job.content_id, exc))
-                        continue
+                job = self._waiting[0]
+                if self._active and not self._is_loaded(job.model):
+                    break  # another model: switch once the running sequences finish
                 self._waiting.pop(0)
-                events += self._admit(job, load_ms)
+                try:
+                    events += self._admit(job, self.load(job.model))  # load: 0 ms when it is loaded
+                except Exception as exc:  # this job fails alone (loading, its prompt); the others go on
+                    events.append(Failed(job.content_id, _typed(exc, "could not start the generation")))
             events += self._decode_step()
         except Exception as exc:  # the whole batch shares the failure: fail every sequence in it
-            err = (
-                exc
-                if isinstance(exc, GenforgeError)
-                else EngineFailed(f"llama.cpp failed during generation: {type(exc).__name__}: {exc}")
-            )
+            err = _typed(exc, "failed during generation")
             events += [Failed(job_id, err) for job_id in self._active]
             for seq in self._active.values():
                 self._forget(seq.slot)
@@ -363,7 +354,7 @@ class LlamaEngine(BatchingEngine):
     def _accept(self, seq: Sequence, token: int) -> list[EngineEvent]:
         """Take one sampled token: stop, or add its text and emit what is safe to show."""
         events: list[EngineEvent] = []
-        if llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token):
+        if llama_cpp.llama_vocab_is_eog(self._llm.vocab, token):
             seq.finish = "stop"
         else:
             seq.generated += 1
@@ -416,6 +407,10 @@ class LlamaEngine(BatchingEngine):
             ),
         )
         return [*events, Done(seq.job.content_id, out)]
+
+
+def _typed(exc: Exception, what: str) -> GenforgeError:
+    return exc if isinstance(exc, GenforgeError) else EngineFailed(f"llama.cpp {what}: {type(exc).__name__}: {exc}")
 
 
 def create(settings) -> LlamaEngine:
