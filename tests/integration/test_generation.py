@@ -17,12 +17,17 @@ from conftest import (
     LONG_PROMPT,
     assert_succeeded_text,
     files_under,
+    make_settings,
+    open_catalog,
     packaged_model_path,
     sha256,
     text_body,
 )
 from genforge.catalog import PACKAGED
+from genforge.contenttypes.text import TextSettings
 from genforge.engines import create_engine
+from genforge.engines.base import Done, Failed, GenerationJob
+from genforge.engines.llama import LlamaEngine
 
 pytestmark = pytest.mark.both_modes
 
@@ -157,3 +162,37 @@ def test_the_kv_cache_precision_is_a_setting_and_in_the_record(live, app_with):
     rec = resp.json()
     assert_succeeded_text(rec)
     assert rec["kv_cache_type"] == "q8_0"
+
+
+def _engine_texts(engine, jobs) -> dict[str, str]:
+    for job in jobs:
+        engine.submit(job)
+    texts = {}
+    while engine.busy:
+        for ev in engine.step():
+            assert not isinstance(ev, Failed), ev
+            if isinstance(ev, Done):
+                texts[ev.job_id] = ev.output.text
+    return texts
+
+
+def test_greedy_tokens_picked_inside_the_decode_are_the_argmax_of_the_logits(tmp_path, monkeypatch):
+    """Greedy slots get llama.cpp's greedy sampler inside the decode graph; the tokens are the ones the argmax of
+    the logits picks, alone, batched with each other, and beside sampled sequences whose slots have none."""
+    model = open_catalog(make_settings(tmp_path)).resolve(DEFAULT_MODEL)
+
+    def job(name: str, temperature: float) -> GenerationJob:
+        params = TextSettings(max_tokens=40, temperature=temperature, top_p=0.9, seed=7)
+        return GenerationJob(name, "text", model, f"Write a story about {name}.", None, params)
+
+    mix = [job("a fox", 0), job("a ship", 0.8), job("a lamp", 0), job("a cloud", 0.8)]
+    in_graph = LlamaEngine(n_threads=2, n_ctx=512, n_parallel=4)
+    batched = _engine_texts(in_graph, mix)
+    assert set(in_graph._in_graph) == {0, 2}  # the greedy slots; the sampled ones read their logits
+    for temperatures in [(0.8, 0), (0, 0.8)]:  # slots 0 and 1 switch twice: greedy <-> sampled
+        texts = _engine_texts(in_graph, [job("a dog", temperatures[0]), job("a kite", temperatures[1])])
+        assert texts["a dog"] and texts["a kite"]
+    in_python = LlamaEngine(n_threads=2, n_ctx=512, n_parallel=4)
+    monkeypatch.setattr(in_python, "_sample_in_graph", lambda slot, greedy: None)  # argmax in Python
+    alone = {j.content_id: _engine_texts(in_python, [j])[j.content_id] for j in mix}
+    assert batched == alone

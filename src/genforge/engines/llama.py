@@ -88,6 +88,8 @@ class LlamaEngine(BatchingEngine):
         self._active: dict[str, Sequence] = {}
         self._slot_tokens: dict[int, list[int]] = {}  # per free slot: the tokens its KV cache holds
         self._waiting: list[GenerationJob] = []
+        self._in_graph: dict[int, object] = {}  # slot -> the greedy sampler attached to it (see _sample_in_graph)
+        self._pieces: dict[int, bytes] = {}
 
     @property
     def busy(self) -> bool:
@@ -109,6 +111,8 @@ class LlamaEngine(BatchingEngine):
             )
         start = time.perf_counter()
         self._llm = self._model = self._formatter = self._ctx = self._batch = None
+        self._in_graph = {}  # after the context that held them is gone
+        self._pieces: dict[int, bytes] = {}  # token -> its text's bytes, for this model
         self._slot_tokens = {}
         try:
             # The model alone (tokenizer, metadata, weights): llama_cpp.Llama would add a context of its own that
@@ -195,11 +199,33 @@ class LlamaEngine(BatchingEngine):
         s.add_dist(p.seed)
         return s
 
+    def _sample_in_graph(self, slot: int, greedy: bool) -> None:
+        """A greedy sequence's token is picked inside the decode (llama.cpp's greedy sampler attached to its slot,
+        `llama_set_sampler`): the engine threads take the argmax, and Python reads one token instead of 49k logits
+        the other core just wrote (~90 us a token on 2 cores). Other sequences' slots have none attached."""
+        if greedy == (slot in self._in_graph):
+            return
+        if not greedy:
+            if not llama_cpp.llama_set_sampler(self._ctx.ctx, slot, None):  # its sampler needs the logits
+                raise EngineFailed(f"llama.cpp could not detach the greedy sampler of slot {slot}")
+            self._in_graph.pop(slot).close()
+            return
+        sampler = _internals.LlamaSampler()  # a new one each time: llama.cpp sets a chain up for the graph once
+        sampler.add_greedy()
+        if llama_cpp.llama_set_sampler(self._ctx.ctx, slot, sampler.sampler):
+            self._in_graph[slot] = sampler
+        # (a greedy slot that could not attach one takes the argmax in Python below: the same token)
+
     def _sample(self, seq: Sequence, row: int) -> int:
-        """The next token from a batch row's logits. Greedy is the argmax, as llama.cpp's greedy sampler
-        picks it (the first highest logit), read in place: the sampler would first copy all 49k logits
-        into a candidate array, 90 us per token, more than 1 % of a 4-sequence step."""
+        """The next token from a batch row. Greedy is the argmax, the first highest logit: picked in the graph
+        (see _sample_in_graph) or else read in place; the sampler chain would first copy all 49k logits into a
+        candidate array, 90 us per token, more than 1 % of a 4-sequence step."""
         if seq.sampler is None:
+            if seq.slot in self._in_graph:
+                token = llama_cpp.llama_get_sampled_token_ith(self._ctx.ctx, row)
+                if token == llama_cpp.LLAMA_TOKEN_NULL:
+                    raise EngineFailed("llama.cpp's greedy sampler gave no token")
+                return token
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(self._n_vocab,))
             return int(logits.argmax())
         return seq.sampler.sample(self._ctx, row)
@@ -239,13 +265,15 @@ class LlamaEngine(BatchingEngine):
         p = job.params
         slot, reuse = self._pick_slot(prompt)
         llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, reuse, -1)
+        sampler = self._sampler(p)
+        self._sample_in_graph(slot, greedy=sampler is None)
         seq = Sequence(
             job=job,
             slot=slot,
             prompt=prompt,
             max_tokens=min(p.max_tokens, self.n_ctx - len(prompt)),
             stops=[s for s in p.stop if s],
-            sampler=self._sampler(p),
+            sampler=sampler,
             started=start,
             load_ms=load_ms,
             kv_tokens=prompt[:reuse],
@@ -360,7 +388,10 @@ class LlamaEngine(BatchingEngine):
             seq.generated += 1
             if seq.first_token_ms is None:
                 seq.first_token_ms = (time.perf_counter() - seq.started) * 1000
-            seq.text += seq.decoder.decode(self._llm.detokenize([token], special=False))
+            piece = self._pieces.get(token)
+            if piece is None:  # each token's bytes are asked of llama.cpp once per model
+                piece = self._pieces[token] = self._llm.detokenize([token], special=False)
+            seq.text += seq.decoder.decode(piece)
             cut = min((i for i in (seq.text.find(s) for s in seq.stops) if i >= 0), default=-1)
             if cut >= 0:
                 seq.text, seq.finish = seq.text[:cut], "stop"
