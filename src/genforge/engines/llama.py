@@ -89,7 +89,7 @@ class LlamaEngine(BatchingEngine):
         self._slot_tokens: dict[int, list[int]] = {}  # per free slot: the tokens its KV cache holds
         self._waiting: list[GenerationJob] = []
         self._in_graph: dict[int, object] = {}  # slot -> the greedy sampler attached to it (see _sample_in_graph)
-        self._pieces: dict[int, bytes] = {}
+        self._pieces: dict[int, bytes] = {}  # token -> its text's bytes, for the loaded model
 
     @property
     def busy(self) -> bool:
@@ -112,7 +112,7 @@ class LlamaEngine(BatchingEngine):
         start = time.perf_counter()
         self._llm = self._model = self._formatter = self._ctx = self._batch = None
         self._in_graph = {}  # after the context that held them is gone
-        self._pieces: dict[int, bytes] = {}  # token -> its text's bytes, for this model
+        self._pieces = {}
         self._slot_tokens = {}
         try:
             # The model alone (tokenizer, metadata, weights): llama_cpp.Llama would add a context of its own that
