@@ -235,7 +235,8 @@ def generate_image(
         str | None, typer.Option(help="default, euler, euler_a, ddim, dpmpp_2m, heun, pndm, unipc or lcm (diffusers).")
     ] = None,
     precision: Annotated[
-        str | None, typer.Option(help="default, or int8 (int8 weights; diffusers on OpenVINO).")
+        str | None,
+        typer.Option(help="default, int8 (int8 weights) or w8a8 (int8 weights and activations); OpenVINO only."),
     ] = None,
     decoder: Annotated[
         str | None, typer.Option(help="full (the checkpoint's VAE), or tiny (GENFORGE_IMAGE_TINY_DECODER; diffusers).")

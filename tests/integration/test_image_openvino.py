@@ -26,7 +26,17 @@ from conftest import (
 from genforge.contenttypes.image import DiffusersSettings, ImageRecord
 from genforge.engines.base import GenerationJob, ResolvedModel
 from genforge.engines.diffusers import DiffusersEngine
-from genforge.engines.openvino_diffusers import MANIFEST, OpenVINODiffusersEngine, cache_key, check_entry
+from genforge.engines.openvino_diffusers import (
+    CALIBRATION_PROMPTS,
+    CALIBRATION_STEPS,
+    MANIFEST,
+    W8A8_STAGES,
+    OpenVINODiffusersEngine,
+    cache_key,
+    calibration_inputs,
+    check_entry,
+    nncf_version,
+)
 from genforge.engines.openvino_diffusers import openvino_version as ov_version
 from genforge.images import compare_provenance, read_provenance
 from genforge.storage import sha256_path
@@ -37,6 +47,10 @@ PARAMS = {"width": 64, "height": 64, "steps": 4, "seed": 11}
 # Measured on the tiny pipeline: the OpenVINO image equals the torch one after rounding to 8 bits (mean
 # absolute difference 0.0 of 255). Allowed: float32 kernels that sum in another order may move a pixel.
 MAX_MEAN_ABS_DIFF = 1.0
+# Measured on the tiny pipeline (random weights) against float32: int8 weights 0.6 of 255 (max 4), int8 weights and
+# activations (w8a8) 6.5 (max 41): the same picture, a little noisier. Allowed: about twice that.
+MAX_MEAN_ABS_DIFF_INT8 = 2.0
+MAX_MEAN_ABS_DIFF_W8A8 = 13.0
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +215,62 @@ def test_int8_weights_are_a_recorded_parameter_with_their_own_cache_entry(client
     png = client.get(rec["artifact"]["url"]).content
     assert compare_provenance(read_provenance(png), ImageRecord.model_validate(rec)) == []
     # int8 weights move pixels a little, not into another picture
-    assert np.abs(pixels(png) - pixels(fp32_png)).mean() < 20
+    assert np.abs(pixels(png) - pixels(fp32_png)).mean() <= MAX_MEAN_ABS_DIFF_INT8
+
+
+def test_w8a8_quantizes_the_unets_activations_with_its_own_recorded_cache_entry(client, first, checkpoint, data_dir):
+    _, fp32, fp32_png = first
+    progress, rec = sse(client, body(precision="w8a8"))
+    converting = [p["step"] for p in progress if p.get("stage") == "converting"]
+    assert converting == list(range(len(W8A8_STAGES) + 1))  # the calibration runs and the quantization included
+    assert rec["status"] == "succeeded" and rec["warnings"] == []
+    assert rec["params"]["precision"] == "w8a8" and rec["image"]["precision"] == "w8a8"
+    key = cache_key(sha256_path(checkpoint), ov_version(), "w8a8")
+    assert rec["image"]["cache_key"] == key
+    entry = data_dir / "ov-cache" / key
+    assert json.loads((entry / MANIFEST).read_text())["nncf"] == nncf_version()
+    # int8 activations are FakeQuantize operations in the UNet (which int8 weights alone do not add); the decoder
+    # keeps float32 activations
+    fp32_entry = data_dir / "ov-cache" / fp32["image"]["cache_key"]
+    assert (entry / "unet.xml").read_text().count('type="FakeQuantize"') > 10
+    assert 'type="FakeQuantize"' not in (fp32_entry / "unet.xml").read_text()
+    assert 'type="FakeQuantize"' not in (entry / "vae_decoder.xml").read_text()
+    png = client.get(rec["artifact"]["url"]).content
+    assert stats(png)["std"] > 10
+    assert compare_provenance(read_provenance(png), ImageRecord.model_validate(rec)) == []
+    diff = np.abs(pixels(png) - pixels(fp32_png))
+    assert 0 < diff.mean() <= MAX_MEAN_ABS_DIFF_W8A8, f"mean abs difference {diff.mean():.3f}, max {diff.max()}"
+    # the quantized model is deterministic: the same seed again gives the same pixels
+    _, again = sse(client, body(precision="w8a8"))
+    assert again["timings"]["load_ms"] == 0 and again["image"]["cache_key"] == key
+    assert pixels_sha256(client.get(again["artifact"]["url"]).content) == pixels_sha256(png)
+
+
+def test_w8a8_calibration_records_the_unets_inputs_along_real_denoising_runs(first, checkpoint, data_dir):
+    import openvino as ov
+    import torch
+
+    _, rec, _ = first
+    model = ResolvedModel(MODEL, "image", "diffusers", str(checkpoint), sha256_path(checkpoint), 1, True)
+    pipe = DiffusersEngine(threads=1, device="cpu").open_pipeline(model, torch.float32)
+    torch_unet, core = pipe.unet, ov.Core()
+    unet = core.read_model(str(data_dir / "ov-cache" / rec["image"]["cache_key"] / "unet.xml"))
+    prompts_done = []
+    samples = calibration_inputs(pipe, unet, core, 1, lambda: prompts_done.append(True))
+    assert pipe.unet is torch_unet and len(prompts_done) == len(CALIBRATION_PROMPTS)
+    assert len(samples) == len(CALIBRATION_PROMPTS) * CALIBRATION_STEPS
+    pipe.scheduler.set_timesteps(CALIBRATION_STEPS)
+    schedule = [float(t) for t in pipe.scheduler.timesteps]
+    for i, prompt in enumerate(CALIBRATION_PROMPTS):
+        run = [list(s.values()) for s in samples[i * CALIBRATION_STEPS : (i + 1) * CALIBRATION_STEPS]]
+        assert [float(t) for _, t, _ in run] == schedule  # every step of the checkpoint's own scheduler
+        with torch.no_grad():
+            cond, uncond = pipe.encode_prompt(prompt, "cpu", 1, True, "")
+        for latents, _, text in run:  # a guided batch: the empty prompt's embeddings, then the prompt's
+            assert latents.shape[0] == 2 and np.array_equal(latents[0], latents[1])
+            np.testing.assert_allclose(text, torch.cat([uncond, cond]).numpy(), atol=1e-5)
+        # the latents move along the schedule (the denoising ran), the first are the seeded noise
+        assert all(not np.allclose(a[0], b[0]) for (a, _, _), (b, _, _) in zip(run, run[1:], strict=False))
 
 
 def test_cancel_stops_between_steps(client, first):
@@ -244,11 +313,12 @@ def test_backend_openvino_refuses_an_unconvertible_pipeline_with_a_typed_error(t
         failed_record(ov_only, resp, "model_unconvertible")
 
 
-def test_backend_torch_runs_diffusers_on_torch_and_refuses_int8(tmp_path, checkpoint):
+def test_backend_torch_runs_diffusers_on_torch_and_refuses_int8_precisions(tmp_path, checkpoint):
     with running_app(make_settings(tmp_path / "data", preload=False, image_backend="torch")) as torch_only:
         runtime_of(torch_only).catalog.add(checkpoint, name=MODEL, content_type="image")
-        resp = torch_only.post(GENERATE, json=body(precision="int8"))
-        err = assert_error(resp, 422, "invalid_request")
-        assert "params.precision" in err["message"] and "GENFORGE_IMAGE_BACKEND" in err["hint"]
+        for precision in ("int8", "w8a8"):
+            resp = torch_only.post(GENERATE, json=body(precision=precision))
+            err = assert_error(resp, 422, "invalid_request")
+            assert f"params.precision: {precision}" in err["message"] and "GENFORGE_IMAGE_BACKEND" in err["hint"]
         _, rec = sse(torch_only, body())
         assert rec["model"]["engine"] == "diffusers" and rec["image"]["backend"] == "torch"

@@ -118,7 +118,8 @@ class ImageDetails(BaseModel):
     resample: str | None = Field(None, description="Portrait: the downscaling filter, when downscaled.")
     truncation_psi: float | None = Field(None, description="Portrait: StyleGAN truncation.")
     precision: str | None = Field(
-        None, description="Inference precision: f32 (portrait), fp32 or fp16 (torch), fp32 or int8 weights (OpenVINO)."
+        None,
+        description="Inference precision: f32 (portrait), fp32 or fp16 (torch), fp32, int8 or w8a8 (OpenVINO).",
     )
     backend: str | None = Field(None, description="diffusers: the runtime that ran the networks, torch or openvino.")
     backend_version: str | None = Field(None, description="diffusers: that runtime's version.")

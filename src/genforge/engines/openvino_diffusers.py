@@ -3,8 +3,10 @@
 The pipeline stays diffusers' own (tokenizer, text encoder, schedulers, step callbacks, `torch.Generator` noise),
 so seeds, schedulers, progress and cancellation behave as on the torch engine; only the two heavy networks are
 converted with `openvino.convert_model` and compiled for the CPU (f32 inference; optionally int8 weights through
-`nncf.compress_weights`). optimum-intel would do the same, but its releases pin transformers < 5.6 and
-huggingface_hub < 1.22, which the diffusers release genforge uses cannot run with (docs/benchmarks.md).
+`nncf.compress_weights`, or a UNet with int8 weights and activations through `nncf.quantize`, calibrated on real
+denoising runs of the checkpoint itself, see `calibration_inputs`). optimum-intel would do the same, but its
+releases pin transformers < 5.6 and huggingface_hub < 1.22, which the diffusers release genforge uses cannot run
+with (docs/benchmarks.md).
 
 The first load converts and caches the networks in `DATA_DIR/ov-cache/KEY`, KEY naming the checkpoint's sha256,
 the OpenVINO version, the precision and this module's format. An entry is written into a temp folder, its
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -41,12 +44,33 @@ NETWORKS = ("unet", "vae_decoder")
 TINY_FILES = ["decoder.xml", "decoder.bin"]  # a tiny decoder's entry
 MANIFEST = "manifest.json"
 UNET_CONFIG = "unet_config.json"  # what the pipeline reads of its UNet, so a cached load needs no torch UNet
-PRECISIONS = {"default": "fp32", "int8": "int8"}  # request name -> what runs (and part of the cache key)
+PRECISIONS = {"default": "fp32", "int8": "int8", "w8a8": "w8a8"}  # request name -> what runs (part of the cache key)
+# w8a8 quantizes the UNet's activations too; its decoders keep float32 compute with int8 weights, because a
+# decoder's activations are the picture's pixels (banding), and so it shares the int8 tiny decoder's cache entry.
+DECODER_PRECISION = {"fp32": "fp32", "int8": "int8", "w8a8": "int8"}
+# w8a8's calibration: these prompts (with the empty negative prompt, classifier-free guidance at 7.5, so the UNet
+# sees both halves of a guided batch) denoised by the checkpoint's own scheduler at its default size, every UNet
+# input of those steps recorded. Fixed prompts and seeds: the same checkpoint quantizes to the same model.
+CALIBRATION_PROMPTS = (
+    "a photograph of a lighthouse on a rocky coast at dusk",
+    "an oil painting portrait of an old fisherman with a grey beard",
+    "a red sports car on a rainy city street at night, neon lights",
+)
+CALIBRATION_STEPS = 3
+CALIBRATION_GUIDANCE = 7.5
 UNCONVERTIBLE_HINT = (
     "Run this checkpoint on torch: set GENFORGE_IMAGE_BACKEND=torch (or auto, which falls back to torch by itself)."
 )
 # Conversion stages, reported as progress events with "stage": "converting" before the denoising steps.
 STAGES = ("load the torch pipeline", "convert the UNet", "convert the VAE decoder", "write the cache")
+W8A8_STAGES = (
+    "load the torch pipeline",
+    "convert the UNet",
+    *(f"calibrate: denoise {prompt!r}" for prompt in CALIBRATION_PROMPTS),
+    "quantize the UNet",
+    "convert the VAE decoder",
+    "write the cache",
+)
 
 
 def openvino_version() -> str:
@@ -124,8 +148,30 @@ def write_entry(cache_dir: Path, key_dir: Path, expected: dict, files: list[str]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def nncf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nncf")
+    except PackageNotFoundError:
+        raise ModelUnavailable(
+            "int8 precisions need nncf, which is not installed",
+            hint="Install the openvino extra: `pip install 'genforge[openvino]'`, or leave params.precision out.",
+        ) from None
+
+
+def entry_facts(precision: str, **facts) -> dict:
+    """What a cache entry's manifest must say for it to be used: this module's format, the OpenVINO release, the
+    precision and `facts` (the source's sha256), and nncf's release when nncf made the model."""
+    expected = {"format": FORMAT, **facts, "openvino": openvino_version(), "precision": precision}
+    if precision != "fp32":
+        expected["nncf"] = nncf_version()
+    return expected
+
+
 def _to_openvino(module, example: tuple, inputs: list, precision: str):
-    """A torch module as an OpenVINO model (dynamic batch and size), its weights int8 when asked."""
+    """A torch module as an OpenVINO model (dynamic batch and size), its weights int8 when asked (w8a8 converts
+    float32 here: `quantize_w8a8` runs after the calibration, which needs the float32 model)."""
     import openvino as ov
     import torch
 
@@ -138,6 +184,23 @@ def _to_openvino(module, example: tuple, inputs: list, precision: str):
         nncf.set_log_level(logging.ERROR)  # its per-layer tables would flood the engine log
         converted = nncf.compress_weights(converted)  # int8 weights, f32 compute
     return converted
+
+
+def quantize_w8a8(model, samples: list[dict]):
+    """int8 weights and activations (nncf's post-training quantization, with SmoothQuant for the attention's
+    matrix products), the activation ranges taken from `samples`, each a dict of the model's inputs by name. On a
+    CPU with VNNI int8 products run several times the float32 rate (docs/benchmarks.md)."""
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    return nncf.quantize(
+        model,
+        nncf.Dataset(samples),
+        subset_size=len(samples),
+        model_type=nncf.ModelType.TRANSFORMER,
+        # as measured; bias correction would add passes over the calibration set to a conversion of minutes
+        advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True),
+    )
 
 
 def _side(config) -> int:
@@ -231,6 +294,49 @@ class _OVUNet:
         return (self._torch.from_numpy(out[0].copy()),)
 
 
+class _RecordingUNet(_OVUNet):
+    """The float32 UNet during calibration: runs the step and keeps its inputs for `quantize_w8a8`."""
+
+    def __init__(self, request, config, torch, names: list[str]):
+        super().__init__(request, config, torch)
+        self.names, self.samples = names, []
+
+    def __call__(self, sample, timestep, encoder_hidden_states, return_dict=False, **extra):
+        t = self._torch.as_tensor(timestep, dtype=self._torch.float32).reshape(())
+        arrays = [sample.numpy().copy(), t.numpy().copy(), encoder_hidden_states.numpy().copy()]
+        self.samples.append(dict(zip(self.names, arrays, strict=True)))
+        return super().__call__(sample, timestep, encoder_hidden_states, return_dict, **extra)
+
+
+def calibration_inputs(pipe, model, core, threads: int, stage: Callable[[], None]) -> list[dict]:
+    """The UNet's inputs along real denoising runs of this checkpoint: CALIBRATION_PROMPTS through its own text
+    encoder, its scheduler's latents at each of CALIBRATION_STEPS steps at its default size, run by `model` (the
+    float32 UNet). `stage()` after each prompt."""
+    import torch
+
+    recording = _RecordingUNet(
+        StaticShapes(core, model, compile_config(threads)),
+        pipe.unet.config,
+        torch,
+        [port.get_any_name() for port in model.inputs],
+    )
+    torch_unet, pipe.unet = pipe.unet, recording
+    try:
+        for i, prompt in enumerate(CALIBRATION_PROMPTS):
+            pipe(
+                prompt,
+                negative_prompt="",
+                num_inference_steps=CALIBRATION_STEPS,
+                guidance_scale=CALIBRATION_GUIDANCE,
+                generator=torch.Generator("cpu").manual_seed(i),
+                output_type="latent",
+            )
+            stage()
+    finally:
+        pipe.unet = torch_unet
+    return recording.samples
+
+
 def _ov_decoder(request, torch):
     class OVDecoder(torch.nn.Module):
         """Stands in for `vae.decoder` (AutoencoderKL still applies post_quant_conv and the scaling)."""
@@ -293,7 +399,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
             raise self._unconvertible[model.sha256]
         diffusers, _, torch = self.torch_engine._imports()
         try:
-            import openvino as ov
+            import openvino  # noqa: F401  (here, so that a missing runtime fails as ModelUnavailable)
         except ImportError as exc:
             raise ModelUnavailable(
                 f"the OpenVINO image engine needs openvino: {exc}",
@@ -306,7 +412,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         ov_version, prec = openvino_version(), PRECISIONS[precision]
         key = cache_key(model.sha256, ov_version, prec)
         key_dir = self.cache_dir / key
-        expected = {"format": FORMAT, "model_sha256": model.sha256, "openvino": ov_version, "precision": prec}
+        expected = entry_facts(prec, model_sha256=model.sha256)
         problem = check_entry(key_dir, expected) if key_dir.exists() else "not converted yet"
         if problem is None:
             pipe = self.torch_engine.open_pipeline(model, torch.float32, unet=None)
@@ -314,7 +420,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         else:
             pipe = self._convert(model, key_dir, expected, problem, emit)
             config = pipe.unet.config
-        core = self._ov = self._ov or ov.Core()
+        core = self._core()
         try:
             unet = StaticShapes(core, core.read_model(str(key_dir / "unet.xml")), compile_config(self.threads))
             decoder = StaticShapes(
@@ -340,12 +446,15 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         import torch
 
         log.info("converting %r for OpenVINO into %s (the cache entry: %s)", model.name, key_dir.name, why)
+        prec = expected["precision"]
+        total, done = len(W8A8_STAGES if prec == "w8a8" else STAGES), itertools.count()
 
-        def stage(i: int) -> None:
+        def stage() -> None:  # the next stage begins (the last call: all are done)
+            step = next(done)
             if emit is not None:
-                emit({"type": "progress", "step": i, "total": len(STAGES), "stage": "converting"})
+                emit({"type": "progress", "step": step, "total": total, "stage": "converting"})
 
-        stage(0)
+        stage()
         pipe = self.torch_engine.open_pipeline(model, torch.float32)
         reason = _unsupported(pipe)
         if reason:
@@ -354,32 +463,47 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
             )
             self._unconvertible[model.sha256] = err
             raise err
-        stage(1)
-        hidden, prec = pipe.text_encoder.config.hidden_size, expected["precision"]
+        stage()
+        hidden = pipe.text_encoder.config.hidden_size
+
+        def unet():
+            converted = convert_unet(pipe.unet, hidden, prec)
+            if prec != "w8a8":
+                return converted
+            stage()
+            samples = calibration_inputs(pipe, converted, self._core(), self.threads, stage)
+            return quantize_w8a8(converted, samples)
 
         def build(tmp: Path) -> None:
-            self._save(lambda: convert_unet(pipe.unet, hidden, prec), tmp / "unet", model.name, model.sha256)
-            stage(2)
-            self._save(lambda: convert_decoder(pipe.vae, prec), tmp / "vae_decoder", model.name, model.sha256)
-            stage(3)
+            self._save(unet, tmp / "unet", model.name, model.sha256)
+            stage()
+            decoder = DECODER_PRECISION[prec]
+            self._save(lambda: convert_decoder(pipe.vae, decoder), tmp / "vae_decoder", model.name, model.sha256)
+            stage()
             (tmp / UNET_CONFIG).write_text(json.dumps(dict(pipe.unet.config), default=str))
 
         write_entry(self.cache_dir, key_dir, expected, _files(), build)
-        stage(4)
+        stage()
         return pipe
+
+    def _core(self):
+        import openvino as ov
+
+        self._ov = self._ov or ov.Core()
+        return self._ov
 
     def _tiny_decoder(self, module, sha: str, precision: str, emit: Emit) -> tuple:
         """The tiny decoder with its decoder converted (cached like the pipeline's networks) and compiled."""
         import torch
 
-        ov_version, prec = openvino_version(), PRECISIONS[precision]
+        ov_version, prec = openvino_version(), DECODER_PRECISION[PRECISIONS[precision]]
         key = tiny_cache_key(sha, ov_version, prec)
         if self._tiny_compiled is None or self._tiny_compiled[0] != key:
             self._tiny_compiled = None
             if sha in self._unconvertible:  # not retried in this process
                 raise self._unconvertible[sha]
             key_dir = self.cache_dir / key
-            expected = {"format": FORMAT, "decoder_sha256": sha, "openvino": ov_version, "precision": prec}
+            expected = entry_facts(prec, decoder_sha256=sha)
             problem = check_entry(key_dir, expected, TINY_FILES) if key_dir.exists() else "not converted yet"
             if problem is not None:
                 log.info("converting the tiny decoder for OpenVINO into %s (the cache entry: %s)", key, problem)
