@@ -291,8 +291,13 @@ class EngineWorker:
 
     def _watch(self, proc, conn) -> None:
         if not conn.closed:
-            self._loop.add_reader(conn.fileno(), self._readable, proc, conn)
-            self._watched.add(conn.fileno())
+            fd = conn.fileno()
+            self._loop.add_reader(fd, self._readable, proc, conn)
+            # uvloop (libuv) makes a watched fd non-blocking, and Connection.recv() then raises BlockingIOError
+            # in the middle of a message larger than the socket's buffer (a 1024x1024 PNG): that read as the
+            # child's death, and the worker was killed. The loop only waits for readability; recv() must block.
+            os.set_blocking(fd, True)
+            self._watched.add(fd)
 
     def _readable(self, proc, conn) -> None:
         try:

@@ -44,6 +44,22 @@ def test_the_server_generates_real_text(server):
     assert_succeeded_text(resp.json())
 
 
+def test_outputs_larger_than_the_pipes_buffer_reach_the_client_whole(server):
+    """A 1024x1024 portrait is a ~1.3 MB message from the engine worker, larger than the socket's buffer, read
+    on the server's uvloop event loop. Before the fix, uvloop had made the pipe non-blocking and about one in three
+    such messages ended in BlockingIOError halfway, which the server took for a dead worker (502, worker killed)."""
+    restarts = server.readiness()["checks"]["engine_worker"]["restarts"]
+    for seed in range(6):
+        body = {"content_type": "image", "model": "portrait", "prompt": "a face",
+                "params": {"width": 1024, "height": 1024, "seed": seed}}  # fmt: skip
+        resp = server.http.post(GENERATE, json=body)
+        assert resp.status_code == 201, resp.text
+        artifact = resp.json()["artifact"]
+        assert artifact["size_bytes"] > 1_000_000, artifact
+        assert server.http.get(artifact["url"]).content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert server.readiness()["checks"]["engine_worker"]["restarts"] == restarts
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
 def test_engine_worker_killed_mid_generation_is_502_and_the_next_request_succeeds(server, sig):
     pid = server.wait_ready()
