@@ -229,10 +229,12 @@ def test_w8a8_quantizes_the_unets_activations_with_its_own_recorded_cache_entry(
     assert rec["image"]["cache_key"] == key
     entry = data_dir / "ov-cache" / key
     assert json.loads((entry / MANIFEST).read_text())["nncf"] == nncf_version()
-    # int8 activations are FakeQuantize operations in the UNet (which int8 weights alone do not add); the decoder
-    # keeps float32 activations
+    # int8 activations are FakeQuantize operations in the UNet and the text encoder (which int8 weights alone do
+    # not add); the decoder keeps float32 activations
     fp32_entry = data_dir / "ov-cache" / fp32["image"]["cache_key"]
     assert (entry / "unet.xml").read_text().count('type="FakeQuantize"') > 10
+    assert (entry / "text_encoder.xml").read_text().count('type="FakeQuantize"') > 4
+    assert not (fp32_entry / "text_encoder.xml").exists()  # float32 and int8 keep the torch text encoder
     assert 'type="FakeQuantize"' not in (fp32_entry / "unet.xml").read_text()
     assert 'type="FakeQuantize"' not in (entry / "vae_decoder.xml").read_text()
     png = client.get(rec["artifact"]["url"]).content
@@ -256,8 +258,14 @@ def test_w8a8_calibration_records_the_unets_inputs_along_real_denoising_runs(fir
     torch_unet, core = pipe.unet, ov.Core()
     unet = core.read_model(str(data_dir / "ov-cache" / rec["image"]["cache_key"] / "unet.xml"))
     prompts_done = []
-    samples = calibration_inputs(pipe, unet, core, 1, lambda: prompts_done.append(True))
+    samples, token_ids = calibration_inputs(pipe, unet, core, 1, lambda: prompts_done.append(True))
     assert pipe.unet is torch_unet and len(prompts_done) == len(CALIBRATION_PROMPTS)
+    # the text encoder's inputs: each prompt's token ids, then the empty negative prompt's, as the pipeline made them
+    tokens = [
+        pipe.tokenizer(p, padding="max_length", max_length=77, truncation=True).input_ids for p in CALIBRATION_PROMPTS
+    ]
+    empty = pipe.tokenizer("", padding="max_length", max_length=77).input_ids
+    assert [ids.tolist() for ids in token_ids] == [x for t in tokens for x in ([t], [empty])]
     assert len(samples) == len(CALIBRATION_PROMPTS) * CALIBRATION_STEPS
     pipe.scheduler.set_timesteps(CALIBRATION_STEPS)
     schedule = [float(t) for t in pipe.scheduler.timesteps]

@@ -45,8 +45,9 @@ TINY_FILES = ["decoder.xml", "decoder.bin"]  # a tiny decoder's entry
 MANIFEST = "manifest.json"
 UNET_CONFIG = "unet_config.json"  # what the pipeline reads of its UNet, so a cached load needs no torch UNet
 PRECISIONS = {"default": "fp32", "int8": "int8", "w8a8": "w8a8"}  # request name -> what runs (part of the cache key)
-# w8a8 quantizes the UNet's activations too; its decoders keep float32 compute with int8 weights, because a
-# decoder's activations are the picture's pixels (banding), and so it shares the int8 tiny decoder's cache entry.
+# w8a8 quantizes the UNet's and the text encoder's activations too (the text encoder then runs on OpenVINO);
+# its decoders keep float32 compute with int8 weights, because a decoder's activations are the picture's pixels
+# (banding), and so it shares the int8 tiny decoder's cache entry.
 DECODER_PRECISION = {"fp32": "fp32", "int8": "int8", "w8a8": "int8"}
 # w8a8's calibration: these prompts (with the empty negative prompt, classifier-free guidance at 7.5, so the UNet
 # sees both halves of a guided batch) denoised by the checkpoint's own scheduler at its default size, every UNet
@@ -68,6 +69,7 @@ W8A8_STAGES = (
     "convert the UNet",
     *(f"calibrate: denoise {prompt!r}" for prompt in CALIBRATION_PROMPTS),
     "quantize the UNet",
+    "convert and quantize the text encoder",
     "convert the VAE decoder",
     "write the cache",
 )
@@ -95,8 +97,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _files() -> list[str]:
-    return [UNET_CONFIG, *(f"{n}.{ext}" for n in NETWORKS for ext in ("xml", "bin"))]
+def _networks(precision: str) -> tuple[str, ...]:
+    """The converted networks of a pipeline's cache entry: w8a8's has the text encoder too."""
+    return (*NETWORKS, "text_encoder") if precision == "w8a8" else NETWORKS
+
+
+def _files(precision: str = "fp32") -> list[str]:
+    return [UNET_CONFIG, *(f"{n}.{ext}" for n in _networks(precision) for ext in ("xml", "bin"))]
 
 
 def check_entry(key_dir: Path, expected: dict, files: list[str] | None = None) -> str | None:
@@ -236,6 +243,23 @@ def convert_decoder(vae, precision: str):
     return _to_openvino(vae.decoder, (torch.randn(1, ch, side, side),), [([-1, ch, -1, -1], ov.Type.f32)], precision)
 
 
+def convert_text_encoder(text_encoder):
+    """A CLIP text encoder: token ids in, the last hidden state out (what the pipeline uses of it)."""
+    import openvino as ov
+    import torch
+
+    class TextForward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_encoder = text_encoder
+
+        def forward(self, input_ids):
+            return self.text_encoder(input_ids, return_dict=False)[0]
+
+    ids = torch.ones(1, text_encoder.config.max_position_embeddings, dtype=torch.int64)
+    return _to_openvino(TextForward(), (ids,), [([-1, -1], ov.Type.i64)], "fp32")
+
+
 def compile_config(threads: int) -> dict:
     config: dict = {"INFERENCE_PRECISION_HINT": "f32"}  # bf16 on AMX CPUs would change the pixels
     if threads:
@@ -308,10 +332,11 @@ class _RecordingUNet(_OVUNet):
         return super().__call__(sample, timestep, encoder_hidden_states, return_dict, **extra)
 
 
-def calibration_inputs(pipe, model, core, threads: int, stage: Callable[[], None]) -> list[dict]:
-    """The UNet's inputs along real denoising runs of this checkpoint: CALIBRATION_PROMPTS through its own text
-    encoder, its scheduler's latents at each of CALIBRATION_STEPS steps at its default size, run by `model` (the
-    float32 UNet). `stage()` after each prompt."""
+def calibration_inputs(pipe, model, core, threads: int, stage: Callable[[], None]) -> tuple[list[dict], list]:
+    """The inputs of the UNet and of the text encoder along real denoising runs of this checkpoint:
+    CALIBRATION_PROMPTS (and the empty negative prompt) through its own tokenizer and text encoder, its scheduler's
+    latents at each of CALIBRATION_STEPS steps at its default size, run by `model` (the float32 UNet). The UNet's
+    as dicts by its input names, the text encoder's as token-id arrays. `stage()` after each prompt."""
     import torch
 
     recording = _RecordingUNet(
@@ -320,6 +345,8 @@ def calibration_inputs(pipe, model, core, threads: int, stage: Callable[[], None
         torch,
         [port.get_any_name() for port in model.inputs],
     )
+    token_ids: list = []
+    hook = pipe.text_encoder.register_forward_pre_hook(lambda _module, args: token_ids.append(args[0].numpy().copy()))
     torch_unet, pipe.unet = pipe.unet, recording
     try:
         for i, prompt in enumerate(CALIBRATION_PROMPTS):
@@ -334,7 +361,28 @@ def calibration_inputs(pipe, model, core, threads: int, stage: Callable[[], None
             stage()
     finally:
         pipe.unet = torch_unet
-    return recording.samples
+        hook.remove()
+    return recording.samples, token_ids
+
+
+def _ov_text_encoder(request, config, torch):
+    class OVTextEncoder(torch.nn.Module):
+        """Stands in for the pipeline's CLIP text encoder: token ids in, `(last hidden state,)` out."""
+
+        dtype, device = torch.float32, torch.device("cpu")
+
+        def __init__(self):
+            super().__init__()
+            self.config = config  # the pipeline reads e.g. use_attention_mask
+
+        def forward(self, input_ids, attention_mask=None, output_hidden_states=None, **extra):
+            if attention_mask is not None or output_hidden_states:  # clip_skip's hidden states, a masked encoder
+                raise ModelUnconvertible(
+                    "the OpenVINO text encoder has no attention mask or hidden states", hint=UNCONVERTIBLE_HINT
+                )
+            return (torch.from_numpy(request.infer([input_ids.numpy()])[0].copy()),)
+
+    return OVTextEncoder()
 
 
 def _ov_decoder(request, torch):
@@ -413,7 +461,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         key = cache_key(model.sha256, ov_version, prec)
         key_dir = self.cache_dir / key
         expected = entry_facts(prec, model_sha256=model.sha256)
-        problem = check_entry(key_dir, expected) if key_dir.exists() else "not converted yet"
+        problem = check_entry(key_dir, expected, _files(prec)) if key_dir.exists() else "not converted yet"
         if problem is None:
             pipe = self.torch_engine.open_pipeline(model, torch.float32, unet=None)
             config = json.loads((key_dir / UNET_CONFIG).read_text())
@@ -422,10 +470,10 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
             config = pipe.unet.config
         core = self._core()
         try:
-            unet = StaticShapes(core, core.read_model(str(key_dir / "unet.xml")), compile_config(self.threads))
-            decoder = StaticShapes(
-                core, core.read_model(str(key_dir / "vae_decoder.xml")), compile_config(self.threads)
-            )
+            networks = {
+                name: StaticShapes(core, core.read_model(str(key_dir / f"{name}.xml")), compile_config(self.threads))
+                for name in _networks(prec)
+            }
         except Exception as exc:  # the entry was checked; a read failure is the runtime's
             raise ModelUnconvertible(
                 f"OpenVINO could not read the converted {model.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
@@ -433,8 +481,10 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
             ) from None
         from diffusers.configuration_utils import FrozenDict
 
-        pipe.unet = _OVUNet(unet, FrozenDict(config), torch)
-        pipe.vae.decoder = _ov_decoder(decoder, torch)
+        pipe.unet = _OVUNet(networks["unet"], FrozenDict(config), torch)
+        pipe.vae.decoder = _ov_decoder(networks["vae_decoder"], torch)
+        if "text_encoder" in networks:
+            pipe.text_encoder = _ov_text_encoder(networks["text_encoder"], pipe.text_encoder.config, torch)
         self._pipe, self._default_scheduler, self._full_vae = pipe, pipe.scheduler, pipe.vae
         self._key = key
         self._version = f"diffusers {diffusers.__version__} (OpenVINO {ov_version}, cpu)"
@@ -466,23 +516,34 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         stage()
         hidden = pipe.text_encoder.config.hidden_size
 
+        token_ids: list = []
+
         def unet():
             converted = convert_unet(pipe.unet, hidden, prec)
             if prec != "w8a8":
                 return converted
             stage()
-            samples = calibration_inputs(pipe, converted, self._core(), self.threads, stage)
+            samples, prompts = calibration_inputs(pipe, converted, self._core(), self.threads, stage)
+            token_ids.extend(prompts)
             return quantize_w8a8(converted, samples)
+
+        def text_encoder():
+            converted = convert_text_encoder(pipe.text_encoder)
+            name = converted.inputs[0].get_any_name()
+            return quantize_w8a8(converted, [{name: ids} for ids in token_ids])
 
         def build(tmp: Path) -> None:
             self._save(unet, tmp / "unet", model.name, model.sha256)
             stage()
+            if prec == "w8a8":
+                self._save(text_encoder, tmp / "text_encoder", model.name, model.sha256)
+                stage()
             decoder = DECODER_PRECISION[prec]
             self._save(lambda: convert_decoder(pipe.vae, decoder), tmp / "vae_decoder", model.name, model.sha256)
             stage()
             (tmp / UNET_CONFIG).write_text(json.dumps(dict(pipe.unet.config), default=str))
 
-        write_entry(self.cache_dir, key_dir, expected, _files(), build)
+        write_entry(self.cache_dir, key_dir, expected, _files(prec), build)
         stage()
         return pipe
 
