@@ -28,9 +28,9 @@ ImageScheduler = Literal["default", "euler", "euler_a", "ddim", "dpmpp_2m", "heu
 # all-black picture a safety checker substitutes, NaN output cast to zeros, a blank canvas.
 MIN_IMAGE_STDDEV = 2.0
 # diffusers weights: "default" is the backend's own precision (float32 on the CPU, float16 on CUDA); "int8"
-# compresses the weights to int8 with nncf (OpenVINO only; the compute stays float32); "w8a8" runs the UNet with
-# int8 weights and activations, calibrated on the checkpoint's own denoising (OpenVINO only; about 2x the speed of
-# float32 on a CPU with VNNI, pixels further from float32 than int8's).
+# compresses the weights to int8 with nncf (OpenVINO only; the compute stays float32); "w8a8" runs the UNet and
+# the text encoder with int8 weights and activations, calibrated on the checkpoint's own denoising (OpenVINO only;
+# about 2x OpenVINO float32's speed on a CPU with VNNI, pixels further from float32 than int8's).
 ImagePrecision = Literal["default", "int8", "w8a8"]
 # What turns the latents into pixels: "full", the checkpoint's own VAE decoder; "tiny", the AutoencoderTiny (TAESD
 # layout) of GENFORGE_IMAGE_TINY_DECODER, about 1/18 of the compute, a little less detail.

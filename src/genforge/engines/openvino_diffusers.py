@@ -51,7 +51,8 @@ PRECISIONS = {"default": "fp32", "int8": "int8", "w8a8": "w8a8"}  # request name
 DECODER_PRECISION = {"fp32": "fp32", "int8": "int8", "w8a8": "int8"}
 # w8a8's calibration: these prompts (with the empty negative prompt, classifier-free guidance at 7.5, so the UNet
 # sees both halves of a guided batch) denoised by the checkpoint's own scheduler at its default size, every UNet
-# input of those steps recorded. Fixed prompts and seeds: the same checkpoint quantizes to the same model.
+# input of those steps and the text encoder's token ids recorded. Fixed prompts and seeds: the same checkpoint
+# quantizes to the same model.
 CALIBRATION_PROMPTS = (
     "a photograph of a lighthouse on a rocky coast at dusk",
     "an oil painting portrait of an old fisherman with a grey beard",
@@ -314,8 +315,11 @@ class _OVUNet:
                 f"the OpenVINO UNet has no input for {', '.join(sorted(used))}", hint=UNCONVERTIBLE_HINT
             )
         t = self._torch.as_tensor(timestep, dtype=self._torch.float32).reshape(())
-        out = self._request.infer([sample.numpy(), t.numpy(), encoder_hidden_states.numpy()])
+        out = self._infer([sample.numpy(), t.numpy(), encoder_hidden_states.numpy()])
         return (self._torch.from_numpy(out[0].copy()),)
+
+    def _infer(self, arrays: list):
+        return self._request.infer(arrays)
 
 
 class _RecordingUNet(_OVUNet):
@@ -325,11 +329,9 @@ class _RecordingUNet(_OVUNet):
         super().__init__(request, config, torch)
         self.names, self.samples = names, []
 
-    def __call__(self, sample, timestep, encoder_hidden_states, return_dict=False, **extra):
-        t = self._torch.as_tensor(timestep, dtype=self._torch.float32).reshape(())
-        arrays = [sample.numpy().copy(), t.numpy().copy(), encoder_hidden_states.numpy().copy()]
-        self.samples.append(dict(zip(self.names, arrays, strict=True)))
-        return super().__call__(sample, timestep, encoder_hidden_states, return_dict, **extra)
+    def _infer(self, arrays: list):
+        self.samples.append(dict(zip(self.names, [a.copy() for a in arrays], strict=True)))
+        return super()._infer(arrays)
 
 
 def calibration_inputs(pipe, model, core, threads: int, stage: Callable[[], None]) -> tuple[list[dict], list]:
