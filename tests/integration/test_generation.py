@@ -176,6 +176,34 @@ def _engine_texts(engine, jobs) -> dict[str, str]:
     return texts
 
 
+def test_the_zeroed_kv_cache_is_given_back_and_the_text_is_the_same(tmp_path, monkeypatch):
+    """llama.cpp zeroes the whole KV cache when it makes a context; genforge gives those pages back (pages.py), so
+    they cost memory only once sequences reach them. Greedy text is the same as from a context that keeps them."""
+    model = open_catalog(make_settings(tmp_path)).resolve(DEFAULT_MODEL)
+    jobs = [
+        GenerationJob(
+            f"j{i}",
+            "text",
+            model,
+            f"Write a story about {name}.",
+            None,
+            TextSettings(max_tokens=40, temperature=0, top_p=0.9, seed=7),
+        )
+        for i, name in enumerate(["a fox", "a lamp", "a ship", "a cloud"])
+    ]
+    released = LlamaEngine(n_threads=2, n_ctx=2048, n_parallel=4)
+    released.load(model)
+    m = released._llm.model
+    head_dim = llama_cpp.llama_model_n_embd(m) // llama_cpp.llama_model_n_head(m)
+    kv_bytes = 2 * llama_cpp.llama_model_n_layer(m) * 4 * 2048 * head_dim * llama_cpp.llama_model_n_head_kv(m) * 2
+    assert released.released_bytes >= kv_bytes  # K and V in f16 for 4 x 2048 cells, at least
+    texts = _engine_texts(released, jobs)
+    kept = LlamaEngine(n_threads=2, n_ctx=2048, n_parallel=4)
+    monkeypatch.setattr("genforge.engines.llama.release_zero_pages", lambda before: 0)
+    assert _engine_texts(kept, jobs) == texts
+    assert all(texts.values())
+
+
 def test_greedy_tokens_picked_inside_the_decode_are_the_argmax_of_the_logits(tmp_path, monkeypatch):
     """Greedy slots get llama.cpp's greedy sampler inside the decode graph; the tokens are the ones the argmax of
     the logits picks, alone, batched with each other, and beside sampled sequences whose slots have none."""

@@ -26,6 +26,7 @@ from genforge.engines.base import (
     TextFacts,
     Update,
 )
+from genforge.engines.pages import anonymous_ranges, release_zero_pages
 from genforge.errors import Cancelled, EngineFailed, GenforgeError, InvalidRequest, ModelUnavailable
 
 try:  # the text extra; its absence is reported when a model is loaded
@@ -35,6 +36,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     llama_cpp = None
 
 PREFILL_CHUNK = 512  # prompt tokens per llama_decode call (the context's n_batch)
+log = logging.getLogger(__name__)
 KV_CACHE_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0"}  # setting -> llama_cpp's ggml type
 
 
@@ -90,6 +92,7 @@ class LlamaEngine(BatchingEngine):
         self._waiting: list[GenerationJob] = []
         self._in_graph: dict[int, object] = {}  # slot -> the greedy sampler attached to it (see _sample_in_graph)
         self._pieces: dict[int, bytes] = {}  # token -> its text's bytes, for the loaded model
+        self.released_bytes = 0  # zeroed context memory given back to the kernel at the last load
 
     @property
     def busy(self) -> bool:
@@ -137,10 +140,14 @@ class LlamaEngine(BatchingEngine):
         params.type_k = params.type_v = getattr(llama_cpp, KV_CACHE_TYPES[self.kv_cache_type])
         if self.kv_cache_type != "f16":  # llama.cpp quantizes the V cache only inside flash attention
             params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        mapped = anonymous_ranges()
         try:
             self._ctx = _internals.LlamaContext(model=llm, params=params, verbose=False)
         except ValueError as exc:
             raise ModelUnavailable(f"llama.cpp could not create a context for {model.name!r}: {exc}") from exc
+        # The KV cache llama.cpp just zeroed becomes resident again only as sequences fill it (see pages.py).
+        self.released_bytes = release_zero_pages(mapped)
+        log.info("%s: %d MB of zeroed context memory given back", model.name, self.released_bytes >> 20)
         self._batch = _internals.LlamaBatch(
             n_tokens=max(PREFILL_CHUNK, self.n_parallel), embd=0, n_seq_max=1, verbose=False
         )
