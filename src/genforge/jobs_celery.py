@@ -474,7 +474,7 @@ class WorkerSide:
             if row is None:
                 log.info("content=%s is not pending (cancelled, or run already): task dropped", content_id)
                 return
-            waited = (_now() - _utc(row.created_at)).total_seconds()
+            waited = (_now() - row.created_at).total_seconds()
             accepted = accepted_of(row, time.perf_counter() - waited)
             job = Job(content_id, run=None)
             job.listen(lambda event: self.redis.publish(events_channel(content_id), json.dumps(event)))
@@ -560,10 +560,6 @@ class WorkerSide:
                     .values(**values)
                 ).rowcount
             )
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def run_worker(settings: Settings, types: list[str], concurrency: int) -> None:

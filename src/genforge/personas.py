@@ -100,7 +100,6 @@ class Persona(PersonaBody):
 
 
 def _persona(row: PersonaRow) -> Persona:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     return Persona(
         name=row.name,
         version=row.version,
@@ -109,7 +108,7 @@ def _persona(row: PersonaRow) -> Persona:
         text=row.text or {},
         image=row.image or {},
         speech=row.speech or {},
-        created_at=created,
+        created_at=row.created_at,
     )
 
 

@@ -259,9 +259,6 @@ class PostService:
                 hint=snapshot["error_hint"],
             )
 
-        def utc(moment):
-            return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
-
         return Post(
             id=post_id,
             status=snapshot["status"],
@@ -272,8 +269,8 @@ class PostService:
             parts=parts,
             states=states,
             error=error,
-            created_at=utc(snapshot["created_at"]),
-            finished_at=utc(snapshot["finished_at"]),
+            created_at=snapshot["created_at"],
+            finished_at=snapshot["finished_at"],
         )
 
     def events(self, post_id: str) -> Job | None:

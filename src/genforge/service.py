@@ -57,13 +57,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes for what was stored as UTC."""
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _db_time(moment: datetime) -> datetime:
     """A filter bound as stored: UTC (naive input is taken as UTC)."""
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -99,8 +92,8 @@ def to_record(row: ContentRow, queue_position: int | None = None) -> ContentReco
         "params": row.params,
         "artifact": artifact,
         "timings": Timings(load_ms=row.load_ms, generate_ms=row.generate_ms, total_ms=row.total_ms),
-        "created_at": _utc(row.created_at),
-        "finished_at": _utc(row.finished_at),
+        "created_at": row.created_at,
+        "finished_at": row.finished_at,
         "error": error,
         "warnings": (row.extra or {}).get("warnings", []),
         "queue_position": queue_position,

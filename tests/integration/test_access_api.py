@@ -6,6 +6,8 @@ never share the session's `live` app).
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from conftest import (
@@ -220,6 +222,24 @@ def test_admin_keys_manage_keys_over_http(app, keys):
     assert app.delete("/api/v1/keys/remote", headers=H(keys["admin"])).json()["revoked_at"]
     assert app.get(CONTENT, headers=H(token)).status_code == 401
     assert_error(app.delete("/api/v1/keys/remote", headers=H(keys["admin"])), 404, "not_found")
+    fields = {"id", "name", "scope", "models", "rate", "max_jobs", "created_at", "revoked_at"}
+    assert all(set(k) == fields for k in listed.json()["items"])  # never a token or its hash
+    # RFC 3339, as the schema says: with its UTC offset also from SQLite, which stores none (db.tables.UtcDateTime)
+    assert all(datetime.fromisoformat(k["created_at"]).utcoffset() == timedelta(0) for k in listed.json()["items"])
+
+
+def test_the_keys_api_declares_its_answers_in_the_schema(app):
+    paths = app.get("/openapi.json").json()["paths"]
+
+    def answer(path: str, method: str, status: str) -> str:
+        return paths[path][method]["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+
+    assert answer("/api/v1/keys", "get", "200").endswith("/KeyList")
+    assert answer("/api/v1/keys", "post", "201").endswith("/KeyCreated")
+    assert answer("/api/v1/keys/{name}", "delete", "200").endswith("/KeyInfo")
+    info = app.get("/openapi.json").json()["components"]["schemas"]["KeyInfo"]
+    assert info["properties"]["scope"]["enum"] == ["read", "generate", "admin"]
+    assert "token" not in info["properties"]
 
 
 def test_keys_over_http_need_an_admin_key_even_while_auth_is_off(app_with):

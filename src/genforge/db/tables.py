@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator):
+    """A moment stored in UTC that reads back with its time zone: PostgreSQL keeps it (timestamptz), SQLite hands
+    back a naive datetime for what was written as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -44,9 +56,9 @@ class ContentRow(Base):
     generate_ms: Mapped[float | None] = mapped_column(Float)
     total_ms: Mapped[float | None] = mapped_column(Float)
 
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -85,7 +97,7 @@ class ModelRow(Base):
     # environment variable that holds the API key.
     served_model: Mapped[str | None] = mapped_column(String(200))
     api_key_env: Mapped[str | None] = mapped_column(String(100))
-    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    added_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # Pulled from a model hub: where from (the commit the revision resolved to) and the declared licence.
     hub_repo: Mapped[str | None] = mapped_column(String(200))
     hub_revision: Mapped[str | None] = mapped_column(String(64))
@@ -106,8 +118,8 @@ class ApiKeyRow(Base):
     rate_count: Mapped[int | None] = mapped_column(Integer)  # requests per rate_period_s; None: no limit
     rate_period_s: Mapped[float | None] = mapped_column(Float)
     max_jobs: Mapped[int | None] = mapped_column(Integer)  # jobs pending or running at once; None: no limit
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class PersonaRow(Base):
@@ -122,7 +134,7 @@ class PersonaRow(Base):
     text: Mapped[dict] = mapped_column(JSON, default=dict)
     image: Mapped[dict] = mapped_column(JSON, default=dict)
     speech: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class PostRow(Base):
@@ -142,8 +154,8 @@ class PostRow(Base):
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_hint: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class BatchRow(Base):
@@ -154,4 +166,4 @@ class BatchRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     content_type: Mapped[str] = mapped_column(String(16))
     item_ids: Mapped[list] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
