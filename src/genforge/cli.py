@@ -115,12 +115,20 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs run at once (task threads); default GENFORGE_PARALLEL.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve this worker's generation metrics (Prometheus) on this port of GENFORGE_HOST.", min=0, max=65535
+        ),
+    ] = None,
 ) -> None:
     """Run jobs from the broker (GENFORGE_QUEUE=celery): a Celery worker hosting genforge's engine workers."""
     from genforge.contenttypes import REGISTRY
     from genforge.jobs_celery import run_worker
 
     settings = Settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
     setup_logging(settings)
     chosen = [t.strip() for t in types.split(",") if t.strip()]
     unknown = [t for t in chosen if t not in REGISTRY]

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # A worker holds a lease on each job it runs (renewed every third of this); a running job whose lease lapsed
     # lost its worker, and runs once more elsewhere or ends `interrupted`.
     worker_lease_s: float = 15.0
+    # A worker's generation metrics (Prometheus, no key) on this port of HOST; 0: none. They are counted where
+    # the jobs run, so an API process's /metrics cannot have them in the celery mode.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     log_level: str = "INFO"
     # The engine's live output (one line per chunk); set to WARNING to silence it.

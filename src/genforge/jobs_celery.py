@@ -564,8 +564,19 @@ class WorkerSide:
 
 def run_worker(settings: Settings, types: list[str], concurrency: int) -> None:
     """`genforge worker`: a Celery worker (threads pool) whose tasks run in this process's engine workers."""
+    from genforge.metrics import serve_worker_metrics
     from genforge.runtime import Runtime
 
+    if settings.worker_metrics_port:  # first: a port that is taken fails the start, before any engine work
+        try:
+            serve_worker_metrics(settings.host, settings.worker_metrics_port)
+        except OSError as exc:
+            raise errors.Conflict(
+                f"the worker's metrics port {settings.host}:{settings.worker_metrics_port} cannot be used: {exc}",
+                field="worker_metrics_port",
+                hint="Pick a free one with --metrics-port (GENFORGE_WORKER_METRICS_PORT), or 0 for none.",
+            ) from exc
+        log.info("generation metrics on http://%s:%d/", settings.host, settings.worker_metrics_port)
     app = celery_app(settings)
     rt = Runtime.open(settings, worker=True)
     side = WorkerSide(settings, rt.service, app)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REQUESTS = Counter(
     "genforge_requests", "Generation requests by content type and final status", ["content_type", "status"]
@@ -27,6 +27,18 @@ MODEL_LOAD_SECONDS = Histogram(
 )
 QUEUE_DEPTH = Gauge("genforge_queue_depth", "Jobs waiting for a free slot")
 RUNNING = Gauge("genforge_jobs_running", "Jobs running now")
+
+
+# What a `genforge worker` counts itself (the queue gauges are the API process's: they read its runner).
+GENERATION_METRICS = (REQUESTS, FAILURES, GENERATION_SECONDS, TOKENS, TOKENS_PER_SECOND, MODEL_LOAD_SECONDS)
+
+
+def serve_worker_metrics(host: str, port: int) -> None:
+    """Serve this worker's generation metrics on http://host:port/ in a thread of its own (OSError if taken)."""
+    registry = CollectorRegistry(auto_describe=True)
+    for metric in GENERATION_METRICS:
+        registry.register(metric)
+    start_http_server(port, addr=host, registry=registry)
 
 
 def observe_success(record) -> None:

@@ -7,12 +7,14 @@ never a false success or an orphan file."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import (
     CONTENT,
@@ -50,9 +52,21 @@ class Cluster:
         self.workers: list[Worker] = []
 
     def start_worker(self, types: str = "text") -> Worker:
-        worker = Worker(self.tmp / f"worker{len(self.workers)}", self.env, types=types, concurrency=1).start()
+        """A worker that serves its generation metrics on a port of its own (`worker.metrics_url`)."""
+        port = free_port()
+        env = {**self.env, "GENFORGE_WORKER_METRICS_PORT": str(port)}
+        worker = Worker(self.tmp / f"worker{len(self.workers)}", env, types=types, concurrency=1).start()
+        worker.metrics_url = f"http://127.0.0.1:{port}/"
         self.workers.append(worker)
         return worker
+
+    def worker_counts(self, metric: str, **labels: str) -> float:
+        """A counter's value summed over the workers' own /metrics (the jobs are counted where they ran)."""
+        total = 0.0
+        for worker in self.workers:
+            for family in text_string_to_metric_families(httpx.get(worker.metrics_url, timeout=10).text):
+                total += sum(s.value for s in family.samples if s.name == metric and labels.items() <= s.labels.items())
+        return total
 
     @property
     def http(self) -> httpx.Client:
@@ -114,6 +128,9 @@ def test_the_client_view_is_the_embedded_one(cluster, postgres):  # noqa: F811
     assert rec["id"] in postgres.dump(cluster.env["GENFORGE_DATABASE_URL"])
     assert not loaded_models(cluster.api.proc.pid), "the API process loaded a model"
     assert not list(cluster.api.data_dir.rglob("*.db"))
+    # counted by the worker that ran it, on its own /metrics
+    assert cluster.worker_counts("genforge_requests_total", content_type="text", status="succeeded") == 1
+    assert cluster.worker_counts("genforge_tokens_generated_total") == rec["usage"]["completion_tokens"]
 
     # SSE: tokens come from the worker through Redis pub/sub, then the final record
     with http.stream("POST", GENERATE, json={**text_body("Name a bird.", max_tokens=12), "stream": True}) as s:
@@ -178,3 +195,16 @@ def test_a_worker_killed_mid_job_costs_one_more_run_never_a_false_success(cluste
     listed = {r["artifact"]["sha256"] for r in http.get(CONTENT).json()["items"] if r["artifact"]}
     stored = {p.stem for p in files_under(cluster.shared) if p.name != LOCK_NAME}
     assert stored == listed, "an orphan file in the shared directory"
+
+
+def test_a_worker_whose_metrics_port_is_taken_does_not_start(tmp_path):
+    pytest.importorskip("celery", reason="celery is not installed (pip install 'genforge[distributed]')")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"GENFORGE_QUEUE": "celery", "GENFORGE_BROKER_URL": "redis://127.0.0.1:1/0"}  # never reached
+        run = run_cli(tmp_path, "worker", "--metrics-port", str(port), env=env, timeout=60)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"metrics port 127.0.0.1:{port} cannot be used" in run.stderr and "--metrics-port" in run.stderr
+    assert not (tmp_path / "genforge.db").exists()  # it stopped before opening anything
