@@ -59,11 +59,12 @@ def release_zero_pages(before: list[tuple[int, int]], min_bytes: int = 16 << 20)
 
     Call it right after the allocation, before any thread writes to that memory: a page written between the
     check and the release would lose the write."""
+    parts = [(start, end) for start, end in _new_parts(anonymous_ranges(), before) if end - start >= min_bytes]
+    if not parts:  # also where there is no /proc (and no madvise to call)
+        return 0
     libc = ctypes.CDLL(None, use_errno=True)
     released = 0
-    for start, end in _new_parts(anonymous_ranges(), before):
-        if end - start < min_bytes:
-            continue
+    for start, end in parts:
         pages = np.ctypeslib.as_array((ctypes.c_uint8 * (end - start)).from_address(start)).reshape(-1, PAGE)
         zero = ~pages.any(axis=1)
         # runs of zero pages: where the flag flips on (a run starts) and off (it ends)
