@@ -9,6 +9,12 @@ OpenAI-style streaming client that drives the reference. With LLAMA_SERVER=/path
 same model, threads, parallel slots and KV cache precision (GENFORGE_KV_CACHE_TYPE), for comparison. The leak
 check sends short requests and reads the server's RSS (the API process and its engine worker) after 100 of them
 and after all.
+
+The API process's CPU per streamed token is printed too: the time its threads ran (`/proc/PID/task/*/schedstat`,
+in ns) for a long request minus a short one, divided by the tokens between them. It leaves out the engine worker
+(a child process whose OpenMP threads spin while they wait, so its CPU time is its wall time) and the requests'
+fixed costs, and unlike tokens/s it hardly moves with other load on the machine: it is what each token costs the
+two cores the engine needs.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class _Clients(threading.local):
 
 
 CLIENTS = _Clients()
+API_STREAMS = ("genforge", "genforge /v1")  # genforge's two streaming endpoints, as the figures name them
 
 
 def stream_genforge(url: str, tokens: int, seed: int) -> dict:
@@ -132,6 +139,31 @@ def load(fn, url: str, clients: int, tokens: int) -> dict:
     if len(results) != clients:
         raise RuntimeError("a client failed")
     return {"agg": sum(r["tokens"] for r in results) / wall, "ttft": statistics.median(r["ttft_s"] for r in results)}
+
+
+def api_cpu_ns(pid: int) -> int:
+    """Nanoseconds the process's threads have run (its children, the engine worker, are not counted)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return total
+
+
+def api_cpu_per_token(fn, srv: Server, runs: int, short: int = 16, long: int = 400) -> list[float]:
+    """Microseconds of API-process CPU per streamed token: a `long` request's CPU minus a `short` one's."""
+    figures = []
+    for i in range(runs):
+        a = api_cpu_ns(srv.proc.pid)
+        fn(srv.url, short, i)
+        b = api_cpu_ns(srv.proc.pid)
+        n = fn(srv.url, long, i)["tokens"]
+        c = api_cpu_ns(srv.proc.pid)
+        figures.append(((c - b) - (b - a)) / (n - short) / 1000)
+    return figures
 
 
 def leak_check(srv: Server, requests: int) -> list[tuple[int, float]]:
@@ -238,6 +270,7 @@ def main() -> None:
                 for n in levels:
                     for name, fn in servers.items():
                         rounds[(name, n)].append(load(fn, urls[name], n, args.tokens))
+            cpu = {name: api_cpu_per_token(servers[name], srv, args.single_runs) for name in API_STREAMS}
             rss_loaded = rss_mb(srv.proc.pid)
             rss_after = leak_check(srv, args.leak_requests)
     finally:
@@ -261,6 +294,11 @@ def main() -> None:
         f"server RSS (API process + engine worker), text model loaded: {rss_loaded:.0f} MB (goal <= 400); "
         + ", ".join(f"after {n} more requests {mb:.0f} MB" for n, mb in rss_after)
     )
+    for name, figures in cpu.items():
+        print(
+            f"{name}: API-process CPU per streamed token {statistics.median(figures):.0f} us "
+            f"(per run {min(figures):.0f}-{max(figures):.0f})"
+        )
     agg = {key: statistics.median(r["agg"] for r in runs) for key, runs in rounds.items()}
     for name in servers:
         base = agg[(name, levels[0])]
@@ -272,7 +310,7 @@ def main() -> None:
             )
             print(line)
     if reference is not None:
-        for name in ("genforge", "genforge /v1"):
+        for name in API_STREAMS:
             for n in levels:
                 ref = rounds[("llama-server", n)]
                 pairs = [g["agg"] / r["agg"] for g, r in zip(rounds[(name, n)], ref, strict=True)]
