@@ -158,11 +158,11 @@ def api_cpu_per_token(fn, srv: Server, runs: int, short: int = 16, long: int = 4
     figures = []
     for i in range(runs):
         a = api_cpu_ns(srv.proc.pid)
-        fn(srv.url, short, i)
+        few = fn(srv.url, short, i)["tokens"]  # as counted: a request may stop before its max_tokens
         b = api_cpu_ns(srv.proc.pid)
-        n = fn(srv.url, long, i)["tokens"]
+        many = fn(srv.url, long, i)["tokens"]
         c = api_cpu_ns(srv.proc.pid)
-        figures.append(((c - b) - (b - a)) / (n - short) / 1000)
+        figures.append(((c - b) - (b - a)) / (many - few) / 1000)
     return figures
 
 
