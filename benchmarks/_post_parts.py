@@ -11,13 +11,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from genforge.catalog import PACKAGED, ModelCatalog
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
 from genforge.contenttypes.image import PortraitSettings
 from genforge.contenttypes.speech import SpeechSettings
 from genforge.contenttypes.text import TextSettings
 from genforge.contenttypes.video import VideoSettings
+from genforge.core.catalog import PACKAGED, ModelCatalog
 from genforge.engines import create_engine
 from genforge.engines.base import BatchingEngine, Done, Failed, GenerationJob, ResolvedModel, VideoInputs
 

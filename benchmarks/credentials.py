@@ -7,7 +7,7 @@ against a plain HTTP download of the same file.
    seconds, signing milliseconds, their ratio; and the time of the content hash the validators now add (sha256
    of the pixels or samples they have decoded anyway). Goals: signing under 5 % of a portrait, under 2 % of speech.
 2. Pull: the packaged SmolLM2 GGUF (98 MB) served by the local hub server of the tests (tests/hub_server.py):
-   `genforge.hub.pull_file` (metadata HEAD, ranged GET through huggingface_hub, sha256 while writing, fsync,
+   `genforge.stores.hub.pull_file` (metadata HEAD, ranged GET through huggingface_hub, sha256 while writing, fsync,
    verification, rename) against a plain streamed GET of the same URL to a file (1 MiB chunks, fsync).
    Runs alternate; medians. Goal: hub pull >= 0.9x the plain download's speed.
 
@@ -49,13 +49,13 @@ def decode(media_type: str, data: bytes):
         im = Image.open(io.BytesIO(data))
         im.load()
         return im
-    from genforge.audio import decode_wav
+    from genforge.media.audio import decode_wav
 
     return decode_wav(data)
 
 
 def digest(decoded) -> str:
-    from genforge.credentials import pixels_digest, samples_digest
+    from genforge.media.digests import pixels_digest, samples_digest
 
     return samples_digest(decoded) if hasattr(decoded, "frames") else pixels_digest(decoded)
 
@@ -65,11 +65,11 @@ def signing(runs: int) -> None:
     from genforge.validation import validate
 
     from genforge.config import Settings
-    from genforge.credentials import Credentials
+    from genforge.contenttypes.request import GenerateRequest
     from genforge.engines import create_engine
     from genforge.engines.base import GenerationJob
     from genforge.runtime import Runtime
-    from genforge.schemas import GenerateRequest
+    from genforge.stores.credentials import Credentials
 
     data = Path(tempfile.mkdtemp(prefix="gf-bench-cred-"))
     settings = Settings(data_dir=data, preload=False)
@@ -128,7 +128,7 @@ def pull(runs: int) -> None:
     import httpx
 
     from conftest import packaged_model_path
-    from genforge import hub
+    from genforge.stores import hub
     from hub_server import Hub, HubFile
 
     blob = packaged_model_path().read_bytes()

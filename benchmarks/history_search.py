@@ -32,7 +32,7 @@ from sqlalchemy import func, or_, select
 
 from genforge.api import create_app
 from genforge.config import Settings
-from genforge.db import ContentRow, Database
+from genforge.stores.db import ContentRow, Database
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "zen", "dor", "pel", "tam", "quo", "bri", "sha", "fen"]
 

@@ -54,12 +54,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DIRECT = r"""
 import json, sys, time, uuid
 from pathlib import Path
-from genforge.catalog import PACKAGED, ModelCatalog, ResolvedModel
+from genforge.core.catalog import PACKAGED, ModelCatalog, ResolvedModel
 from genforge.config import Settings
 from genforge.contenttypes.image import DiffusersSettings, PortraitSettings
 from genforge.engines import create_engine
 from genforge.engines.base import GenerationJob
-from genforge.storage import path_stat, sha256_path
+from genforge.media.files import path_stat, sha256_path
 kind, path, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if kind == "portrait":
     path = str(ModelCatalog(Settings(), db=None).packaged_path(PACKAGED["portrait"]))

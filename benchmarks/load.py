@@ -131,12 +131,12 @@ def auth_rounds(plain: Server, keyed: Server, key: str, rounds: int, requests: i
 
 def key_check_us(n: int = 3000) -> tuple[float, float]:
     """(µs per key lookup + token bucket, µs per lookup of a revoked/unknown key), medians, in-process."""
-    from genforge.auth import KeyStore, RateLimiter
-    from genforge.db import Database
+    from genforge.core.access import KeyStore, RateLimiter
+    from genforge.stores.db import Database
 
     data = Path(tempfile.mkdtemp(prefix="gf-bench-"))
     try:
-        db = Database(f"sqlite:///{data / 'genforge.db'}")
+        db = Database(f"sqlite:///{data / 'genforge.stores.db'}")
         db.migrate()
         keys, bucket = KeyStore(db), RateLimiter()
         _, token = keys.create("bench", "admin", rate="1000000/s")

@@ -33,12 +33,12 @@ from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 
 from genforge.api import create_app
-from genforge.catalog import PACKAGED, ModelCatalog
 from genforge.config import Settings
 from genforge.contenttypes import Plan, spec_of
-from genforge.db import Database
+from genforge.core.catalog import PACKAGED, ModelCatalog
 from genforge.engines.base import EngineOutput, GenerationJob, TextFacts
 from genforge.errors import EngineFailed
+from genforge.stores.db import Database
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GENFORGE = Path(sys.executable).parent / "genforge"

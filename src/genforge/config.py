@@ -116,7 +116,7 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'genforge.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'genforge.stores.db'}"
 
     @property
     def artifacts_dir(self) -> Path:

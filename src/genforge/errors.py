@@ -3,10 +3,19 @@ api/errors.py only, and the CLI's exit status in cli.py derives from the code to
 
 from __future__ import annotations
 
+# code -> the class that declares it: filled by GenforgeError.__init_subclass__, read by error_class()
+BY_CODE: dict[str, type[GenforgeError]] = {}
+
 
 class GenforgeError(Exception):
     code = "internal_error"
     hint = "This is a bug in genforge; the server log has the details."
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Each code names one class: the first that declares it (a subclass that keeps its parent's code, such
+        as ModelNotFound, is still answered as the parent)."""
+        super().__init_subclass__(**kwargs)
+        BY_CODE.setdefault(cls.code, cls)
 
     def __init__(
         self,
@@ -185,3 +194,12 @@ class CredentialsFailed(GenforgeError):
         "Content Credentials could not be signed: check GENFORGE_DATA_DIR/credentials (remove it to make a new "
         "key), or set GENFORGE_CREDENTIALS=off to generate without them."
     )
+
+
+BY_CODE.setdefault(GenforgeError.code, GenforgeError)
+
+
+def error_class(code: str) -> type[GenforgeError]:
+    """The class of an error code (for errors that crossed a process boundary as their code, or were stored as
+    one); an unknown code is an internal error."""
+    return BY_CODE.get(code, GenforgeError)

@@ -5,21 +5,26 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import threading
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genforge import metrics
-from genforge.catalog import ModelCatalog
 from genforge.config import Settings
-from genforge.db import Database
-from genforge.errors import AlreadyRunning, GenforgeError
-from genforge.jobs import JobRunner
-from genforge.posts import PostService
-from genforge.service import ContentService
-from genforge.storage import ArtifactStore
-from genforge.worker import EnginePool
+from genforge.core import metrics
+from genforge.core.catalog import ModelCatalog
+from genforge.core.jobs import JobQueue, JobRunner
+from genforge.core.metrics import serve_worker_metrics
+from genforge.core.records import SqlContentRecords
+from genforge.core.service import ContentService
+from genforge.distributed.celery_queue import TASK, CeleryJobRunner, WorkerSide, celery_app, queue_of
+from genforge.engines.pool import EnginePool
+from genforge.errors import AlreadyRunning, Conflict, DatabaseUnavailable, GenforgeError
+from genforge.platform.personas import PersonaStore
+from genforge.platform.posts import PostService
+from genforge.stores.artifacts import ArtifactStore
+from genforge.stores.db import Database
 
 log = logging.getLogger("genforge.runtime")
 
@@ -68,8 +73,9 @@ class Runtime:
     catalog: ModelCatalog
     store: ArtifactStore
     worker: EnginePool
-    runner: JobRunner
+    runner: JobQueue
     service: ContentService
+    personas: PersonaStore
     posts: PostService
     load_error: str | None = None
     preloaded: bool = False
@@ -81,11 +87,17 @@ class Runtime:
         """The celery mode's API or CLI: jobs run in `genforge worker` processes, no model loads here."""
         return not isinstance(self.runner, JobRunner)
 
+    @property
+    def embedded_runner(self) -> JobRunner:
+        if not isinstance(self.runner, JobRunner):
+            raise TypeError("the distributed mode has no embedded job runner")
+        return self.runner
+
     @classmethod
     def open(cls, settings: Settings, recover: bool = False, worker: bool = False) -> Runtime:
         """Build the parts. Only the server recovers after a crash (`recover=True`): a CLI command run
         beside a live server must not mistake its running generations for interrupted ones. In the celery
-        mode jobs live on in the workers, whose leases tell lost ones (jobs_celery.py): nothing to recover.
+        mode jobs live on in the workers, whose leases tell lost ones (distributed/celery_queue.py): nothing to recover.
         `worker=True` is a `genforge worker` process: it runs the jobs it takes, and leaves the schema to the
         API processes (it waits for their migration)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -94,24 +106,23 @@ class Runtime:
             db.wait_migrated()
         else:
             db.migrate()
+        records = SqlContentRecords(db)
         catalog = ModelCatalog(settings, db)
         store = ArtifactStore(settings.artifacts_dir)
         engines = EnginePool(settings)
+        runner: JobQueue
         if settings.queue == "celery" and not worker:
-            from genforge.jobs_celery import CeleryJobRunner
-
-            runner = CeleryJobRunner(settings, db)
+            runner = CeleryJobRunner(settings, records)
         else:  # a worker's jobs come from Celery tasks, run by the task threads: no job threads here
             runner = JobRunner(workers=0 if worker else settings.parallel, queue_size=settings.queue_size)
-        service = ContentService(settings, db, catalog, store, engines, runner)
-        posts = PostService(service)
-        if settings.queue == "celery" and not worker:
-            runner.records = service.get
-        elif recover:
+        personas = PersonaStore(db)
+        service = ContentService(settings, records, catalog, store, engines, runner, personas=personas)
+        posts = PostService(service, personas)
+        if recover and not (settings.queue == "celery" and not worker):
             service.recover()
             posts.recover()
         metrics.track_runner(runner)
-        return cls(settings, db, catalog, store, engines, runner, service, posts)
+        return cls(settings, db, catalog, store, engines, runner, service, personas, posts)
 
     def preload(self) -> None:
         """Load the default text model into the engine worker so the first request is warm."""
@@ -143,7 +154,7 @@ class Runtime:
             checks["database"] = {"ok": False, "detail": exc.message}
         except Exception as exc:  # reported as not ready, with the reason
             checks["database"] = {"ok": False, "detail": f"unreachable: {exc}"}
-        if self.distributed:  # the models are the workers' business: are there workers, and what do they serve?
+        if isinstance(self.runner, CeleryJobRunner):  # the models are the workers' business: who serves what?
             ok, detail = self.runner.check()
             checks["workers"] = {"ok": ok, "detail": detail}
             checks["queue"] = {
@@ -184,3 +195,40 @@ class Runtime:
         self.runner.close()
         self.worker.stop()
         self.db.dispose()
+
+
+def run_worker(settings: Settings, types: list[str], concurrency: int) -> None:
+    """`genforge worker`: a Celery worker (threads pool) whose tasks run in this process's engine workers."""
+    if settings.worker_metrics_port:  # first: a port that is taken fails the start, before any engine work
+        try:
+            serve_worker_metrics(settings.host, settings.worker_metrics_port)
+        except OSError as exc:
+            raise Conflict(
+                f"the worker's metrics port {settings.host}:{settings.worker_metrics_port} cannot be used: {exc}",
+                field="worker_metrics_port",
+                hint="Pick a free one with --metrics-port (GENFORGE_WORKER_METRICS_PORT), or 0 for none.",
+            ) from exc
+        log.info("generation metrics on http://%s:%d/", settings.host, settings.worker_metrics_port)
+    app = celery_app(settings)
+    rt = Runtime.open(settings, worker=True)
+    side = WorkerSide(settings, rt.service, rt.service.records, app)
+
+    @app.task(name=TASK, bind=True, max_retries=60)
+    def run(task, content_id: str) -> None:
+        try:
+            side.run(content_id)
+        except DatabaseUnavailable as exc:  # before the record was taken: try again shortly
+            raise task.retry(countdown=2, exc=exc) from None
+
+    threading.Thread(target=side.reap_forever, name="genforge-reaper", daemon=True).start()
+    if "text" in types and settings.preload:
+        threading.Thread(target=rt.preload, name="genforge-preload", daemon=True).start()
+    name = f"genforge-{'+'.join(types)}-{os.getpid()}@{socket.gethostname()}"
+    argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--hostname", name]
+    argv += ["--queues", ",".join(queue_of(t) for t in types), "--without-gossip", "--without-mingle"]
+    argv += ["--loglevel", settings.log_level.upper()]
+    try:
+        app.worker_main(argv)
+    finally:
+        side.stopping.set()
+        rt.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import CONTENT, GENERATE, make_settings, run_cli, running_app, text_body
-from genforge.backup import DB_NAME, MANIFEST
+from genforge.stores.backup import DB_NAME, MANIFEST
 
 
 def records(data_dir) -> dict[str, dict]:

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import DEFAULT_MODEL, fake_gguf, files_under, run_cli, sha256
-from genforge.catalog import PACKAGED
+from genforge.core.catalog import PACKAGED
 
 pytestmark = pytest.mark.slow
 

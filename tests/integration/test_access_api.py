@@ -22,6 +22,7 @@ from conftest import (
     runtime_of,
     text_body,
 )
+from genforge.core.caller import LOCAL
 
 pytestmark = pytest.mark.both_modes
 
@@ -204,7 +205,7 @@ def test_server_wide_caps_name_the_field_and_the_limit(app_with):
     image = {"content_type": "image", "prompt": "a face", "model": "portrait", "params": {"width": 512, "height": 512}}
     err = assert_bad_input(client.post(GENERATE, json=image), "params.width")
     assert str(256 * 256) in err["message"]
-    assert runtime_of(client).service.list().total == 0  # refused requests leave no record
+    assert runtime_of(client).service.list(LOCAL).total == 0  # refused requests leave no record
 
 
 def test_admin_keys_manage_keys_over_http(app, keys):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import GENERATE, files_under, make_settings, run_cli, running_app, sha256, text_body, validate_output
-from genforge.credentials import ASSERTION, TRAINED_ALGORITHMIC_MEDIA, Credentials, canonical
 from genforge.engines.base import EngineOutput, ImageFacts
+from genforge.stores.credentials import ASSERTION, TRAINED_ALGORITHMIC_MEDIA, Credentials, canonical
 from speech_fixtures import needs_piper
 
 c2pa = pytest.importorskip("c2pa", reason="c2pa-python is not installed")

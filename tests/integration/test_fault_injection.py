@@ -34,12 +34,12 @@ from conftest import (
     text_body,
     wait_for,
 )
-from genforge import storage
 from genforge.contenttypes.text import TextSettings
-from genforge.db import ContentRow
 from genforge.engines.base import Done, Failed, GenerationJob
 from genforge.engines.llama import LlamaEngine
 from genforge.errors import DatabaseUnavailable
+from genforge.stores import artifacts as storage
+from genforge.stores.db import ContentRow
 
 
 def artifacts(client) -> list:

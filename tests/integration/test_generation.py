@@ -23,8 +23,8 @@ from conftest import (
     sha256,
     text_body,
 )
-from genforge.catalog import PACKAGED
 from genforge.contenttypes.text import TextSettings
+from genforge.core.catalog import PACKAGED
 from genforge.engines import create_engine
 from genforge.engines.base import Done, Failed, GenerationJob
 from genforge.engines.llama import LlamaEngine

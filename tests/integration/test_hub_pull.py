@@ -24,8 +24,8 @@ from conftest import (
     running_app,
     sha256,
 )
-from genforge import hub
 from genforge.errors import ModelIntegrityFailed, ModelNotFound, ModelUnavailable
+from genforge.stores import hub
 from hub_server import COMMIT, Hub, HubFile
 
 

@@ -10,9 +10,10 @@ import pytest
 
 from conftest import GENERATE, make_settings, run_cli, running_app, runtime_of, sha256
 from genforge.contenttypes.image import ImageRecord
-from genforge.images import compare_provenance, read_provenance
-from genforge.schemas import GenerateRequest
-from genforge.storage import sha256_path
+from genforge.contenttypes.request import GenerateRequest
+from genforge.core.caller import LOCAL
+from genforge.media.files import sha256_path
+from genforge.media.images import compare_provenance, read_provenance
 from image_fixtures import decode, image_data, pixels_sha256, stats, tiny_sd
 
 MODEL = "tiny-sd"
@@ -130,7 +131,7 @@ def test_progress_events_arrive_once_per_step(client):
         model=MODEL,
         params={"width": 64, "height": 64, "steps": 5, "seed": 3},
     )
-    rec = runtime_of(client).service.generate(req, emit=events.append)
+    rec = runtime_of(client).service.generate(req, LOCAL, emit=events.append)
     assert rec.status == "succeeded"
     progress = [e for e in events if e["type"] == "progress"]
     assert [e["step"] for e in progress] == [1, 2, 3, 4, 5]

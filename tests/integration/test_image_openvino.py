@@ -38,8 +38,8 @@ from genforge.engines.openvino_diffusers import (
     nncf_version,
 )
 from genforge.engines.openvino_diffusers import openvino_version as ov_version
-from genforge.images import compare_provenance, read_provenance
-from genforge.storage import sha256_path
+from genforge.media.files import sha256_path
+from genforge.media.images import compare_provenance, read_provenance
 from image_fixtures import decode, pixels_sha256, stats, tiny_sd
 
 MODEL = "tiny-sd"

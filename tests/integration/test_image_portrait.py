@@ -11,11 +11,12 @@ import zlib
 import pytest
 
 from conftest import GENERATE, make_settings, run_cli, running_app, runtime_of, sha256, validate_output
-from genforge.catalog import PACKAGED
 from genforge.contenttypes.image import ImageRecord
+from genforge.contenttypes.request import GenerateRequest
+from genforge.core.caller import LOCAL
+from genforge.core.catalog import PACKAGED
 from genforge.engines.base import EngineOutput, ImageFacts
-from genforge.images import compare_provenance, encode_png, read_provenance
-from genforge.schemas import GenerateRequest
+from genforge.media.images import compare_provenance, encode_png, read_provenance
 from image_fixtures import PROMPT_WARNING, decode, image_data, pixels_sha256, stats
 
 ID = re.compile(r"content id: ([0-9a-f-]{36})")
@@ -101,7 +102,7 @@ def test_the_native_size_is_the_default(client):
 def test_progress_reports_each_stage(client):
     events: list[dict] = []
     req = GenerateRequest(content_type="image", prompt="x", model="portrait", params={"seed": 2, "width": 256})
-    runtime_of(client).service.generate(req, emit=events.append)
+    runtime_of(client).service.generate(req, LOCAL, emit=events.append)
     assert [(e["step"], e["total"]) for e in events if e["type"] == "progress"] == [(1, 3), (2, 3), (3, 3)]
 
 

@@ -15,8 +15,8 @@ from conftest import GENERATE, assert_error, failed_record, make_settings, run_c
 from genforge.contenttypes.image import ImageRecord
 from genforge.engines.openvino_diffusers import TINY_FILES, check_entry, tiny_cache_key
 from genforge.engines.openvino_diffusers import openvino_version as ov_version
-from genforge.images import compare_provenance, read_provenance
-from genforge.storage import sha256_path
+from genforge.media.files import sha256_path
+from genforge.media.images import compare_provenance, read_provenance
 from image_fixtures import build_tiny_decoder, decode, pixels_sha256, stats, tiny_sd
 
 MODEL = "tiny-sd"

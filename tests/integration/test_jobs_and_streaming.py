@@ -20,7 +20,7 @@ from conftest import (
     text_body,
     wait_for,
 )
-from genforge.db import ContentRow
+from genforge.stores.db import ContentRow
 
 pytestmark = pytest.mark.both_modes
 LONG = {"prompt": "Write a very long story about the sea, with many chapters.", "max_tokens": 1500}

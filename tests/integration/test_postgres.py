@@ -23,8 +23,8 @@ from conftest import (
     sha256,
     text_body,
 )
-from genforge.db import ContentRow, Database
 from genforge.errors import DatabaseUnavailable
+from genforge.stores.db import ContentRow, Database
 from scale_fixtures import pg_url, postgres  # noqa: F401 (fixtures)
 
 

@@ -17,9 +17,9 @@ from conftest import (
     sha256,
     text_body,
 )
-from genforge.db import ContentRow, Database
 from genforge.errors import EngineFailed
 from genforge.runtime import Runtime
+from genforge.stores.db import ContentRow, Database
 
 
 def test_the_record_and_its_file_survive_a_restart(tmp_path):

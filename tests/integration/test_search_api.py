@@ -25,8 +25,8 @@ from conftest import (
     text_body,
 )
 from genforge.api import create_app
-from genforge.db import Database
-from genforge.search import Term, parse_query, search_for
+from genforge.stores.db import Database
+from genforge.stores.search import Term, parse_query, search_for
 from scale_fixtures import postgres  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.both_modes
@@ -137,7 +137,7 @@ def test_the_index_follows_deletes(app, made, tmp_path):
     assert app.delete(f"{CONTENT}/{rec['id']}").status_code == 204
     assert found(app, q="windmill") == []
     if not runtime_of(app).settings.database_url:  # PostgreSQL's tsvector is a column of the row itself
-        db = runtime_of(app).settings.data_dir / "genforge.db"
+        db = runtime_of(app).settings.data_dir / "genforge.stores.db"
         with sqlite3.connect(db) as conn:  # FTS5's own consistency check of the external-content index
             conn.execute("INSERT INTO content_fts(content_fts, rank) VALUES ('integrity-check', 1)")
 
@@ -200,7 +200,7 @@ def test_verify_rehashes_the_artifact(app, made):
 
 
 def _relpath(client, content_id: str) -> str:
-    from genforge.db import ContentRow
+    from genforge.stores.db import ContentRow
 
     with runtime_of(client).db.session() as s:
         return s.get(ContentRow, content_id).artifact_path

@@ -23,10 +23,10 @@ from conftest import (
     running_app,
     runtime_of,
 )
-from genforge.audio import encode_wav, silence
-from genforge.catalog import PACKAGED, ModelCatalog
 from genforge.config import Settings
+from genforge.core.catalog import PACKAGED, ModelCatalog
 from genforge.engines.base import EngineOutput, SpeechFacts
+from genforge.media.audio import encode_wav, silence
 from speech_fixtures import (
     PIPER_VOICE,
     SENTENCE,

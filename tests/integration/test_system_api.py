@@ -19,8 +19,8 @@ from conftest import (
     wait_for,
 )
 from genforge import __version__
-from genforge.catalog import PACKAGED
 from genforge.contenttypes import CONTENT_TYPES
+from genforge.core.catalog import PACKAGED
 
 pytestmark = pytest.mark.both_modes
 # In the distributed mode the API process loads no model: its readiness asks for workers, not for a model file.

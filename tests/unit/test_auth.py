@@ -6,7 +6,7 @@ import pytest
 
 from genforge.api.network import host_name
 from genforge.api.server import is_loopback
-from genforge.auth import RateLimiter, format_rate, parse_rate
+from genforge.core.access import RateLimiter, format_rate, parse_rate
 from genforge.errors import InvalidRequest
 
 
@@ -31,7 +31,7 @@ def test_format_rate_round_trips():
 
 def test_token_bucket_allows_a_burst_then_refills(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("genforge.auth.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("genforge.core.access.time.monotonic", lambda: clock[0])
     bucket = RateLimiter()
     assert [bucket.take("k", 3, 60) for _ in range(3)] == [None, None, None]
     wait = bucket.take("k", 3, 60)

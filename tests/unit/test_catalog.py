@@ -7,11 +7,11 @@ import os
 import pytest
 
 from conftest import DEFAULT_MODEL, fake_gguf, open_catalog, packaged_model_path, sha256
-from genforge.catalog import PACKAGED, ModelCatalog
 from genforge.config import Settings
 from genforge.contenttypes.text import QUALITY
+from genforge.core.catalog import PACKAGED, ModelCatalog
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
-from genforge.storage import sha256_file
+from genforge.media.files import sha256_file
 
 
 @pytest.fixture

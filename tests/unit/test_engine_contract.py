@@ -26,8 +26,8 @@ from genforge.engines.base import (
     TextFacts,
     Update,
 )
+from genforge.engines.pool import CancelMsg, CoresLock, GenerateMsg, LoadMsg, StopMsg, WireError, _Child
 from genforge.errors import Cancelled, ModelUnavailable
-from genforge.worker import CancelMsg, CoresLock, GenerateMsg, LoadMsg, StopMsg, WireError, _Child
 
 MODEL = ResolvedModel("m", "text", "test", "/nowhere", "0" * 64, 1, False)
 

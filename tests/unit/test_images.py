@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import make_settings, open_catalog, plan, validate_output
-from genforge.catalog import PACKAGED
 from genforge.contenttypes.image import ImageRecord, ImageScheduler
+from genforge.contenttypes.request import GenerateRequest
+from genforge.core.catalog import PACKAGED
 from genforge.engines import portrait
 from genforge.engines.base import EngineOutput, ImageFacts, ResolvedModel
 from genforge.engines.diffusers import SCHEDULERS
 from genforge.errors import InvalidOutput, InvalidRequest, ModelUnavailable
-from genforge.images import (
+from genforge.media.images import (
     compare_provenance,
     diffusers_native_size,
     encode_checked_png,
@@ -28,7 +29,6 @@ from genforge.images import (
     read_png_text,
     read_provenance,
 )
-from genforge.schemas import GenerateRequest
 
 
 def noise(width: int = 32, height: int = 32, seed: int = 0) -> np.ndarray:
@@ -133,7 +133,7 @@ def test_a_real_picture_of_the_requested_size_with_provenance_passes(image_outpu
 def output_hash(pixels: np.ndarray) -> str:
     from PIL import Image
 
-    from genforge.credentials import pixels_digest
+    from genforge.media.digests import pixels_digest
 
     return pixels_digest(Image.fromarray(pixels))
 
@@ -294,8 +294,8 @@ def test_seed_latents_are_deterministic_and_distinct():
 
 
 def test_a_changed_weight_file_is_model_unavailable_before_loading(tmp_path):
-    from genforge.catalog import ModelCatalog
     from genforge.config import Settings
+    from genforge.core.catalog import ModelCatalog
 
     path = ModelCatalog(Settings(data_dir=tmp_path), db=None).packaged_path(PACKAGED["portrait"])
     assert path is not None, "random-face is not installed (genforge models pull portrait)"

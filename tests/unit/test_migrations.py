@@ -7,7 +7,7 @@ import sys
 
 from alembic.script import ScriptDirectory
 
-from genforge.db.database import HEAD_REVISION, Database
+from genforge.stores.db.database import HEAD_REVISION, Database
 
 
 def test_head_revision_is_alembics_head(tmp_path):
@@ -22,7 +22,7 @@ def test_a_new_database_is_migrated_to_the_head_and_a_current_one_needs_no_alemb
     db.migrate()
     assert db.migration_state() == (HEAD_REVISION, HEAD_REVISION)
     check = (
-        "import sys; from genforge.db.database import Database; db = Database(sys.argv[1]); db.migrate(); "
+        "import sys; from genforge.stores.db.database import Database; db = Database(sys.argv[1]); db.migrate(); "
         "print(db.current_revision(), sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
     )
     out = subprocess.run([sys.executable, "-c", check, url], capture_output=True, text=True, check=True).stdout

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from genforge.api.errors import status_of
+from genforge.contenttypes.request import GenerateRequest
 from genforge.contenttypes.text import TextParams
 from genforge.errors import (
     EngineFailed,
@@ -17,7 +18,6 @@ from genforge.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from genforge.schemas import GenerateRequest
 
 VALID = {"content_type": "text", "prompt": "Say hello."}
 

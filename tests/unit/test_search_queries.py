@@ -3,7 +3,7 @@ operator from the user's text (the results on real databases: tests/integration/
 
 from __future__ import annotations
 
-from genforge.search import fts5_query, parse_query, tsquery_text
+from genforge.stores.search import fts5_query, parse_query, tsquery_text
 
 
 def test_words_prefixes_and_phrases_become_tsquery_lexemes():

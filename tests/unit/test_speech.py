@@ -11,12 +11,12 @@ from array import array
 import pytest
 
 from conftest import make_settings, open_catalog, plan, validate_output
-from genforge.audio import decode_wav, encode_wav, rms, silence
-from genforge.catalog import PACKAGED
 from genforge.contenttypes import REGISTRY
+from genforge.contenttypes.request import GenerateRequest
+from genforge.core.catalog import PACKAGED
 from genforge.engines.base import EngineOutput, SpeechFacts
 from genforge.errors import InvalidOutput, InvalidRequest, ModelUnavailable
-from genforge.schemas import GenerateRequest
+from genforge.media.audio import decode_wav, encode_wav, rms, silence
 from speech_fixtures import SENTENCE, needs_espeak, word_error_rate
 
 RATE = 22050

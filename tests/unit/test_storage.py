@@ -8,9 +8,10 @@ import os
 import pytest
 
 from conftest import enospc, files_under, sha256
-from genforge import storage
 from genforge.errors import StorageFailed
-from genforge.storage import ArtifactStore, sha256_file
+from genforge.media.files import sha256_file
+from genforge.stores import artifacts as storage
+from genforge.stores.artifacts import ArtifactStore
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def store(tmp_path) -> ArtifactStore:
 
 def test_write_stores_the_bytes_under_their_sha256(store):
     data = "Grüße aus der Werkstatt\n".encode()
-    stored = store.write(data, "text/plain")
+    stored = store.write(data, "text/plain", ".txt")
 
     assert stored.sha256 == sha256(data)
     assert stored.size_bytes == len(data)
@@ -34,16 +35,17 @@ def test_write_stores_the_bytes_under_their_sha256(store):
 
 
 @pytest.mark.parametrize(
-    ("media_type", "suffix"), [("image/png", ".png"), ("audio/wav", ".wav"), ("application/x-unknown", ".bin")]
+    ("media_type", "suffix"), [("image/png", ".png"), ("audio/wav", ".wav"), ("application/x-unknown", None)]
 )
-def test_suffix_follows_the_media_type(store, media_type, suffix):
-    assert store.write(b"\x89 some bytes", media_type).path.suffix == suffix
+def test_the_file_takes_its_content_types_suffix(store, media_type, suffix):
+    stored = store.write(b"\x89 some bytes", media_type, suffix) if suffix else store.write(b"\x89 some", media_type)
+    assert stored.path.suffix == (suffix or ".bin")
 
 
 def test_identical_content_is_stored_once(store):
-    first = store.write(b"same words", "text/plain")
-    second = store.write(b"same words", "text/plain")
-    other = store.write(b"other words", "text/plain")
+    first = store.write(b"same words", "text/plain", ".txt")
+    second = store.write(b"same words", "text/plain", ".txt")
+    other = store.write(b"other words", "text/plain", ".txt")
 
     assert second.path == first.path and second.sha256 == first.sha256
     assert first.created and not second.created, "the second write must know the file was already there"
@@ -52,7 +54,7 @@ def test_identical_content_is_stored_once(store):
 
 
 def test_remove_deletes_and_tolerates_a_missing_file(store):
-    stored = store.write(b"to be removed", "text/plain")
+    stored = store.write(b"to be removed", "text/plain", ".txt")
     store.remove(stored.relpath)
     assert not stored.path.exists()
     store.remove(stored.relpath)  # already gone: no error
@@ -63,7 +65,7 @@ def test_enospc_raises_storage_failed_and_leaves_no_file(store, monkeypatch, fai
     monkeypatch.setattr(storage.os, failing, enospc)
 
     with pytest.raises(StorageFailed) as info:
-        store.write(b"a text that does not fit on the disk", "text/plain")
+        store.write(b"a text that does not fit on the disk", "text/plain", ".txt")
 
     assert info.value.code == "storage_failed"
     assert os.strerror(errno.ENOSPC) in info.value.message
@@ -72,11 +74,11 @@ def test_enospc_raises_storage_failed_and_leaves_no_file(store, monkeypatch, fai
 
 
 def test_failed_rewrite_keeps_an_existing_identical_artifact(store, monkeypatch):
-    existing = store.write(b"already stored", "text/plain")
+    existing = store.write(b"already stored", "text/plain", ".txt")
     monkeypatch.setattr(storage.os, "replace", enospc)
 
     with pytest.raises(StorageFailed):
-        store.write(b"already stored", "text/plain")
+        store.write(b"already stored", "text/plain", ".txt")
 
     assert files_under(store.root) == [existing.path]
     assert existing.path.read_bytes() == b"already stored"
@@ -94,6 +96,6 @@ def test_directory_fsync_failure_leaves_no_file(store, monkeypatch):
 
     monkeypatch.setattr(storage.os, "fsync", fsync_fails_on_the_directory)
     with pytest.raises(StorageFailed):
-        store.write(b"written, renamed, then the directory sync fails", "text/plain")
+        store.write(b"written, renamed, then the directory sync fails", "text/plain", ".txt")
 
     assert files_under(store.root) == [], "a write reported as failed left its file behind"

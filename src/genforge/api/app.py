@@ -15,8 +15,8 @@ from genforge.api import auth, content, keys, models, openai, personas, posts, s
 from genforge.api.errors import BodySizeLimit, install_error_handlers
 from genforge.api.network import HostOriginGuard
 from genforge.api.web import WebUI
-from genforge.auth import Auth
 from genforge.config import Settings
+from genforge.core.access import Auth
 from genforge.runtime import Runtime
 
 log = logging.getLogger("genforge.api")

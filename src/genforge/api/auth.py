@@ -3,7 +3,9 @@
 Routers that need a key are included with `dependencies=GUARD` (see app.py); /healthz, /readyz, the
 OpenAPI schema, the docs and the web UI's static files need none, /metrics only unless
 GENFORGE_METRICS_PUBLIC=1. Scopes follow the method: GET reads (`read`), POST generates or cancels
-(`generate`), DELETE deletes (`admin`). What a key sees of the records is auth.CallerService.
+(`generate`), DELETE deletes (`admin`). The key becomes the request's `Caller` (core/caller.py; `LOCAL`, the
+operator, while auth is off), which the routes pass into every core call: what it may see and run is decided
+in the core.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from genforge.api.errors import ErrorBody, OpenAIErrorBody
-from genforge.auth import Caller, CallerService
+from genforge.core.caller import LOCAL, Caller
 from genforge.errors import Forbidden, RateLimited, Unauthorized
 
 bearer = HTTPBearer(
@@ -55,11 +57,10 @@ def authenticate_metrics(request: Request, creds: Credentials) -> Caller | None:
     return authenticate(request, creds)
 
 
-async def caller_service(request: Request, caller: Annotated[Caller | None, Depends(authenticate)]):
-    """The content service, bound to the calling key when auth is on. (async: it does no I/O, and FastAPI would
-    run a plain function on its thread pool, a hand-off to another thread and back on every request.)"""
-    svc = request.app.state.runtime.service
-    return svc if caller is None else CallerService(svc, caller, request.app.state.auth.slots)
+async def caller_of(caller: Annotated[Caller | None, Depends(authenticate)]) -> Caller:
+    """The request's Caller: its key, or the local operator while auth is off. (async: it does no I/O, and
+    FastAPI would run a plain function on its thread pool, a hand-off to another thread and back.)"""
+    return LOCAL if caller is None else caller
 
 
 def responses(body: type = ErrorBody) -> dict:

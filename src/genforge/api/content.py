@@ -8,16 +8,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
-from genforge import variants
-from genforge.api.deps import ServiceDep
+from genforge.api.deps import CallerDep, ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
 from genforge.api.streaming import SSE_DOC, event_stream, final_event, native_events
 from genforge.contenttypes import REGISTRY, ContentRecord
+from genforge.contenttypes.records import Status
+from genforge.contenttypes.request import ContentType, GenerateRequest
+from genforge.core.records import ArtifactCheck, ContentPage
 from genforge.errors import InvalidRequest, NotFound
-from genforge.records import Status
-from genforge.schemas import ContentType, GenerateRequest
-from genforge.service import ArtifactCheck, ContentPage
-from genforge.variants import Batch
+from genforge.platform import variants
+from genforge.platform.variants import Batch
 
 
 def _no_nul_in_id(request: Request) -> None:
@@ -63,9 +63,9 @@ RECORD_LINKS = {
         **error_responses(*GENERATION),
     },
 )
-async def generate(body: GenerateRequest, svc: ServiceDep):
+async def generate(body: GenerateRequest, svc: ServiceDep, caller: CallerDep):
     if body.variants is not None:  # n records under one batch id: {"batch_id", "items"}
-        batch = await run_in_threadpool(variants.generate, svc, body)
+        batch = await run_in_threadpool(variants.generate, svc, body, caller)
         return JSONResponse(batch.model_dump(mode="json"), status_code=201)
     if body.mode == "async" and body.stream:
         raise InvalidRequest(
@@ -74,19 +74,20 @@ async def generate(body: GenerateRequest, svc: ServiceDep):
             field="stream",
         )
     if body.mode == "sync" and not body.stream:
-        return await run_in_threadpool(svc.generate, body)
-    job = await run_in_threadpool(svc.submit, body)
+        return await run_in_threadpool(svc.generate, body, caller)
+    job = await run_in_threadpool(svc.submit, body, caller)
     if body.mode == "async":
-        record = await run_in_threadpool(svc.get, job.content_id)
+        record = await run_in_threadpool(svc.get, job.content_id, caller)
         return JSONResponse(
             record.model_dump(mode="json"), status_code=202, headers={"Location": f"/api/v1/content/{job.content_id}"}
         )
-    return event_stream(native_events(svc, job, cancel_on_disconnect=True), job.content_id, status=201)
+    return event_stream(native_events(svc, job, caller, cancel_on_disconnect=True), job.content_id, status=201)
 
 
 @router.get("", response_model=ContentPage, responses=error_responses(*COMMON))
 def list_content(
     svc: ServiceDep,
+    caller: CallerDep,
     content_type: ContentType | None = None,
     status: Status | None = None,
     limit: int = Query(50, ge=1, le=500),
@@ -99,12 +100,12 @@ def list_content(
     created_before: datetime | None = None,
 ) -> ContentPage:
     dates = {"created_after": created_after, "created_before": created_before}
-    return svc.list(content_type, status, limit, offset, q=q, model=model, **dates)
+    return svc.list(caller, content_type, status, limit, offset, q=q, model=model, **dates)
 
 
 @router.get("/{content_id}", response_model=ContentRecord, responses=error_responses(404, *COMMON))
-def get_content(content_id: str, svc: ServiceDep):
-    return svc.get(content_id)
+def get_content(content_id: str, svc: ServiceDep, caller: CallerDep) -> ContentRecord:
+    return svc.get(content_id, caller)
 
 
 @router.get(
@@ -115,26 +116,28 @@ def get_content(content_id: str, svc: ServiceDep):
         **error_responses(404, *COMMON),
     },
 )
-async def content_events(content_id: str, svc: ServiceDep):
+async def content_events(content_id: str, svc: ServiceDep, caller: CallerDep):
     """Follow a job's events; a finished one answers with its final event alone."""
-    record = await run_in_threadpool(svc.get, content_id)  # 404 when unknown
+    record = await run_in_threadpool(svc.get, content_id, caller)  # 404 when unknown (or another key's)
     job = svc.runner.get(content_id)
 
     async def finished():
         yield final_event(record)
 
-    return event_stream(native_events(svc, job, cancel_on_disconnect=False) if job is not None else finished())
+    if job is None:
+        return event_stream(finished())
+    return event_stream(native_events(svc, job, caller, cancel_on_disconnect=False))
 
 
 @router.post("/{content_id}/cancel", response_model=ContentRecord, responses=error_responses(404, 409, *COMMON))
-async def cancel_content(content_id: str, svc: ServiceDep):
-    return await run_in_threadpool(svc.cancel, content_id)
+async def cancel_content(content_id: str, svc: ServiceDep, caller: CallerDep):
+    return await run_in_threadpool(svc.cancel, content_id, caller)
 
 
 @router.post("/{content_id}/verify", response_model=ArtifactCheck, responses=error_responses(404, 409, *COMMON))
-def verify_content(content_id: str, svc: ServiceDep):
+def verify_content(content_id: str, svc: ServiceDep, caller: CallerDep) -> ArtifactCheck:
     """Re-hash the record's file: is it still the one recorded?"""
-    return svc.verify(content_id)
+    return svc.verify(content_id, caller)
 
 
 @router.get(
@@ -150,8 +153,8 @@ def verify_content(content_id: str, svc: ServiceDep):
         **error_responses(404, *COMMON),
     },
 )
-def get_file(content_id: str, svc: ServiceDep):
-    path, media_type = svc.artifact(content_id)
+def get_file(content_id: str, svc: ServiceDep, caller: CallerDep) -> FileResponse:
+    path, media_type = svc.artifact(content_id, caller)
     return FileResponse(path, media_type=media_type, filename=f"{content_id}{path.suffix}")
 
 
@@ -162,10 +165,10 @@ def get_file(content_id: str, svc: ServiceDep):
         **error_responses(404, 409, *COMMON),
     },
 )
-def get_credentials(content_id: str, svc: ServiceDep) -> dict:
+def get_credentials(content_id: str, svc: ServiceDep, caller: CallerDep) -> dict:
     """The Content Credentials: the manifest embedded in an image or speech file (as read back and checked
     now), or the signed sidecar of a text."""
-    return svc.credentials_of(content_id)
+    return svc.credentials_of(content_id, caller)
 
 
 @router.delete(
@@ -174,6 +177,6 @@ def get_credentials(content_id: str, svc: ServiceDep) -> dict:
     response_class=Response,
     responses={204: {"description": "Deleted, with its file."}, **error_responses(404, *COMMON)},
 )
-def delete_content(content_id: str, svc: ServiceDep):
-    svc.delete(content_id)
+def delete_content(content_id: str, svc: ServiceDep, caller: CallerDep) -> Response:
+    svc.delete(content_id, caller)
     return Response(status_code=204)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from genforge.contenttypes.records import ErrorBody
 from genforge.errors import (
     GenforgeError,
     InvalidRequest,
@@ -20,7 +21,6 @@ from genforge.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from genforge.records import ErrorBody
 
 log = logging.getLogger("genforge.api")
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genforge.api.auth import authenticate
 from genforge.api.errors import COMMON, error_responses
-from genforge.auth import SCOPES, Caller
+from genforge.core.access import SCOPES, Caller
 from genforge.errors import Forbidden, Unauthorized
 
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from genforge.api.deps import CatalogDep, RuntimeDep
 from genforge.api.errors import COMMON, error_responses
-from genforge.catalog import ModelEntry
+from genforge.core.catalog import ModelEntry
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 

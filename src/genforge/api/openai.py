@@ -15,18 +15,20 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from genforge.api.deps import CatalogDep, ServiceDep
+from genforge.api.deps import CallerDep, CatalogDep, ServiceDep
 from genforge.api.errors import error_responses, openai_error_body
 from genforge.api.streaming import SSE_DOC, Final, event_stream, follow
 from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
+from genforge.contenttypes.request import GenerateRequest
 from genforge.contenttypes.text import MAX_TOKENS_LIMIT
+from genforge.core.caller import Caller
+from genforge.core.jobs import Job
+from genforge.core.service import ContentService
 from genforge.errors import InvalidRequest
-from genforge.jobs import Job
-from genforge.schemas import GenerateRequest
-from genforge.service import ContentService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 HEADER = "X-Genforge-Content-Id"
@@ -282,12 +284,16 @@ def _data(obj: dict) -> str:
 
 
 async def _openai_frames(
-    svc: ContentService, job: Job, chunk: Callable, final_chunks: Callable[[ContentRecord], list[dict]]
+    svc: ContentService,
+    job: Job,
+    caller: Caller,
+    chunk: Callable,
+    final_chunks: Callable[[ContentRecord], list[dict]],
 ) -> AsyncIterator[str]:
     """Token events as OpenAI chunks, then the final chunk(s) and [DONE]; a failure ends with an error
     object and no [DONE], so a cut stream never looks complete. Leaving the stream cancels the job."""
     yield _data(chunk(None, role=True))
-    async for item in follow(svc, job, cancel_on_disconnect=True):
+    async for item in follow(svc, job, caller, cancel_on_disconnect=True):
         if not isinstance(item, Final):
             if item["type"] == "token":
                 yield _data(chunk(item["text"]))
@@ -300,8 +306,8 @@ async def _openai_frames(
         yield "data: [DONE]\n\n"
 
 
-def _stream_response(svc: ContentService, job: Job, chunk, final_chunks):
-    return event_stream(_openai_frames(svc, job, chunk, final_chunks), job.content_id)
+def _stream_response(svc: ContentService, job: Job, caller: Caller, chunk, final_chunks) -> StreamingResponse:
+    return event_stream(_openai_frames(svc, job, caller, chunk, final_chunks), job.content_id)
 
 
 # --- routes -----------------------------------------------------------------------------------------
@@ -319,10 +325,10 @@ def list_openai_models(catalog: CatalogDep) -> ModelList:
     response_model=ChatCompletion,
     responses={200: {"description": "The completion, or chunks with stream: true.", "content": SSE_DOC}, **GEN_ERRORS},
 )
-async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, response: Response):
+async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, caller: CallerDep, response: Response):
     req = _chat_request(body)
     if not body.stream:
-        record = await run_in_threadpool(svc.generate, req)
+        record = await run_in_threadpool(svc.generate, req, caller)
         response.headers[HEADER] = record.id
         return ChatCompletion(
             id=f"chatcmpl-{record.id}",
@@ -339,7 +345,7 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, respons
             ],
             usage=_usage(record),
         )
-    job = await run_in_threadpool(svc.submit, req)
+    job = await run_in_threadpool(svc.submit, req, caller)
     base = {
         "id": f"chatcmpl-{job.content_id}",
         "object": "chat.completion.chunk",
@@ -362,7 +368,7 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, respons
             [last, {**base, "choices": [], "usage": usage.model_dump() if usage else None}] if include_usage else [last]
         )
 
-    return _stream_response(svc, job, chunk, final_chunks)
+    return _stream_response(svc, job, caller, chunk, final_chunks)
 
 
 @router.post(
@@ -370,14 +376,14 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, respons
     response_model=Completion,
     responses={200: {"description": "The completion, or chunks with stream: true.", "content": SSE_DOC}, **GEN_ERRORS},
 )
-async def completions(body: CompletionRequest, svc: ServiceDep, response: Response):
+async def completions(body: CompletionRequest, svc: ServiceDep, caller: CallerDep, response: Response):
     body.unsupported()
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise InvalidRequest("exactly one prompt per request is supported", field="prompt")
     req = _request(content_type="text", prompt=prompts[0], model=body.model, params=_text_params(body), raw=True)
     if not body.stream:
-        record = await run_in_threadpool(svc.generate, req)
+        record = await run_in_threadpool(svc.generate, req, caller)
         response.headers[HEADER] = record.id
         return Completion(
             id=f"cmpl-{record.id}",
@@ -387,7 +393,7 @@ async def completions(body: CompletionRequest, svc: ServiceDep, response: Respon
             choices=[CompletionChoice(index=0, text=record.text, finish_reason=record.finish_reason)],
             usage=_usage(record),
         )
-    job = await run_in_threadpool(svc.submit, req)
+    job = await run_in_threadpool(svc.submit, req, caller)
     base = {
         "id": f"cmpl-{job.content_id}",
         "object": "text_completion",
@@ -402,7 +408,7 @@ async def completions(body: CompletionRequest, svc: ServiceDep, response: Respon
         choice = {"index": 0, "text": "", "finish_reason": record.finish_reason, "logprobs": None}
         return [{**base, "choices": [choice]}]
 
-    return _stream_response(svc, job, chunk, final_chunks)
+    return _stream_response(svc, job, caller, chunk, final_chunks)
 
 
 def _size(size: str | None) -> dict[str, Any]:
@@ -413,7 +419,7 @@ def _size(size: str | None) -> dict[str, Any]:
 
 
 @router.post("/images/generations", response_model=ImagesResponse, responses=GEN_ERRORS)
-async def image_generations(body: ImageRequest, svc: ServiceDep, response: Response):
+async def image_generations(body: ImageRequest, svc: ServiceDep, caller: CallerDep, response: Response):
     body.unsupported()
     params = {**_size(body.size), **({"seed": body.seed} if body.seed is not None else {})}
     req = _request(
@@ -423,12 +429,12 @@ async def image_generations(body: ImageRequest, svc: ServiceDep, response: Respo
         model=body.model,
         params=params,
     )
-    record = await run_in_threadpool(svc.generate, req)
+    record = await run_in_threadpool(svc.generate, req, caller)
     response.headers[HEADER] = record.id
     if body.response_format == "url":
         item = ImageData(url=record.artifact.url)
     else:
-        path, _ = await run_in_threadpool(svc.artifact, record.id)
+        path, _ = await run_in_threadpool(svc.artifact, record.id, caller)
         item = ImageData(b64_json=base64.b64encode(path.read_bytes()).decode("ascii"))
     return ImagesResponse(
         created=_created(record), data=[item], genforge={"content_id": record.id, "warnings": record.warnings}
@@ -446,7 +452,7 @@ async def image_generations(body: ImageRequest, svc: ServiceDep, response: Respo
         **GEN_ERRORS,
     },
 )
-async def audio_speech(body: SpeechRequest, svc: ServiceDep):
+async def audio_speech(body: SpeechRequest, svc: ServiceDep, caller: CallerDep):
     body.unsupported()
     if body.voice in OPENAI_VOICES:
         raise InvalidRequest(
@@ -464,6 +470,6 @@ async def audio_speech(body: SpeechRequest, svc: ServiceDep):
         model=body.model,
         params=params,
     )
-    record = await run_in_threadpool(svc.generate, req)
-    path, media_type = await run_in_threadpool(svc.artifact, record.id)
+    record = await run_in_threadpool(svc.generate, req, caller)
+    path, media_type = await run_in_threadpool(svc.artifact, record.id, caller)
     return Response(path.read_bytes(), media_type=media_type, headers={HEADER: record.id})

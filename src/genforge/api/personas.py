@@ -4,36 +4,38 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Query, Response
 
-from genforge.api.deps import ServiceDep
+from genforge.api.deps import CallerDep, PersonasDep
 from genforge.api.errors import COMMON, error_responses
-from genforge.personas import Persona, PersonaBody, PersonaPatch
+from genforge.platform.personas import Persona, PersonaBody, PersonaPatch
 
 router = APIRouter(prefix="/api/v1/personas", tags=["personas"])
 
 
 @router.post("", status_code=201, response_model=Persona, responses=error_responses(409, *COMMON))
-def create_persona(body: PersonaBody, svc: ServiceDep) -> Persona:
-    return svc.personas.create(body)
+def create_persona(body: PersonaBody, personas: PersonasDep, caller: CallerDep) -> Persona:
+    return personas.create(body, caller)
 
 
 @router.get("", response_model=list[Persona], responses=error_responses(*COMMON))
-def list_personas(svc: ServiceDep) -> list[Persona]:
-    return svc.personas.list()
+def list_personas(personas: PersonasDep, caller: CallerDep) -> list[Persona]:
+    return personas.list(caller)
 
 
 @router.get("/{name}", response_model=Persona, responses=error_responses(404, *COMMON))
-def get_persona(name: str, svc: ServiceDep) -> Persona:
-    return svc.personas.get(name)
+def get_persona(name: str, personas: PersonasDep, caller: CallerDep) -> Persona:
+    return personas.get(name, caller)
 
 
 @router.get("/{name}/versions/{version}", response_model=Persona, responses=error_responses(404, *COMMON))
-def get_persona_version(name: str, svc: ServiceDep, version: int = Path(ge=1, le=10**9)) -> Persona:
-    return svc.personas.get(name, version)
+def get_persona_version(
+    name: str, personas: PersonasDep, caller: CallerDep, version: int = Path(ge=1, le=10**9)
+) -> Persona:
+    return personas.get(name, caller, version)
 
 
 @router.patch("/{name}", response_model=Persona, responses=error_responses(404, *COMMON))
-def edit_persona(name: str, body: PersonaPatch, svc: ServiceDep) -> Persona:
-    return svc.personas.edit(name, body)
+def edit_persona(name: str, body: PersonaPatch, personas: PersonasDep, caller: CallerDep) -> Persona:
+    return personas.edit(name, body, caller)
 
 
 @router.delete(
@@ -42,6 +44,6 @@ def edit_persona(name: str, body: PersonaPatch, svc: ServiceDep) -> Persona:
     response_class=Response,
     responses={204: {"description": "Deleted, every version."}, **error_responses(404, 409, *COMMON)},
 )
-def delete_persona(name: str, svc: ServiceDep, force: bool = Query(False)):
-    svc.personas.delete(name, force=force)
+def delete_persona(name: str, personas: PersonasDep, caller: CallerDep, force: bool = Query(False)) -> Response:
+    personas.delete(name, caller, force=force)
     return Response(status_code=204)

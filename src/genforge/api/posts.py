@@ -8,18 +8,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from genforge import variants
-from genforge.api.deps import ServiceDep
+from genforge.api.deps import CallerDep, PostsDep, ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_response, error_responses
 from genforge.api.streaming import SSE_DOC, event_stream, sse
-from genforge.posts import Post, PostRequest, PostService
-from genforge.variants import Batch
+from genforge.platform import variants
+from genforge.platform.posts import Post, PostRequest
+from genforge.platform.variants import Batch
 
 router = APIRouter(tags=["posts"])
-
-
-def _posts(request: Request) -> PostService:
-    return request.app.state.runtime.posts
 
 
 @router.post(
@@ -31,23 +27,22 @@ def _posts(request: Request) -> PostService:
         **error_responses(*GENERATION),
     },
 )
-async def create_post(body: PostRequest, request: Request):
+async def create_post(body: PostRequest, request: Request, posts: PostsDep, caller: CallerDep):
     """Make a post; a failed post answers with the failed part's error (the post's id in it)."""
-    posts = _posts(request)
     if body.mode == "async":
-        post_id = await run_in_threadpool(posts.create_async, body)
-        post = await run_in_threadpool(posts.get, post_id)
+        post_id = await run_in_threadpool(posts.create_async, body, caller)
+        post = await run_in_threadpool(posts.get, post_id, caller)
         headers = {"Location": f"/api/v1/posts/{post_id}"}
         return JSONResponse(post.model_dump(mode="json"), status_code=202, headers=headers)
-    post = await run_in_threadpool(posts.create, body)
+    post = await run_in_threadpool(posts.create, body, caller)
     if post.status != "succeeded":
         return error_response(posts.error_of(post), request.url.path)
     return post
 
 
 @router.get("/api/v1/posts/{post_id}", response_model=Post, responses=error_responses(404, *COMMON))
-def get_post(post_id: str, request: Request) -> Post:
-    return _posts(request).get(post_id)
+def get_post(post_id: str, posts: PostsDep, caller: CallerDep) -> Post:
+    return posts.get(post_id, caller)
 
 
 @router.get(
@@ -62,9 +57,8 @@ def get_post(post_id: str, request: Request) -> Post:
         **error_responses(404, *COMMON),
     },
 )
-async def post_events(post_id: str, request: Request):
-    posts = _posts(request)
-    await run_in_threadpool(posts.get, post_id)  # 404 when unknown
+async def post_events(post_id: str, posts: PostsDep, caller: CallerDep):
+    await run_in_threadpool(posts.get, post_id, caller)  # 404 when unknown (or another key's)
     job = posts.events(post_id)
 
     async def frames():
@@ -72,7 +66,7 @@ async def post_events(post_id: str, request: Request):
             events = job.listen_async()
             while (event := await events.get())["type"] != "final":
                 yield sse(event["type"], json.dumps({k: v for k, v in event.items() if k != "type"}))
-        final = await run_in_threadpool(posts.get, post_id)
+        final = await run_in_threadpool(posts.get, post_id, caller)
         yield sse("done" if final.status == "succeeded" else "failed", final.model_dump_json())
 
     return event_stream(frames())
@@ -86,8 +80,8 @@ async def post_events(post_id: str, request: Request):
         **error_responses(404, 409, *COMMON),
     },
 )
-def export_post(post_id: str, request: Request):
-    data = _posts(request).export(post_id)
+def export_post(post_id: str, posts: PostsDep, caller: CallerDep) -> Response:
+    data = posts.export(post_id, caller)
     return Response(
         data,
         media_type="application/zip",
@@ -96,5 +90,5 @@ def export_post(post_id: str, request: Request):
 
 
 @router.get("/api/v1/batches/{batch_id}", response_model=Batch, responses=error_responses(404, *COMMON))
-def get_batch(batch_id: str, svc: ServiceDep) -> Batch:
-    return variants.get(svc, batch_id)
+def get_batch(batch_id: str, svc: ServiceDep, caller: CallerDep) -> Batch:
+    return variants.get(svc, batch_id, caller)

@@ -15,9 +15,9 @@ from asyncio import TimerHandle
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from genforge.auth import KeyStore
 from genforge.config import Settings
-from genforge.db import Database
+from genforge.core.access import KeyStore
+from genforge.stores.db import Database
 
 
 class _HeadTooLarge(Exception):

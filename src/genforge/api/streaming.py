@@ -15,9 +15,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from genforge.contenttypes import ContentRecord
+from genforge.core.caller import Caller
+from genforge.core.jobs import Job
+from genforge.core.service import ContentService
 from genforge.errors import Conflict, GenforgeError
-from genforge.jobs import Job
-from genforge.service import ContentService
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # How the schema declares a stream: each event is an `event:` name (the native API; /v1 sends none) and its
@@ -44,7 +45,9 @@ class Final:
     error: GenforgeError | None
 
 
-async def follow(svc: ContentService, job: Job, cancel_on_disconnect: bool) -> AsyncIterator[dict | Final]:
+async def follow(
+    svc: ContentService, job: Job, caller: Caller, cancel_on_disconnect: bool
+) -> AsyncIterator[dict | Final]:
     """The job's engine events (token, progress) as they happen, then exactly one Final."""
     events = job.listen_async()
     ended = False  # the final event came: Job.finish publishes it just before it sets job.done
@@ -53,14 +56,14 @@ async def follow(svc: ContentService, job: Job, cancel_on_disconnect: bool) -> A
             event = await events.get()
             if event["type"] == "final":
                 ended = True
-                record = job.result or await run_in_threadpool(svc.get, job.content_id)
+                record = job.result or await run_in_threadpool(svc.get, job.content_id, caller)
                 yield Final(record, job.error)
                 return
             yield event
     finally:
         if cancel_on_disconnect and not ended and not job.done.is_set():
             with suppress(Conflict):  # it finished on its own while the client left: nothing to stop
-                svc.cancel(job.content_id, wait=False)
+                svc.cancel(job.content_id, caller, wait=False)
 
 
 def sse(event: str, data: str) -> str:
@@ -72,8 +75,10 @@ def final_event(record: ContentRecord) -> str:
     return sse("done" if record.status == "succeeded" else "failed", record.model_dump_json())
 
 
-async def native_events(svc: ContentService, job: Job, cancel_on_disconnect: bool) -> AsyncIterator[str]:
-    async for item in follow(svc, job, cancel_on_disconnect):
+async def native_events(
+    svc: ContentService, job: Job, caller: Caller, cancel_on_disconnect: bool
+) -> AsyncIterator[str]:
+    async for item in follow(svc, job, caller, cancel_on_disconnect):
         if isinstance(item, Final):
             yield final_event(item.record)
         else:

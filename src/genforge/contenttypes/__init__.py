@@ -19,7 +19,7 @@ from genforge.errors import InvalidRequest
 REGISTRY: dict[str, ContentTypeSpec] = {spec.name: spec for spec in (text.SPEC, image.SPEC, speech.SPEC, video.SPEC)}
 CONTENT_TYPES = tuple(REGISTRY)
 
-# The content record: common fields (genforge.records.RecordBase) and the section of its type.
+# The content record: common fields (genforge.contenttypes.records.RecordBase) and the section of its type.
 ContentRecord = Annotated[
     text.TextRecord | image.ImageRecord | speech.SpeechRecord | video.VideoRecord, Field(discriminator="content_type")
 ]

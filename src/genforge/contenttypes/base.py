@@ -6,18 +6,17 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 
 if TYPE_CHECKING:
-    from genforge.catalog import ModelCatalog
     from genforge.config import Settings
+    from genforge.contenttypes.records import RecordBase
+    from genforge.contenttypes.request import GenerateRequest
     from genforge.engines.base import EngineOutput, GenerationJob
-    from genforge.records import RecordBase
-    from genforge.schemas import GenerateRequest
 
 SEED_LIMIT = 2**32  # seeds are 0 .. 2^32-1 for every engine
 
@@ -38,7 +37,22 @@ class Plan:
     policy: Any = None
 
 
-Planner = Callable[["GenerateRequest", "Settings", "ModelCatalog"], Plan]
+class ModelLookup(Protocol):
+    """What a planner asks of the model catalog (genforge.core.catalog.ModelCatalog implements it). Declared here,
+    below the catalog, so that the content types never import the layer that uses them."""
+
+    def default_for(self, content_type: str) -> str | None: ...
+
+    def engine_of(self, name: str) -> tuple[str, str | None] | None: ...
+
+    def type_of(self, name: str) -> str | None: ...
+
+    def installed_names(self, content_type: str | None = None) -> list[str]: ...
+
+    def pullable(self, name: str) -> bool: ...
+
+
+Planner = Callable[["GenerateRequest", "Settings", ModelLookup], Plan]
 Validator = Callable[["EngineOutput", "GenerationJob"], None]
 
 
@@ -78,14 +92,12 @@ def draw_seed(given: int | None) -> int:
     return secrets.randbelow(2**31) if given is None else given
 
 
-def check_model(catalog: ModelCatalog, name: str | None, content_type: str) -> None:
-    from genforge.catalog import HUB_MODELS  # the catalog imports this package: imported when used
-
+def check_model(catalog: ModelLookup, name: str | None, content_type: str) -> None:
     """A named model must exist (404 listing the installed ones) and make this content type."""
     if name is None:
         return
     made = catalog.type_of(name)
-    if made is None and name in HUB_MODELS:
+    if made is None and catalog.pullable(name):
         raise ModelUnavailable(f"model {name!r} is not pulled yet", hint=f"Pull it with `genforge models pull {name}`.")
     if made is None:
         installed = catalog.installed_names()

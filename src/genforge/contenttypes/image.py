@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genforge import imagebackend
 from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
+from genforge.contenttypes.records import RecordBase
+from genforge.engines import imagebackend
 from genforge.engines.base import ImageFacts
 from genforge.errors import InvalidOutput, InvalidRequest
-from genforge.images import PORTRAIT_NATIVE_SIZE, PORTRAIT_SIZES, PREFIX, diffusers_native_size
-from genforge.records import RecordBase
+from genforge.media.images import PORTRAIT_NATIVE_SIZE, PORTRAIT_SIZES, PREFIX, diffusers_native_size
 
 if TYPE_CHECKING:
     from genforge.engines.base import EngineOutput, GenerationJob
@@ -190,14 +190,14 @@ def plan(req, settings, catalog) -> Plan:
 def validate(out: EngineOutput, job: GenerationJob) -> None:
     """A real PNG of the requested size that is not blank and carries its provenance.
 
-    Engines that measured the pixels they encoded (`out.pixels`, genforge.images.PixelCheck) get their PNG's
+    Engines that measured the pixels they encoded (`out.pixels`, genforge.media.images.PixelCheck) get their PNG's
     bytes checked instead of decoded again: every chunk against its CRC, IHDR to IEND, the size and format
     in IHDR. Any other PNG is decoded in full and measured here.
     """
     from PIL import Image, ImageStat, UnidentifiedImageError
 
-    from genforge.credentials import pixels_digest
-    from genforge.images import png_chunks
+    from genforge.media.digests import pixels_digest
+    from genforge.media.images import png_chunks
 
     if out.media_type != "image/png":
         raise InvalidOutput(f"the image engine returned {out.media_type!r}, not image/png")

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, facts_of, parse_params
+from genforge.contenttypes.records import RecordBase
 from genforge.engines.base import SpeechFacts
 from genforge.errors import InvalidOutput, InvalidRequest
-from genforge.records import RecordBase
 
 if TYPE_CHECKING:
     from genforge.engines.base import EngineOutput, GenerationJob
@@ -107,8 +107,8 @@ def speech_duration_range(text: str, speed: float = 1.0, sentence_silence: float
 
 
 def validate(out: EngineOutput, job: GenerationJob) -> None:
-    from genforge.audio import decode_wav, rms
-    from genforge.credentials import samples_digest
+    from genforge.media.audio import decode_wav, rms
+    from genforge.media.digests import samples_digest
 
     if out.media_type != "audio/wav":
         raise InvalidOutput(f"the speech engine returned {out.media_type!r}, not audio/wav")

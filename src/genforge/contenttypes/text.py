@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
+from genforge.contenttypes.records import ChatMessage, RecordBase, Usage
 from genforge.engines.base import TextFacts, TextPolicy
 from genforge.errors import InvalidOutput, InvalidRequest, PolicyViolation
-from genforge.records import ChatMessage, RecordBase, Usage
 
 if TYPE_CHECKING:
     from genforge.engines.base import EngineOutput, GenerationJob

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, facts_of, parse_params
+from genforge.contenttypes.records import RecordBase
 from genforge.engines.base import VideoFacts
 from genforge.errors import InvalidOutput, InvalidRequest
-from genforge.records import RecordBase
 
 if TYPE_CHECKING:
     from genforge.engines.base import EngineOutput, GenerationJob

@@ -13,15 +13,16 @@ The worker (genforge/worker.py) dispatches on which of the two an engine declare
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from genforge.images import PixelCheck
+    from genforge.media.images import PixelCheck
 
 # Progress and token events: {"type": "token", "text": ...} or {"type": "progress", "step": i, "total": n}.
 Emit = Callable[[dict], None]
@@ -70,7 +71,7 @@ class GenerationJob:
     prompt: str
     system: str | None
     # The complete, typed parameters of the content type (TextSettings, ImageSettings, SpeechSettings in
-    # genforge.schemas): exactly what the record stores and a client can send again. The seed is always set
+    # genforge.contenttypes.request): exactly what the record stores and a client can send again. The seed is always set
     # for text and images.
     params: Any
     # Text only: a whole chat (the OpenAI API) instead of prompt + system, and raw continuation (no template).
@@ -186,7 +187,7 @@ class EngineOutput:
     # The engine kind that made the output when it is not the one the job was sent to (the OpenVINO image
     # engine falling back to torch); the record then names it.
     engine: str | None = None
-    # Images: the pixel checks made on the array that was encoded (genforge.images.PixelCheck); the
+    # Images: the pixel checks made on the array that was encoded (genforge.media.images.PixelCheck); the
     # validator then checks the PNG's bytes instead of decoding them again.
     pixels: PixelCheck | None = None
 
@@ -253,3 +254,23 @@ class BatchingEngine(ABC):
     @abstractmethod
     def busy(self) -> bool:
         """Whether a job is waiting or running."""
+
+
+class EngineClient(Protocol):
+    """How the core runs a job on an engine, wherever the engine lives: a typed job in, its events to `emit` as
+    they happen (tokens, progress), its typed output back, or a typed error. `engines.pool.EnginePool` implements
+    it (engines in supervised child processes); `started` runs once the engine has the job, `cancel` stops it
+    between tokens or steps."""
+
+    def generate(
+        self,
+        job: GenerationJob,
+        emit: Emit | None = None,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+        started: Callable[[], None] | None = None,
+    ) -> EngineOutput: ...
+
+    def load(self, model: ResolvedModel, timeout: float = 300) -> float: ...
+
+    def stop(self) -> None: ...

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from genforge import images
 from genforge.engines.base import (
     Emit,
     EngineOutput,
@@ -28,6 +27,7 @@ from genforge.engines.base import (
 )
 from genforge.engines.tiny_decoder import TinyDecoder, use_decoder
 from genforge.errors import Cancelled, InvalidOutput, ModelUnavailable
+from genforge.media import images
 
 # Set before diffusers/transformers import huggingface_hub, which reads them once.
 OFFLINE_ENV = {

@@ -14,9 +14,9 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from genforge.audio import decode_wav, encode_wav, silence
 from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, SpeechFacts
 from genforge.errors import Cancelled, EngineFailed, InvalidOutput, InvalidRequest, ModelUnavailable
+from genforge.media.audio import decode_wav, encode_wav, silence
 
 APT_HINT = "Install it with `apt-get install espeak-ng` (Debian/Ubuntu)."
 DEFAULT_VOICE = "en-us"

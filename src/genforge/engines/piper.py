@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from genforge.audio import encode_wav, silence
 from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, SpeechFacts
 from genforge.errors import Cancelled, InvalidOutput, InvalidRequest, ModelUnavailable
+from genforge.media.audio import encode_wav, silence
 
 # onnxruntime's Linux wheel has telemetry that writes a device id under ~/.cache/Microsoft at *import*;
 # the switch must be set before onnxruntime is imported in this (worker) process.

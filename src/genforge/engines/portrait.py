@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from genforge import images
 from genforge.engines.base import (
     Emit,
     EngineOutput,
@@ -36,6 +35,7 @@ from genforge.engines.base import (
     ResolvedModel,
 )
 from genforge.errors import Cancelled, InvalidRequest, ModelUnavailable
+from genforge.media import images
 
 NATIVE_SIZE, SIZES = images.PORTRAIT_NATIVE_SIZE, images.PORTRAIT_SIZES
 STYLE_DIM = 512

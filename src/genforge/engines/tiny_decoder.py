@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from genforge.errors import ModelUnavailable
-from genforge.storage import path_stat, sha256_path
+from genforge.media.files import path_stat, sha256_path
 
 UNLOADABLE_HINT = (
     "Point GENFORGE_IMAGE_TINY_DECODER at a diffusers AutoencoderTiny directory (config.json with "

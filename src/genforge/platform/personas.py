@@ -1,0 +1,317 @@
+"""Personas: named, versioned defaults per content type that make content recognisably someone's.
+
+Every edit writes a new version (a new row); old versions stay readable, and a record keeps the name and version
+it was made with and which fields came from the persona. `apply()` merges a persona into a generate request: what
+the request sets itself wins. Forbidden phrases are not written into the prompt (a small model would be primed to
+say them): they become the text's policy, which the text validator enforces (genforge.engines.base.TextPolicy).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import func
+
+from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
+from genforge.contenttypes.records import ChatMessage, PersonaUse
+from genforge.contenttypes.request import GenerateRequest
+from genforge.core.caller import Caller
+from genforge.core.service import Applied
+from genforge.engines.base import TextPolicy
+from genforge.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from genforge.stores.db import ContentRow, Database, PersonaRow, PostRow
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_REF = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63})(?:@([1-9][0-9]{0,8}))?$")
+Phrase = str
+
+
+# `register` is the contract's field name; it shadows ABCMeta.register on the class only (instances read the field).
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class TextDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = Field(None, max_length=10_000, description="The personality: the system prompt.")
+    register: str | None = Field(None, max_length=200, description="Writing register, e.g. casual, formal.")
+    signature_phrases: list[Phrase] = Field(default_factory=list, max_length=20)
+    forbidden_phrases: list[Phrase] = Field(
+        default_factory=list, max_length=50, description="A text containing one (any case) is not a success."
+    )
+    emoji: Literal["none", "few", "many"] | None = Field(None, description="Emoji policy, told to the model.")
+    hashtags: int | None = Field(None, ge=0, le=30, description="How many hashtags to end with.")
+    model: str | None = Field(None, min_length=1, max_length=200)
+    quality: Literal["draft", "standard", "high"] | None = None
+
+
+class ImageDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, min_length=1, max_length=200)
+    seed: int | None = Field(
+        None, ge=0, lt=SEED_LIMIT, description="The appearance lock: with the portrait model, the persona's face."
+    )
+    style: str | None = Field(None, max_length=2_000, description="Put before the prompt.")
+    style_suffix: str | None = Field(None, max_length=2_000, description="Put after the prompt.")
+    negative: str | None = Field(None, max_length=2_000, description="Negative prompt (diffusers models).")
+    width: int | None = Field(None, gt=0, le=4096, multiple_of=8)
+    height: int | None = Field(None, gt=0, le=4096, multiple_of=8)
+
+
+class SpeechDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, min_length=1, max_length=200)
+    voice: str | None = Field(None, min_length=1, max_length=64)
+    speed: float | None = Field(None, ge=0.25, le=4.0)
+
+
+class PersonaBody(BaseModel):
+    """POST /api/v1/personas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="A slug: lower-case letters, digits, - and _.")
+    display_name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    text: TextDefaults = Field(default_factory=TextDefaults)
+    image: ImageDefaults = Field(default_factory=ImageDefaults)
+    speech: SpeechDefaults = Field(default_factory=SpeechDefaults)
+    shared: bool = Field(False, description="Other keys may use it (read-only); only its owner or an admin edits it.")
+
+    def models(self) -> list[str]:
+        """The models this persona would run (each section's, where set)."""
+        return [m for m in (self.text.model, self.image.model, self.speech.model) if m]
+
+
+class PersonaPatch(BaseModel):
+    """PATCH /api/v1/personas/{name}: the fields to change; a section's fields not sent keep their values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    text: dict | None = None
+    image: dict | None = None
+    speech: dict | None = None
+    shared: bool | None = None
+
+
+class Persona(PersonaBody):
+    version: int = Field(description="1 when created, one more with each edit.")
+    created_at: datetime = Field(description="When this version was written.")
+    owner: str | None = Field(None, description="The id of the key that made it (null: the operator).")
+
+
+def _persona(row: PersonaRow) -> Persona:
+    return Persona(
+        name=row.name,
+        version=row.version,
+        display_name=row.display_name,
+        description=row.description,
+        text=row.text or {},
+        image=row.image or {},
+        speech=row.speech or {},
+        created_at=row.created_at,
+        shared=bool(row.shared),
+        owner=row.owner,
+    )
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """ "mira" -> ("mira", None: the latest); "mira@3" -> ("mira", 3)."""
+    m = _REF.match(ref)
+    if not m:
+        raise InvalidRequest(f"persona: {ref!r} is not a persona name (or NAME@VERSION)", field="persona")
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+class PersonaStore:
+    """Versioned personas, each owned by the key that made it. Its owner (and admin keys) read, use and edit it;
+    other keys may read and use it when it is `shared`, and otherwise get what an unknown name gets (404).
+    Implements the core's PersonaSource (`apply`)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def _check_models(self, body: PersonaBody, caller: Caller) -> None:
+        """A key limited to some models may not make a persona that would run another (403 naming it)."""
+        for model in body.models():
+            caller.check_model(model)
+
+    def create(self, body: PersonaBody, caller: Caller) -> Persona:
+        self._check_models(body, caller)
+        with self.db.session() as s:
+            if s.query(PersonaRow).filter(PersonaRow.name == body.name).count():
+                raise Conflict(
+                    f"persona {body.name!r} exists", field="name", hint="Edit it with PATCH, or choose another name."
+                )
+            row = PersonaRow(version=1, created_at=datetime.now(UTC), owner=caller.id, **body.model_dump(mode="json"))
+            s.add(row)
+            s.flush()
+            return _persona(row)
+
+    def _row(self, name: str, version: int | None, caller: Caller) -> PersonaRow | None:
+        with self.db.session() as s:
+            q = s.query(PersonaRow).filter(PersonaRow.name == name)
+            row = (
+                q.filter(PersonaRow.version == version).one_or_none()
+                if version
+                else q.order_by(PersonaRow.version.desc()).first()
+            )
+            if row is None:
+                return None
+            latest = row if not version else q.order_by(PersonaRow.version.desc()).first()
+            # who may see it is decided by its latest version (an owner's later `shared: false` hides all)
+            if latest is None or not (caller.owns(latest.owner) or latest.shared):
+                return None
+            s.expunge(row)
+            return row
+
+    def get(self, name: str, caller: Caller, version: int | None = None) -> Persona:
+        row = self._row(name, version, caller)
+        if row is None:
+            what = f"persona {name!r}" + (f" version {version}" if version else "")
+            raise NotFound(f"no {what}", field="persona", hint="List them with GET /api/v1/personas.")
+        return _persona(row)
+
+    def resolve(self, ref: str, caller: Caller) -> Persona:
+        name, version = parse_ref(ref)
+        return self.get(name, caller, version)
+
+    def list(self, caller: Caller) -> list[Persona]:
+        """The latest version of each persona the caller may see (its own and the shared ones; admin: all)."""
+        with self.db.session() as s:
+            latest = (
+                s.query(PersonaRow.name, func.max(PersonaRow.version).label("v")).group_by(PersonaRow.name).subquery()
+            )
+            rows = (
+                s.query(PersonaRow)
+                .join(latest, (PersonaRow.name == latest.c.name) & (PersonaRow.version == latest.c.v))
+                .order_by(PersonaRow.name)
+                .all()
+            )
+            return [_persona(r) for r in rows if caller.owns(r.owner) or r.shared]
+
+    def _own(self, name: str, caller: Caller) -> Persona:
+        """The latest version, if the caller may change it: another key's shared persona is read-only (403)."""
+        current = self.get(name, caller)
+        if not caller.owns(current.owner):
+            raise Forbidden(
+                f"persona {name!r} is shared with this key to use, not to change",
+                field="persona",
+                hint="Only its owner or an admin key edits or deletes it.",
+            )
+        return current
+
+    def edit(self, name: str, patch: PersonaPatch, caller: Caller) -> Persona:
+        """A new version: the latest with the patch applied (sections merge field by field)."""
+        current = self._own(name, caller)
+        data = current.model_dump(exclude={"version", "created_at", "owner"})
+        for key, value in patch.model_dump(exclude_unset=True).items():
+            data[key] = {**data[key], **(value or {})} if key in ("text", "image", "speech") else value
+        try:
+            body = PersonaBody.model_validate(data)
+        except ValidationError as exc:  # a section's field of the wrong type or unknown: 422 naming it
+            raise pydantic_error(exc) from None
+        self._check_models(body, caller)
+        with self.db.session() as s:
+            row = PersonaRow(
+                version=current.version + 1,
+                created_at=datetime.now(UTC),
+                owner=current.owner,
+                **body.model_dump(mode="json"),
+            )
+            s.add(row)
+            s.flush()
+            return _persona(row)
+
+    def delete(self, name: str, caller: Caller, force: bool = False) -> None:
+        """Remove every version; refused (409) while records or posts refer to it, unless forced (the records
+        keep their copy of what was used)."""
+        self._own(name, caller)
+        with self.db.session() as s:
+            uses = s.query(ContentRow).filter(ContentRow.persona_name == name).count()
+            uses += s.query(PostRow).filter(PostRow.persona_name == name).count()
+            if uses and not force:
+                raise Conflict(
+                    f"persona {name!r} is referred to by {uses} record(s)",
+                    hint="Delete with ?force=true (`genforge personas rm NAME --force`); the records keep their copy.",
+                )
+            s.query(PersonaRow).filter(PersonaRow.name == name).delete()
+
+    def apply(
+        self, ref: str, req: GenerateRequest, caller: Caller, engine_of: Callable[[str | None], str | None]
+    ) -> Applied:
+        """The core's PersonaSource: the persona `ref` names (one the caller may use) applied to `req`."""
+        merged, use, policy = apply(self.resolve(ref, caller), req, engine_of)
+        return Applied(merged, use, policy)
+
+
+def _text_system(t: TextDefaults) -> str | None:
+    """The system prompt a persona's text settings make: the personality, then how to write."""
+    lines = [t.system] if t.system else []
+    if t.register:
+        lines.append(f"Write in a {t.register} register.")
+    if t.signature_phrases:
+        lines.append("Where it fits, use your signature phrases: " + "; ".join(t.signature_phrases) + ".")
+    if t.emoji:
+        lines.append({"none": "Use no emoji.", "few": "Use an emoji or two.", "many": "Use plenty of emoji."}[t.emoji])
+    if t.hashtags is not None:
+        lines.append(f"End with {t.hashtags} hashtags." if t.hashtags else "Use no hashtags.")
+    return " ".join(lines) or None
+
+
+def apply(
+    persona: Persona, req: GenerateRequest, engine_of: Callable[[str | None], str | None]
+) -> tuple[GenerateRequest, PersonaUse, TextPolicy | None]:
+    """The request with the persona's defaults for its content type filled in where the request left them unset;
+    what came from the persona (field -> value), and the text policy. `engine_of(model)` names a model's engine."""
+    given = req.model_fields_set
+    fields: dict = {}
+    params: dict = {}
+    policy = None
+    if req.content_type == "text":
+        t = persona.text
+        system = _text_system(t)
+        if system and req.system is None:  # a chat (/v1) gets it as its first message
+            fields["system"] = system
+            if req.messages:
+                fields["messages"] = [ChatMessage(role="system", content=system), *req.messages]
+        if t.model and "model" not in given:
+            fields["model"] = t.model
+        if t.quality and "quality" not in given:
+            fields["quality"] = t.quality
+        if t.forbidden_phrases:
+            policy = TextPolicy(forbidden_phrases=tuple(t.forbidden_phrases))
+    elif req.content_type == "image":
+        i = persona.image
+        if i.model and "model" not in given:
+            fields["model"] = i.model
+        for key, value in (("seed", i.seed), ("width", i.width), ("height", i.height)):
+            if value is not None and key not in req.params:
+                params[key] = value
+        model = fields.get("model") or req.model
+        if i.negative and "negative_prompt" not in req.params and engine_of(model) == "diffusers":
+            params["negative_prompt"] = i.negative
+        if i.style or i.style_suffix:
+            fields["prompt"] = ", ".join(p for p in (i.style, req.prompt, i.style_suffix) if p)
+    elif req.content_type == "speech":
+        sp = persona.speech
+        if sp.model and "model" not in given:
+            fields["model"] = sp.model
+        for key, value in (("voice", sp.voice), ("speed", sp.speed)):
+            if value is not None and key not in req.params:
+                params[key] = value
+    applied = {**{k: v for k, v in fields.items() if k != "messages"}, **{f"params.{k}": v for k, v in params.items()}}
+    if policy:
+        applied["policy.forbidden_phrases"] = list(policy.forbidden_phrases)
+    update = {**fields, "params": {**req.params, **params}}
+    merged = req.model_copy(update=update)
+    return merged, PersonaUse(name=persona.name, version=persona.version, applied=applied), policy
