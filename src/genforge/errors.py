@@ -3,6 +3,8 @@ api/errors.py only, and the CLI's exit status in cli.py derives from the code to
 
 from __future__ import annotations
 
+from typing import Any
+
 # code -> the class that declares it: filled by GenforgeError.__init_subclass__, read by error_class()
 BY_CODE: dict[str, type[GenforgeError]] = {}
 
@@ -24,7 +26,7 @@ class GenforgeError(Exception):
         hint: str | None = None,
         content_id: str | None = None,
         field: str | None = None,
-        details: dict | None = None,
+        details: dict[str, Any] | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -34,8 +36,13 @@ class GenforgeError(Exception):
         self.field = field
         self.details = details or {}
 
-    def to_dict(self) -> dict:
-        body = {"code": self.code, "message": self.message, "hint": self.hint, "content_id": self.content_id}
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "content_id": self.content_id,
+        }
         if self.field:
             body["field"] = self.field
         body.update(self.details)

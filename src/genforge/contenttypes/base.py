@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from genforge.engines.base import TextPolicy
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 
 if TYPE_CHECKING:
@@ -28,13 +29,19 @@ class Plan:
 
     model: str | None
     params: BaseModel
-    messages: list[dict] | None = None
+    messages: list[dict[str, Any]] | None = None
     raw: bool = False
     fallback_reason: str | None = None
     # Video: the stored records it is made of, by role: (content id, the content type it must be).
     inputs: dict[str, tuple[str, str]] | None = None
     # Text: what the output must respect (genforge.engines.base.TextPolicy); set by personas and posts.
-    policy: Any = None
+    policy: TextPolicy | None = None
+
+
+class StoredRow(Protocol):
+    """What a record section reads of a stored row (genforge.stores.db.ContentRow has it)."""
+
+    extra: dict[str, Any]
 
 
 class ModelLookup(Protocol):
@@ -71,7 +78,7 @@ class ContentTypeSpec:
     suffix: str  # of the artifact file
     no_model_hint: str  # how to get a model when none is installed
     check_model_path: Callable[[Path], str] | None  # `models add PATH --type NAME`: checks PATH, returns engine
-    record_section: Callable[[Any], dict]  # the section's fields from a stored row
+    record_section: Callable[[Any], dict[str, Any]]  # the section's fields from a stored row
 
 
 def pydantic_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
@@ -81,7 +88,7 @@ def pydantic_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
     return InvalidRequest(f"{field}: {err['msg'].removeprefix('Value error, ')}", field=field)
 
 
-def parse_params(model: type[BaseModel], params: dict) -> Any:
+def parse_params(model: type[BaseModel], params: dict[str, Any]) -> Any:
     try:
         return model.model_validate(params)
     except ValidationError as exc:
@@ -110,7 +117,7 @@ def check_model(catalog: ModelLookup, name: str | None, content_type: str) -> No
         raise InvalidRequest(f"model {name!r} makes {made}, not {content_type}", field="model")
 
 
-def facts_of(row, facts: type[BaseModel]) -> dict:
+def facts_of(row: StoredRow, facts: type[BaseModel]) -> dict[str, Any]:
     """The engine facts stored with a row (its `extra` column), the declared keys only."""
     extra = row.extra or {}
     return {k: extra[k] for k in facts.model_fields if k in extra}

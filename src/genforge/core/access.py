@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -56,11 +57,12 @@ def hash_token(token: str) -> str:
 
 
 def _caller(row: ApiKeyRow) -> Caller:
-    rate = (row.rate_count, row.rate_period_s) if row.rate_count else None
-    return Caller(row.id, row.name, row.scope, tuple(row.models) if row.models else None, rate, row.max_jobs)
+    rate = (row.rate_count, row.rate_period_s) if row.rate_count and row.rate_period_s else None
+    scope = next(s for s in SCOPES if s == row.scope)  # the column holds one of SCOPES (KeyStore.create)
+    return Caller(row.id, row.name, scope, tuple(row.models) if row.models else None, rate, row.max_jobs)
 
 
-def _public(row: ApiKeyRow) -> dict:
+def _public(row: ApiKeyRow) -> dict[str, Any]:
     """A key as `keys list` shows it: never its token or hash."""
     return {
         "id": row.id,
@@ -89,7 +91,7 @@ class KeyStore:
         models: list[str] | None = None,
         rate: str | None = None,
         max_jobs: int | None = None,
-    ) -> tuple[dict, str]:
+    ) -> tuple[dict[str, Any], str]:
         """A new key: (its public description, its token). The token is not stored and cannot be shown again."""
         if scope not in SCOPES:
             raise InvalidRequest(f"scope {scope!r} is not one of {', '.join(SCOPES)}", field="scope")
@@ -118,11 +120,11 @@ class KeyStore:
             s.flush()
             return _public(row), token
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
             return [_public(r) for r in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))]
 
-    def revoke(self, name: str) -> dict:
+    def revoke(self, name: str) -> dict[str, Any]:
         with self.db.session() as s:
             row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name, ApiKeyRow.revoked_at.is_(None)))
             if row is None:
@@ -158,7 +160,7 @@ class KeyStore:
 class RateLimiter:
     """One token bucket per key: `count` requests at once, refilled at count/period per second."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
@@ -179,7 +181,7 @@ class RateLimiter:
 class JobSlots:
     """Jobs each key has pending or running, against its max_jobs."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._active: dict[str | None, int] = {}
         self._lock = threading.Lock()
 

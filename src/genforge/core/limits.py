@@ -8,8 +8,12 @@ steps and speech characters (the content types' planners), body size (api/errors
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from genforge.config import Settings
+from genforge.contenttypes.image import DiffusersSettings, PortraitSettings
 from genforge.contenttypes.request import GenerateRequest
+from genforge.contenttypes.text import TextSettings
 from genforge.errors import InvalidRequest
 
 
@@ -22,16 +26,16 @@ def _over(field: str, value: int, limit: int, unit: str, setting: str, label: st
     )
 
 
-def check_limits(req: GenerateRequest, params, settings: Settings) -> None:
+def check_limits(req: GenerateRequest, params: BaseModel, settings: Settings) -> None:
     """`params`: the planner's complete, typed parameters."""
     chars = len(req.prompt) + len(req.system or "")
     chars += sum(len(m.content) for m in req.messages or [])
     if chars > settings.max_prompt_chars:
         field = "messages" if req.messages else "prompt"
         raise _over(field, chars, settings.max_prompt_chars, "characters", "GENFORGE_MAX_PROMPT_CHARS")
-    if req.content_type == "text" and params.max_tokens > settings.max_tokens:
+    if isinstance(params, TextSettings) and params.max_tokens > settings.max_tokens:
         raise _over("params.max_tokens", params.max_tokens, settings.max_tokens, "tokens", "GENFORGE_MAX_TOKENS")
-    if req.content_type == "image":
+    if isinstance(params, PortraitSettings | DiffusersSettings):
         pixels = params.width * params.height
         if pixels > settings.image_max_pixels:
             raise _over(

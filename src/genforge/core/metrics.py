@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from genforge.contenttypes.text import TextRecord
+
+if TYPE_CHECKING:
+    from genforge.contenttypes import ContentRecord
+    from genforge.core.jobs import JobQueue
 
 REQUESTS = Counter(
     "genforge_requests", "Generation requests by content type and final status", ["content_type", "status"]
@@ -41,7 +49,7 @@ def serve_worker_metrics(host: str, port: int) -> None:
     start_http_server(port, addr=host, registry=registry)
 
 
-def observe_success(record) -> None:
+def observe_success(record: ContentRecord) -> None:
     """Count a succeeded record (a genforge.contenttypes.ContentRecord)."""
     REQUESTS.labels(record.content_type, "succeeded").inc()
     timings = record.timings
@@ -49,7 +57,7 @@ def observe_success(record) -> None:
         GENERATION_SECONDS.labels(record.content_type).observe(timings.generate_ms / 1000)
     if timings.load_ms:
         MODEL_LOAD_SECONDS.observe(timings.load_ms / 1000)
-    tokens = record.usage.completion_tokens if record.content_type == "text" else None
+    tokens = record.usage.completion_tokens if isinstance(record, TextRecord) and record.usage else None
     if tokens:
         TOKENS.inc(tokens)
         if timings.generate_ms:
@@ -61,7 +69,7 @@ def observe_failure(content_type: str, code: str) -> None:
     FAILURES.labels(code).inc()
 
 
-def track_runner(runner) -> None:
+def track_runner(runner: JobQueue) -> None:
     """Read queue depth and running jobs from the runner at scrape time."""
     QUEUE_DEPTH.set_function(lambda: runner.depth)
     RUNNING.set_function(lambda: runner.running)

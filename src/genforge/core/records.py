@@ -15,10 +15,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict, cast
 
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, func, insert, select, update
 
 from genforge.contenttypes import REGISTRY, ContentRecord
 from genforge.contenttypes.records import Artifact, ModelInfo, RecordError, Status, Timings
@@ -80,6 +80,19 @@ def checked_extra(extra: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
+def _status(value: str) -> Status:
+    """A stored status as the Status it was written as (only this store writes it, from TRANSITIONS)."""
+    for status in TRANSITIONS:
+        if status == value:
+            return status
+    raise InvalidTransition(f"a content row has the unknown status {value!r}")
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE matched (an UPDATE's result is a CursorResult, which counts them)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -130,8 +143,8 @@ def to_record(row: ContentRow, queue_position: int | None = None) -> ContentReco
         "persona": extra.get("persona"),
         "attempts": extra.get("attempts", []),
     }
-    record: ContentRecord = spec.record.model_validate({**common, **spec.record_section(row)})
-    return record
+    record = spec.record.model_validate({**common, **spec.record_section(row)})
+    return cast(ContentRecord, record)  # spec.record is the section's class of this content type
 
 
 class ContentPage(BaseModel):
@@ -256,7 +269,8 @@ class SqlContentRecords:
         if run is not None:
             conds.append(ContentRow.runs == run)
         with self.db.transaction() as conn:  # a bare statement: the hot path's writes skip the ORM
-            return bool(conn.execute(update(ContentRow).where(*conds).values(status=to, **values)).rowcount)
+            result = conn.execute(update(ContentRow).where(*conds).values(status=to, **values))
+            return bool(_rowcount(result))
 
     def accept(self, record: PendingRecord) -> None:
         row = {
@@ -307,11 +321,13 @@ class SqlContentRecords:
         """A worker's claim (distributed mode): pending -> running as the next run, only if this call wins it.
         (the row, its run number), or None."""
         with self.db.session() as s:
-            won = s.execute(
-                update(ContentRow)
-                .where(ContentRow.id == content_id, ContentRow.status == "pending")
-                .values(status="running", started_at=now(), runs=ContentRow.runs + 1)
-            ).rowcount
+            won = _rowcount(
+                s.execute(
+                    update(ContentRow)
+                    .where(ContentRow.id == content_id, ContentRow.status == "pending")
+                    .values(status="running", started_at=now(), runs=ContentRow.runs + 1)
+                )
+            )
             if not won:
                 return None
             row = s.get(ContentRow, content_id)
@@ -356,11 +372,13 @@ class SqlContentRecords:
                 "generate_ms": round(outcome.generate_ms, 2),
                 "total_ms": round(outcome.total_ms, 2),
             }
-            moved = s.execute(
-                update(ContentRow)
-                .where(ContentRow.id == content_id, ContentRow.status == "running", ContentRow.runs == run)
-                .values(**values)
-            ).rowcount
+            moved = _rowcount(
+                s.execute(
+                    update(ContentRow)
+                    .where(ContentRow.id == content_id, ContentRow.status == "running", ContentRow.runs == run)
+                    .values(**values)
+                )
+            )
             if not moved:
                 return None
             s.refresh(row)
@@ -423,14 +441,14 @@ class SqlContentRecords:
         """(status, owner) of a record, or None when there is none."""
         with self.db.connection() as conn:
             found = conn.execute(select(ContentRow.status, ContentRow.owner).where(ContentRow.id == content_id)).first()
-        return None if found is None else (found[0], found[1])
+        return None if found is None else (_status(found[0]), found[1])
 
     def statuses(self, ids: Sequence[str]) -> dict[str, Status]:
         if not ids:
             return {}
         with self.db.connection() as conn:
             rows = conn.execute(select(ContentRow.id, ContentRow.status).where(ContentRow.id.in_(list(ids))))
-            return {content_id: status for content_id, status in rows}
+            return {content_id: _status(status) for content_id, status in rows}
 
     def file_of(self, content_id: str) -> StoredFile:
         with self.db.session() as s:
@@ -440,7 +458,7 @@ class SqlContentRecords:
             return StoredFile(
                 content_id=row.id,
                 content_type=row.content_type,
-                status=row.status,  # type: ignore[arg-type]  # written only by this store, from Status
+                status=_status(row.status),
                 owner=row.owner,
                 relpath=row.artifact_path,
                 sha256=row.artifact_sha256,
@@ -523,7 +541,7 @@ class SqlContentRecords:
     def referenced_paths(self) -> set[str]:
         with self.db.connection() as conn:
             rows = conn.execute(select(ContentRow.artifact_path).where(ContentRow.artifact_path.isnot(None)))
-            return {path for (path,) in rows}
+            return {path for (path,) in rows if path is not None}
 
     # --- deleting --------------------------------------------------------------------------------------
     def delete(self, content_id: str) -> str | None:

@@ -13,6 +13,7 @@ outcome ends `failed` (or `cancelled`) with a typed error that carries the recor
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -215,7 +216,12 @@ class ContentService:
                 self.slots.release(caller)
             raise
         if limited:
-            job.listen(lambda event: event["type"] == "final" and self.slots.release(caller))
+
+            def release(event: dict[str, Any]) -> None:
+                if event["type"] == "final":
+                    self.slots.release(caller)
+
+            job.listen(release)
         return job
 
     def generate(
@@ -566,7 +572,7 @@ class ContentService:
         extra = self.records.file_of(content_id).extra
         return describe(self.credentials, content_id, extra, path.read_bytes(), media_type)
 
-    def find_by_content_hash(self, digest: str, caller: Caller) -> list[ContentRecord]:
+    def find_by_content_hash(self, digest: str, caller: Caller) -> builtins.list[ContentRecord]:
         """Succeeded records whose decoded pixels or samples hash to `digest` (a file stripped of metadata)."""
         return [r for r in self.records.find(content_hash=digest) if caller.owns(r.owner)]
 
@@ -578,7 +584,7 @@ class ContentService:
         sidecar: dict[str, Any] | None = found.extra.get("credentials_sidecar")
         return sidecar
 
-    def find_by_file(self, path: Path, caller: Caller) -> tuple[str, list[ContentRecord]]:
+    def find_by_file(self, path: Path, caller: Caller) -> tuple[str, builtins.list[ContentRecord]]:
         """(sha256 of the file, the succeeded records whose artifact it is)."""
         digest = sha256_file(path)
         return digest, [r for r in self.records.find(artifact_sha256=digest) if caller.owns(r.owner)]

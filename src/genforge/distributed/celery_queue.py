@@ -128,7 +128,8 @@ def error_of(record: ContentRecord) -> GenforgeError:
     """The typed error of a record another process finished (any code, through the one code -> class table)."""
     err = record.error
     klass = error_class(err.code if err else "")
-    return klass(err.message if err else "failed", hint=err.hint if err else None, content_id=record.id)
+    message = (err.message if err else None) or f"content {record.id} ended {record.status}"
+    return klass(message, hint=err.hint if err else None, content_id=record.id)
 
 
 class FollowedJob(Job):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from genforge.media.images import PixelCheck
 
 # Progress and token events: {"type": "token", "text": ...} or {"type": "progress", "step": i, "total": n}.
-Emit = Callable[[dict], None]
+Emit = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ResolvedModel:
     sha256: str
     size_bytes: int
     chat: bool
-    source: dict | None = None  # pulled from a hub: {"repo", "revision", "file"}
+    source: dict[str, Any] | None = None  # pulled from a hub: {"repo", "revision", "file"}
     # A remote model (engine "remote"): `path` is the server's base URL, `sha256` empty (no file here).
     served_model: str | None = None  # the model id the remote serves
     api_key_env: str | None = None  # the environment variable holding its API key, if it needs one
@@ -75,7 +75,7 @@ class GenerationJob:
     # for text and images.
     params: Any
     # Text only: a whole chat (the OpenAI API) instead of prompt + system, and raw continuation (no template).
-    messages: list[dict] | None = None
+    messages: list[dict[str, Any]] | None = None
     raw: bool = False
     # Speech only: why the espeak-ng fallback runs (the request allowed it), for the record's warnings.
     fallback_reason: str | None = None
@@ -180,10 +180,10 @@ class EngineOutput:
     facts: _Facts
     text: str | None = None
     finish_reason: str | None = None
-    usage: dict | None = None
+    usage: dict[str, Any] | None = None
     # What the engine learned about the model while running (a remote's base URL, served id, fingerprint):
     # extra fields of the record's `model` (records.ModelInfo).
-    provenance: dict | None = None
+    provenance: dict[str, Any] | None = None
     # The engine kind that made the output when it is not the one the job was sent to (the OpenVINO image
     # engine falling back to torch); the record then names it.
     engine: str | None = None
@@ -212,7 +212,7 @@ class Update:
     """A token or progress event of a running job."""
 
     job_id: str
-    event: dict
+    event: dict[str, Any]
 
 
 @dataclass

@@ -12,7 +12,7 @@ import re
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func
@@ -274,8 +274,8 @@ def apply(
     """The request with the persona's defaults for its content type filled in where the request left them unset;
     what came from the persona (field -> value), and the text policy. `engine_of(model)` names a model's engine."""
     given = req.model_fields_set
-    fields: dict = {}
-    params: dict = {}
+    fields: dict[str, Any] = {}
+    params: dict[str, Any] = {}
     policy = None
     if req.content_type == "text":
         t = persona.text
@@ -306,9 +306,10 @@ def apply(
         sp = persona.speech
         if sp.model and "model" not in given:
             fields["model"] = sp.model
-        for key, value in (("voice", sp.voice), ("speed", sp.speed)):
-            if value is not None and key not in req.params:
-                params[key] = value
+        if sp.voice is not None and "voice" not in req.params:
+            params["voice"] = sp.voice
+        if sp.speed is not None and "speed" not in req.params:
+            params["speed"] = sp.speed
     applied = {**{k: v for k, v in fields.items() if k != "messages"}, **{f"params.{k}": v for k, v in params.items()}}
     if policy:
         applied["policy.forbidden_phrases"] = list(policy.forbidden_phrases)

@@ -18,13 +18,15 @@ import threading
 import uuid
 import zipfile
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
 
 from genforge.contenttypes import REGISTRY, ContentRecord
 from genforge.contenttypes.records import RecordError, Status, Timestamp
 from genforge.contenttypes.request import GenerateRequest
+from genforge.contenttypes.text import TextRecord
 from genforge.contenttypes.video import PLATFORM_SIZES
 from genforge.core.caller import Caller
 from genforge.core.jobs import EventStream, Job
@@ -45,12 +47,13 @@ from genforge.stores.db import PostRow
 log = logging.getLogger("genforge.platform.posts")
 
 Part = Literal["caption", "image", "narration", "video"]
-PARTS: tuple[str, ...] = ("caption", "image", "narration", "video")
+PARTS: tuple[Part, ...] = ("caption", "image", "narration", "video")
 NEEDS: dict[str, tuple[str, ...]] = {"narration": ("caption",), "video": ("image", "narration")}
 CONTENT_TYPE = {"caption": "text", "image": "image", "narration": "speech", "video": "video"}
 # Caption limits in characters (the platforms' own); a longer caption is regenerated with the next seed, then
 # failed (policy_violation), never cut.
-PLATFORM_LIMITS: dict[str, int] = {
+Platform = Literal["x", "threads", "instagram", "tiktok", "linkedin", "youtube", "facebook"]
+PLATFORM_LIMITS: dict[Platform, int] = {
     "x": 280,
     "threads": 500,
     "instagram": 2200,
@@ -75,8 +78,8 @@ class PostRequest(BaseModel):
     persona: str = Field(max_length=80, description="The persona's name (its latest version) or NAME@VERSION.")
     brief: str = Field(min_length=1, max_length=10_000, description="What the post is about.")
     parts: list[Part] = Field(default_factory=lambda: list(PARTS), min_length=1, max_length=4)
-    platform: Literal[tuple(PLATFORM_LIMITS)] = "instagram"
-    params: dict[Part, dict] = Field(
+    platform: Platform = "instagram"
+    params: dict[Part, dict[str, Any]] = Field(
         default_factory=dict, description="Per part, params that override the persona's and the post's defaults."
     )
     mode: Literal["sync", "async"] = Field("sync", description="async: 202 at once; follow the Location.")
@@ -137,6 +140,14 @@ class PostService:
         self._events: dict[str, EventStream] = {}  # live posts' event streams
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _row(s: Session, post_id: str) -> PostRow:
+        """A post this service is making (its row exists from `start` on)."""
+        row = s.get(PostRow, post_id)
+        if row is None:
+            raise NotFound(f"no post with id {post_id!r}", field="id")
+        return row
+
     # --- making a post ------------------------------------------------------------------------------
     def _preflight(self, req: PostRequest, ref: str, caller: Caller) -> None:
         """Plan and authorize every part as the caller before anything is recorded or queued. The parts made
@@ -188,7 +199,7 @@ class PostService:
     def run(self, post_id: str, req: PostRequest, events: EventStream, caller: Caller) -> Post:
         """Make the parts; returns the post (succeeded or failed). Never raises for a part's failure."""
         with self.db.session() as s:
-            row = s.get(PostRow, post_id)
+            row = self._row(s, post_id)
             ref = f"{row.persona_name}@{row.persona_version}"
         records: dict[str, ContentRecord] = {}
         failed: tuple[str, GenforgeError] | None = None
@@ -232,14 +243,16 @@ class PostService:
         records: dict[str, ContentRecord],
         stand_in: dict[str, str] | None = None,
     ) -> GenerateRequest:
-        params = dict(req.params.get(part, {}))
+        params = dict(req.params.get(cast(Part, part), {}))
         if part == "caption":
             params.setdefault("max_tokens", CAPTION_TOKENS.get(req.platform, CAPTION_TOKENS_DEFAULT))
             prompt = _caption_prompt(req.brief, req.platform, PLATFORM_LIMITS[req.platform])
         elif part == "image":
             prompt = req.brief
         elif part == "narration":
-            prompt = stand_in["caption"] if stand_in is not None else (records["caption"].text or "").strip()
+            caption = records.get("caption")
+            text = caption.text if isinstance(caption, TextRecord) else None
+            prompt = stand_in["caption"] if stand_in is not None else (text or "").strip()
         else:
             params = {"image": records["image"].id, "narration": records["narration"].id, **params}
             params.setdefault("platform", req.platform if req.platform in PLATFORM_SIZES else None)
@@ -259,13 +272,13 @@ class PostService:
     def _submit(self, post_id: str, part: str, gen: GenerateRequest, req: PostRequest, caller: Caller) -> Job:
         job = self.service.submit(gen, caller, policy=self._policy(part, req))
         with self.db.session() as s:
-            row = s.get(PostRow, post_id)
+            row = self._row(s, post_id)
             row.part_ids = {**row.part_ids, part: job.content_id}
         return job
 
     def _finish(self, post_id: str, failed: tuple[str, GenforgeError] | None) -> None:
         with self.db.session() as s:
-            row = s.get(PostRow, post_id)
+            row = self._row(s, post_id)
             row.status, row.finished_at = ("failed" if failed else "succeeded"), _now()
             if failed:
                 part, exc = failed

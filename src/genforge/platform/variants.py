@@ -55,7 +55,7 @@ def generate(svc: ContentService, req: GenerateRequest, caller: Caller) -> Batch
         raise InvalidRequest("params.seed: must be an integer", field="params.seed")
     jobs = []
     try:
-        for seed in seeds_for(req.variants, given):
+        for seed in seeds_for(req.variants or 1, given):
             variant = req.model_copy(update={"variants": None, "params": {**req.params, "seed": seed}})
             jobs.append(svc.submit(variant, caller))
     except GenforgeError:  # e.g. the queue filled up: the variants already queued are withdrawn
