@@ -41,7 +41,7 @@ from genforge.errors import (
     PolicyViolation,
 )
 from genforge.jobs import Job, JobRunner
-from genforge.limits import check_limits
+from genforge.limits import check_inputs, check_limits, output_limits
 from genforge.personas import PersonaStore, apply
 from genforge.records import Artifact, ModelInfo, RecordError, Status, Timings
 from genforge.schemas import GenerateRequest
@@ -170,7 +170,7 @@ class ContentService:
         check_limits(req, plan.params, self.settings)
         if policy is not None and req.content_type == "text":
             plan = replace(plan, policy=policy)
-        self._inputs(plan)  # a video's inputs must exist before its record does
+        check_inputs(self._inputs(plan), self.settings)  # a video's inputs must exist before its record does
         accepted = Accepted(str(uuid.uuid4()), req, plan, time.perf_counter())
 
         def accept() -> None:
@@ -287,6 +287,7 @@ class ContentService:
             fallback_reason=plan.fallback_reason,
             policy=plan.policy,
             inputs=inputs,
+            limits=output_limits(req.content_type, self.settings),
         )
         # `job`: after a policy retry, the one whose seed passed
         out, job = self._generate_checked(job, emit, cancel, running)

@@ -1,0 +1,180 @@
+"""Inputs and settings that would exhaust or break the server (issue 27, findings 8, 12 and 13), through HTTP and
+the CLI: each is refused up front with a 4xx naming the field, fails visibly as `invalid_output`, or answers 409;
+never a 500, never hundreds of megabytes of audio.
+
+The only test doubles are scripted runners standing in for the engine worker where the service's own checks are
+under test (output of a given size); the real engines (Piper, SmolLM2, the portrait) run everywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from array import array
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    CONTENT,
+    GENERATE,
+    ScriptedRunner,
+    assert_bad_input,
+    assert_error,
+    count,
+    failed_record,
+    files_under,
+    make_settings,
+    running_app,
+    runtime_of,
+)
+from genforge.audio import encode_wav
+from genforge.config import Settings
+from genforge.contenttypes.speech import SpeechSettings
+from genforge.engines.base import EngineOutput, SpeechFacts
+from genforge.limits import check_limits
+from genforge.schemas import GenerateRequest
+from speech_fixtures import SENTENCE, TWO_SENTENCES, needs_espeak, needs_piper
+
+PERSONAS = "/api/v1/personas"
+POSTS = "/api/v1/posts"
+KEYS = "/api/v1/keys"
+RATE = 22050
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    with running_app(make_settings(tmp_path_factory.mktemp("sec-inputs"), preload=False)) as client:
+        yield client
+
+
+@pytest.fixture
+def settings(app) -> Settings:
+    """The running service's settings: a test lowers a limit with monkeypatch (restored after it)."""
+    return runtime_of(app).service.settings
+
+
+@pytest.fixture
+def scripted(app, monkeypatch):
+    """Put a scripted runner in the engine worker's place for one test."""
+
+    def use(runner: ScriptedRunner) -> ScriptedRunner:
+        monkeypatch.setattr(runtime_of(app).service, "engines", runner)
+        return runner
+
+    return use
+
+
+def tone(seconds: float) -> bytes:
+    """A real WAV: a 220 Hz tone at about -12 dBFS, mono PCM16 (what a speech engine returns)."""
+    samples = array("h", (int(8000 * math.sin(2 * math.pi * 220 * i / RATE)) for i in range(int(RATE * seconds))))
+    return encode_wav(samples.tobytes(), RATE)
+
+
+def speech_output(seconds: float) -> EngineOutput:
+    return EngineOutput(
+        data=tone(seconds),
+        media_type="audio/wav",
+        engine_version="scripted",
+        load_ms=0,
+        generate_ms=5,
+        facts=SpeechFacts(sample_rate=RATE, duration_s=seconds, voice="tone", sentences=1, deterministic=True),
+    )
+
+
+def speak(client, text: str = SENTENCE, **body):
+    return client.post(GENERATE, json={"content_type": "speech", "prompt": text, **body})
+
+
+def sse_events(raw: str) -> list[tuple[str, dict]]:
+    return [
+        (b.split("\n")[0].removeprefix("event: "), json.loads(b.split("\n")[1].removeprefix("data: ")))
+        for b in raw.strip().split("\n\n")
+    ]
+
+
+# --- 8. speech and video that would exhaust the server ---------------------------------------------------------
+@needs_espeak
+def test_speech_that_could_outlast_the_limit_is_422_before_any_work(app, scripted):
+    """5,000 characters of "Ok. " at speed 0.25 with 5 s between sentences could last 12,000 s (half a GB of WAV)."""
+    runner = scripted(ScriptedRunner(tokens=[], output=speech_output(3.0)))
+    total, files = count(app), files_under(runtime_of(app).settings.artifacts_dir)
+    resp = speak(app, "Ok. " * 1250, model="espeak-ng", params={"speed": 0.25, "sentence_silence": 5})
+    err = assert_bad_input(resp, "prompt")
+    assert "GENFORGE_SPEECH_MAX_DURATION_S" in err["hint"] and err["limit"] == 1800
+    assert runner.calls == 0, "the engine ran for a request refused at planning"
+    assert count(app) == total and files_under(runtime_of(app).settings.artifacts_dir) == files
+
+
+def test_ordinary_text_of_the_longest_speech_length_still_passes_planning():
+    """The estimate is generous, not a refusal of normal use: 5,000 characters of prose at speed 1 plan."""
+    prose = ("The keeper climbed the tower at dusk, lit the lamp, and wrote the weather in his log. " * 60)[:5000]
+    check_limits(GenerateRequest(content_type="speech", prompt=prose), SpeechSettings(), Settings())  # no raise
+
+
+@needs_espeak
+def test_speech_output_over_the_byte_limit_fails_invalid_output(app, scripted, settings, monkeypatch):
+    monkeypatch.setattr(settings, "speech_max_bytes", 100_000)
+    scripted(ScriptedRunner(tokens=[], output=speech_output(5.0)))  # 220 kB of plausible speech for the text
+    resp = speak(app, SENTENCE, model="espeak-ng")
+    err = assert_error(resp, 502, "invalid_output")
+    assert "over the limit of 100000" in err["message"] and "GENFORGE_SPEECH_MAX_BYTES" in err["hint"]
+    rec = failed_record(app, resp, "invalid_output")
+    assert app.get(f"{CONTENT}/{rec['id']}/file").status_code == 404
+
+
+@needs_piper
+def test_piper_stops_as_soon_as_its_audio_is_over_the_limit(app, settings, monkeypatch):
+    """The engine itself stops (at the first sentence, not after synthesising and holding all of them)."""
+    monkeypatch.setattr(settings, "speech_max_bytes", 30_000)  # about 0.7 s at 22.05 kHz
+    with app.stream("POST", GENERATE, json={"content_type": "speech", "prompt": TWO_SENTENCES, "stream": True}) as r:
+        assert r.status_code == 201
+        events = sse_events(r.read().decode())
+    kind, rec = events[-1]
+    assert kind == "failed" and rec["error"]["code"] == "invalid_output", rec
+    assert "bytes, over the limit of 30000" in rec["error"]["message"]
+    assert not [e for e in events if e[0] == "progress" and e[1]["step"] == 2], events  # sentence 2 never spoken
+    assert rec["artifact"] is None
+
+
+@needs_piper
+def test_a_video_whose_narration_outlasts_the_limit_is_422_before_any_work(app, settings, monkeypatch):
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed: pip install 'genforge[video]'")
+    narration = speak(app, TWO_SENTENCES, params={"seed": 1})
+    assert narration.status_code == 201, narration.text
+    image = app.post(GENERATE, json={"content_type": "image", "model": "portrait", "prompt": "a face",
+                                     "params": {"seed": 3, "width": 256, "height": 256}})  # fmt: skip
+    assert image.status_code == 201, image.text
+    monkeypatch.setattr(settings, "video_max_duration_s", 1.0)
+    before = count(app, content_type="video")
+    params = {"image": image.json()["id"], "narration": narration.json()["id"], "width": 128, "height": 128}
+    resp = app.post(GENERATE, json={"content_type": "video", "prompt": "a clip", "params": params})
+    err = assert_bad_input(resp, "params.narration")
+    assert "GENFORGE_VIDEO_MAX_DURATION_S" in err["hint"]
+    assert count(app, content_type="video") == before  # no record: refused before any work
+
+
+@needs_espeak
+def test_openai_speech_is_streamed_from_the_file_never_read_on_the_event_loop(app, scripted, monkeypatch):
+    """POST /v1/audio/speech used to read the whole WAV into memory on the event loop, stalling every client."""
+    scripted(ScriptedRunner(tokens=[], output=speech_output(4.0)))
+    read_on_loop: list[Path] = []
+    read_bytes, artifacts = Path.read_bytes, runtime_of(app).settings.artifacts_dir.resolve()
+
+    def spy(self: Path) -> bytes:
+        try:
+            asyncio.get_running_loop()  # only the event loop's thread has a running loop
+            if self.resolve().is_relative_to(artifacts):
+                read_on_loop.append(self)
+        except RuntimeError:
+            pass
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", spy)
+    resp = app.post("/v1/audio/speech", json={"model": "espeak-ng", "input": SENTENCE, "voice": "default"})
+    assert resp.status_code == 200, resp.text
+    assert read_on_loop == [], f"read whole on the event loop: {read_on_loop}"
+    rec = app.get(f"{CONTENT}/{resp.headers['x-genforge-content-id']}").json()
+    assert resp.headers["content-type"] == "audio/wav"
+    assert int(resp.headers["content-length"]) == len(resp.content) == rec["artifact"]["size_bytes"]
