@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import warnings
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 from sqlalchemy import func
 
 from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
@@ -25,7 +25,18 @@ from genforge.schemas import GenerateRequest
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _REF = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63})(?:@([1-9][0-9]{0,8}))?$")
-Phrase = str
+STORED = {"stored": True}  # validation context of a persona read back from the database
+
+
+def _phrase(value: str, info: ValidationInfo) -> str:
+    """An empty or blank phrase is in every text: as a forbidden phrase it fails every text of the persona. Refused
+    on input; a row stored before this check still reads back (apply() leaves such phrases out)."""
+    if not value.strip() and not (info.context or {}).get("stored"):
+        raise ValueError("a phrase needs a character other than whitespace (an empty phrase is in every text)")
+    return value
+
+
+Phrase = Annotated[str, AfterValidator(_phrase)]
 
 
 # `register` is the contract's field name; it shadows ABCMeta.register on the class only (instances read the field).
@@ -100,16 +111,17 @@ class Persona(PersonaBody):
 
 
 def _persona(row: PersonaRow) -> Persona:
-    return Persona(
-        name=row.name,
-        version=row.version,
-        display_name=row.display_name,
-        description=row.description,
-        text=row.text or {},
-        image=row.image or {},
-        speech=row.speech or {},
-        created_at=row.created_at,
-    )
+    fields = {
+        "name": row.name,
+        "version": row.version,
+        "display_name": row.display_name,
+        "description": row.description,
+        "text": row.text or {},
+        "image": row.image or {},
+        "speech": row.speech or {},
+        "created_at": row.created_at,
+    }
+    return Persona.model_validate(fields, context=STORED)
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -228,8 +240,9 @@ def apply(persona: Persona, req: GenerateRequest, engine_of) -> tuple[GenerateRe
             fields["model"] = t.model
         if t.quality and "quality" not in given:
             fields["quality"] = t.quality
-        if t.forbidden_phrases:
-            policy = TextPolicy(forbidden_phrases=tuple(t.forbidden_phrases))
+        forbidden = tuple(p for p in t.forbidden_phrases if p.strip())  # a blank one (stored before 422) is no rule
+        if forbidden:
+            policy = TextPolicy(forbidden_phrases=forbidden)
     elif req.content_type == "image":
         i = persona.image
         if i.model and "model" not in given:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 from array import array
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,14 @@ from conftest import (
     failed_record,
     files_under,
     make_settings,
+    run_cli,
     running_app,
     runtime_of,
 )
 from genforge.audio import encode_wav
 from genforge.config import Settings
 from genforge.contenttypes.speech import SpeechSettings
+from genforge.db import PersonaRow
 from genforge.engines.base import EngineOutput, SpeechFacts
 from genforge.limits import check_limits
 from genforge.schemas import GenerateRequest
@@ -178,3 +181,80 @@ def test_openai_speech_is_streamed_from_the_file_never_read_on_the_event_loop(ap
     rec = app.get(f"{CONTENT}/{resp.headers['x-genforge-content-id']}").json()
     assert resp.headers["content-type"] == "audio/wav"
     assert int(resp.headers["content-length"]) == len(resp.content) == rec["artifact"]["size_bytes"]
+
+
+# --- 12. settings that break the server: 422 naming the field -------------------------------------------------
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    """An app with an admin key (managing keys over HTTP needs one)."""
+    with running_app(make_settings(tmp_path_factory.mktemp("sec-keys"), preload=False)) as client:
+        _, token = client.app.state.auth.keys.create("ops", "admin")
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"rate": "1/0s"}, "rate"),  # a zero period: every request with the key was a 500 ZeroDivisionError
+        ({"rate": "1/0min"}, "rate"),
+        ({"rate": ""}, "rate"),
+        ({"rate": "99999999999999999999/s"}, "rate"),
+        ({"models": []}, "models"),  # was stored as "every model"
+        ({"models": [""]}, "models"),
+        ({"models": ["  "]}, "models"),
+    ],
+)
+def test_broken_key_settings_are_422_naming_the_field(keyed, body, field):
+    before = len(keyed.get(KEYS).json()["items"])
+    assert_bad_input(keyed.post(KEYS, json={"name": "broken", "scope": "generate", **body}), field)
+    assert len(keyed.get(KEYS).json()["items"]) == before, "a refused key was stored"
+
+
+def test_a_valid_rate_still_limits_and_answers(keyed):
+    resp = keyed.post(KEYS, json={"name": "slow", "scope": "read", "rate": "1/2s", "models": ["portrait"]})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["key"]["rate"] == "1/2s" and resp.json()["key"]["models"] == ["portrait"]
+    h = {"Authorization": f"Bearer {resp.json()['token']}"}
+    assert keyed.get(CONTENT, headers=h).status_code == 200
+    assert keyed.get(CONTENT, headers=h).status_code == 429
+
+
+@pytest.mark.parametrize(("args", "field"), [(("--models", ""), "models"), (("--rate", "1/0s"), "rate")])
+def test_cli_keys_create_refuses_broken_settings(tmp_path, args, field):
+    r = run_cli(tmp_path / "data", "keys", "create", "--name", "k", "--scope", "read", *args)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert field in r.stderr and "gf_" not in r.stdout, r.stderr
+    listed = run_cli(tmp_path / "data", "keys", "list")
+    assert "0 keys" in listed.stdout, listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "field"),
+    [
+        ("empty", {"forbidden_phrases": [""]}, "text.forbidden_phrases.0"),
+        ("spaces", {"forbidden_phrases": ["fine", "   "]}, "text.forbidden_phrases.1"),
+        ("newline", {"forbidden_phrases": ["\t\n"]}, "text.forbidden_phrases.0"),
+        ("signature", {"signature_phrases": [" "]}, "text.signature_phrases.0"),
+    ],
+)
+def test_blank_phrases_are_422_on_create_and_on_edit(app, name, text, field):
+    assert_bad_input(app.post(PERSONAS, json={"name": name, "text": text}), field)
+    assert app.get(f"{PERSONAS}/{name}").status_code == 404
+    assert app.post(PERSONAS, json={"name": name}).status_code == 201
+    assert_bad_input(app.patch(f"{PERSONAS}/{name}", json={"text": text}), field)
+    assert app.get(f"{PERSONAS}/{name}").json()["version"] == 1  # no version written
+
+
+def test_a_blank_phrase_stored_before_the_check_neither_breaks_reading_nor_fails_every_text(app):
+    """A persona row written by an earlier version, with an empty forbidden phrase: it still reads back, and its
+    texts are judged by the phrases that mean something (the empty one matched every text)."""
+    with runtime_of(app).service.db.session() as s:
+        s.add(PersonaRow(name="legacy", version=1, text={"forbidden_phrases": ["", "zebra"]}, image={}, speech={},
+                         created_at=datetime.now(UTC)))  # fmt: skip
+    got = app.get(f"{PERSONAS}/legacy")
+    assert got.status_code == 200 and got.json()["text"]["forbidden_phrases"] == ["", "zebra"]
+    body = {"content_type": "text", "prompt": "Name a colour.", "persona": "legacy", "params": {"max_tokens": 8}}
+    resp = app.post(GENERATE, json=body)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["persona"]["applied"]["policy.forbidden_phrases"] == ["zebra"]
