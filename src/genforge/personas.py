@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
 from genforge.db import ContentRow, Database, PersonaRow, PostRow
@@ -132,6 +134,15 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return m.group(1), int(m.group(2)) if m.group(2) else None
 
 
+def _insert(s: Session, conflict: str, hint: str) -> None:
+    """Write the session's new row. Two requests may both pass the existence check and insert the same (name,
+    version): the unique key refuses the second, which is a 409 Conflict, not a 500."""
+    try:
+        s.flush()
+    except IntegrityError:
+        raise Conflict(conflict, field="name", hint=hint) from None
+
+
 class PersonaStore:
     def __init__(self, db: Database):
         self.db = db
@@ -144,7 +155,7 @@ class PersonaStore:
                 )
             row = PersonaRow(version=1, created_at=datetime.now(UTC), **body.model_dump(mode="json"))
             s.add(row)
-            s.flush()
+            _insert(s, f"persona {body.name!r} exists", "Edit it with PATCH, or choose another name.")
             return _persona(row)
 
     def get(self, name: str, version: int | None = None) -> Persona:
@@ -190,7 +201,11 @@ class PersonaStore:
         with self.db.session() as s:
             row = PersonaRow(version=current.version + 1, created_at=datetime.now(UTC), **body.model_dump(mode="json"))
             s.add(row)
-            s.flush()
+            _insert(
+                s,
+                f"persona {name!r} was edited by another request at the same time (version {row.version} exists)",
+                "Read the persona again and send the edit again.",
+            )
             return _persona(row)
 
     def delete(self, name: str, force: bool = False) -> None:

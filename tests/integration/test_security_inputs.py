@@ -9,13 +9,17 @@ under test (output of a given size); the real engines (Piper, SmolLM2, the portr
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
+import threading
+import zipfile
 from array import array
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event, insert
 
 from conftest import (
     CONTENT,
@@ -258,3 +262,83 @@ def test_a_blank_phrase_stored_before_the_check_neither_breaks_reading_nor_fails
     resp = app.post(GENERATE, json=body)
     assert resp.status_code == 201, resp.text
     assert resp.json()["persona"]["applied"]["policy.forbidden_phrases"] == ["zebra"]
+
+
+# --- 13. races and references: 409, or a readable post --------------------------------------------------------
+def _insert_first(app, table: str, row: dict):
+    """Play the other request of a race: just before this request's INSERT into `table`, the same key is written
+    by another connection (both requests passed the existence check)."""
+    engine = runtime_of(app).service.db.engine
+    fired = threading.Event()
+
+    def race(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith(f"INSERT INTO {table}") and not fired.is_set():
+            fired.set()
+            with engine.begin() as other:
+                other.execute(insert(PersonaRow).values(**row))
+
+    event.listen(engine, "before_cursor_execute", race)
+    return lambda: event.remove(engine, "before_cursor_execute", race)
+
+
+def test_a_persona_created_twice_at_once_is_409_not_500(app):
+    row = {"name": "twin", "version": 1, "text": {}, "image": {}, "speech": {}, "created_at": datetime.now(UTC)}
+    stop = _insert_first(app, "personas", row)
+    try:
+        resp = app.post(PERSONAS, json={"name": "twin", "description": "the second one"})
+    finally:
+        stop()
+    err = assert_error(resp, 409, "conflict")
+    assert "twin" in err["message"]
+    assert app.get(f"{PERSONAS}/twin").json()["description"] is None  # the first one's, unchanged
+
+
+def test_concurrent_persona_creates_of_one_name_give_one_201_and_409s(app):
+    barrier = threading.Barrier(6)
+    answers: list[int] = []
+
+    def create() -> None:
+        barrier.wait()
+        answers.append(app.post(PERSONAS, json={"name": "crowd"}).status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(answers) == [201] + [409] * 5, answers
+
+
+def test_a_persona_edited_twice_at_once_is_409_not_500(app):
+    assert app.post(PERSONAS, json={"name": "edited"}).status_code == 201
+    row = {"name": "edited", "version": 2, "text": {}, "image": {}, "speech": {}, "created_at": datetime.now(UTC)}
+    stop = _insert_first(app, "personas", row)
+    try:
+        resp = app.patch(f"{PERSONAS}/edited", json={"description": "mine"})
+    finally:
+        stop()
+    assert_error(resp, 409, "conflict")
+    assert app.get(f"{PERSONAS}/edited").json()["version"] == 2
+
+
+def test_a_post_whose_part_record_was_deleted_stays_readable(app):
+    """Deleting a part's record is allowed (removing content must not depend on the posts that used it); the post
+    then shows that part as `deleted`, without a record, and still exports what is left."""
+    system = "You are Mira, a cheerful travel blogger. Write in the first person."
+    assert app.post(PERSONAS, json={"name": "poster", "text": {"system": system}}).status_code == 201
+    body = {"persona": "poster", "brief": "a sunrise hike above the clouds", "parts": ["caption"],
+            "params": {"caption": {"max_tokens": 20, "temperature": 0.0}}}  # fmt: skip
+    made = app.post(POSTS, json=body)
+    assert made.status_code == 201, made.text
+    post = made.json()
+    caption_id = post["parts"]["caption"]["id"]
+    assert app.delete(f"{CONTENT}/{caption_id}").status_code == 204
+    got = app.get(f"{POSTS}/{post['id']}")
+    assert got.status_code == 200, got.text
+    assert got.json()["states"] == {"caption": "deleted"} and got.json()["parts"] == {}
+    assert got.json()["status"] == "succeeded"  # how it was made does not change
+    export = app.get(f"{POSTS}/{post['id']}/export")
+    assert export.status_code == 200, export.text
+    with zipfile.ZipFile(io.BytesIO(export.content)) as z:
+        assert z.namelist() == ["manifest.json"]
+        assert json.loads(z.read("manifest.json"))["post"]["states"] == {"caption": "deleted"}
