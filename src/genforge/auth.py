@@ -40,12 +40,14 @@ def parse_rate(text: str) -> tuple[int, float]:
     """'60/min' -> (60, 60.0): that many requests per period, as a token bucket of that size."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*", text.lower())
     # a period of 0 (`1/0s`) would divide by zero on every request with the key; both numbers fit the columns
-    if (
-        not m
-        or m.group(3) not in _PERIODS
-        or not 1 <= int(m.group(1)) <= RATE_MAX
-        or not 1 <= int(m.group(2) or 1) <= RATE_MAX
-    ):
+    numbers = (int(m.group(1)), int(m.group(2) or 1)) if m else ()
+    if m and m.group(3) in _PERIODS and not all(1 <= n <= RATE_MAX for n in numbers):
+        raise InvalidRequest(
+            f"rate {text!r}: the count and the period's number must each be 1 to {RATE_MAX}",
+            field="rate",
+            hint="Write it like 60/min, 5/s, 1000/hour or 10/5min.",
+        )
+    if not m or m.group(3) not in _PERIODS:
         raise InvalidRequest(
             f"rate {text!r} is not COUNT/PERIOD",
             field="rate",
