@@ -67,6 +67,14 @@ class Settings(BaseSettings):
 
     # Speech: the longest text one request may speak (longer is 422; split it into several requests).
     speech_max_chars: int = 5000
+    # Speech and video: the longest audio or video one request may make, and its largest file. A speech request
+    # whose text could last longer (a generous estimate from its length, speed and sentence silences) and a video
+    # whose narration lasts longer are 422 before any work; output over either limit fails `invalid_output` (the
+    # engines stop as soon as they are over). 30 min of Piper's 22.05 kHz audio is 79 MB.
+    speech_max_duration_s: float = Field(default=1800.0, gt=0)
+    speech_max_bytes: int = Field(default=100_000_000, gt=0)
+    video_max_duration_s: float = Field(default=600.0, gt=0)
+    video_max_bytes: int = Field(default=500_000_000, gt=0)
 
     # Server-wide caps on one request (each over-limit input is a 4xx naming the field and the limit).
     max_prompt_chars: int = 100_000  # prompt + system prompt (+ chat messages)

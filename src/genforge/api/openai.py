@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genforge.api.deps import CallerDep, CatalogDep, ServiceDep
@@ -435,7 +435,8 @@ async def image_generations(body: ImageRequest, svc: ServiceDep, caller: CallerD
         item = ImageData(url=record.artifact.url)
     else:
         path, _ = await run_in_threadpool(svc.artifact, record.id, caller)
-        item = ImageData(b64_json=base64.b64encode(path.read_bytes()).decode("ascii"))
+        data = await run_in_threadpool(path.read_bytes)  # a file read never runs on the event loop
+        item = ImageData(b64_json=base64.b64encode(data).decode("ascii"))
     return ImagesResponse(
         created=_created(record), data=[item], genforge={"content_id": record.id, "warnings": record.warnings}
     )
@@ -472,4 +473,5 @@ async def audio_speech(body: SpeechRequest, svc: ServiceDep, caller: CallerDep):
     )
     record = await run_in_threadpool(svc.generate, req, caller)
     path, media_type = await run_in_threadpool(svc.artifact, record.id, caller)
-    return Response(path.read_bytes(), media_type=media_type, headers={HEADER: record.id})
+    # Streamed from the file in chunks by worker threads: no whole-file copy, no read on the event loop.
+    return FileResponse(path, media_type=media_type, headers={HEADER: record.id})

@@ -630,7 +630,8 @@ def keys_create(
     from genforge.core.access import KeyStore
     from genforge.core.catalog import ModelCatalog
 
-    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    # `--models ""` names no model: refused by KeyStore.create (an empty list is not "all")
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
     with database() as db:
         info, token = KeyStore(db).create(name, scope, allowed, rate, max_jobs)
         unknown = sorted(set(allowed or []) - set(ModelCatalog(Settings(), db).names()))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, facts_of, parse_params
 from genforge.contenttypes.records import RecordBase
-from genforge.engines.base import SpeechFacts
+from genforge.engines.base import SpeechFacts, check_output
 from genforge.errors import InvalidOutput, InvalidRequest
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
 
     if out.media_type != "audio/wav":
         raise InvalidOutput(f"the speech engine returned {out.media_type!r}, not audio/wav")
+    check_output(job, "the audio", size_bytes=len(out.data))  # before decoding: no copy of an oversized file
     try:
         wav = decode_wav(out.data)
     except ValueError as exc:
@@ -120,6 +121,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
         raise InvalidOutput(f"the audio is {wav.channels}-channel {8 * wav.sample_width}-bit, not PCM 16-bit mono")
     if wav.n_frames == 0:
         raise InvalidOutput("the audio has zero length")
+    check_output(job, "the audio", duration_s=wav.duration_s)
     level = rms(wav.frames)
     if level < SILENCE_RMS:
         raise InvalidOutput(f"the audio is silent (RMS {level:.4f} is below {SILENCE_RMS})")

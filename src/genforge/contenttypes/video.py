@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, facts_of, parse_params
 from genforge.contenttypes.records import RecordBase
-from genforge.engines.base import VideoFacts
+from genforge.engines.base import VideoFacts, check_output
 from genforge.errors import InvalidOutput, InvalidRequest
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
 
     if out.media_type != "video/mp4":
         raise InvalidOutput(f"the video engine returned {out.media_type!r}, not video/mp4")
+    check_output(job, "the video", size_bytes=len(out.data))  # before decoding every frame of it
     p = job.params
     try:
         with av.open(io.BytesIO(out.data)) as c:
@@ -110,6 +111,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
             duration = float(c.duration) / 1e6 if c.duration else 0.0
     except av.FFmpegError as exc:
         raise InvalidOutput(f"the MP4 does not decode: {exc}") from None
+    check_output(job, "the video", duration_s=duration)
     if size != (p.width, p.height):
         raise InvalidOutput(f"the video is {size[0]}x{size[1]}, not the asked {p.width}x{p.height}")
     if frames != out.facts.frames or frames == 0:

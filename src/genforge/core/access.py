@@ -31,12 +31,21 @@ PREFIX = "gf_"
 ID_LEN = 12
 _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400}
 _PERIODS["day"] = 86400
+RATE_MAX = 1_000_000_000  # the largest count, and the most units in a period, of a rate
 
 
 def parse_rate(text: str) -> tuple[int, float]:
     """'60/min' -> (60, 60.0): that many requests per period, as a token bucket of that size."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*", text.lower())
-    if not m or m.group(3) not in _PERIODS or int(m.group(1)) < 1:
+    # a period of 0 (`1/0s`) would divide by zero on every request with the key; both numbers fit the columns
+    numbers = (int(m.group(1)), int(m.group(2) or 1)) if m else ()
+    if m and m.group(3) in _PERIODS and not all(1 <= n <= RATE_MAX for n in numbers):
+        raise InvalidRequest(
+            f"rate {text!r}: the count and the period's number must each be 1 to {RATE_MAX}",
+            field="rate",
+            hint="Write it like 60/min, 5/s, 1000/hour or 10/5min.",
+        )
+    if not m or m.group(3) not in _PERIODS:
         raise InvalidRequest(
             f"rate {text!r} is not COUNT/PERIOD",
             field="rate",
@@ -99,7 +108,13 @@ class KeyStore:
             raise InvalidRequest(f"name {name!r}: use letters, digits, '.', '_' or '-'", field="name")
         if max_jobs is not None and max_jobs < 1:
             raise InvalidRequest("max-jobs must be at least 1", field="max_jobs")
-        rate_count, rate_period = parse_rate(rate) if rate else (None, None)
+        if models is not None and (not models or any(not m.strip() for m in models)):
+            # an empty list would be stored as "no restriction", the opposite of what it says
+            raise InvalidRequest(
+                f"models {models!r}: name at least one model, each non-empty (leave models out for all models)",
+                field="models",
+            )
+        rate_count, rate_period = parse_rate(rate) if rate is not None else (None, None)
         key_id = secrets.token_hex(ID_LEN // 2)
         token = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         with self.db.session() as s:

@@ -37,7 +37,7 @@ from genforge.core.access import JobSlots
 from genforge.core.caller import Caller
 from genforge.core.catalog import ModelCatalog
 from genforge.core.jobs import Job, JobQueue
-from genforge.core.limits import check_limits
+from genforge.core.limits import check_inputs, check_limits, output_limits
 from genforge.core.records import (
     ArtifactCheck,
     ContentPage,
@@ -159,6 +159,7 @@ class ContentService:
         if policy is not None and req.content_type == "text":
             plan = replace(plan, policy=policy)
         self._check_inputs(plan, caller)  # a video's inputs must exist, and be the caller's, before its record
+        check_inputs(self._input_files(plan), self.settings)  # and be within the server's limits (a narration)
         return Planned(req, plan, use)
 
     def _engine_of(self, model: str | None) -> str | None:
@@ -311,6 +312,7 @@ class ContentService:
             fallback_reason=plan.fallback_reason,
             policy=plan.policy,
             inputs=inputs,
+            limits=output_limits(req.content_type, self.settings),
         )
         # `job`: after a policy retry, the one whose seed passed
         out, job = self._generate_checked(job, emit, cancel, running)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genforge.errors import InvalidOutput
+
 if TYPE_CHECKING:
     from genforge.media.images import PixelCheck
 
@@ -63,6 +65,15 @@ class TextPolicy:
     min_words: int | None = None  # e.g. a caption that will be spoken: emoji alone are not a caption
 
 
+@dataclass(frozen=True)
+class OutputLimits:
+    """The most one artifact may be (GENFORGE_SPEECH_MAX_*, GENFORGE_VIDEO_MAX_*): an engine stops as soon as its
+    output is over a limit, and the validator fails output that is (both `invalid_output`). None: no limit."""
+
+    max_duration_s: float | None = None
+    max_bytes: int | None = None
+
+
 @dataclass
 class GenerationJob:
     content_id: str
@@ -81,6 +92,30 @@ class GenerationJob:
     fallback_reason: str | None = None
     policy: TextPolicy | None = None
     inputs: VideoInputs | None = None
+    limits: OutputLimits | None = None
+
+
+def check_output(
+    job: GenerationJob, what: str, *, size_bytes: int | None = None, duration_s: float | None = None
+) -> None:
+    """Raise InvalidOutput when output of this size (bytes of the artifact) or length is over the job's limits;
+    engines call it as their output grows (to stop early), validators on the finished output."""
+    limits = job.limits
+    if limits is None:
+        return
+    setting = f"GENFORGE_{job.content_type.upper()}_MAX_"
+    if limits.max_bytes is not None and size_bytes is not None and size_bytes > limits.max_bytes:
+        raise InvalidOutput(
+            f"{what} is {size_bytes} bytes, over the limit of {limits.max_bytes}",
+            hint=f"Ask for shorter output, or raise {setting}BYTES on the server.",
+            details={"limit": limits.max_bytes},
+        )
+    if limits.max_duration_s is not None and duration_s is not None and duration_s > limits.max_duration_s:
+        raise InvalidOutput(
+            f"{what} lasts {duration_s:.1f} s, over the limit of {limits.max_duration_s:g} s",
+            hint=f"Ask for shorter output, or raise {setting}DURATION_S on the server.",
+            details={"limit": limits.max_duration_s},
+        )
 
 
 # --- what engines return: the artifact and the facts of its type -------------------------------------

@@ -14,9 +14,17 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, SpeechFacts
+from genforge.engines.base import (
+    Emit,
+    EngineOutput,
+    GenerationJob,
+    OneAtATimeEngine,
+    ResolvedModel,
+    SpeechFacts,
+    check_output,
+)
 from genforge.errors import Cancelled, EngineFailed, InvalidOutput, InvalidRequest, ModelUnavailable
-from genforge.media.audio import decode_wav, encode_wav, silence
+from genforge.media.audio import WAV_HEADER_BYTES, decode_wav, encode_wav, silence
 
 APT_HINT = "Install it with `apt-get install espeak-ng` (Debian/Ubuntu)."
 DEFAULT_VOICE = "en-us"
@@ -114,14 +122,18 @@ class EspeakEngine(OneAtATimeEngine):
             warnings.append(f"espeak-ng used as the fallback the request allowed: {job.fallback_reason}")
         sentences = split_sentences(job.prompt)
         parts: list[bytes] = []
-        rate = 0
+        rate = pcm_bytes = 0
         for i, sentence in enumerate(sentences, start=1):
             if cancelled():
                 raise Cancelled("cancelled between sentences")
             pcm, rate = self._speak(sentence, voice, wpm)
             if parts:
                 parts.append(silence(params.sentence_silence, rate))
+                pcm_bytes += len(parts[-1])
             parts.append(pcm)
+            pcm_bytes += len(pcm)
+            # stop as soon as the audio is over the limits, not after holding all of it
+            check_output(job, "the audio", size_bytes=WAV_HEADER_BYTES + pcm_bytes, duration_s=pcm_bytes / 2 / rate)
             emit({"type": "progress", "step": i, "total": len(sentences)})
         if not parts:
             raise InvalidOutput("espeak-ng produced no audio: the text has no sentence to speak")

@@ -20,9 +20,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, SpeechFacts
+from genforge.engines.base import (
+    Emit,
+    EngineOutput,
+    GenerationJob,
+    OneAtATimeEngine,
+    ResolvedModel,
+    SpeechFacts,
+    check_output,
+)
 from genforge.errors import Cancelled, InvalidOutput, InvalidRequest, ModelUnavailable
-from genforge.media.audio import encode_wav, silence
+from genforge.media.audio import WAV_HEADER_BYTES, encode_wav, silence
 
 # onnxruntime's Linux wheel has telemetry that writes a device id under ~/.cache/Microsoft at *import*;
 # the switch must be set before onnxruntime is imported in this (worker) process.
@@ -148,13 +156,17 @@ class PiperEngine(OneAtATimeEngine):
         gap = silence(params.sentence_silence, rate)
         total = sum(1 for sentence in voice.phonemize(job.prompt) if sentence)
         parts: list[bytes] = []
-        sentences = 0
+        sentences = pcm_bytes = 0
         for sentences, chunk in enumerate(voice.synthesize(job.prompt, syn), start=1):
             if cancelled():
                 raise Cancelled("cancelled between sentences")
             if parts:
                 parts.append(gap)
+                pcm_bytes += len(gap)
             parts.append(chunk.audio_int16_bytes)
+            pcm_bytes += len(chunk.audio_int16_bytes)
+            # stop as soon as the audio is over the limits, not after holding all of it
+            check_output(job, "the audio", size_bytes=WAV_HEADER_BYTES + pcm_bytes, duration_s=pcm_bytes / 2 / rate)
             emit({"type": "progress", "step": sentences, "total": total})
         if not parts:
             raise InvalidOutput("Piper produced no audio: the text has nothing it can pronounce")

@@ -24,7 +24,15 @@ import wave
 from collections.abc import Callable
 from fractions import Fraction
 
-from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, VideoFacts
+from genforge.engines.base import (
+    Emit,
+    EngineOutput,
+    GenerationJob,
+    OneAtATimeEngine,
+    ResolvedModel,
+    VideoFacts,
+    check_output,
+)
 from genforge.errors import Cancelled, EngineFailed, InvalidRequest, ModelUnavailable
 
 INSTALL_HINT = "Install the video extra: `pip install 'genforge[video]'` (PyAV with FFmpeg and libx264)."
@@ -146,6 +154,7 @@ class VideoEngine(OneAtATimeEngine):
         except OSError as exc:
             raise EngineFailed(f"could not read the video's inputs: {exc}") from None
         duration = len(samples) / rate
+        check_output(job, "the video", duration_s=duration)  # before any frame is encoded
         frames = max(1, round(duration * p.fps))
         source = _scaled_source(image, p.width, p.height)
         boxes = ken_burns_boxes(source.shape[1], source.shape[0], p.width, p.height, frames, p.zoom)
@@ -171,6 +180,7 @@ class VideoEngine(OneAtATimeEngine):
                 if (i + 1) % p.fps == 0:
                     if cancelled():
                         raise Cancelled("cancelled while encoding the video")
+                    check_output(job, "the video", size_bytes=buf.tell())  # stop once the file is over the limit
                     emit({"type": "progress", "step": (i + 1) // p.fps, "total": total})
             out.mux(vs.encode(None))
 

@@ -10,6 +10,7 @@ from array import array
 from dataclasses import dataclass
 
 SAMPLE_WIDTH = 2  # bytes: PCM 16-bit
+WAV_HEADER_BYTES = 44  # what encode_wav puts before the samples (RIFF, fmt and data chunk headers)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,12 @@ import re
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
 from genforge.contenttypes.records import ChatMessage, PersonaUse
@@ -28,7 +30,18 @@ from genforge.stores.db import ContentRow, Database, PersonaRow, PostRow
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _REF = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63})(?:@([1-9][0-9]{0,8}))?$")
-Phrase = str
+STORED = {"stored": True}  # validation context of a persona read back from the database
+
+
+def _phrase(value: str, info: ValidationInfo) -> str:
+    """An empty or blank phrase is in every text: as a forbidden phrase it fails every text of the persona. Refused
+    on input; a row stored before this check still reads back (apply() leaves such phrases out)."""
+    if not value.strip() and not (info.context or {}).get("stored"):
+        raise ValueError("a phrase needs a character other than whitespace (an empty phrase is in every text)")
+    return value
+
+
+Phrase = Annotated[str, AfterValidator(_phrase)]
 
 
 # `register` is the contract's field name; it shadows ABCMeta.register on the class only (instances read the field).
@@ -110,18 +123,19 @@ class Persona(PersonaBody):
 
 
 def _persona(row: PersonaRow) -> Persona:
-    return Persona(
-        name=row.name,
-        version=row.version,
-        display_name=row.display_name,
-        description=row.description,
-        text=row.text or {},
-        image=row.image or {},
-        speech=row.speech or {},
-        created_at=row.created_at,
-        shared=bool(row.shared),
-        owner=row.owner,
-    )
+    fields = {
+        "name": row.name,
+        "version": row.version,
+        "display_name": row.display_name,
+        "description": row.description,
+        "text": row.text or {},
+        "image": row.image or {},
+        "speech": row.speech or {},
+        "created_at": row.created_at,
+        "shared": bool(row.shared),
+        "owner": row.owner,
+    }
+    return Persona.model_validate(fields, context=STORED)
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -130,6 +144,15 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     if not m:
         raise InvalidRequest(f"persona: {ref!r} is not a persona name (or NAME@VERSION)", field="persona")
     return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+def _insert(s: Session, conflict: str, hint: str) -> None:
+    """Write the session's new row. Two requests may both pass the existence check and insert the same (name,
+    version): the unique key refuses the second, which is a 409 Conflict, not a 500."""
+    try:
+        s.flush()
+    except IntegrityError:
+        raise Conflict(conflict, field="name", hint=hint) from None
 
 
 class PersonaStore:
@@ -154,7 +177,7 @@ class PersonaStore:
                 )
             row = PersonaRow(version=1, created_at=datetime.now(UTC), owner=caller.id, **body.model_dump(mode="json"))
             s.add(row)
-            s.flush()
+            _insert(s, f"persona {body.name!r} exists", "Edit it with PATCH, or choose another name.")
             return _persona(row)
 
     def _row(self, name: str, version: int | None, caller: Caller) -> PersonaRow | None:
@@ -229,7 +252,11 @@ class PersonaStore:
                 **body.model_dump(mode="json"),
             )
             s.add(row)
-            s.flush()
+            _insert(
+                s,
+                f"persona {name!r} was edited by another request at the same time (version {row.version} exists)",
+                "Read the persona again and send the edit again.",
+            )
             return _persona(row)
 
     def delete(self, name: str, caller: Caller, force: bool = False) -> None:
@@ -288,8 +315,9 @@ def apply(
             fields["model"] = t.model
         if t.quality and "quality" not in given:
             fields["quality"] = t.quality
-        if t.forbidden_phrases:
-            policy = TextPolicy(forbidden_phrases=tuple(t.forbidden_phrases))
+        forbidden = tuple(p for p in t.forbidden_phrases if p.strip())  # a blank one (stored before 422) is no rule
+        if forbidden:
+            policy = TextPolicy(forbidden_phrases=forbidden)
     elif req.content_type == "image":
         i = persona.image
         if i.model and "model" not in given:

@@ -67,7 +67,8 @@ PLATFORM_LIMITS: dict[Platform, int] = {
 CAPTION_TOKENS = {"x": 56}
 CAPTION_TOKENS_DEFAULT = 96
 CAPTION_MIN_WORDS = 3  # a caption is spoken by the narration: emoji or a lone hashtag are not one
-PartState = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped"]
+# deleted: the part's record was deleted after it was made (DELETE /api/v1/content/{id}); the post stays readable
+PartState = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped", "deleted"]
 
 
 class PostRequest(BaseModel):
@@ -305,11 +306,13 @@ class PostService:
             if row is None or not caller.owns(row.owner):
                 raise NotFound(f"no post with id {post_id!r}", field="id")
             snapshot = {c.name: getattr(row, c.name) for c in PostRow.__table__.columns}
-        parts = {part: self.service.get(cid, caller) for part, cid in snapshot["part_ids"].items()}
+        parts, deleted = self._part_records(snapshot["part_ids"], caller)
         states: dict[str, str] = {}
         for part in snapshot["parts"]:
             if part in parts:
                 states[part] = parts[part].status
+            elif part in deleted:
+                states[part] = "deleted"
             elif snapshot["status"] == "running":
                 states[part] = "pending"
             else:
@@ -336,6 +339,19 @@ class PostService:
             created_at=snapshot["created_at"],
             finished_at=snapshot["finished_at"],
         )
+
+    def _part_records(self, part_ids: dict[str, str], caller: Caller) -> tuple[dict[str, ContentRecord], set[str]]:
+        """The records of the parts, and the parts whose record was deleted since. A part record may be deleted
+        like any other (its owner's right to remove content wins over the post); the post then shows that part
+        as `deleted`, without a record, rather than becoming unreadable."""
+        parts: dict[str, ContentRecord] = {}
+        deleted: set[str] = set()
+        for part, content_id in part_ids.items():
+            try:
+                parts[part] = self.service.get(content_id, caller)
+            except NotFound:
+                deleted.add(part)
+        return parts, deleted
 
     def events(self, post_id: str) -> EventStream | None:
         return self._events.get(post_id)
