@@ -205,7 +205,7 @@ class PostService:
         records: dict[str, ContentRecord] = {}
         failed: tuple[str, GenforgeError] | None = None
         try:
-            for group in (("caption", "image"), ("narration",), ("video",)):
+            for group in self._groups(caller):
                 jobs = {}
                 for part in group:
                     if part not in req.parts or any(n not in records for n in NEEDS.get(part, ())):
@@ -235,6 +235,15 @@ class PostService:
             self._events.pop(post_id, None)
         log.info("post=%s %s", post_id, post.status)
         return post
+
+    @staticmethod
+    def _groups(caller: Caller) -> tuple[tuple[str, ...], ...]:
+        """The parts in the order they are made, each group submitted together. The caption and the image are
+        independent (they run in different engine workers) unless the key may hold only one job at a time: its
+        limit holds for its posts too, so they then run one after the other."""
+        if caller.max_jobs is not None and caller.max_jobs < 2:
+            return (("caption",), ("image",), ("narration",), ("video",))
+        return (("caption", "image"), ("narration",), ("video",))
 
     def _request(
         self,
