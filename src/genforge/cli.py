@@ -16,6 +16,7 @@ from rich.table import Table
 from genforge.config import Settings
 from genforge.contenttypes import ContentRecord
 from genforge.errors import GenforgeError
+from genforge.private import private_dir
 from genforge.runtime import Runtime, claim_data_dir, setup_logging
 from genforge.schemas import GenerateRequest
 
@@ -641,7 +642,7 @@ def database():
     from genforge.db import Database
 
     settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = Database(settings.db_url)
     try:
         db.migrate()

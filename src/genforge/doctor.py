@@ -10,6 +10,7 @@ from genforge import imagebackend
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
 from genforge.errors import GenforgeError, InvalidRequest
+from genforge.private import private_dir
 from genforge.runtime import Runtime
 from genforge.schemas import GenerateRequest
 
@@ -43,7 +44,7 @@ def _engine_check() -> Check:
 
 def _data_dir_check(settings: Settings) -> Check:
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         with tempfile.NamedTemporaryFile(dir=settings.data_dir) as f:
             f.write(b"genforge doctor")
             f.flush()
@@ -83,7 +84,7 @@ def _distributed_checks(rt: Runtime) -> tuple[list[Check], set[str]]:
     )
     shared = settings.artifacts_dir
     try:
-        shared.mkdir(parents=True, exist_ok=True)
+        private_dir(shared)
         with tempfile.NamedTemporaryFile(dir=shared) as f:
             f.write(b"genforge doctor")
             f.flush()

@@ -17,6 +17,7 @@ from genforge.db import Database
 from genforge.errors import AlreadyRunning, GenforgeError
 from genforge.jobs import JobRunner
 from genforge.posts import PostService
+from genforge.private import private_dir
 from genforge.service import ContentService
 from genforge.storage import ArtifactStore
 from genforge.worker import EnginePool
@@ -28,7 +29,7 @@ def claim_data_dir(settings: Settings) -> int:
     """One server per data directory: an exclusive flock on its server.lock, held while the process lives
     (the kernel releases it when the process dies, however it dies). A second server would take the first
     one's live jobs for a crash's leftovers; it refuses to start instead."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     path = settings.data_dir / "server.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -88,7 +89,7 @@ class Runtime:
         mode jobs live on in the workers, whose leases tell lost ones (jobs_celery.py): nothing to recover.
         `worker=True` is a `genforge worker` process: it runs the jobs it takes, and leaves the schema to the
         API processes (it waits for their migration)."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         db = Database(settings.db_url)
         if worker:
             db.wait_migrated()
