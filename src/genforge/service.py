@@ -564,7 +564,9 @@ class ContentService:
 
     def recover(self) -> dict:
         """After a crash: records left pending/running end `failed` (code `interrupted`), and artifact
-        files no record refers to (written just before a crash, or temp files) are removed."""
+        files no record refers to (written just before a crash, or old temp files) are removed: proven orphaned
+        under the store's guard (ArtifactStore.remove_orphans), so a file a generation (a CLI run beside this
+        server, say) has just written and is recording is never one."""
         with self.db.session() as s:
             stale = s.query(ContentRow).filter(ContentRow.status.in_(["pending", "running"])).all()
             for row in stale:
@@ -572,10 +574,12 @@ class ContentService:
                 row.status, row.finished_at = "failed", _now()
                 row.error_code = "interrupted"
                 row.error_hint = "Submit the request again."
-            referenced = {r for (r,) in s.query(ContentRow.artifact_path).filter(ContentRow.artifact_path.isnot(None))}
-        orphans = [p for p in self.store.files() if str(p.relative_to(self.store.root)) not in referenced]
-        for path in orphans:
-            path.unlink(missing_ok=True)
+
+        def referenced() -> set[str]:  # read inside the guard
+            with self.db.session() as s:
+                return {r for (r,) in s.query(ContentRow.artifact_path).filter(ContentRow.artifact_path.isnot(None))}
+
+        orphans = self.store.remove_orphans(referenced)
         if stale or orphans:
             log.warning(
                 "recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed", len(stale), len(orphans)
