@@ -136,7 +136,7 @@ def key_check_us(n: int = 3000) -> tuple[float, float]:
 
     data = Path(tempfile.mkdtemp(prefix="gf-bench-"))
     try:
-        db = Database(f"sqlite:///{data / 'genforge.stores.db'}")
+        db = Database(f"sqlite:///{data / 'genforge.db'}")
         db.migrate()
         keys, bucket = KeyStore(db), RateLimiter()
         _, token = keys.create("bench", "admin", rate="1000000/s")

@@ -3,7 +3,8 @@
 HEAD/GET /{owner}/{repo}/resolve/{revision}/{path}: X-Repo-Commit, ETag and X-Linked-Etag (the LFS sha256 for
 large files, the git blob sha1 for small ones, as the hub does), X-Linked-Size, Range requests; and
 GET /api/models/{owner}/{repo}/revision/{revision} (the file list a pipeline pull reads). Faults on demand:
-a hash that lies, a connection cut once halfway, slow streaming, a repository that wants a token.
+a hash that lies, a connection cut once halfway, slow streaming, a repository that wants a token; and a hostile
+hub: a commit that is a path (`commit`), file names it lists but never serves (`listing`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Hub:
     files: dict[str, HubFile] = field(default_factory=dict)  # "owner/repo/path" -> file
     token_required: dict[str, str] = field(default_factory=dict)  # "owner/repo" -> token
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, Range header)
+    commit: str = COMMIT  # X-Repo-Commit and the model info's `sha`
+    listing: dict[str, list[str]] = field(default_factory=dict)  # "owner/repo" -> the names its info lists
 
     def serve(self, port: int = 0) -> http.server.ThreadingHTTPServer:
         hub = self
@@ -71,7 +74,7 @@ class Hub:
 
             def _headers(self, f: HubFile, length: int, status: int = 200, extra: dict | None = None) -> None:
                 self.send_response(status)
-                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("X-Repo-Commit", hub.commit)
                 self.send_header("ETag", f'"{f.etag()}"')
                 if len(f.data) >= LFS_MIN:
                     self.send_header("X-Linked-Etag", f'"{f.etag()}"')
@@ -131,11 +134,11 @@ class Hub:
             def _model_info(self, repo: str) -> None:
                 if not self._authorised(repo):
                     return self._empty(401, "RepoNotFound")
-                names = [k[len(repo) + 1 :] for k in hub.files if k.startswith(repo + "/")]
+                names = hub.listing.get(repo) or [k[len(repo) + 1 :] for k in hub.files if k.startswith(repo + "/")]
                 if not names:
                     return self._empty(404, "RepoNotFound")
                 body = json.dumps(
-                    {"id": repo, "modelId": repo, "sha": COMMIT, "siblings": [{"rfilename": n} for n in names]}
+                    {"id": repo, "modelId": repo, "sha": hub.commit, "siblings": [{"rfilename": n} for n in names]}
                 ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -124,7 +124,7 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'genforge.stores.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'genforge.db'}"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -155,6 +155,14 @@ class ArtifactChanged(GenforgeError):
     hint = "The file was changed outside genforge and is not served; `genforge audit --mark` marks such records."
 
 
+class ArtifactOutsideStore(GenforgeError):
+    code = "artifact_outside_store"
+    hint = (
+        "The record's artifact path leads outside the artifact directory (a crafted or damaged database, e.g. from "
+        "a backup): the file is never served, hashed or deleted. `genforge audit --mark` marks such records."
+    )
+
+
 class AlreadyRunning(GenforgeError):
     code = "already_running"
     hint = "Stop the other genforge server on this data directory, or give this one its own GENFORGE_DATA_DIR."

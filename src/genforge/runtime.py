@@ -21,6 +21,7 @@ from genforge.core.service import ContentService
 from genforge.distributed.celery_queue import TASK, CeleryJobRunner, WorkerSide, celery_app, queue_of
 from genforge.engines.pool import EnginePool
 from genforge.errors import AlreadyRunning, Conflict, DatabaseUnavailable, GenforgeError
+from genforge.media.private import private_dir
 from genforge.platform.personas import PersonaStore
 from genforge.platform.posts import PostService
 from genforge.stores.artifacts import ArtifactStore
@@ -33,7 +34,7 @@ def claim_data_dir(settings: Settings) -> int:
     """One server per data directory: an exclusive flock on its server.lock, held while the process lives
     (the kernel releases it when the process dies, however it dies). A second server would take the first
     one's live jobs for a crash's leftovers; it refuses to start instead."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     path = settings.data_dir / "server.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -100,7 +101,7 @@ class Runtime:
         mode jobs live on in the workers, whose leases tell lost ones (distributed/celery_queue.py): nothing to recover.
         `worker=True` is a `genforge worker` process: it runs the jobs it takes, and leaves the schema to the
         API processes (it waits for their migration)."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         db = Database(settings.db_url)
         if worker:
             db.wait_migrated()

@@ -207,4 +207,4 @@ def test_a_worker_whose_metrics_port_is_taken_does_not_start(tmp_path):
         run = run_cli(tmp_path, "worker", "--metrics-port", str(port), env=env, timeout=60)
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"metrics port 127.0.0.1:{port} cannot be used" in run.stderr and "--metrics-port" in run.stderr
-    assert not (tmp_path / "genforge.stores.db").exists()  # it stopped before opening anything
+    assert not (tmp_path / "genforge.db").exists()  # it stopped before opening anything

@@ -59,7 +59,7 @@ class DatabaseLock:
 
     def __init__(self, server: Server, seconds: float):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", self.CODE, str(server.data_dir / "genforge.stores.db"), str(seconds)],
+            [sys.executable, "-c", self.CODE, str(server.data_dir / "genforge.db"), str(seconds)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -199,7 +199,7 @@ def test_sigterm_drains_and_leaves_no_job_unfinished(tmp_path):
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(timeout=90) == 0, srv.log()
     srv.http.close()
-    db = sqlite3.connect(tmp_path / "data" / "genforge.stores.db")
+    db = sqlite3.connect(tmp_path / "data" / "genforge.db")
     rows = dict(
         db.execute(
             f"SELECT id, status || ':' || COALESCE(error_code, '') FROM content WHERE id IN "

@@ -4,6 +4,7 @@ resumed after a cut or Ctrl-C, refused when corrupt, and fast, typed failures fo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -234,3 +235,75 @@ def test_a_request_for_an_alias_not_pulled_yet_says_how_to_pull_it(tmp_path):
     assert resp.status_code == 503, resp.text
     err = resp.json()["error"]
     assert err["code"] == "model_unavailable" and "genforge models pull tinyllama-1.1b-chat" in err["hint"]
+
+
+# --- a hostile hub: the names it supplies become paths only when they stay inside the models folder ------------
+def written_by_pull(tmp_path: Path) -> list[Path]:
+    """Every file under tmp_path a pull could have written: in the models folder, or anywhere outside the data
+    dir (tmp_path/data) and the hub client's home."""
+    data, home = tmp_path / "data", tmp_path / "hf-home"
+    return sorted(
+        p
+        for p in tmp_path.rglob("*")
+        if (p.is_file() or p.is_symlink())
+        and not p.is_relative_to(home)
+        and (p.is_relative_to(data / "models") or not p.is_relative_to(data))
+    )
+
+
+@pytest.mark.parametrize("commit", ["ABSOLUTE", "../../../../../escaped", "main", "c0ffee"])
+def test_a_commit_that_is_not_40_hex_digits_fails_the_pull_and_writes_nothing(tmp_path, hub_env, gguf, commit):
+    state, _ = hub_env
+    state.commit = str(tmp_path / "escaped") if commit == "ABSOLUTE" else commit
+    state.files["o/r/m.gguf"] = HubFile(gguf)
+    with pytest.raises(ModelIntegrityFailed, match="40 hex digits") as refused:
+        catalog_at(tmp_path / "data").pull("hf:o/r/m.gguf")
+    assert "nothing was written" in refused.value.hint
+    assert written_by_pull(tmp_path) == []
+    assert "m" not in {e.name for e in catalog_at(tmp_path / "data").entries()}
+
+
+def pipeline_index(*components: str) -> bytes:
+    return json.dumps(
+        {"_class_name": "StableDiffusionPipeline", **{c: ["diffusers", "UNet2DConditionModel"] for c in components}}
+    ).encode()
+
+
+@pytest.mark.parametrize("hostile", ["climb", "absolute", "nul"])
+def test_a_pipeline_listing_a_name_outside_its_folder_fails_and_writes_nothing(tmp_path, hub_env, hostile):
+    state, env = hub_env
+    escaped = tmp_path / "escaped"
+    name = {
+        "climb": "unet/" + "../" * 16 + str(escaped).lstrip("/") + "/config.json",
+        "absolute": str(escaped / "config.json"),
+        "nul": "unet/config\0.json",
+    }[hostile]
+    state.files["o/pipe/model_index.json"] = HubFile(pipeline_index("unet"))
+    state.files["o/pipe/unet/config.json"] = HubFile(b'{"honest": true}')
+    state.listing["o/pipe"] = ["model_index.json", "unet/config.json", name]
+    run = run_cli(tmp_path / "data", "models", "pull", "hf:o/pipe", "--name", "evil-pipe", env=env)
+    assert run.returncode != 0 and "model_integrity_failed" in run.stderr, run.stdout + run.stderr
+    assert written_by_pull(tmp_path) == []
+
+
+def test_a_component_key_outside_the_folder_fails_and_leaves_nothing_half_written(tmp_path, hub_env):
+    state, _ = hub_env
+    state.files["o/pipe/model_index.json"] = HubFile(pipeline_index("unet", "../../../../escaped"))
+    with pytest.raises(ModelIntegrityFailed, match="component"):
+        catalog_at(tmp_path / "data").pull("hf:o/pipe")
+    assert written_by_pull(tmp_path) == []
+    assert not (tmp_path / "data" / "models" / "hub" / "o--pipe").exists(), "the pull left its folders behind"
+
+
+def test_a_link_inside_the_models_folder_that_leads_out_is_not_followed(tmp_path, hub_env):
+    state, _ = hub_env
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = tmp_path / "data" / "models" / "hub" / "o--pipe" / COMMIT
+    folder.mkdir(parents=True)
+    (folder / "unet").symlink_to(elsewhere)  # planted by whoever could write there before
+    state.files["o/pipe/model_index.json"] = HubFile(pipeline_index("unet"))
+    state.files["o/pipe/unet/config.json"] = HubFile(b'{"honest": true}')
+    with pytest.raises(ModelIntegrityFailed, match="outside"):
+        catalog_at(tmp_path / "data").pull("hf:o/pipe")
+    assert list(elsewhere.iterdir()) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -19,6 +21,7 @@ from conftest import (
 )
 from genforge.errors import EngineFailed
 from genforge.runtime import Runtime
+from genforge.stores.artifacts import TEMP_ORPHAN_AGE_S
 from genforge.stores.db import ContentRow, Database
 
 
@@ -65,6 +68,8 @@ def test_a_restart_fails_what_a_crash_left_unfinished_and_removes_stray_files(tm
     stray.write_text("written just before the crash")
     temp = settings.artifacts_dir / "ab" / ".tmp-half-written.txt"
     temp.write_text("half")
+    long_ago = time.time() - TEMP_ORPHAN_AGE_S - 60  # a younger temp file may still be being written
+    os.utime(temp, (long_ago, long_ago))
 
     with running_app(settings) as client:
         rec = client.get(f"{CONTENT}/crashed-0000").json()

@@ -137,7 +137,7 @@ def test_the_index_follows_deletes(app, made, tmp_path):
     assert app.delete(f"{CONTENT}/{rec['id']}").status_code == 204
     assert found(app, q="windmill") == []
     if not runtime_of(app).settings.database_url:  # PostgreSQL's tsvector is a column of the row itself
-        db = runtime_of(app).settings.data_dir / "genforge.stores.db"
+        db = runtime_of(app).settings.data_dir / "genforge.db"
         with sqlite3.connect(db) as conn:  # FTS5's own consistency check of the external-content index
             conn.execute("INSERT INTO content_fts(content_fts, rank) VALUES ('integrity-check', 1)")
 

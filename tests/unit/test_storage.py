@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 
 from conftest import enospc, files_under, sha256
-from genforge.errors import StorageFailed
+from genforge.errors import ArtifactOutsideStore, StorageFailed
 from genforge.media.files import sha256_file
 from genforge.stores import artifacts as storage
 from genforge.stores.artifacts import ArtifactStore
@@ -99,3 +100,58 @@ def test_directory_fsync_failure_leaves_no_file(store, monkeypatch):
         store.write(b"written, renamed, then the directory sync fails", "text/plain", ".txt")
 
     assert files_under(store.root) == [], "a write reported as failed left its file behind"
+
+
+# --- a recorded path never leads outside the store (a crafted or damaged database) --------------------------
+@pytest.fixture
+def outside(tmp_path):
+    secret = tmp_path / "elsewhere" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not the store's")
+    return secret
+
+
+def hostile_paths(store, outside) -> list[str]:
+    link = store.root / "ab" / "link.txt"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)  # inside by name, outside once resolved
+    return [
+        str(outside),  # absolute: Path(root) / "/x" is /x
+        os.path.relpath(outside, store.root),  # ../elsewhere/secret.txt
+        "ab/../../elsewhere/secret.txt",
+        "ab/link.txt",
+        "ab/x\0.txt",
+        "",
+        ".",
+    ]
+
+
+def test_resolve_refuses_every_path_that_leaves_the_store(store, outside):
+    store.write(b"inside", "text/plain")
+    for relpath in hostile_paths(store, outside):
+        with pytest.raises(ArtifactOutsideStore) as refused:
+            store.resolve(relpath)
+        assert refused.value.code == "artifact_outside_store", relpath
+
+
+def test_remove_never_unlinks_a_file_outside_the_store(store, outside):
+    for relpath in hostile_paths(store, outside):
+        store.remove(relpath)  # the record that named it may go; the file is not the store's
+        assert outside.read_text() == "not the store's", relpath
+
+
+def test_orphans_are_only_the_stores_own_names_and_old_temp_files(store, tmp_path):
+    kept = store.write(b"recorded", "text/plain")
+    orphan = store.write(b"written just before a crash", "text/plain")
+    young = store.root / "ab" / ".tmp-being-written.txt"
+    old = store.root / "ab" / ".tmp-left-by-a-crash.txt"
+    foreign = store.root / "README.txt"  # not a name the store gives: another program's file
+    young.parent.mkdir(exist_ok=True)
+    for path in (young, old, foreign):
+        path.write_text("x")
+    long_ago = time.time() - storage.TEMP_ORPHAN_AGE_S - 60
+    os.utime(old, (long_ago, long_ago))
+
+    removed = store.remove_orphans(lambda: {kept.relpath})
+    assert sorted(removed) == sorted([orphan.path, old])
+    assert kept.path.exists() and young.exists() and foreign.exists()

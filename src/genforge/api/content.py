@@ -150,7 +150,7 @@ def verify_content(content_id: str, svc: ServiceDep, caller: CallerDep) -> Artif
                 spec.media_type: {"schema": {"type": "string", "format": "binary"}} for spec in REGISTRY.values()
             },
         },
-        **error_responses(404, *COMMON),
+        **error_responses(404, 409, *COMMON),
     },
 )
 def get_file(content_id: str, svc: ServiceDep, caller: CallerDep) -> FileResponse:

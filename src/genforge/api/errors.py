@@ -46,6 +46,7 @@ STATUS: dict[str, int] = {
     "database_unavailable": 503,
     "artifact_lost": 404,
     "artifact_changed": 409,
+    "artifact_outside_store": 409,
     "unauthorized": 401,
     "forbidden": 403,
     "cross_origin": 403,
@@ -113,7 +114,8 @@ _DESCRIPTIONS = {
     400: "Invalid request (OpenAI's status for it).",
     404: "Unknown id or model (`not_found`), or a record whose file is gone (`artifact_lost`).",
     409: "The content is not in a state where this is possible (`conflict`), or its file was changed outside "
-    "genforge (`artifact_changed`).",
+    "genforge (`artifact_changed`) or its recorded path leads outside the artifact directory "
+    "(`artifact_outside_store`).",
     413: "Body over GENFORGE_MAX_BODY_BYTES (`payload_too_large`).",
     422: "A field is wrong; the message names it (`invalid_request`).",
     429: "The queue is full (`queue_full`); see Retry-After.",

@@ -207,7 +207,8 @@ def _request(renames: dict[str, str] | None = None, **fields) -> GenerateRequest
     `model: "persona:NAME"` (or NAME@VERSION) asks for a persona's defaults, its model among them."""
     model = fields.get("model") or ""
     if model.startswith(PERSONA_PREFIX):
-        fields = {**fields, "model": None, "persona": model.removeprefix(PERSONA_PREFIX)}
+        # the model is left unset (not None): the persona's own model applies, as on the native API
+        fields = {k: v for k, v in fields.items() if k != "model"} | {"persona": model.removeprefix(PERSONA_PREFIX)}
     try:
         return GenerateRequest(**fields)
     except ValidationError as exc:

@@ -17,6 +17,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from genforge.config import Settings
 from genforge.core.access import KeyStore
+from genforge.media.private import private_dir
 from genforge.stores.db import Database
 
 
@@ -115,7 +116,7 @@ def open_bind_refusal(settings: Settings, host: str) -> str | None:
     """Why serving on `host` is refused (a non-loopback address and no active key), or None."""
     if is_loopback(host):
         return None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = Database(settings.db_url)
     try:
         db.migrate()

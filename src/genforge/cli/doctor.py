@@ -12,6 +12,7 @@ from genforge.contenttypes.request import GenerateRequest
 from genforge.core.caller import LOCAL
 from genforge.engines import imagebackend
 from genforge.errors import GenforgeError, InvalidRequest
+from genforge.media.private import private_dir
 from genforge.runtime import Runtime
 
 # Long enough (a few hundred tokens) to exercise multi-token prompt evaluation, where a llama.cpp
@@ -44,7 +45,7 @@ def _engine_check() -> Check:
 
 def _data_dir_check(settings: Settings) -> Check:
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         with tempfile.NamedTemporaryFile(dir=settings.data_dir) as f:
             f.write(b"genforge doctor")
             f.flush()
@@ -84,7 +85,7 @@ def _distributed_checks(rt: Runtime) -> tuple[list[Check], set[str]]:
     )
     shared = settings.artifacts_dir
     try:
-        shared.mkdir(parents=True, exist_ok=True)
+        private_dir(shared)
         with tempfile.NamedTemporaryFile(dir=shared) as f:
             f.write(b"genforge doctor")
             f.flush()

@@ -29,6 +29,7 @@ from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.request import GenerateRequest
 from genforge.core.caller import LOCAL
 from genforge.errors import GenforgeError
+from genforge.media.private import private_dir
 from genforge.runtime import claim_data_dir, run_worker, setup_logging
 
 
@@ -607,7 +608,7 @@ def database():
     from genforge.stores.db import Database
 
     settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = Database(settings.db_url)
     try:
         db.migrate()
@@ -682,12 +683,14 @@ def keys_revoke(name: str) -> None:
 
 @app.command()
 def backup(dest: Path) -> None:
-    """Write a consistent copy of the database (SQLite online backup) and its artifacts into DEST."""
+    """Write a consistent copy of the database (SQLite online backup), its artifacts and the signing keystore
+    into DEST (private: it holds the instance's private keys)."""
     from genforge.stores.backup import backup as run_backup
 
     with database():
         manifest = run_backup(Settings(), dest)
-    out.print(f"backup in {dest}: database and {manifest['artifacts']} artifact file(s)", soft_wrap=True)
+    keys = ", the signing keystore" if manifest["credentials"] else ""
+    out.print(f"backup in {dest}: database{keys} and {manifest['artifacts']} artifact file(s)", soft_wrap=True)
     if manifest["missing"]:
         for relpath in manifest["missing"]:
             err.print(f"[red]missing or changed, not backed up:[/] {relpath}")
@@ -697,14 +700,20 @@ def backup(dest: Path) -> None:
 
 @app.command()
 def restore(src: Path) -> None:
-    """Restore a backup from SRC into the data dir, which must be empty; then run `genforge audit`."""
+    """Restore a backup from SRC into the data dir and artifact dir, which must be empty; then run `genforge audit`."""
     from genforge.stores.backup import restore as run_restore
 
     try:
         result = run_restore(Settings(), src)
     except GenforgeError as exc:
         raise fail(exc) from None
-    out.print(f"restored {result['database']} and {result['artifacts']} artifact file(s)", soft_wrap=True)
+    keys = ", the signing keystore" if result["credentials"] else ""
+    out.print(f"restored {result['database']}{keys} and {result['artifacts']} artifact file(s)", soft_wrap=True)
+    if not result["credentials"]:
+        err.print(
+            "[yellow]warning:[/] the backup holds no signing keystore: this instance makes a new CA, and its "
+            "earlier artifacts will verify as `foreign`"
+        )
 
 
 @app.command()
@@ -714,7 +723,7 @@ def audit(
     ] = False,
 ) -> None:
     """Re-hash the artifact of every succeeded record; exit 1 when any is missing or changed."""
-    from genforge.stores.backup import audit as run_audit
+    from genforge.core.audit import audit as run_audit
 
     try:
         checked, problems = run_audit(Settings(), mark=mark)

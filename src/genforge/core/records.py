@@ -240,6 +240,25 @@ class ContentRecordStore(Protocol):
     def running_leases(self) -> list[Lease]: ...
     def count(self, status: Status, content_type: str | None = None, before: datetime | None = None) -> int: ...
     def interrupt_unfinished(self) -> list[str]: ...
+    def succeeded_files(self) -> list[StoredFile]:
+        """Every succeeded record's artifact as recorded (for `genforge audit`)."""
+        with self.db.session() as s:
+            rows = s.query(ContentRow).filter(ContentRow.status == "succeeded").all()
+            return [
+                StoredFile(
+                    content_id=r.id,
+                    content_type=r.content_type,
+                    status="succeeded",
+                    owner=r.owner,
+                    relpath=r.artifact_path,
+                    sha256=r.artifact_sha256,
+                    size_bytes=r.artifact_size,
+                    media_type=r.artifact_media_type,
+                    extra={},
+                )
+                for r in rows
+            ]
+
     def referenced_paths(self) -> set[str]: ...
 
 
@@ -408,7 +427,8 @@ class SqlContentRecords:
         return self._move(content_id, "pending", ("running",), run, started_at=None)
 
     def lose_file(self, content_id: str, err: GenforgeError) -> bool:
-        """succeeded -> failed: `genforge audit` found its file lost or changed."""
+        """succeeded -> failed: `genforge audit --mark` found its file lost, changed or outside the artifact root;
+        the record no longer names an artifact (nothing will serve it)."""
         return self._move(
             content_id,
             "failed",
@@ -416,6 +436,10 @@ class SqlContentRecords:
             error_code=err.code,
             error_message=err.message,
             error_hint=err.hint,
+            artifact_sha256=None,
+            artifact_size=None,
+            artifact_media_type=None,
+            artifact_path=None,
         )
 
     def interrupt_unfinished(self) -> list[str]:
@@ -537,6 +561,25 @@ class SqlContentRecords:
                 select(ContentRow.id, ContentRow.content_type, ContentRow.runs).where(ContentRow.status == "running")
             )
             return [Lease(content_id, content_type, runs) for content_id, content_type, runs in rows]
+
+    def succeeded_files(self) -> list[StoredFile]:
+        """Every succeeded record's artifact as recorded (for `genforge audit`)."""
+        with self.db.session() as s:
+            rows = s.query(ContentRow).filter(ContentRow.status == "succeeded").all()
+            return [
+                StoredFile(
+                    content_id=r.id,
+                    content_type=r.content_type,
+                    status="succeeded",
+                    owner=r.owner,
+                    relpath=r.artifact_path,
+                    sha256=r.artifact_sha256,
+                    size_bytes=r.artifact_size,
+                    media_type=r.artifact_media_type,
+                    extra={},
+                )
+                for r in rows
+            ]
 
     def referenced_paths(self) -> set[str]:
         with self.db.connection() as conn:

@@ -609,15 +609,11 @@ class ContentService:
 
     def recover(self) -> dict[str, Any]:
         """After a crash: records left pending/running end `failed` (code `interrupted`), and artifact files no
-        record refers to (written just before a crash, or temp files) are removed. The files are judged under
-        the store's guard, against the references read inside it, so a file a generation is writing or has just
-        recorded is never taken for an orphan."""
+        record refers to (written just before a crash, or old temp files) are removed: proven orphaned under the
+        store's guard, against the references read inside it (ArtifactStore.remove_orphans), so a file a
+        generation (a CLI run beside this server, say) has just written and is recording is never one."""
         stale = self.records.interrupt_unfinished()
-        with self.store.guard():
-            referenced = self.records.referenced_paths()
-            orphans = [p for p in self.store.files() if str(p.relative_to(self.store.root)) not in referenced]
-            for path in orphans:
-                path.unlink(missing_ok=True)
+        orphans = self.store.remove_orphans(self.records.referenced_paths)  # judged under the store's guard
         if stale or orphans:
             log.warning(
                 "recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed", len(stale), len(orphans)

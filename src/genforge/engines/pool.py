@@ -42,6 +42,7 @@ from genforge.engines.base import (
     ResolvedModel,
     Update,
 )
+from genforge.media.private import private_dir
 
 log = logging.getLogger("genforge.engines.pool")
 engine_log = logging.getLogger("genforge.engine.output")
@@ -223,7 +224,7 @@ def worker_main(conn: Connection) -> None:
         signal.signal(sig, signal.SIG_IGN)
     try:
         settings = Settings.model_validate_json(conn.recv())
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         _Child(conn, settings, CoresLock(str(settings.data_dir / ".engine-cores.lock"))).run()
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the parent is gone
         return

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
+import re
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from genforge.errors import StorageFailed
+from genforge.errors import ArtifactOutsideStore, StorageFailed
+from genforge.media.private import private_dir
+
+log = logging.getLogger("genforge.stores.artifacts")
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,26 @@ class StoredArtifact:
 
 
 LOCK_NAME = ".lock"  # in the store's root; never an artifact, never an orphan
+TEMP_PREFIX = ".tmp-"
+# A file the store itself names: SHA[:2]/SHA.SUFFIX, or a temp file beside one. Only these can be orphans.
+_STORE_NAME = re.compile(r"([0-9a-f]{2})/(?:\1[0-9a-f]{62}\.[A-Za-z0-9]+|" + re.escape(TEMP_PREFIX) + r"[^/]+)")
+# A temp file exists only while write() runs under the guard; one older than this is a crash's leftover (a
+# younger one may belong to a writer the lock cannot see, such as another host on a shared file system).
+TEMP_ORPHAN_AGE_S = 3600.0
+
+
+def contained(root: Path, relpath: str) -> Path:
+    """root/relpath, when that is a file name inside `root` (after resolving every symbolic link); otherwise
+    ArtifactOutsideStore. Paths come from the database, which a crafted or damaged backup may have filled:
+    `Path(root) / "/etc/passwd"` is /etc/passwd, and "../x" or a link inside the root may lead anywhere."""
+    if not isinstance(relpath, str) or not relpath or "\0" in relpath or os.path.isabs(relpath):
+        raise ArtifactOutsideStore(f"the recorded artifact path {relpath!r} is not a relative file name")
+    path = Path(root) / relpath
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real == real_root or os.path.commonpath([real_root, real]) != real_root:
+        raise ArtifactOutsideStore(f"the recorded artifact path {relpath!r} leads outside the artifact directory")
+    return path
 
 
 class ArtifactStore:
@@ -41,7 +67,7 @@ class ArtifactStore:
         the guard, and so do counting a deleted record's fellow users and removing the file: a delete can never
         remove a file that a generation has just written and is about to record as its own."""
         with self._thread_lock:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root)
             fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -61,8 +87,8 @@ class ArtifactStore:
         tmp_name = None
         existed = final.exists()
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=final.suffix)
+            private_dir(final.parent)
+            fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=TEMP_PREFIX, suffix=final.suffix)  # 0600
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -83,11 +109,40 @@ class ArtifactStore:
         return StoredArtifact(digest, len(data), media_type, final, rel, created=not existed)
 
     def resolve(self, relpath: str) -> Path:
-        return self.root / relpath
+        """The file a record names; ArtifactOutsideStore when the name leads outside the store."""
+        return contained(self.root, relpath)
 
     def files(self) -> list[Path]:
         """Every file in the store (artifacts and stray temp files), not its lock."""
         return [p for p in self.root.rglob("*") if p.is_file() and p.name != LOCK_NAME]
 
     def remove(self, relpath: str) -> None:
-        (self.root / relpath).unlink(missing_ok=True)
+        """Unlink a stored file. A name that leads outside the store names no file of the store's: nothing is
+        unlinked (the record that named it may still go), and the refusal is logged."""
+        try:
+            path = self.resolve(relpath)
+        except ArtifactOutsideStore as exc:
+            log.warning("not removing %s", exc.message)
+            return
+        path.unlink(missing_ok=True)
+
+    def remove_orphans(self, referenced: Callable[[], set[str]]) -> list[Path]:
+        """Remove the store's files that no record refers to; returns them.
+
+        Proven under the guard: `referenced()` (the paths the database's records name) is read after the guard is
+        taken, so a file a generation has written and is recording (which it does under the guard) is referred
+        to by then. Only names the store itself gives are candidates (another program's file is never an
+        orphan), and a temp file only once it is older than TEMP_ORPHAN_AGE_S."""
+        removed: list[Path] = []
+        with self.guard():
+            known = referenced()
+            now = time.time()
+            for path in self.files():
+                rel = path.relative_to(self.root).as_posix()
+                if not _STORE_NAME.fullmatch(rel) or rel in known or path.is_symlink():
+                    continue
+                if path.name.startswith(TEMP_PREFIX) and now - path.stat().st_mtime < TEMP_ORPHAN_AGE_S:
+                    continue
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed

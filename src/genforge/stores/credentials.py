@@ -27,6 +27,7 @@ from pathlib import Path
 
 from genforge import __version__
 from genforge.errors import CredentialsFailed
+from genforge.media.private import private_dir
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 ASSERTION = "org.genforge.provenance"
@@ -71,7 +72,7 @@ class Credentials:
         """Make the root CA and the signing certificate once; when two processes race, the first set wins."""
         if self.keystore.is_file():
             return
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.dir)  # and the data dir above it, when this makes it
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".keystore-")  # mkstemp: mode 0600
         try:
             with os.fdopen(fd, "w") as f:

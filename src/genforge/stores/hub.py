@@ -9,6 +9,11 @@ the commit and the hub's hash stays until the next pull resumes it with a Range 
 Every file is hashed while it is written and compared with the hub's own hash (the LFS sha256; the git
 blob sha1 for small non-LFS files) or with a sha256 the catalog pins, before anything is registered.
 A mismatch deletes the file and raises ModelIntegrityFailed.
+
+The hub names the paths a pull writes to (the commit from X-Repo-Commit or model_info(), a pipeline's file
+names and the component keys of its model_index.json), and the same server supplies the hashes, so the hashes
+do not vouch for the names. A commit must be 40 hex digits and every name a relative path that stays inside its
+folder (checked after resolving links); otherwise the pull raises ModelIntegrityFailed before it writes a file.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genforge.errors import ModelIntegrityFailed, ModelNotFound, ModelUnavailable
+from genforge.media.private import open_private, private_dir
 
 # Progress: (file name, bytes done, total bytes or None).
 Progress = Callable[[str, int, int | None], None]
@@ -37,6 +43,45 @@ OFFLINE_HINT = (
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+HOSTILE_HINT = (
+    "The hub (or the mirror in HF_ENDPOINT) named a path outside the models folder, or a commit that is not one; "
+    "nothing was written. Do not use this source."
+)
+
+
+def _commit(value: str | None, ref: HubRef) -> str:
+    """The commit the hub resolved the revision to: the folder a pull writes into, so 40 hex digits or nothing.
+    A hub that names none leaves the revision asked for, which must then itself be a commit."""
+    commit = value if value is not None else ref.revision
+    if not isinstance(commit, str) or not _SHA1.fullmatch(commit):
+        said = f"the commit {commit!r}" if value is not None else f"no commit for the revision {commit!r}"
+        raise ModelIntegrityFailed(f"{ref.repo}: the hub named {said}, not 40 hex digits", hint=HOSTILE_HINT)
+    return commit
+
+
+def _name_problem(name: object) -> str | None:
+    """Why a hub-supplied file name cannot be a path inside a folder, or None when it can."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if "\0" in name:
+        return "holds a NUL character"
+    if os.path.isabs(name):
+        return "is an absolute path"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "has an empty, '.' or '..' component"
+    return None
+
+
+def _inside(folder: Path, name: str, ref: HubRef) -> Path:
+    """folder/name, when `name` is a relative path that stays inside `folder` once links are resolved."""
+    problem = _name_problem(name)
+    if problem is None:
+        real_folder, real = os.path.realpath(folder), os.path.realpath(folder / name)
+        if real == real_folder or os.path.commonpath([real_folder, real]) != real_folder:
+            problem = "leads outside the model's folder"
+    if problem is not None:
+        raise ModelIntegrityFailed(f"{ref.repo}: the hub's file name {name!r} {problem}", hint=HOSTILE_HINT)
+    return folder / name
 
 
 @dataclass(frozen=True)
@@ -170,7 +215,7 @@ class _HashingFile:
             with open(path, "rb") as f:
                 while block := f.read(1 << 20):
                     self.hash.update(block)
-        self.f = open(path, "ab")
+        self.f = open_private(path, "ab")
         self.pending: queue.Queue[bytes | None] = queue.Queue(maxsize=64)  # at most 64 MiB waiting to be hashed
         self.hasher = threading.Thread(target=self._hash_pending, name="genforge-hub-sha256", daemon=True)
         self.hasher.start()
@@ -222,7 +267,7 @@ def _fetch(
 
     url, meta = found or _metadata(ref, filename)
     etag = (meta.etag or "").strip('"').lower()
-    commit = meta.commit_hash or ref.revision
+    commit = _commit(meta.commit_hash, ref)
     # What the file must hash to: the catalog's pin, else the hub's LFS sha256, else its git blob sha1.
     if pinned:
         algorithm, expected, git_blob = "sha256", pinned, False
@@ -235,7 +280,7 @@ def _fetch(
             f"{ref.repo}/{filename}: the hub gave no sha256 for it (ETag {meta.etag!r}), so it cannot be verified",
             hint="Pin its sha256 in the catalog, or download it yourself and use `genforge models add PATH`.",
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dest.parent)
     if dest.is_file() and _hash_file(dest, "sha256", False) == (expected if algorithm == "sha256" else None):
         return commit, expected  # already here and intact
     partial = dest.with_name(f"{dest.name}.{expected[:16]}.partial")
@@ -283,8 +328,8 @@ def pull_file(ref: HubRef, root: Path, pinned: str | None = None, progress: Prog
 
 def _pull_file(ref: HubRef, root: Path, pinned: str | None, progress: Progress | None) -> Pulled:
     found = _metadata(ref, ref.file)  # resolves the revision to a commit before choosing the directory
-    folder = root / ref.repo.replace("/", "--") / (found[1].commit_hash or ref.revision)
-    dest = folder / ref.file
+    folder = root / ref.repo.replace("/", "--") / _commit(found[1].commit_hash, ref)
+    dest = _inside(folder, ref.file, ref)
     commit, sha = _fetch(ref, ref.file, dest, pinned, progress, found)
     return Pulled(dest, ref.repo, commit, ref.file, sha, dest.stat().st_size, _license(ref, commit))
 
@@ -312,8 +357,18 @@ def _license(ref: HubRef, commit: str) -> str | None:
 PIPELINE_PATTERNS = ("*.json", "*.txt", "*.model", "diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
-def pipeline_files(index: dict, names: list[str]) -> list[str]:
+def pipeline_files(index: dict, names: list[str], repo: str = "") -> list[str]:
+    """The files to fetch. A component key is a folder name that diffusers later joins to the pipeline's
+    directory, so it must be one plain path component (ModelIntegrityFailed otherwise)."""
+    if not isinstance(index, dict):
+        raise ModelIntegrityFailed(f"{repo}: model_index.json is not a JSON object", hint=HOSTILE_HINT)
     components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)]
+    for c in components:
+        if _name_problem(c) or "/" in c:
+            raise ModelIntegrityFailed(
+                f"{repo}: model_index.json names the component {c!r}, which is not a plain folder name",
+                hint=HOSTILE_HINT,
+            )
     wanted = ["model_index.json"]
     for c in components:
         wanted += [
@@ -341,15 +396,32 @@ def _pull_pipeline(ref: HubRef, root: Path, progress: Progress | None) -> Pulled
         )
     except Exception as exc:
         raise _translate(exc, f"{ref.repo}@{ref.revision}") from None
-    commit = info.sha or ref.revision
+    commit = _commit(info.sha, ref)
     names = [s.rfilename for s in info.siblings or []]
     if "model_index.json" not in names:
         raise ModelNotFound(f"{ref.repo} is not a diffusers pipeline (no model_index.json)", field="name")
     folder = root / ref.repo.replace("/", "--") / commit
+    for name in names:  # every name the hub lists, before anything is written
+        _inside(folder, name, ref)
     pinned = HubRef(ref.repo, None, commit)
-    _fetch(pinned, "model_index.json", folder / "model_index.json", None, progress)
-    index = json.loads((folder / "model_index.json").read_text())
-    for name in pipeline_files(index, names)[1:]:
-        _fetch(pinned, name, folder / name, None, progress)
+    index_path = folder / "model_index.json"
+    made = [d for d in (folder.parent, folder) if not d.exists()]
+    had_index = index_path.exists()
+    _fetch(pinned, "model_index.json", index_path, None, progress)
+    try:
+        try:
+            index = json.loads(index_path.read_text())
+        except ValueError as exc:
+            raise ModelIntegrityFailed(f"{ref.repo}: model_index.json is not JSON ({exc})", hint=HOSTILE_HINT) from None
+        wanted = pipeline_files(index, names, ref.repo)[1:]
+    except ModelIntegrityFailed:  # a hostile index: what this pull wrote goes too
+        if not had_index:
+            index_path.unlink(missing_ok=True)
+        for d in reversed(made):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+    for name in wanted:
+        _fetch(pinned, name, _inside(folder, name, pinned), None, progress)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.name.endswith(".partial"))
     return Pulled(folder, ref.repo, commit, None, "", size, _license(pinned, commit))

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, create_engine, event, text
+from sqlalchemy import Connection, create_engine, event, make_url, text
 from sqlalchemy.exc import DataError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from genforge.errors import DatabaseUnavailable, InvalidRequest
+from genforge.media.private import private_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision (a test holds it equal to Alembic's head). A database already there needs no
@@ -28,6 +29,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create the SQLite database file 0600 (in a 0700 folder) before SQLite does: it would create it 0644, and
+    it gives the -wal and -shm files it makes later the database file's mode."""
+    name = make_url(url).database
+    if name and name != ":memory:" and not name.startswith("file:"):
+        private_file(Path(name))
 
 
 @contextmanager
@@ -51,6 +60,8 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            _private_sqlite_file(url)
         # A server database may restart or drop idle connections: check each one as it leaves the pool.
         self.engine = create_engine(url) if self.sqlite else create_engine(url, pool_pre_ping=True)
         if self.sqlite:
