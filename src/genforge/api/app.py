@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         runtime = Runtime.open(settings, recover=True)
-        runtime.service.engines.attach_loop()  # engine events are read on this loop, not by a thread each
+        runtime.worker.attach_loop()  # engine events are read on this loop, not by a thread each
         app.state.runtime = runtime
         app.state.auth = Auth(settings, runtime.db)
         if settings.preload:

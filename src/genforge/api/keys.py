@@ -6,7 +6,7 @@ can reach the data dir, never by whoever can reach the port.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genforge.api.auth import authenticate
 from genforge.api.errors import COMMON, error_responses
-from genforge.core.access import SCOPES, Caller
+from genforge.core.caller import Caller, Scope
 from genforge.errors import Forbidden, Unauthorized
 
 
@@ -36,7 +36,7 @@ class KeyInfo(BaseModel):
 
     id: str
     name: str
-    scope: Literal[SCOPES]  # each includes the ones before it
+    scope: Scope  # each includes the ones before it
     models: list[str] | None = Field(description="The models it may use; null: all.")
     rate: str | None = Field(description="Its request rate limit, e.g. '5/s'; null: none.")
     max_jobs: int | None = Field(description="Its limit of unfinished jobs; null: none.")

@@ -13,7 +13,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from genforge.api.errors import error_response
-from genforge.errors import CrossOrigin, HostNotAllowed
+from genforge.errors import CrossOrigin, GenforgeError, HostNotAllowed
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -51,7 +51,7 @@ class HostOriginGuard:
             return await self.app(scope, receive, send)
         headers = {k: v for k, v in scope.get("headers") or [] if k in (b"host", b"origin")}
         host = headers.get(b"host", b"").decode("latin-1")
-        error = None
+        error: GenforgeError | None = None
         if host and not self.host_allowed(host):
             error = HostNotAllowed(f"this server does not answer to the host {host_name(host)!r}")
         elif scope["method"] in STATE_CHANGING and b"origin" in headers:

@@ -23,8 +23,10 @@ from genforge.api.errors import error_responses, openai_error_body
 from genforge.api.streaming import SSE_DOC, Final, event_stream, follow
 from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
+from genforge.contenttypes.image import ImageRecord
+from genforge.contenttypes.records import present, record_as
 from genforge.contenttypes.request import GenerateRequest
-from genforge.contenttypes.text import MAX_TOKENS_LIMIT
+from genforge.contenttypes.text import MAX_TOKENS_LIMIT, TextRecord
 from genforge.core.caller import Caller
 from genforge.core.jobs import Job
 from genforge.core.service import ContentService
@@ -267,7 +269,7 @@ def _chat_request(body: ChatCompletionRequest) -> GenerateRequest:
     )
 
 
-def _usage(record: ContentRecord) -> Usage | None:
+def _usage(record: TextRecord) -> Usage | None:
     """OpenAI's usage, or None when the record does not know a count (a remote that reported none): a made-up
     number would be read as a real one."""
     usage = record.usage
@@ -329,7 +331,7 @@ def list_openai_models(catalog: CatalogDep) -> ModelList:
 async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, caller: CallerDep, response: Response):
     req = _chat_request(body)
     if not body.stream:
-        record = await run_in_threadpool(svc.generate, req, caller)
+        record = record_as(await run_in_threadpool(svc.generate, req, caller), TextRecord)
         response.headers[HEADER] = record.id
         return ChatCompletion(
             id=f"chatcmpl-{record.id}",
@@ -359,7 +361,8 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, caller:
         delta = {"role": "assistant", "content": ""} if role else {"content": text}
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]}
 
-    def final_chunks(record: ContentRecord) -> list[dict]:
+    def final_chunks(any_record: ContentRecord) -> list[dict]:
+        record = record_as(any_record, TextRecord)
         last = {
             **base,
             "choices": [{"index": 0, "delta": {}, "finish_reason": record.finish_reason, "logprobs": None}],
@@ -384,7 +387,7 @@ async def completions(body: CompletionRequest, svc: ServiceDep, caller: CallerDe
         raise InvalidRequest("exactly one prompt per request is supported", field="prompt")
     req = _request(content_type="text", prompt=prompts[0], model=body.model, params=_text_params(body), raw=True)
     if not body.stream:
-        record = await run_in_threadpool(svc.generate, req, caller)
+        record = record_as(await run_in_threadpool(svc.generate, req, caller), TextRecord)
         response.headers[HEADER] = record.id
         return Completion(
             id=f"cmpl-{record.id}",
@@ -406,7 +409,8 @@ async def completions(body: CompletionRequest, svc: ServiceDep, caller: CallerDe
         return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": None, "logprobs": None}]}
 
     def final_chunks(record: ContentRecord) -> list[dict]:
-        choice = {"index": 0, "text": "", "finish_reason": record.finish_reason, "logprobs": None}
+        finish_reason = record_as(record, TextRecord).finish_reason
+        choice = {"index": 0, "text": "", "finish_reason": finish_reason, "logprobs": None}
         return [{**base, "choices": [choice]}]
 
     return _stream_response(svc, job, caller, chunk, final_chunks)
@@ -430,10 +434,10 @@ async def image_generations(body: ImageRequest, svc: ServiceDep, caller: CallerD
         model=body.model,
         params=params,
     )
-    record = await run_in_threadpool(svc.generate, req, caller)
+    record = record_as(await run_in_threadpool(svc.generate, req, caller), ImageRecord)
     response.headers[HEADER] = record.id
     if body.response_format == "url":
-        item = ImageData(url=record.artifact.url)
+        item = ImageData(url=present(record.artifact, "artifact", record).url)
     else:
         path, _ = await run_in_threadpool(svc.artifact, record.id, caller)
         data = await run_in_threadpool(path.read_bytes)  # a file read never runs on the event loop

@@ -71,8 +71,9 @@ class LimitedHttpTools(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def _stop_read_timer(self) -> None:
-        if getattr(self, "_read_timer", None) is not None:
-            self._read_timer.cancel()
+        timer: TimerHandle | None = getattr(self, "_read_timer", None)  # getattr: also before __init__ set it
+        if timer is not None:
+            timer.cancel()
             self._read_timer = None
 
     def _read_timed_out(self) -> None:

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
+from genforge.contenttypes.records import present, record_as
 from genforge.contenttypes.request import GenerateRequest
+from genforge.contenttypes.speech import SpeechRecord
+from genforge.contenttypes.text import TextRecord
 from genforge.core.caller import LOCAL
 from genforge.engines import imagebackend
 from genforge.errors import GenforgeError, InvalidRequest
@@ -63,16 +66,18 @@ def _data_dir_check(settings: Settings) -> Check:
 def _distributed_checks(rt: Runtime) -> tuple[list[Check], set[str]]:
     """The celery mode: the broker, the workers (and the types each serves), the shared artifact directory.
     Returns the checks and the content types some worker serves (the smoke generations run on those)."""
-    from genforge.distributed.celery_queue import workers_serving
+    from genforge.distributed.celery_queue import CeleryJobRunner, workers_serving
 
-    settings = rt.settings
+    settings, runner = rt.settings, rt.runner
+    if not isinstance(runner, CeleryJobRunner):  # run_checks calls this in the celery mode only
+        raise GenforgeError("the distributed checks need the celery mode's job runner")
     try:
-        rt.runner.redis.ping()
+        runner.redis.ping()
     except Exception as exc:  # reported as a failed check with its reason
         hint = "Start Redis and point GENFORGE_BROKER_URL at it (redis://HOST:6379/0)."
         return [Check("broker", False, f"{settings.broker_url} unreachable: {exc}", hint)], set()
     checks = [Check("broker", True, f"{settings.broker_url} answers")]
-    workers = workers_serving(rt.runner.app)
+    workers = workers_serving(runner.app)
     served = {t for types in workers.values() for t in types}
     detail = "; ".join(f"{name} serves {', '.join(types)}" for name, types in sorted(workers.items()))
     checks.append(
@@ -102,18 +107,24 @@ def _smoke_text(rt: Runtime) -> Check:
     name = rt.settings.default_text_model
     req = GenerateRequest(content_type="text", prompt=SMOKE_PROMPT, params={"max_tokens": 32, "seed": 1})
     try:
-        rec = rt.service.generate(req, LOCAL)
+        made = rt.service.generate(req, LOCAL)
     except GenforgeError as exc:
         return Check(f"smoke generation (text, {name})", False, f"[{exc.code}] {exc.message}", exc.hint)
+    rt.service.delete(made.id, LOCAL)  # the smoke test leaves no content behind
+    rec = record_as(made, TextRecord)
     tokens = rec.usage.completion_tokens
-    gen_s = rec.timings.generate_ms / 1000
-    rt.service.delete(rec.id, LOCAL)  # the smoke test leaves no content behind
+    gen_s = present(rec.timings.generate_ms, "generate time", rec) / 1000
+    load_ms = present(rec.timings.load_ms, "load time", rec)
+    # A remote model may report no token counts (the record's usage is null then, never made up).
+    counted = (
+        f"{tokens} tokens in {gen_s:.2f} s ({tokens / gen_s:.1f} tok/s incl. prompt)"
+        if tokens is not None
+        else f"generated in {gen_s:.2f} s (the model reported no token counts)"
+    )
     return Check(
         f"smoke generation (text, {name})",
         True,
-        f"{rec.usage.prompt_tokens}-token prompt, {tokens} tokens in {gen_s:.2f} s "
-        f"({tokens / gen_s:.1f} tok/s incl. prompt), load {rec.timings.load_ms:.0f} ms, "
-        f"stored and hashed, record removed",
+        f"{rec.usage.prompt_tokens}-token prompt, {counted}, load {load_ms:.0f} ms, stored and hashed, record removed",
     )
 
 
@@ -127,24 +138,27 @@ def _smoke_speech(rt: Runtime) -> list[Check]:
     names = list(dict.fromkeys(n for n in names if n in rt.catalog.installed_names("speech")))
     if not names:
         return [Check("speech", True, "no speech model installed (optional): " + REGISTRY["speech"].no_model_hint)]
-    checks = []
+    checks: list[Check] = []
     for name in names:
         req = GenerateRequest(content_type="speech", prompt=SPEECH_SMOKE_TEXT, model=name, params={})
         try:
-            rec = rt.service.generate(req, LOCAL)
+            made = rt.service.generate(req, LOCAL)
         except GenforgeError as exc:
             checks.append(Check(f"smoke generation (speech, {name})", False, f"[{exc.code}] {exc.message}", exc.hint))
             continue
-        gen_s = rec.timings.generate_ms / 1000
-        rtf = gen_s / rec.duration_s
-        rt.service.delete(rec.id, LOCAL)  # the smoke test leaves no content behind
+        rt.service.delete(made.id, LOCAL)  # the smoke test leaves no content behind
+        rec = record_as(made, SpeechRecord)
+        gen_s = present(rec.timings.generate_ms, "generate time", rec) / 1000
+        duration_s = present(rec.duration_s, "audio duration", rec)
+        rtf = gen_s / duration_s
+        load_ms = present(rec.timings.load_ms, "load time", rec)
         checks.append(
             Check(
                 f"smoke generation (speech, {name})",
                 True,
-                f"{rec.model.engine_version}: {rec.duration_s:.2f} s of audio at "
+                f"{rec.model.engine_version}: {duration_s:.2f} s of audio at "
                 f"{rec.sample_rate} Hz in {gen_s:.2f} s (real-time factor {rtf:.3f}),"
-                f" load {rec.timings.load_ms:.0f} ms, validated (decodes, not silent, plausible "
+                f" load {load_ms:.0f} ms, validated (decodes, not silent, plausible "
                 "length), stored and hashed, record removed",
             )
         )
@@ -191,13 +205,15 @@ def _smoke_image(rt: Runtime) -> list[Check]:
     except GenforgeError as exc:
         return [*checks, Check("smoke generation (image, portrait)", False, f"[{exc.code}] {exc.message}", exc.hint)]
     rt.service.delete(rec.id, LOCAL)  # the smoke test leaves no content behind
+    generate_s = present(rec.timings.generate_ms, "generate time", rec) / 1000
+    load_s = present(rec.timings.load_ms, "load time", rec) / 1000
     return [
         *checks,
         Check(
             "smoke generation (image, portrait)",
             True,
-            f"256x256 face in {rec.timings.generate_ms / 1000:.2f} s, load "
-            f"{rec.timings.load_ms / 1000:.2f} s, validated (decodes, size, not constant, "
+            f"256x256 face in {generate_s:.2f} s, load "
+            f"{load_s:.2f} s, validated (decodes, size, not constant, "
             "provenance), stored and hashed, record removed",
         ),
     ]

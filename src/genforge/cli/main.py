@@ -26,7 +26,10 @@ from genforge.cli.common import (
 )
 from genforge.config import Settings
 from genforge.contenttypes import ContentRecord
+from genforge.contenttypes.image import ImageRecord
+from genforge.contenttypes.records import present, record_as
 from genforge.contenttypes.request import GenerateRequest
+from genforge.contenttypes.speech import SpeechRecord
 from genforge.core.caller import LOCAL
 from genforge.errors import GenforgeError
 from genforge.media.private import private_dir
@@ -235,12 +238,15 @@ def generate_image(
         if v is not None
     }
     req = _request(content_type="image", prompt=prompt, model=model, params=params)
-    rec, path = _generate_with_progress(req, "loading the model", "generating")
+    made, path = _generate_with_progress(req, "loading the model", "generating")
+    rec = record_as(made, ImageRecord)
     t = rec.timings
+    generate_s = present(t.generate_ms, "generate time", rec) / 1000
+    load_s = present(t.load_ms, "load time", rec) / 1000
     err.print(
         f"[dim]{rec.model.name} · {rec.width}x{rec.height} · {rec.steps} steps · "
-        f"seed {rec.params.seed} · generate {t.generate_ms / 1000:.2f} s · "
-        f"load {t.load_ms / 1000:.2f} s[/]"
+        f"seed {rec.params.seed} · generate {generate_s:.2f} s · "
+        f"load {load_s:.2f} s[/]"
     )
     _print_result(rec, as_json, path)
 
@@ -280,13 +286,16 @@ def generate_speech(
         if v is not None
     }
     req = _request(content_type="speech", prompt=text, model=model, params=params)
-    rec, path = _generate_with_progress(req, "loading the voice", "speaking sentences")
+    made, path = _generate_with_progress(req, "loading the voice", "speaking sentences")
+    rec = record_as(made, SpeechRecord)
     t = rec.timings
-    gen_s = t.generate_ms / 1000
+    gen_s = present(t.generate_ms, "generate time", rec) / 1000
+    load_s = present(t.load_ms, "load time", rec) / 1000
+    duration_s = present(rec.duration_s, "audio duration", rec)
     err.print(
         f"[dim]{rec.model.name} ({rec.model.engine}) · voice {rec.voice} · "
-        f"{rec.duration_s:.2f} s of audio at {rec.sample_rate} Hz · generate {gen_s:.2f} s "
-        f"(real-time factor {gen_s / rec.duration_s:.3f}) · load {t.load_ms / 1000:.2f} s[/]"
+        f"{duration_s:.2f} s of audio at {rec.sample_rate} Hz · generate {gen_s:.2f} s "
+        f"(real-time factor {gen_s / duration_s:.3f}) · load {load_s:.2f} s[/]"
     )
     _print_result(rec, as_json, path)
 
@@ -391,6 +400,7 @@ def models_pull(
         BarColumn,
         DownloadColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
@@ -405,7 +415,7 @@ def models_pull(
         console=err,
         transient=True,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def progress(file: str, done: int, total: int | None) -> None:
         if file not in tasks:

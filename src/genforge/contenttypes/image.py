@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -194,13 +194,16 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
     bytes checked instead of decoded again: every chunk against its CRC, IHDR to IEND, the size and format
     in IHDR. Any other PNG is decoded in full and measured here.
     """
-    from PIL import Image, ImageStat, UnidentifiedImageError
+    from PIL import Image, ImageStat, PngImagePlugin, UnidentifiedImageError
 
     from genforge.media.digests import pixels_digest
     from genforge.media.images import png_chunks
 
     if out.media_type != "image/png":
         raise InvalidOutput(f"the image engine returned {out.media_type!r}, not image/png")
+    facts = out.facts
+    if not isinstance(facts, ImageFacts):
+        raise InvalidOutput(f"the image engine reported {type(facts).__name__}, not ImageFacts")
     try:
         with Image.open(io.BytesIO(out.data)) as im:
             if out.pixels is None:
@@ -213,7 +216,11 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
                     raise InvalidOutput(f"the PNG ({im.mode} {im.size}) is not the image the engine measured")
                 stddev, content_hash = out.pixels.stddev_max, out.pixels.digest
             # Unloaded, `info` has the text chunks before IDAT, where encode_png writes them (`text` would decode).
-            fmt, size, text = im.format, im.size, dict(im.text if out.pixels is None else im.info)
+            # Only a PNG has `text`; any other format fails the format check below.
+            chunks: dict[Any, Any] = im.info
+            if out.pixels is None and isinstance(im, PngImagePlugin.PngImageFile):
+                chunks = im.text
+            fmt, size, text = im.format, im.size, dict(chunks)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidOutput(f"the image does not decode: {exc}") from None
     if fmt != "PNG":
@@ -228,7 +235,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
         )
     if text.get(PREFIX + "seed") != str(job.params.seed) or not text.get(PREFIX + "content_id"):
         raise InvalidOutput("the PNG does not carry its provenance (content id, seed)")
-    out.facts.content_hash = content_hash  # of the pixels: finds the record of a stripped copy
+    facts.content_hash = content_hash  # of the pixels: finds the record of a stripped copy
 
 
 def check_model_path(path: Path) -> str:

@@ -4,9 +4,11 @@ genforge/contenttypes/. The API declares these as its response models, so /opena
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from genforge.errors import GenforgeError
 
 # ISO 8601 with its UTC offset (+00:00), as datetime.isoformat() writes it.
 Timestamp = Annotated[datetime, PlainSerializer(lambda moment: moment.isoformat(), return_type=str)]
@@ -99,6 +101,26 @@ class RecordBase(BaseModel):
         default_factory=list,
         description="Runs that broke the policy, each retried with the next seed (GENFORGE_POLICY_ATTEMPTS).",
     )
+
+
+R = TypeVar("R", bound=RecordBase)
+T = TypeVar("T")
+
+
+def record_as(record: RecordBase, cls: type[R]) -> R:
+    """`record` as the record class of its content type, where the code asked for that type (generated a text,
+    an image...): a record of another type there is a bug, raised as one (internal_error)."""
+    if not isinstance(record, cls):
+        raise GenforgeError(f"content {record.id} is a {record.content_type} record, not the {cls.__name__} asked for")
+    return record
+
+
+def present(value: T | None, what: str, record: RecordBase) -> T:
+    """A field every succeeded record has (its timings, its artifact, its section's facts): None there is a bug,
+    raised as one (internal_error)."""
+    if value is None:
+        raise GenforgeError(f"the {record.status} record {record.id} has no {what}")
+    return value
 
 
 class ErrorDetail(BaseModel):

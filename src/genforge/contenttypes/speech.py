@@ -132,7 +132,13 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
             f"(expected {low:.2f}-{high:.2f} s)"
         )
     facts = out.facts
-    if facts.sample_rate != wav.sample_rate or abs(facts.duration_s - wav.duration_s) > 0.01:
+    if not isinstance(facts, SpeechFacts):
+        raise InvalidOutput(f"the speech engine reported {type(facts).__name__}, not SpeechFacts")
+    if (
+        facts.sample_rate != wav.sample_rate
+        or facts.duration_s is None
+        or abs(facts.duration_s - wav.duration_s) > 0.01
+    ):
         raise InvalidOutput("the engine's sample rate or duration does not match the audio it returned")
     facts.content_hash = samples_digest(wav)  # of the samples just decoded: finds a re-written copy
 

@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, facts_of, parse_params
 from genforge.contenttypes.records import RecordBase
 from genforge.engines.base import VideoFacts, check_output
-from genforge.errors import InvalidOutput, InvalidRequest
+from genforge.errors import GenforgeError, InvalidOutput, InvalidRequest
 
 if TYPE_CHECKING:
     from genforge.engines.base import EngineOutput, GenerationJob
 
+Platform = Literal["instagram", "reels", "story", "tiktok", "x", "youtube", "square"]
 # Frame sizes (width, height) by platform: vertical 9:16 for reels and stories, 16:9 for X and YouTube.
-PLATFORM_SIZES: dict[str, tuple[int, int]] = {
+PLATFORM_SIZES: dict[Platform, tuple[int, int]] = {
     "instagram": (1080, 1920),
     "reels": (1080, 1920),
     "story": (1080, 1920),
@@ -31,7 +32,7 @@ PLATFORM_SIZES: dict[str, tuple[int, int]] = {
     "youtube": (1920, 1080),
     "square": (1080, 1080),
 }
-DEFAULT_PLATFORM = "instagram"
+DEFAULT_PLATFORM: Platform = "instagram"
 DURATION_TOLERANCE_S = 0.1  # the video lasts as long as its narration, within this
 Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
 
@@ -44,7 +45,7 @@ class VideoParams(BaseModel):
 
     image: str = Field(min_length=1, max_length=64, description="Content id of a succeeded image record.")
     narration: str = Field(min_length=1, max_length=64, description="Content id of a succeeded speech record.")
-    platform: Literal[tuple(PLATFORM_SIZES)] | None = Field(None, description="Sets the frame size.")
+    platform: Platform | None = Field(None, description="Sets the frame size.")
     width: int | None = Field(None, ge=128, le=3840, multiple_of=2)
     height: int | None = Field(None, ge=128, le=3840, multiple_of=2)
     fps: int = Field(30, ge=10, le=60)
@@ -64,7 +65,8 @@ class VideoSettings(VideoParams):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    platform: str
+    # Recorded as plain text (a record stays readable should a platform ever be dropped); always set by plan().
+    platform: str  # type: ignore[assignment]  # narrower in VideoParams, where a request names one
     width: int
     height: int
 
@@ -100,10 +102,14 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
         raise InvalidOutput(f"the video engine returned {out.media_type!r}, not video/mp4")
     check_output(job, "the video", size_bytes=len(out.data))  # before decoding every frame of it
     p = job.params
+    facts = out.facts
+    if not isinstance(facts, VideoFacts):
+        raise InvalidOutput(f"the video engine reported {type(facts).__name__}, not VideoFacts")
+    if job.inputs is None:  # the service resolves a video's inputs before the engine runs
+        raise GenforgeError("a video job reached validation without its inputs")
     try:
-        with av.open(io.BytesIO(out.data)) as c:
-            video = [s for s in c.streams if s.type == "video"]
-            audio = [s for s in c.streams if s.type == "audio"]
+        with av.open(io.BytesIO(out.data), mode="r") as c:
+            video, audio = c.streams.video, c.streams.audio
             if not video or not audio:
                 raise InvalidOutput("the MP4 lacks a video or an audio stream")
             size = (video[0].codec_context.width, video[0].codec_context.height)
@@ -114,8 +120,8 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
     check_output(job, "the video", duration_s=duration)
     if size != (p.width, p.height):
         raise InvalidOutput(f"the video is {size[0]}x{size[1]}, not the asked {p.width}x{p.height}")
-    if frames != out.facts.frames or frames == 0:
-        raise InvalidOutput(f"{frames} frames decode, the engine reported {out.facts.frames}")
+    if frames != facts.frames or frames == 0:
+        raise InvalidOutput(f"{frames} frames decode, the engine reported {facts.frames}")
     narration = wav_duration(job.inputs.narration_path)
     if abs(duration - narration) > DURATION_TOLERANCE_S:
         raise InvalidOutput(f"the video lasts {duration:.2f} s, the narration {narration:.2f} s")

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from genforge.config import Settings
 from genforge.contenttypes.image import DiffusersSettings, PortraitSettings
 from genforge.contenttypes.request import GenerateRequest
-from genforge.contenttypes.speech import speech_duration_range
+from genforge.contenttypes.speech import SpeechSettings, speech_duration_range
 from genforge.contenttypes.text import TextSettings
 from genforge.engines.base import OutputLimits, VideoInputs
 from genforge.errors import InvalidRequest
@@ -52,7 +52,7 @@ def check_limits(req: GenerateRequest, params: BaseModel, settings: Settings) ->
                 "GENFORGE_IMAGE_MAX_PIXELS",
                 label="params.width x params.height",
             )
-    if req.content_type == "speech":
+    if isinstance(params, SpeechSettings):
         # The validator's own upper bound of a plausible duration: audio that passes it is never longer.
         _, longest = speech_duration_range(req.prompt, params.speed, params.sentence_silence)
         if longest > settings.speech_max_duration_s:

@@ -240,25 +240,7 @@ class ContentRecordStore(Protocol):
     def running_leases(self) -> list[Lease]: ...
     def count(self, status: Status, content_type: str | None = None, before: datetime | None = None) -> int: ...
     def interrupt_unfinished(self) -> list[str]: ...
-    def succeeded_files(self) -> list[StoredFile]:
-        """Every succeeded record's artifact as recorded (for `genforge audit`)."""
-        with self.db.session() as s:
-            rows = s.query(ContentRow).filter(ContentRow.status == "succeeded").all()
-            return [
-                StoredFile(
-                    content_id=r.id,
-                    content_type=r.content_type,
-                    status="succeeded",
-                    owner=r.owner,
-                    relpath=r.artifact_path,
-                    sha256=r.artifact_sha256,
-                    size_bytes=r.artifact_size,
-                    media_type=r.artifact_media_type,
-                    extra={},
-                )
-                for r in rows
-            ]
-
+    def succeeded_files(self) -> list[StoredFile]: ...
     def referenced_paths(self) -> set[str]: ...
 
 

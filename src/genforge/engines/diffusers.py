@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from genforge.engines.base import (
     Emit,
@@ -294,9 +295,9 @@ class StageClock:
     on the torch modules at either end (the OpenVINO stand-ins are torch modules too); the loop is the time between
     the last text encoding and the decoder's start."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe: Any):  # a diffusers pipeline
         self.ms: dict[str, float] = {"text_encoder": 0.0, "denoise": 0.0, "decoder": 0.0}
-        self._modules = [
+        self._modules: list[tuple[str, Any]] = [  # (stage, a torch module: it has the hooks)
             (name, module)
             for name, module in (
                 ("text_encoder", getattr(pipe, "text_encoder", None)),
@@ -305,9 +306,10 @@ class StageClock:
             )
             if hasattr(module, "register_forward_hook")
         ]
-        self._handles: list = []
+        self._handles: list[Any] = []  # torch's RemovableHandle
         self._started = 0.0
-        self._encoded = self._decoding = None
+        self._encoded: float | None = None  # when the last text encoding ended
+        self._decoding: float | None = None  # when the decoder first started
 
     def _pre(self, name):
         self._started = time.perf_counter()

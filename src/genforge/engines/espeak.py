@@ -67,6 +67,8 @@ class EspeakEngine(OneAtATimeEngine):
         return (time.perf_counter() - start) * 1000
 
     def _speak(self, sentence: str, voice: str, wpm: int) -> tuple[bytes, int]:
+        if self.binary is None:  # generate() loads (finds the program) before it speaks
+            raise EngineFailed("espeak-ng is not loaded")
         try:
             proc = subprocess.run(
                 [self.binary, "-v", voice, "-s", str(wpm), "-b", "1", "--stdout"],

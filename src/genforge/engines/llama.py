@@ -12,6 +12,7 @@ import codecs
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -33,7 +34,14 @@ try:  # the text extra; its absence is reported when a model is loaded
     import llama_cpp
     from llama_cpp import _internals
 except ImportError:  # pragma: no cover - depends on the installation
-    llama_cpp = None
+    llama_cpp = None  # type: ignore[assignment]  # the text extra is optional: load() checks for None
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
+
+    from genforge.config import Settings
+    from genforge.contenttypes.text import TextSettings
 
 PREFILL_CHUNK = 512  # prompt tokens per llama_decode call (the context's n_batch)
 log = logging.getLogger(__name__)
@@ -49,7 +57,7 @@ class Sequence:
     prompt: list[int]
     max_tokens: int
     stops: list[str]
-    sampler: object | None  # None: greedy (argmax of the logits)
+    sampler: _internals.LlamaSampler | None  # None: greedy (argmax of the logits)
     started: float
     load_ms: float
     n_past: int = 0
@@ -67,6 +75,12 @@ class Sequence:
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
 
+    def sampled(self) -> int:
+        """The token sampled last, which the next step decodes (set once the prompt is evaluated)."""
+        if self.next_token is None:  # only sequences past their prompt are asked
+            raise EngineFailed("llama.cpp: a sequence has no sampled token to decode")
+        return self.next_token
+
     @property
     def hold(self) -> int:
         """Characters held back because they may still become a stop string."""
@@ -83,14 +97,15 @@ class LlamaEngine(BatchingEngine):
         self.n_parallel = n_parallel
         self.kv_cache_type = kv_cache_type
         self._model: ResolvedModel | None = None
-        self._llm = None
-        self._ctx = None
-        self._batch = None
-        self._formatter = None
+        self._llm: _internals.LlamaModel | None = None
+        self._ctx: _internals.LlamaContext | None = None
+        self._batch: _internals.LlamaBatch | None = None
+        self._formatter: Jinja2ChatFormatter | None = None
         self._active: dict[str, Sequence] = {}
         self._slot_tokens: dict[int, list[int]] = {}  # per free slot: the tokens its KV cache holds
         self._waiting: list[GenerationJob] = []
-        self._in_graph: dict[int, object] = {}  # slot -> the greedy sampler attached to it (see _sample_in_graph)
+        # slot -> the greedy sampler attached to it (see _sample_in_graph)
+        self._in_graph: dict[int, _internals.LlamaSampler] = {}
         self._pieces: dict[int, bytes] = {}  # token -> its text's bytes, for the loaded model
         self.released_bytes = 0  # zeroed context memory given back to the kernel at the last load
 
@@ -98,14 +113,34 @@ class LlamaEngine(BatchingEngine):
     def busy(self) -> bool:
         return bool(self._active or self._waiting)
 
+    # The loaded model's llama.cpp objects: a job only reaches them after load() made them.
+    @property
+    def _loaded_llm(self) -> _internals.LlamaModel:
+        if self._llm is None:
+            raise EngineFailed("llama.cpp has no model loaded")
+        return self._llm
+
+    @property
+    def _loaded_ctx(self) -> _internals.LlamaContext:
+        if self._ctx is None:
+            raise EngineFailed("llama.cpp has no context (no model loaded)")
+        return self._ctx
+
+    @property
+    def _loaded_batch(self) -> _internals.LlamaBatch:
+        if self._batch is None:
+            raise EngineFailed("llama.cpp has no batch (no model loaded)")
+        return self._batch
+
     # --- loading -----------------------------------------------------------------------------
     def load(self, model: ResolvedModel) -> float:
         """Keep one model warm; loading another replaces it (only when no sequence is running)."""
         if self._is_loaded(model):
             return 0.0
         if self._active:
+            running = self._model.name if self._model is not None else "another model"
             raise ModelUnavailable(
-                f"cannot switch to {model.name!r} while {self._model.name!r} is generating",
+                f"cannot switch to {model.name!r} while {running!r} is generating",
                 hint="Try again when the running generations finish.",
             )
         if llama_cpp is None:
@@ -157,7 +192,7 @@ class LlamaEngine(BatchingEngine):
         return (time.perf_counter() - start) * 1000
 
     @staticmethod
-    def _chat_formatter(llm):
+    def _chat_formatter(llm: _internals.LlamaModel) -> Jinja2ChatFormatter | None:
         """The GGUF's own chat template (tokenizer.chat_template), as llama.cpp's server uses it."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -182,7 +217,7 @@ class LlamaEngine(BatchingEngine):
         The template's end-of-turn marker needs no stop string: it is an end-of-generation token,
         recognised by id, and holding text back for it would delay every streamed token.
         """
-        llm = self._llm
+        llm = self._loaded_llm
         if self._formatter is None or job.raw:
             text = (job.system + "\n\n" if job.system else "") + job.prompt
             return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
@@ -190,11 +225,12 @@ class LlamaEngine(BatchingEngine):
             *([{"role": "system", "content": job.system}] if job.system else []),
             {"role": "user", "content": job.prompt},
         ]
-        formatted = self._formatter(messages=messages)
+        # ChatMessage dumps ({"role", "content"}) or the dicts above: the shape of llama_cpp's message TypedDicts
+        formatted = self._formatter(messages=cast("list[ChatCompletionRequestMessage]", messages))
         return llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
     @staticmethod
-    def _sampler(p):
+    def _sampler(p: TextSettings) -> _internals.LlamaSampler | None:
         """llama.cpp's sampler chain for these parameters; None for greedy decoding (temperature 0)."""
         if p.temperature == 0:
             return None
@@ -213,13 +249,13 @@ class LlamaEngine(BatchingEngine):
         if greedy == (slot in self._in_graph):
             return
         if not greedy:
-            if not llama_cpp.llama_set_sampler(self._ctx.ctx, slot, None):  # its sampler needs the logits
+            if not llama_cpp.llama_set_sampler(self._loaded_ctx.ctx, slot, None):  # its sampler needs the logits
                 raise EngineFailed(f"llama.cpp could not detach the greedy sampler of slot {slot}")
             self._in_graph.pop(slot).close()
             return
         sampler = _internals.LlamaSampler()  # a new one each time: llama.cpp sets a chain up for the graph once
         sampler.add_greedy()
-        if llama_cpp.llama_set_sampler(self._ctx.ctx, slot, sampler.sampler):
+        if llama_cpp.llama_set_sampler(self._loaded_ctx.ctx, slot, sampler.sampler):
             self._in_graph[slot] = sampler
         # (a greedy slot that could not attach one takes the argmax in Python below: the same token)
 
@@ -227,15 +263,16 @@ class LlamaEngine(BatchingEngine):
         """The next token from a batch row. Greedy is the argmax, the first highest logit: picked in the graph
         (see _sample_in_graph) or else read in place; the sampler chain would first copy all 49k logits into a
         candidate array, 90 us per token, more than 1 % of a 4-sequence step."""
+        ctx = self._loaded_ctx
         if seq.sampler is None:
             if seq.slot in self._in_graph:
-                token = llama_cpp.llama_get_sampled_token_ith(self._ctx.ctx, row)
+                token = llama_cpp.llama_get_sampled_token_ith(ctx.ctx, row)
                 if token == llama_cpp.LLAMA_TOKEN_NULL:
                     raise EngineFailed("llama.cpp's greedy sampler gave no token")
                 return token
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(self._n_vocab,))
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, row), shape=(self._n_vocab,))
             return int(logits.argmax())
-        return seq.sampler.sample(self._ctx, row)
+        return seq.sampler.sample(ctx, row)
 
     def submit(self, job: GenerationJob) -> list[EngineEvent]:
         """Queue a job; it starts at the next step with a free slot."""
@@ -271,7 +308,7 @@ class LlamaEngine(BatchingEngine):
             ]
         p = job.params
         slot, reuse = self._pick_slot(prompt)
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, reuse, -1)
+        llama_cpp.llama_memory_seq_rm(self._loaded_ctx.memory, slot, reuse, -1)
         sampler = self._sampler(p)
         self._sample_in_graph(slot, greedy=sampler is None)
         seq = Sequence(
@@ -307,15 +344,17 @@ class LlamaEngine(BatchingEngine):
                 common += 1
             if common > best_len:
                 best, best_len = slot, common
+        if best is None:  # step() admits a job only while fewer than n_parallel sequences run
+            raise EngineFailed("llama.cpp: no free slot for the sequence")
         return best, min(best_len, len(prompt) - 1)
 
     def _forget(self, slot: int) -> None:
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self._loaded_ctx.memory, slot, -1, -1)
         self._slot_tokens.pop(slot, None)
 
     # --- generation ----------------------------------------------------------------------------
     def _decode(self) -> None:
-        if llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch) != 0:
+        if llama_cpp.llama_decode(self._loaded_ctx.ctx, self._loaded_batch.batch) != 0:
             raise EngineFailed("llama_decode failed (context full or internal error)")
 
     def step(self) -> list[EngineEvent]:
@@ -347,7 +386,7 @@ class LlamaEngine(BatchingEngine):
         """One llama_decode for everything (continuous batching, as llama.cpp's server does): the next token
         of every generating sequence, then as much of the waiting prompts as the batch holds. Sequences whose
         prompt is complete sample their first token from its last position."""
-        b = self._batch.batch
+        b = self._loaded_batch.batch
         rows: list[tuple[Sequence, int]] = []  # (sequence, batch row whose logits it samples)
         n = 0
 
@@ -361,7 +400,7 @@ class LlamaEngine(BatchingEngine):
 
         generating = [s for s in self._active.values() if s.n_past >= len(s.prompt)]
         for seq in generating:
-            add(seq, seq.next_token, seq.n_past, True)
+            add(seq, seq.sampled(), seq.n_past, True)
         fed: list[tuple[Sequence, list[int]]] = []
         for seq in [s for s in self._active.values() if s.n_past < len(s.prompt)]:
             if n >= PREFILL_CHUNK:
@@ -375,7 +414,7 @@ class LlamaEngine(BatchingEngine):
         b.n_tokens = n
         self._decode()
         for seq in generating:
-            seq.kv_tokens.append(seq.next_token)
+            seq.kv_tokens.append(seq.sampled())
             seq.n_past += 1
             seq.batch_size_max = max(seq.batch_size_max, len(generating))
         for seq, chunk in fed:
@@ -389,7 +428,8 @@ class LlamaEngine(BatchingEngine):
     def _accept(self, seq: Sequence, token: int) -> list[EngineEvent]:
         """Take one sampled token: stop, or add its text and emit what is safe to show."""
         events: list[EngineEvent] = []
-        if llama_cpp.llama_vocab_is_eog(self._llm.vocab, token):
+        llm = self._loaded_llm
+        if llama_cpp.llama_vocab_is_eog(llm.vocab, token):
             seq.finish = "stop"
         else:
             seq.generated += 1
@@ -397,7 +437,7 @@ class LlamaEngine(BatchingEngine):
                 seq.first_token_ms = (time.perf_counter() - seq.started) * 1000
             piece = self._pieces.get(token)
             if piece is None:  # each token's bytes are asked of llama.cpp once per model
-                piece = self._pieces[token] = self._llm.detokenize([token], special=False)
+                piece = self._pieces[token] = llm.detokenize([token], special=False)
             seq.text += seq.decoder.decode(piece)
             cut = min((i for i in (seq.text.find(s) for s in seq.stops) if i >= 0), default=-1)
             if cut >= 0:
@@ -421,7 +461,7 @@ class LlamaEngine(BatchingEngine):
         events: list[EngineEvent] = []
         if len(seq.text) > seq.emitted:
             events.append(Update(seq.job.content_id, {"type": "token", "text": seq.text[seq.emitted :]}))
-        warnings = []
+        warnings: list[str] = []
         if seq.max_tokens < seq.job.params.max_tokens:
             warnings.append(
                 f"max_tokens {seq.job.params.max_tokens} did not fit the context beside the {len(seq.prompt)}-token "
@@ -451,7 +491,7 @@ def _typed(exc: Exception, what: str) -> GenforgeError:
     return exc if isinstance(exc, GenforgeError) else EngineFailed(f"llama.cpp {what}: {type(exc).__name__}: {exc}")
 
 
-def create(settings) -> LlamaEngine:
+def create(settings: Settings) -> LlamaEngine:
     return LlamaEngine(
         n_threads=settings.n_threads,
         n_ctx=settings.context_size,

@@ -32,11 +32,16 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel
 from genforge.engines.diffusers import DiffusersEngine, render
 from genforge.engines.tiny_decoder import TinyDecoder, use_decoder
 from genforge.errors import EngineFailed, GenforgeError, ModelUnavailable, ModelUnconvertible
+
+if TYPE_CHECKING:
+    import numpy as np
+    import openvino as ov
 
 log = logging.getLogger("genforge.engine.openvino")
 FORMAT = 1  # bump when the converted files change meaning: every older cache entry is then rebuilt
@@ -273,12 +278,12 @@ class StaticShapes:
     shapes; OpenVINO's CPU kernels run a static-shape compile much faster (measured: docs/benchmarks.md), so each
     new shape (another size or batch) recompiles, in seconds, and only the latest compile is kept (bounded memory)."""
 
-    def __init__(self, core, model, config: dict):
+    def __init__(self, core: ov.Core, model: ov.Model, config: dict[str, Any]):
         self.core, self.model, self.config = core, model, config
-        self._shapes: tuple | None = None
-        self._request = None
+        self._shapes: tuple[tuple[int, ...], ...] | None = None
+        self._request: ov.InferRequest | None = None
 
-    def infer(self, arrays: list):
+    def infer(self, arrays: list[np.ndarray]) -> Any:  # the request's results: outputs by port or index
         shapes = tuple(a.shape for a in arrays)
         if shapes != self._shapes:
             import openvino as ov
@@ -297,6 +302,8 @@ class StaticShapes:
                     hint=UNCONVERTIBLE_HINT,
                 ) from None
             self._shapes = shapes
+        if self._request is None:  # compiled above on the first call (no shapes match None)
+            raise EngineFailed("OpenVINO has no compiled network to run")
         return self._request.infer(arrays)
 
 
@@ -327,7 +334,8 @@ class _RecordingUNet(_OVUNet):
 
     def __init__(self, request, config, torch, names: list[str]):
         super().__init__(request, config, torch)
-        self.names, self.samples = names, []
+        self.names = names
+        self.samples: list[dict[str, np.ndarray]] = []
 
     def _infer(self, arrays: list):
         self.samples.append(dict(zip(self.names, [a.copy() for a in arrays], strict=True)))
@@ -367,7 +375,9 @@ def calibration_inputs(pipe, model, core, threads: int, stage: Callable[[], None
     return recording.samples, token_ids
 
 
-def _ov_text_encoder(request, config, torch):
+def _ov_text_encoder(request: StaticShapes, config: Any) -> Any:  # a torch.nn.Module
+    import torch
+
     class OVTextEncoder(torch.nn.Module):
         """Stands in for the pipeline's CLIP text encoder: token ids in, `(last hidden state,)` out."""
 
@@ -387,7 +397,9 @@ def _ov_text_encoder(request, config, torch):
     return OVTextEncoder()
 
 
-def _ov_decoder(request, torch):
+def _ov_decoder(request: StaticShapes) -> Any:  # a torch.nn.Module
+    import torch
+
     class OVDecoder(torch.nn.Module):
         """Stands in for `vae.decoder` (AutoencoderKL still applies post_quant_conv and the scaling)."""
 
@@ -430,7 +442,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         self._key = ""
         self._version = ""
         self._unconvertible: dict[str, ModelUnconvertible] = {}  # sha256 -> why (not retried in this process)
-        self._ov = None  # openvino.Core
+        self._ov: ov.Core | None = None
 
     # --- loading ---------------------------------------------------------------------------------
     def load(self, model: ResolvedModel) -> float:
@@ -484,9 +496,9 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         from diffusers.configuration_utils import FrozenDict
 
         pipe.unet = _OVUNet(networks["unet"], FrozenDict(config), torch)
-        pipe.vae.decoder = _ov_decoder(networks["vae_decoder"], torch)
+        pipe.vae.decoder = _ov_decoder(networks["vae_decoder"])
         if "text_encoder" in networks:
-            pipe.text_encoder = _ov_text_encoder(networks["text_encoder"], pipe.text_encoder.config, torch)
+            pipe.text_encoder = _ov_text_encoder(networks["text_encoder"], pipe.text_encoder.config)
         self._pipe, self._default_scheduler, self._full_vae = pipe, pipe.scheduler, pipe.vae
         self._key = key
         self._version = f"diffusers {diffusers.__version__} (OpenVINO {ov_version}, cpu)"
@@ -549,7 +561,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
         stage()
         return pipe
 
-    def _core(self):
+    def _core(self) -> ov.Core:
         import openvino as ov
 
         self._ov = self._ov or ov.Core()
@@ -557,8 +569,6 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
 
     def _tiny_decoder(self, module, sha: str, precision: str, emit: Emit) -> tuple:
         """The tiny decoder with its decoder converted (cached like the pipeline's networks) and compiled."""
-        import torch
-
         ov_version, prec = openvino_version(), DECODER_PRECISION[PRECISIONS[precision]]
         key = tiny_cache_key(sha, ov_version, prec)
         if self._tiny_compiled is None or self._tiny_compiled[0] != key:
@@ -580,15 +590,16 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
                     lambda tmp: self._save(lambda: convert_decoder(module, prec), tmp / "decoder", name, sha),
                 )
                 emit({"type": "progress", "step": 1, "total": 1, "stage": "converting"})
+            core = self._core()
             try:
-                network = self._ov.read_model(str(key_dir / "decoder.xml"))
+                network = core.read_model(str(key_dir / "decoder.xml"))
             except Exception as exc:  # the entry was checked; a read failure is the runtime's
                 raise ModelUnconvertible(
                     f"OpenVINO could not read the converted tiny decoder: {type(exc).__name__}: {str(exc)[:300]}",
                     hint=UNCONVERTIBLE_HINT,
                 ) from None
             runnable = copy.deepcopy(module)  # the loaded module keeps its torch decoder for other precisions
-            runnable.decoder = _ov_decoder(StaticShapes(self._ov, network, compile_config(self.threads)), torch)
+            runnable.decoder = _ov_decoder(StaticShapes(core, network, compile_config(self.threads)))
             self._tiny_compiled = (key, runnable)
         return self._tiny_compiled[1], {"decoder_cache_key": key}
 

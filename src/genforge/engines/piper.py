@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genforge.engines.base import (
     Emit,
@@ -29,8 +30,13 @@ from genforge.engines.base import (
     SpeechFacts,
     check_output,
 )
-from genforge.errors import Cancelled, InvalidOutput, InvalidRequest, ModelUnavailable
+from genforge.errors import Cancelled, EngineFailed, InvalidOutput, InvalidRequest, ModelUnavailable
 from genforge.media.audio import WAV_HEADER_BYTES, encode_wav, silence
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
+
+    from genforge.config import Settings
 
 # onnxruntime's Linux wheel has telemetry that writes a device id under ~/.cache/Microsoft at *import*;
 # the switch must be set before onnxruntime is imported in this (worker) process.
@@ -57,8 +63,8 @@ class PiperEngine(OneAtATimeEngine):
 
     def __init__(self, n_threads: int):
         self.n_threads = n_threads
-        self._key: tuple | None = None
-        self._voice = None
+        self._key: tuple[str, str, int, int] | None = None  # (path, sha256, config size, config mtime)
+        self._voice: PiperVoice | None = None
         self._name = ""
         self.version = ""
 
@@ -119,9 +125,15 @@ class PiperEngine(OneAtATimeEngine):
         self.version = f"piper-tts {_version('piper-tts')}, onnxruntime {ort.__version__}"
         return (time.perf_counter() - start) * 1000
 
+    @property
+    def _loaded_voice(self) -> PiperVoice:
+        if self._voice is None:  # generate() loads the job's voice first
+            raise EngineFailed("Piper has no voice loaded")
+        return self._voice
+
     def _speaker(self, voice: str | None) -> tuple[int | None, str]:
         """Piper `voice` parameter: a speaker of a multi-speaker voice (name or number)."""
-        config = self._voice.config
+        config = self._loaded_voice.config
         if voice is None or voice == self._name:
             return None, self._name
         if config.num_speakers <= 1:
@@ -145,7 +157,7 @@ class PiperEngine(OneAtATimeEngine):
 
         load_ms = self.load(job.model)
         start = time.perf_counter()
-        params, voice = job.params, self._voice
+        params, voice = job.params, self._loaded_voice
         speaker_id, voice_name = self._speaker(params.voice)
         speed = params.speed
         deterministic = params.seed is not None
@@ -171,7 +183,7 @@ class PiperEngine(OneAtATimeEngine):
         if not parts:
             raise InvalidOutput("Piper produced no audio: the text has nothing it can pronounce")
         pcm = b"".join(parts)
-        warnings = []
+        warnings: list[str] = []
         if deterministic:
             warnings.append(
                 f"Piper cannot seed its noise per request: seed {params.seed} selected deterministic "
@@ -194,5 +206,5 @@ class PiperEngine(OneAtATimeEngine):
         )
 
 
-def create(settings) -> PiperEngine:
+def create(settings: Settings) -> PiperEngine:
     return PiperEngine(n_threads=settings.n_threads)

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import Any
 
 from genforge import errors
 from genforge.config import Settings
@@ -106,8 +107,22 @@ class Dead:
     how: str
 
 
+Message = Done | Failed | Dead  # what a waiting job's box receives: its answer, its (wire) error, or its end
+
+
+def _from_wire(error: BaseException | WireError) -> errors.GenforgeError:
+    """The typed error a Failed brought over the pipe (there its `error` is a WireError, see _to_wire)."""
+    if isinstance(error, WireError):
+        return error.error()
+    return WireError.of(error).error()
+
+
 def _to_wire(event: EngineEvent) -> EngineEvent:
-    return Failed(event.job_id, WireError.of(event.error)) if isinstance(event, Failed) else event
+    if isinstance(event, Failed):
+        # On the pipe a Failed carries a WireError in place of the exception (which may not unpickle); the
+        # parent's _wait turns it back into the typed error.
+        return Failed(event.job_id, WireError.of(event.error))  # type: ignore[arg-type]  # the wire form
+    return event
 
 
 class CoresLock:
@@ -125,14 +140,14 @@ class CoresLock:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 class _Child:
     """The loop inside the worker process."""
 
-    def __init__(self, conn, settings: Settings, cores):
+    def __init__(self, conn: Connection, settings: Settings, cores: CoresLock):
         self.conn = conn
         self.settings = settings
         self.cores = cores  # shared by all engine workers: one engine computes at a time
@@ -248,9 +263,9 @@ class EngineWorker:
         self._loop, self._loop_thread = loop, loop_thread  # the server's event loop reads the pipe (see _watch)
         self._watched: set[int] = set()  # the pipe fds the loop reads
         self._lock = threading.Lock()  # guards the process, the pipe and the job table together
-        self._proc = None
-        self._conn = None
-        self._jobs: dict[str, tuple[queue.Queue, Emit | None]] = {}  # job id -> (final answer box, emit)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._jobs: dict[str, tuple[queue.Queue[Message], Emit | None]] = {}  # job id -> (final answer box, emit)
         self._ids = itertools.count()
         self._last_model: ResolvedModel | None = None
         self._stopping = False
@@ -281,7 +296,7 @@ class EngineWorker:
     # wakes one thread, the loop, which writes it to the client. Without a loop (the CLI, a celery worker) a
     # reader thread reads them. Either way they are routed the same (_route), and the end of the pipe is the
     # child's death (_exited).
-    def _read(self, proc, conn) -> None:
+    def _read(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
         while True:
             try:
                 messages = conn.recv()
@@ -290,17 +305,17 @@ class EngineWorker:
             self._route(messages)
         self._exited(proc)
 
-    def _watch(self, proc, conn) -> None:
+    def _watch(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:  # on the loop
         if not conn.closed:
             fd = conn.fileno()
-            self._loop.add_reader(fd, self._readable, proc, conn)
+            self._event_loop().add_reader(fd, self._readable, proc, conn)
             # uvloop (libuv) makes a watched fd non-blocking, and Connection.recv() then raises BlockingIOError
             # in the middle of a message larger than the socket's buffer (a 1024x1024 PNG): that read as the
             # child's death, and the worker was killed. The loop only waits for readability; recv() must block.
             os.set_blocking(fd, True)
             self._watched.add(fd)
 
-    def _readable(self, proc, conn) -> None:
+    def _readable(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
         try:
             messages = conn.recv()  # a whole message: the child writes each one at once
         except (EOFError, OSError):
@@ -311,10 +326,16 @@ class EngineWorker:
         self._route(messages)
 
     def _stop_reading(self, fd: int) -> None:  # on the loop
-        self._loop.remove_reader(fd)
+        self._event_loop().remove_reader(fd)
         self._watched.discard(fd)
 
-    def _unwatch(self, conn) -> None:
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop that reads the pipes; only called where one was given (a watched fd implies it)."""
+        if self._loop is None:
+            raise errors.EngineFailed("the engine worker's pipe is read by a thread here, not by an event loop")
+        return self._loop
+
+    def _unwatch(self, conn: Connection) -> None:
         """Stop the loop reading `conn` before it is closed (its fd number may be reused at once)."""
         fd = conn.fileno()
         if self._loop is None or fd not in self._watched or self._loop.is_closed():
@@ -323,10 +344,15 @@ class EngineWorker:
             self._stop_reading(fd)
             return
         removed = threading.Event()
-        self._loop.call_soon_threadsafe(lambda: (self._stop_reading(fd), removed.set()))
+
+        def stop_reading() -> None:
+            self._stop_reading(fd)
+            removed.set()
+
+        self._loop.call_soon_threadsafe(stop_reading)
         removed.wait(timeout=5)
 
-    def _route(self, messages: list) -> None:
+    def _route(self, messages: list[EngineEvent]) -> None:
         """Token and progress events go straight to the job's `emit` (no hop through the waiting thread, which
         only takes the final answer), in the order the engine produced them."""
         for message in messages:
@@ -346,9 +372,9 @@ class EngineWorker:
                 except Exception as exc:  # a broken listener fails its own job, never the reader
                     log.exception("content=%s event listener failed; cancelling the job", job_id)
                     self._cancel(job_id)
-                    box.put(Failed(job_id, WireError.of(exc)))
+                    box.put(Failed(job_id, exc))  # in this process: _wait types it as the child's errors
 
-    def _exited(self, proc) -> None:
+    def _exited(self, proc: subprocess.Popen[bytes]) -> None:
         """The child's pipe ended: unless we stopped it, fail its jobs and start a new child."""
         with self._lock:
             if self._stopping or proc is not self._proc:
@@ -365,27 +391,33 @@ class EngineWorker:
                 self._send_locked(reload_id, LoadMsg(reload_id, self._last_model), None)
 
     def _reap_locked(self) -> str:
-        proc = self._proc
+        proc, conn = self._proc, self._conn
+        if proc is None or conn is None:  # callers (_exited, stop) have seen the child running, under the lock
+            raise errors.EngineFailed("there is no engine worker process to stop")
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
-        self._unwatch(self._conn)
-        self._conn.close()
+        self._unwatch(conn)
+        conn.close()
         self._proc = self._conn = None
         code = proc.returncode
         if code is not None and code < 0:
             return f"was killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
 
-    def _send_locked(self, job_id: str, msg: ParentMsg, box: queue.Queue | None, emit: Emit | None = None) -> None:
+    def _send_locked(
+        self, job_id: str, msg: ParentMsg, box: queue.Queue[Message] | None, emit: Emit | None = None
+    ) -> None:
         if self._proc is None:
             self._start_locked()
+        if self._conn is None:  # _start_locked sets both
+            raise errors.EngineFailed("the engine worker process has no pipe")
         if box is not None:
             self._jobs[job_id] = (box, emit)
         self._conn.send(msg)
 
-    def _submit(self, job_id: str, msg: ParentMsg, emit: Emit | None = None) -> queue.Queue:
-        box: queue.Queue = queue.Queue()
+    def _submit(self, job_id: str, msg: ParentMsg, emit: Emit | None = None) -> queue.Queue[Message]:
+        box: queue.Queue[Message] = queue.Queue()
         with self._lock:
             if self._stopping:  # shut down with its runtime: never start a new engine process
                 raise errors.EngineFailed("the engine worker has been stopped (the server is shutting down)")
@@ -402,7 +434,9 @@ class EngineWorker:
             if self._proc is not None:
                 self._proc.kill()  # the reader thread sees it die, fails the jobs and restarts
 
-    def _wait(self, job_id: str, box: queue.Queue, timeout: float, cancel: threading.Event | None):
+    def _wait(
+        self, job_id: str, box: queue.Queue[Message], timeout: float, cancel: threading.Event | None
+    ) -> Any:  # what the engine answered: an EngineOutput for a job, the load's milliseconds for a load
         deadline = time.monotonic() + timeout
         cancel_sent = timed_out = False
         try:
@@ -427,7 +461,7 @@ class EngineWorker:
                 elif isinstance(message, Dead):
                     raise errors.EngineFailed(f"the engine worker process {message.how} during generation")
                 else:
-                    err = message.error.error()
+                    err = _from_wire(message.error)
                     if timed_out and isinstance(err, errors.Cancelled):
                         raise errors.GenerationTimeout(f"generation did not finish within {timeout:.0f} s")
                     raise err
@@ -469,7 +503,7 @@ class EngineWorker:
         with self._lock:
             self._stopping = True
             proc, conn = self._proc, self._conn
-            if proc is None:
+            if proc is None or conn is None:
                 return
             try:
                 conn.send(StopMsg())

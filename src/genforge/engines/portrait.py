@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genforge.engines.base import (
     Emit,
@@ -34,8 +35,14 @@ from genforge.engines.base import (
     OneAtATimeEngine,
     ResolvedModel,
 )
-from genforge.errors import Cancelled, InvalidRequest, ModelUnavailable
+from genforge.errors import Cancelled, EngineFailed, InvalidRequest, ModelUnavailable
 from genforge.media import images
+
+if TYPE_CHECKING:
+    import numpy as np
+    import openvino as ov
+
+    from genforge.config import Settings
 
 NATIVE_SIZE, SIZES = images.PORTRAIT_NATIVE_SIZE, images.PORTRAIT_SIZES
 STYLE_DIM = 512
@@ -60,7 +67,7 @@ LICENSE_NOTE = (
 )
 
 
-def seed_latent(seed: int, count: int = 1):
+def seed_latent(seed: int, count: int = 1) -> np.ndarray:
     """z for a seed: numpy's legacy MT19937 RandomState (its stream is kept stable, NEP 19)."""
     import numpy as np
 
@@ -70,7 +77,7 @@ def seed_latent(seed: int, count: int = 1):
     return rng.normal(size=(count, STYLE_DIM)).astype(np.float32)
 
 
-def to_uint8_hwc(chw):
+def to_uint8_hwc(chw: np.ndarray) -> np.ndarray:
     """random_face.functional.tensor_to_img without its BGR flip: the network's output is RGB."""
     import numpy as np
 
@@ -95,9 +102,9 @@ class PortraitEngine(OneAtATimeEngine):
     def __init__(self, threads: int | None = None, device: str = "CPU", truncation: float = TRUNCATION_PSI):
         self.threads, self.device, self.truncation = threads, device, truncation
         self._model: ResolvedModel | None = None
-        self._mapping = None
-        self._synthesis = None
-        self._w_mean = None
+        self._mapping: ov.InferRequest | None = None
+        self._synthesis: ov.InferRequest | None = None
+        self._w_mean: np.ndarray | None = None
         self._version = ""
         self._lock = threading.Lock()  # infer requests are reused and not re-entrant
 
@@ -149,9 +156,11 @@ class PortraitEngine(OneAtATimeEngine):
         self._model = model
         return (time.perf_counter() - start) * 1000
 
-    def _map(self, z):
+    def _map(self, z: np.ndarray) -> np.ndarray:
         import numpy as np
 
+        if self._mapping is None:  # load() compiles it before anything maps
+            raise EngineFailed("the portrait engine has no mapping network loaded")
         return np.array(self._mapping.infer({0: z})[0], dtype=np.float32)  # copy: the buffer is reused
 
     # --- generation -----------------------------------------------------------------------------
@@ -161,7 +170,7 @@ class PortraitEngine(OneAtATimeEngine):
         size: int = NATIVE_SIZE,
         emit: Emit | None = None,
         cancelled: Callable[[], bool] = lambda: False,
-    ):
+    ) -> np.ndarray:
         """RGB uint8 array (size, size, 3) for `seed`; byte-identical for equal inputs on one host."""
         import numpy as np
         from PIL import Image
@@ -178,12 +187,15 @@ class PortraitEngine(OneAtATimeEngine):
             if cancelled():
                 raise Cancelled(f"cancelled after {STAGES[step - 1]}")
 
+        if self._synthesis is None or self._w_mean is None:  # generate() loads the model first
+            raise EngineFailed("the portrait engine has no model loaded")
+        synthesis, w_mean = self._synthesis, self._w_mean
         z = seed_latent(seed)
         with self._lock:
             w = self._map(z)
-            w = self._w_mean + np.float32(self.truncation) * (w - self._w_mean)
+            w = w_mean + np.float32(self.truncation) * (w - w_mean)
             progress(1)
-            chw = self._synthesis.infer({0: w})[0][0]  # (3, 1024, 1024) float32, RGB, [-1, 1]
+            chw = synthesis.infer({0: w})[0][0]  # (3, 1024, 1024) float32, RGB, [-1, 1]
             rgb = to_uint8_hwc(chw)  # converted before the request's output buffer is reused
         progress(2)
         if size != NATIVE_SIZE:
@@ -231,5 +243,5 @@ class PortraitEngine(OneAtATimeEngine):
         )
 
 
-def create(settings) -> PortraitEngine:
+def create(settings: Settings) -> PortraitEngine:
     return PortraitEngine(threads=settings.image_threads or settings.threads or None)

@@ -24,10 +24,14 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from genforge import __version__
 from genforge.errors import CredentialsFailed
 from genforge.media.private import private_dir
+
+if TYPE_CHECKING:
+    from genforge.engines.base import ResolvedModel
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 ASSERTION = "org.genforge.provenance"
@@ -38,21 +42,21 @@ VERDICTS = ("valid", "tampered", "foreign", "unsigned")
 _BUILD_SETTINGS = {"builder": {"thumbnail": {"enabled": False}}}
 
 
-def canonical(obj) -> bytes:
+def canonical(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass
 class Signed:
     data: bytes  # the artifact as it will be stored
-    extra: dict = field(default_factory=dict)  # what the record keeps: credentials (and a text's sidecar)
+    extra: dict[str, Any] = field(default_factory=dict)  # what the record keeps: credentials (and a text's sidecar)
 
 
 @dataclass
 class Verdict:
     word: str  # one of VERDICTS
     detail: str
-    manifest: dict | None = None  # the active manifest as the reader reports it
+    manifest: dict[str, Any] | None = None  # the active manifest as the reader reports it
     label: str | None = None
 
 
@@ -85,7 +89,7 @@ class Credentials:
         finally:
             os.unlink(tmp)
 
-    def _keys(self) -> dict:
+    def _keys(self) -> dict[str, str]:
         self.ensure()
         return json.loads(self.keystore.read_text())
 
@@ -104,18 +108,21 @@ class Credentials:
         return self._keys()["root_certificate"].encode()
 
     # --- signing -----------------------------------------------------------------------------------------
-    def manifest(self, *, label: str, content_id: str, content_type: str, model, params: dict) -> dict:
+    def manifest(
+        self, *, label: str, content_id: str, content_type: str, model: ResolvedModel, params: dict[str, Any]
+    ) -> dict[str, Any]:
         """The manifest definition every artifact gets (PNG, WAV embedded; text as a sidecar)."""
         agent = {"name": "genforge", "version": __version__}
-        provenance = {
+        model_facts: dict[str, Any] = {"name": model.name, "engine": model.engine, "sha256": model.sha256}
+        provenance: dict[str, Any] = {
             "content_id": content_id,
             "content_type": content_type,
-            "model": {"name": model.name, "engine": model.engine, "sha256": model.sha256},
+            "model": model_facts,
             "seed": params.get("seed"),
             "params_sha256": hashlib.sha256(canonical(params)).hexdigest(),
         }
-        if getattr(model, "source", None):
-            provenance["model"]["source"] = model.source
+        if model.source:
+            model_facts["source"] = model.source
         return {
             "label": label,
             "title": f"genforge {content_type} {content_id}",
@@ -137,7 +144,16 @@ class Credentials:
             ],
         }
 
-    def sign(self, *, content_id: str, content_type: str, media_type: str, data: bytes, model, params: dict) -> Signed:
+    def sign(
+        self,
+        *,
+        content_id: str,
+        content_type: str,
+        media_type: str,
+        data: bytes,
+        model: ResolvedModel,
+        params: dict[str, Any],
+    ) -> Signed:
         """The artifact with its Content Credentials and what the record says about them. Raises
         CredentialsFailed: an artifact that should be signed is never stored unsigned."""
         if not self.enabled:
@@ -163,7 +179,7 @@ class Credentials:
         }
         return Signed(signed, {"credentials": info, **extra})
 
-    def _embed(self, definition: dict, media_type: str, data: bytes, chain: bytes, key: bytes) -> bytes:
+    def _embed(self, definition: dict[str, Any], media_type: str, data: bytes, chain: bytes, key: bytes) -> bytes:
         import c2pa
 
         info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, key, None)  # None: no timestamp server
@@ -173,12 +189,16 @@ class Credentials:
             builder.sign(signer, media_type, io.BytesIO(data), dest)
         return dest.getvalue()
 
-    def _sidecar(self, definition: dict, media_type: str, data: bytes, chain: bytes, key: bytes) -> dict:
+    def _sidecar(
+        self, definition: dict[str, Any], media_type: str, data: bytes, chain: bytes, key: bytes
+    ) -> dict[str, Any]:
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
         manifest = {**definition, "asset": {"media_type": media_type, "sha256": hashlib.sha256(data).hexdigest()}}
         private = serialization.load_pem_private_key(key, password=None)
+        if not isinstance(private, ec.EllipticCurvePrivateKey):  # _make_keys makes EC P-256 keys only
+            raise CredentialsFailed(f"the signing key is a {type(private).__name__}, not an EC key for ES256")
         signature = private.sign(canonical(manifest), ec.ECDSA(hashes.SHA256()))
         pems = [p + "-----END CERTIFICATE-----\n" for p in chain.decode().split("-----END CERTIFICATE-----\n") if p]
         return {
@@ -223,7 +243,7 @@ class Credentials:
             "tampered", f"validation failed: {', '.join(f for f in failures if f) or state}", manifest, label
         )
 
-    def check_sidecar(self, sidecar: dict, data: bytes) -> Verdict:
+    def check_sidecar(self, sidecar: dict[str, Any], data: bytes) -> Verdict:
         """The verdict on a text artifact's sidecar: our chain, a good signature, and the file's own sha256."""
         from cryptography import x509
         from cryptography.exceptions import InvalidSignature
@@ -233,22 +253,30 @@ class Credentials:
         manifest, sig = sidecar["manifest"], sidecar["signature"]
         leaf = x509.load_pem_x509_certificate(sig["certificate_chain"][0].encode())
         root = x509.load_pem_x509_certificate(self.root_pem())
+        leaf_key, root_key = leaf.public_key(), root.public_key()
+        if not isinstance(root_key, ec.EllipticCurvePublicKey):  # _make_keys makes an EC P-256 root only
+            raise CredentialsFailed(f"this instance's root CA has a {type(root_key).__name__}, not an EC key")
+        if not isinstance(leaf_key, ec.EllipticCurvePublicKey):  # the sidecar says ES256: its key must be EC
+            return Verdict("tampered", f"the sidecar's signer has a {type(leaf_key).__name__}, not ES256", manifest)
         try:
-            leaf.public_key().verify(base64.b64decode(sig["value"]), canonical(manifest), ec.ECDSA(hashes.SHA256()))
+            leaf_key.verify(base64.b64decode(sig["value"]), canonical(manifest), ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             return Verdict("tampered", "the sidecar's signature does not match its manifest", manifest)
         if manifest["asset"]["sha256"] != hashlib.sha256(data).hexdigest():
             return Verdict("tampered", "the file's sha256 is not the one its credentials sign", manifest)
+        hash_algorithm = leaf.signature_hash_algorithm
+        if hash_algorithm is None:  # signed without a hash (Ed25519, Ed448): not by our ES256 root
+            return Verdict("foreign", "intact, but signed by another key", manifest)
         try:
-            root.public_key().verify(
-                leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(leaf.signature_hash_algorithm)
-            )
+            root_key.verify(leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(hash_algorithm))
         except InvalidSignature:
             return Verdict("foreign", "intact, but signed by another key", manifest)
         return Verdict("valid", "intact, signed by this genforge instance (sidecar credentials)", manifest)
 
 
-def describe(creds: Credentials, content_id: str, extra: dict, data: bytes, media_type: str) -> dict:
+def describe(
+    creds: Credentials, content_id: str, extra: dict[str, Any], data: bytes, media_type: str
+) -> dict[str, Any]:
     """GET /api/v1/content/{id}/credentials: the sidecar of a text, or an embedded manifest as read back."""
     from genforge.errors import NotFound
 
@@ -275,7 +303,7 @@ def describe(creds: Credentials, content_id: str, extra: dict, data: bytes, medi
     }
 
 
-def _make_keys() -> dict:
+def _make_keys() -> dict[str, str]:
     """Root CA (10 years) and signing certificate (5 years), EC P-256, as PEM strings."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -287,7 +315,7 @@ def _make_keys() -> dict:
             [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "genforge"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
         )
 
-    def usage(**on) -> x509.KeyUsage:
+    def usage(**on: bool) -> x509.KeyUsage:
         flags = (
             "digital_signature",
             "content_commitment",
@@ -334,7 +362,7 @@ def _make_keys() -> dict:
     )
     pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
 
-    def key_pem(key) -> str:
+    def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
         return key.private_bytes(pem, pkcs8, serialization.NoEncryption()).decode()
 
     return {

@@ -26,12 +26,16 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from genforge.errors import ModelIntegrityFailed, ModelNotFound, ModelUnavailable
 from genforge.media.private import open_private, private_dir
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
 
 # Progress: (file name, bytes done, total bytes or None).
 Progress = Callable[[str, int, int | None], None]
@@ -120,7 +124,7 @@ def _offline() -> bool:
 
 
 @contextlib.contextmanager
-def _online():
+def _online() -> Iterator[None]:
     """huggingface_hub reads HF_HUB_OFFLINE once, at import; genforge reads it at each pull (checked before
     this), so a pull runs with the library's switch open and puts it back after (the diffusers engine closes it).
     """
@@ -170,7 +174,7 @@ def _translate(exc: Exception, what: str) -> Exception:
     return exc
 
 
-def _metadata(ref: HubRef, filename: str):
+def _metadata(ref: HubRef, filename: str) -> tuple[str, HfFileMetadata]:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(ref.repo, filename, revision=ref.revision, endpoint=_endpoint())
@@ -183,7 +187,7 @@ def _metadata(ref: HubRef, filename: str):
 class _Bar:
     """Stands in for huggingface_hub's tqdm bar and forwards its counts to `progress`."""
 
-    def __init__(self, progress: Progress | None, name: str, **kw):
+    def __init__(self, progress: Progress | None, name: str, **kw: Any):
         self.progress, self.name = progress, name
         self.total, self.done = kw.get("total"), kw.get("initial") or 0
         self._report()
@@ -196,10 +200,10 @@ class _Bar:
         self.done += n
         self._report()
 
-    def __enter__(self):
+    def __enter__(self) -> _Bar:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 
@@ -231,11 +235,11 @@ class _HashingFile:
     def tell(self) -> int:
         return self.f.tell()
 
-    def seek(self, *args) -> int:
+    def seek(self, *args: int) -> int:
         self.dirty = True
         return self.f.seek(*args)
 
-    def truncate(self, *args) -> int:
+    def truncate(self, *args: int | None) -> int:
         self.dirty = True
         return self.f.truncate(*args)
 
@@ -258,7 +262,12 @@ def _hash_file(path: Path, algorithm: str, git_blob: bool) -> str:
 
 
 def _fetch(
-    ref: HubRef, filename: str, dest: Path, pinned: str | None, progress: Progress | None, found=None
+    ref: HubRef,
+    filename: str,
+    dest: Path,
+    pinned: str | None,
+    progress: Progress | None,
+    found: tuple[str, HfFileMetadata] | None = None,
 ) -> tuple[str, str]:
     """Download one file to `dest` (resuming a partial one) and verify it; returns (commit, sha256).
     `found`: the (url, metadata) of a HEAD already made for this file."""
@@ -291,11 +300,12 @@ def _fetch(
     try:
         http_get(
             meta.location or url,
-            out,
+            out,  # type: ignore[arg-type]  # http_get only writes, tells, seeks and truncates: all _HashingFile has
             resume_size=done,
             headers=build_hf_headers(token=_token()),
             expected_size=meta.size,
-            tqdm_class=lambda **kw: _Bar(progress, filename, **kw),
+            # http_get only calls tqdm_class(**kw) and the bar's update(): a factory of _Bar stands in for the class
+            tqdm_class=lambda **kw: _Bar(progress, filename, **kw),  # type: ignore[arg-type]
         )
     except Exception as exc:
         raise _translate(exc, f"{ref.repo}/{filename}") from None
@@ -327,6 +337,8 @@ def pull_file(ref: HubRef, root: Path, pinned: str | None = None, progress: Prog
 
 
 def _pull_file(ref: HubRef, root: Path, pinned: str | None, progress: Progress | None) -> Pulled:
+    if ref.file is None:  # callers pull a pipeline (hf:OWNER/REPO) with pull_pipeline
+        raise ModelNotFound(f"hf:{ref.repo} names no file; use hf:OWNER/REPO/FILE.gguf", field="name")
     found = _metadata(ref, ref.file)  # resolves the revision to a commit before choosing the directory
     folder = root / ref.repo.replace("/", "--") / _commit(found[1].commit_hash, ref)
     dest = _inside(folder, ref.file, ref)
@@ -357,7 +369,7 @@ def _license(ref: HubRef, commit: str) -> str | None:
 PIPELINE_PATTERNS = ("*.json", "*.txt", "*.model", "diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
-def pipeline_files(index: dict, names: list[str], repo: str = "") -> list[str]:
+def pipeline_files(index: dict[str, Any], names: list[str], repo: str = "") -> list[str]:
     """The files to fetch. A component key is a folder name that diffusers later joins to the pipeline's
     directory, so it must be one plain path component (ModelIntegrityFailed otherwise)."""
     if not isinstance(index, dict):

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import column, func, literal_column, select, table
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 from sqlalchemy.sql.selectable import Join
 
 from genforge.errors import InvalidRequest
@@ -71,7 +73,9 @@ def parse_query(q: str) -> list[Term]:
 
 
 class FullTextSearch(Protocol):
-    def page(self, s: Session, q: str, conds: list, limit: int, offset: int) -> tuple[int, list[ContentRow]] | None:
+    def page(
+        self, s: Session, q: str, conds: list[ColumnElement[bool]], limit: int, offset: int
+    ) -> tuple[int, list[ContentRow]] | None:
         """(total, one page of rows, newest first) of the records matching `q` and `conds` (filters on the
         `content` table); None for a blank query (the caller lists without search)."""
 
@@ -87,7 +91,7 @@ def fts5_query(terms: list[Term]) -> str:
 
 
 FTS = table("content_fts", column("rowid"))
-CONTENT_ROWID = literal_column("content.rowid")
+CONTENT_ROWID: ColumnClause[Any] = literal_column("content.rowid")
 
 
 class CrossJoin(Join):
@@ -98,7 +102,7 @@ class CrossJoin(Join):
 
 
 @compiles(CrossJoin)
-def _cross_join(join: CrossJoin, compiler, **kw) -> str:
+def _cross_join(join: CrossJoin, compiler: SQLCompiler, **kw: Any) -> str:
     left_len = len(compiler.process(join.left, asfrom=True))
     sql = compiler.visit_join(join, **kw)  # "content_fts JOIN content ON ..."; also tells the linter the edge
     assert sql[left_len:].startswith(" JOIN "), sql
@@ -114,7 +118,9 @@ class SqliteFts5Search:
     so a word in most of 100k records costs no more than a rare one (sorting the hits by created_at instead
     costs 100 ms and more there; see docs/benchmarks.md). With filters, each hit's record is read to test them."""
 
-    def page(self, s: Session, q: str, conds: list, limit: int, offset: int) -> tuple[int, list[ContentRow]] | None:
+    def page(
+        self, s: Session, q: str, conds: list[ColumnElement[bool]], limit: int, offset: int
+    ) -> tuple[int, list[ContentRow]] | None:
         terms = parse_query(q)
         if not terms:
             return None
@@ -128,7 +134,7 @@ class SqliteFts5Search:
             .limit(limit)
         ).all()
         counted = select(func.count()).select_from(HITS if conds else FTS)  # no filters: the index alone counts
-        total = s.scalar(counted.where(match, *conds))
+        total = s.execute(counted.where(match, *conds)).scalar_one()  # COUNT(*) always gives one row
         return total, list(rows)
 
 
@@ -155,7 +161,7 @@ def tsquery_text(terms: list[Term]) -> str:
 
 
 SEARCH_CONFIG = "genforge_search"  # 'simple' with unaccent (migration 0008)
-SEARCH_TSV = literal_column("content.search_tsv")
+SEARCH_TSV: ColumnClause[Any] = literal_column("content.search_tsv")
 
 
 class PostgresSearch:
@@ -163,7 +169,9 @@ class PostgresSearch:
     first by created_at, the order of plain listing and of the SQLite path (there rowid, the order records were
     written); the total counts every hit under the same filters."""
 
-    def page(self, s: Session, q: str, conds: list, limit: int, offset: int) -> tuple[int, list[ContentRow]] | None:
+    def page(
+        self, s: Session, q: str, conds: list[ColumnElement[bool]], limit: int, offset: int
+    ) -> tuple[int, list[ContentRow]] | None:
         terms = parse_query(q)
         if not terms:
             return None
@@ -177,7 +185,7 @@ class PostgresSearch:
             .offset(offset)
             .limit(limit)
         ).all()
-        total = s.scalar(select(func.count()).select_from(ContentRow).where(match, *conds))
+        total = s.execute(select(func.count()).select_from(ContentRow).where(match, *conds)).scalar_one()
         return total, list(rows)
 
 

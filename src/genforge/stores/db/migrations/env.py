@@ -1,6 +1,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+from genforge.errors import InvalidRequest
 from genforge.stores.db.tables import Base
 
 config = context.config
@@ -10,7 +11,14 @@ if connection is not None:
     with context.begin_transaction():
         context.run_migrations()
 else:  # `alembic` command line: open our own connection
-    with create_engine(config.get_main_option("sqlalchemy.url")).connect() as conn:
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise InvalidRequest(
+            "alembic: the configuration sets no sqlalchemy.url",
+            field="sqlalchemy.url",
+            hint="Set sqlalchemy.url in alembic.ini, or let genforge migrate its own database (it does on start).",
+        )
+    with create_engine(url).connect() as conn:
         context.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
