@@ -22,7 +22,7 @@ from genforge.api.deps import CallerDep, CatalogDep, ServiceDep
 from genforge.api.errors import error_responses, openai_error_body
 from genforge.api.streaming import SSE_DOC, Final, event_stream, follow
 from genforge.contenttypes import ContentRecord
-from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
+from genforge.contenttypes.base import pydantic_error
 from genforge.contenttypes.image import ImageRecord
 from genforge.contenttypes.records import present, record_as
 from genforge.contenttypes.request import GenerateRequest
@@ -30,6 +30,7 @@ from genforge.contenttypes.text import MAX_TOKENS_LIMIT, TextRecord
 from genforge.core.caller import Caller
 from genforge.core.jobs import Job
 from genforge.core.service import ContentService
+from genforge.engines.params import SEED_LIMIT
 from genforge.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])

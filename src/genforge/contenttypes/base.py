@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from genforge.engines.base import TextPolicy
+from genforge.engines.params import EngineParams
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 
 if TYPE_CHECKING:
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     from genforge.contenttypes.request import GenerateRequest
     from genforge.engines.base import EngineOutput, GenerationJob
 
-SEED_LIMIT = 2**32  # seeds are 0 .. 2^32-1 for every engine
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -28,7 +27,7 @@ class Plan:
     the record stores (what a client can send again), and the request's control inputs."""
 
     model: str | None
-    params: BaseModel
+    params: EngineParams
     messages: list[dict[str, Any]] | None = None
     raw: bool = False
     fallback_reason: str | None = None

@@ -9,10 +9,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
+from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
 from genforge.contenttypes.records import RecordBase
 from genforge.engines import imagebackend
 from genforge.engines.base import ImageFacts
+from genforge.engines.params import (
+    SEED_LIMIT,
+    DiffusersSettings,
+    ImageDecoder,
+    ImagePrecision,
+    ImageScheduler,
+    ImageSettings,
+    PortraitSettings,
+)
 from genforge.errors import InvalidOutput, InvalidRequest
 from genforge.media.images import PORTRAIT_NATIVE_SIZE, PORTRAIT_SIZES, PREFIX, diffusers_native_size
 
@@ -21,20 +30,9 @@ if TYPE_CHECKING:
 
 SIZE_LIMIT = 16_384  # the schema's bound; GENFORGE_IMAGE_MAX_SIZE bounds it further at run time
 STEPS_LIMIT = 10_000  # likewise GENFORGE_IMAGE_MAX_STEPS
-# Request names of the diffusers schedulers (genforge.engines.diffusers.SCHEDULERS); "default" keeps
-# the checkpoint's own.
-ImageScheduler = Literal["default", "euler", "euler_a", "ddim", "dpmpp_2m", "heun", "pndm", "unipc", "lcm"]
 # An image whose every channel has a standard deviation below this (on 0..255) is near-constant: the
 # all-black picture a safety checker substitutes, NaN output cast to zeros, a blank canvas.
 MIN_IMAGE_STDDEV = 2.0
-# diffusers weights: "default" is the backend's own precision (float32 on the CPU, float16 on CUDA); "int8"
-# compresses the weights to int8 with nncf (OpenVINO only; the compute stays float32); "w8a8" runs the UNet and
-# the text encoder with int8 weights and activations, calibrated on the checkpoint's own denoising (OpenVINO only;
-# about 2x OpenVINO float32's speed on a CPU with VNNI, pixels further from float32 than int8's).
-ImagePrecision = Literal["default", "int8", "w8a8"]
-# What turns the latents into pixels: "full", the checkpoint's own VAE decoder; "tiny", the AutoencoderTiny (TAESD
-# layout) of GENFORGE_IMAGE_TINY_DECODER, about 1/18 of the compute, a little less detail.
-ImageDecoder = Literal["full", "tiny"]
 TINY_DECODER_HINT = (
     "Set GENFORGE_IMAGE_TINY_DECODER to a diffusers AutoencoderTiny directory (config.json and weights; TAESD for "
     "SD 1.x/2.x checkpoints, TAESDXL for SDXL), or leave params.decoder out for the checkpoint's own VAE."
@@ -56,35 +54,6 @@ class ImageParams(BaseModel):
     scheduler: ImageScheduler | None = None
     precision: ImagePrecision | None = None
     decoder: ImageDecoder | None = None
-
-
-class PortraitSettings(BaseModel):
-    """The portrait model's complete parameters: a square size and the seed (the face)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    width: int
-    height: int
-    seed: int = Field(ge=0, lt=SEED_LIMIT)
-
-
-class DiffusersSettings(BaseModel):
-    """A diffusers checkpoint's complete parameters."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    negative_prompt: str
-    scheduler: ImageScheduler
-    seed: int = Field(ge=0, lt=SEED_LIMIT)
-    precision: ImagePrecision = "default"
-    decoder: ImageDecoder = "full"
-
-
-ImageSettings = PortraitSettings | DiffusersSettings
 
 
 class ImageRecord(ImageFacts, RecordBase):
@@ -225,7 +194,10 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
         raise InvalidOutput(f"the image does not decode: {exc}") from None
     if fmt != "PNG":
         raise InvalidOutput(f"the image is {fmt}, not PNG")
-    wanted = (job.params.width, job.params.height)
+    p = job.params
+    if not isinstance(p, PortraitSettings | DiffusersSettings):
+        raise InvalidOutput(f"an image job has {type(p).__name__} parameters")
+    wanted = (p.width, p.height)
     if size != wanted:
         raise InvalidOutput(f"the image is {size[0]}x{size[1]}, {wanted[0]}x{wanted[1]} was requested")
     if stddev < MIN_IMAGE_STDDEV:
@@ -233,7 +205,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
             f"the image is constant or nearly so (largest channel standard deviation {stddev:.2f}): "
             "a blank, black or NaN picture is not a generated image"
         )
-    if text.get(PREFIX + "seed") != str(job.params.seed) or not text.get(PREFIX + "content_id"):
+    if text.get(PREFIX + "seed") != str(p.seed) or not text.get(PREFIX + "content_id"):
         raise InvalidOutput("the PNG does not carry its provenance (content id, seed)")
     facts.content_hash = content_hash  # of the pixels: finds the record of a stripped copy
 

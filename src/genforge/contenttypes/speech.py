@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, facts_of, parse_params
+from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, facts_of, parse_params
 from genforge.contenttypes.records import RecordBase
-from genforge.engines.base import SpeechFacts, check_output
+from genforge.engines.base import SpeechFacts, check_output, params_of
+from genforge.engines.params import SpeechParams, SpeechSettings
 from genforge.errors import InvalidOutput, InvalidRequest
 
 if TYPE_CHECKING:
@@ -24,28 +25,6 @@ SILENCE_RMS = 0.01
 # minute or slower than ~50 (at speed 1), plus leading/trailing silence, is not speech of this text.
 MIN_S_PER_UNIT, MAX_S_PER_UNIT, SLACK_S = 0.08, 1.2, 2.0
 _SENTENCE_BREAK = re.compile(r"[.!?;]+(?:\s+|$)")
-
-
-class SpeechParams(BaseModel):
-    """Speech parameters. `seed`: Piper cannot seed its noise per request, so a seed asks for deterministic
-    synthesis (noise off: the same audio for the same text and settings, whatever the seed's value);
-    without one Piper samples its natural prosody. espeak-ng is always deterministic."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Piper: a speaker of a multi-speaker voice; espeak-ng: its voice name (`espeak-ng --voices`, e.g. en-gb).
-    voice: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)  # Piper: length_scale = the voice's / speed
-    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
-    sentence_silence: float = Field(default=0.2, ge=0, le=5.0)  # seconds between sentences
-    # When no Piper voice is usable and no model is named: allow the espeak-ng fallback (recorded).
-    fallback: bool = False
-
-
-class SpeechSettings(SpeechParams):
-    """The complete speech parameters, as recorded (send them as `params` to repeat the request)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SpeechRecord(SpeechFacts, RecordBase):
@@ -125,7 +104,8 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
     level = rms(wav.frames)
     if level < SILENCE_RMS:
         raise InvalidOutput(f"the audio is silent (RMS {level:.4f} is below {SILENCE_RMS})")
-    low, high = speech_duration_range(job.prompt, job.params.speed, job.params.sentence_silence)
+    p = params_of(job, SpeechSettings)
+    low, high = speech_duration_range(job.prompt, p.speed, p.sentence_silence)
     if not low <= wav.duration_s <= high:
         raise InvalidOutput(
             f"{wav.duration_s:.2f} s of audio is implausible for {len(job.prompt.split())} words "

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from genforge.contenttypes.base import SEED_LIMIT, ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
+from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
 from genforge.contenttypes.records import ChatMessage, RecordBase, Usage
 from genforge.engines.base import TextFacts, TextPolicy
+from genforge.engines.params import MAX_TOKENS_LIMIT, SEED_LIMIT, TextSettings
 from genforge.errors import InvalidOutput, InvalidRequest, PolicyViolation
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 # Chat-template and tokenizer markers that are not content: <|im_end|>, <end_of_turn>, <s>, </s>, [INST]...
 SPECIAL_TOKENS = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|<(?:start|end)_of_turn>|\[/?INST\]|<pad>|<unk>")
-MAX_TOKENS_LIMIT = 65_536  # the schema's bound; the context size bounds it further at run time
 GGUF_MAGIC = b"GGUF"
 
 
@@ -38,18 +38,6 @@ class TextParams(BaseModel):
     @classmethod
     def _one_stop(cls, v):
         return [v] if isinstance(v, str) else v
-
-
-class TextSettings(BaseModel):
-    """The complete sampling parameters of a text generation, as recorded (send them as `params` to repeat it)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_tokens: int = Field(gt=0, le=MAX_TOKENS_LIMIT)
-    temperature: float = Field(ge=0, le=2, description="0 is greedy decoding.")
-    top_p: float = Field(gt=0, le=1)
-    seed: int = Field(ge=0, lt=SEED_LIMIT, description="Always set: drawn and recorded when not given.")
-    stop: list[str] = Field(default_factory=list, max_length=8)
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,15 @@ import io
 import wave
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, facts_of, parse_params
 from genforge.contenttypes.records import RecordBase
-from genforge.engines.base import VideoFacts, check_output
+from genforge.engines.base import VideoFacts, check_output, params_of
+from genforge.engines.params import Platform, VideoParams, VideoSettings
 from genforge.errors import GenforgeError, InvalidOutput, InvalidRequest
 
 if TYPE_CHECKING:
     from genforge.engines.base import EngineOutput, GenerationJob
 
-Platform = Literal["instagram", "reels", "story", "tiktok", "x", "youtube", "square"]
 # Frame sizes (width, height) by platform: vertical 9:16 for reels and stories, 16:9 for X and YouTube.
 PLATFORM_SIZES: dict[Platform, tuple[int, int]] = {
     "instagram": (1080, 1920),
@@ -34,41 +32,6 @@ PLATFORM_SIZES: dict[Platform, tuple[int, int]] = {
 }
 DEFAULT_PLATFORM: Platform = "instagram"
 DURATION_TOLERANCE_S = 0.1  # the video lasts as long as its narration, within this
-Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
-
-
-class VideoParams(BaseModel):
-    """Video parameters: the two inputs by content id, the frame size (a platform's, or width and height) and
-    the encoder's settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image: str = Field(min_length=1, max_length=64, description="Content id of a succeeded image record.")
-    narration: str = Field(min_length=1, max_length=64, description="Content id of a succeeded speech record.")
-    platform: Platform | None = Field(None, description="Sets the frame size.")
-    width: int | None = Field(None, ge=128, le=3840, multiple_of=2)
-    height: int | None = Field(None, ge=128, le=3840, multiple_of=2)
-    fps: int = Field(30, ge=10, le=60)
-    zoom: float = Field(1.15, ge=1.0, le=2.0, description="How far the slow zoom goes in (1: pan only).")
-    preset: Preset = Field("ultrafast", description="libx264 speed preset (ultrafast: faster than real time).")
-    crf: int = Field(23, ge=0, le=51, description="libx264 constant quality (lower is better and larger).")
-
-    @model_validator(mode="after")
-    def _size(self):
-        if (self.width is None) != (self.height is None):
-            raise ValueError("give both width and height, or neither (a platform sets them)")
-        return self
-
-
-class VideoSettings(VideoParams):
-    """The complete video parameters, as recorded (send them as `params` to make the same video again)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Recorded as plain text (a record stays readable should a platform ever be dropped); always set by plan().
-    platform: str  # type: ignore[assignment]  # narrower in VideoParams, where a request names one
-    width: int
-    height: int
 
 
 class VideoRecord(VideoFacts, RecordBase):
@@ -101,7 +64,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
     if out.media_type != "video/mp4":
         raise InvalidOutput(f"the video engine returned {out.media_type!r}, not video/mp4")
     check_output(job, "the video", size_bytes=len(out.data))  # before decoding every frame of it
-    p = job.params
+    p = params_of(job, VideoSettings)
     facts = out.facts
     if not isinstance(facts, VideoFacts):
         raise InvalidOutput(f"the video engine reported {type(facts).__name__}, not VideoFacts")

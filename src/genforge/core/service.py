@@ -29,7 +29,6 @@ from pydantic import BaseModel
 
 from genforge.config import Settings
 from genforge.contenttypes import ContentRecord, Plan, spec_of
-from genforge.contenttypes.base import SEED_LIMIT
 from genforge.contenttypes.records import PersonaUse, Status
 from genforge.contenttypes.request import GenerateRequest
 from genforge.core import metrics
@@ -50,6 +49,7 @@ from genforge.core.records import (
     now,
 )
 from genforge.engines.base import Emit, EngineClient, EngineOutput, GenerationJob, TextPolicy, VideoInputs
+from genforge.engines.params import SEED_LIMIT
 from genforge.errors import (
     ArtifactChanged,
     ArtifactLost,

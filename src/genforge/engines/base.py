@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genforge.engines.params import EngineParams, P
 from genforge.errors import InvalidOutput
 
 if TYPE_CHECKING:
@@ -81,10 +82,9 @@ class GenerationJob:
     model: ResolvedModel
     prompt: str
     system: str | None
-    # The complete, typed parameters of the content type (TextSettings, ImageSettings, SpeechSettings in
-    # genforge.contenttypes.request): exactly what the record stores and a client can send again. The seed is always set
-    # for text and images.
-    params: Any
+    # The complete, typed parameters of the content type (engines/params.py): exactly what the record stores and a
+    # client can send again. The seed is always set for text and images. An engine reads its own with params_of().
+    params: EngineParams
     # Text only: a whole chat (the OpenAI API) instead of prompt + system, and raw continuation (no template).
     messages: list[dict[str, Any]] | None = None
     raw: bool = False
@@ -309,3 +309,12 @@ class EngineClient(Protocol):
     def load(self, model: ResolvedModel, timeout: float = 300) -> float: ...
 
     def stop(self) -> None: ...
+
+
+def params_of(job: GenerationJob, kind: type[P]) -> P:
+    """The job's parameters as the type this engine runs (its planner made them so); any other is a bug, refused."""
+    if not isinstance(job.params, kind):
+        from genforge.errors import EngineFailed
+
+        raise EngineFailed(f"the engine got {type(job.params).__name__} parameters, not {kind.__name__}")
+    return job.params

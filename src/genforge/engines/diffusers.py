@@ -25,7 +25,9 @@ from genforge.engines.base import (
     ImageFacts,
     OneAtATimeEngine,
     ResolvedModel,
+    params_of,
 )
+from genforge.engines.params import DiffusersSettings
 from genforge.engines.tiny_decoder import TinyDecoder, use_decoder
 from genforge.errors import Cancelled, InvalidOutput, ModelUnavailable
 from genforge.media import images
@@ -175,24 +177,25 @@ class DiffusersEngine(OneAtATimeEngine):
     # --- generation --------------------------------------------------------------------------------
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
         _, _, torch = self._imports()
+        p = params_of(job, DiffusersSettings)
         load_ms = self.load(job.model)
         start = time.perf_counter()
         decoder = use_decoder(
             self._pipe,
             self._full_vae,
-            job.params.decoder,
+            p.decoder,
             self.tiny,
             job.model.name,
             lambda module, _sha: (module.to(self._device, self._dtype), {}),
         )
-        if job.params.decoder == "tiny":  # loading the tiny decoder
+        if p.decoder == "tiny":  # loading the tiny decoder
             load_ms += (time.perf_counter() - start) * 1000
         return render(
             self._pipe,
             job,
             emit,
             cancelled,
-            scheduler=self.scheduler_for(self._default_scheduler, job.params.scheduler),
+            scheduler=self.scheduler_for(self._default_scheduler, p.scheduler),
             engine=self.kind,
             engine_version=self._version,
             load_ms=load_ms,
@@ -225,7 +228,7 @@ def render(
     import torch
 
     start = time.perf_counter()
-    p = job.params
+    p = params_of(job, DiffusersSettings)
     pipe.scheduler = scheduler
 
     def on_step_end(pipeline, i, _t, kwargs):

@@ -22,7 +22,9 @@ from genforge.engines.base import (
     ResolvedModel,
     SpeechFacts,
     check_output,
+    params_of,
 )
+from genforge.engines.params import SpeechSettings
 from genforge.errors import Cancelled, EngineFailed, InvalidOutput, InvalidRequest, ModelUnavailable
 from genforge.media.audio import WAV_HEADER_BYTES, decode_wav, encode_wav, silence
 
@@ -103,7 +105,7 @@ class EspeakEngine(OneAtATimeEngine):
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
         load_ms = self.load(job.model)
         start = time.perf_counter()
-        params = job.params
+        params = params_of(job, SpeechSettings)
         voice = params.voice or DEFAULT_VOICE
         speed = params.speed
         wpm = round(BASE_WPM * speed)

@@ -26,8 +26,10 @@ from genforge.engines.base import (
     ResolvedModel,
     TextFacts,
     Update,
+    params_of,
 )
 from genforge.engines.pages import anonymous_ranges, release_zero_pages
+from genforge.engines.params import TextSettings
 from genforge.errors import Cancelled, EngineFailed, GenforgeError, InvalidRequest, ModelUnavailable
 
 try:  # the text extra; its absence is reported when a model is loaded
@@ -306,7 +308,7 @@ class LlamaEngine(BatchingEngine):
                     ),
                 )
             ]
-        p = job.params
+        p = params_of(job, TextSettings)
         slot, reuse = self._pick_slot(prompt)
         llama_cpp.llama_memory_seq_rm(self._loaded_ctx.memory, slot, reuse, -1)
         sampler = self._sampler(p)
@@ -462,9 +464,10 @@ class LlamaEngine(BatchingEngine):
         if len(seq.text) > seq.emitted:
             events.append(Update(seq.job.content_id, {"type": "token", "text": seq.text[seq.emitted :]}))
         warnings: list[str] = []
-        if seq.max_tokens < seq.job.params.max_tokens:
+        requested = params_of(seq.job, TextSettings).max_tokens
+        if seq.max_tokens < requested:
             warnings.append(
-                f"max_tokens {seq.job.params.max_tokens} did not fit the context beside the {len(seq.prompt)}-token "
+                f"max_tokens {requested} did not fit the context beside the {len(seq.prompt)}-token "
                 f"prompt; generation was limited to {seq.max_tokens} tokens"
             )
         out = EngineOutput(

@@ -34,8 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel
+from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, params_of
 from genforge.engines.diffusers import DiffusersEngine, render
+from genforge.engines.params import DiffusersSettings
 from genforge.engines.tiny_decoder import TinyDecoder, use_decoder
 from genforge.errors import EngineFailed, GenforgeError, ModelUnavailable, ModelUnconvertible
 
@@ -629,7 +630,7 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
 
     # --- generation --------------------------------------------------------------------------------
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
-        p = job.params
+        p = params_of(job, DiffusersSettings)
         try:
             load_ms = self._load(job.model, p.precision, emit)
             start = time.perf_counter()

@@ -29,7 +29,9 @@ from genforge.engines.base import (
     ResolvedModel,
     SpeechFacts,
     check_output,
+    params_of,
 )
+from genforge.engines.params import SpeechSettings
 from genforge.errors import Cancelled, EngineFailed, InvalidOutput, InvalidRequest, ModelUnavailable
 from genforge.media.audio import WAV_HEADER_BYTES, encode_wav, silence
 
@@ -157,7 +159,7 @@ class PiperEngine(OneAtATimeEngine):
 
         load_ms = self.load(job.model)
         start = time.perf_counter()
-        params, voice = job.params, self._loaded_voice
+        params, voice = params_of(job, SpeechSettings), self._loaded_voice
         speaker_id, voice_name = self._speaker(params.voice)
         speed = params.speed
         deterministic = params.seed is not None

@@ -34,7 +34,9 @@ from genforge.engines.base import (
     ImageFacts,
     OneAtATimeEngine,
     ResolvedModel,
+    params_of,
 )
+from genforge.engines.params import PortraitSettings
 from genforge.errors import Cancelled, EngineFailed, InvalidRequest, ModelUnavailable
 from genforge.media import images
 
@@ -205,7 +207,7 @@ class PortraitEngine(OneAtATimeEngine):
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
         load_ms = self.load(job.model)
         start = time.perf_counter()
-        p = job.params
+        p = params_of(job, PortraitSettings)
         size = p.width
         if p.height != size:
             raise InvalidRequest("params.height: the portrait model makes square images", field="params.height")

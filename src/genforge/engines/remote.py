@@ -16,10 +16,20 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
-from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, TextFacts
+from genforge.engines.base import (
+    Emit,
+    EngineOutput,
+    GenerationJob,
+    OneAtATimeEngine,
+    ResolvedModel,
+    TextFacts,
+    params_of,
+)
+from genforge.engines.params import TextSettings
 from genforge.errors import Cancelled, EngineFailed, GenerationTimeout, ModelUnavailable
 
 CONNECT_TIMEOUT_S = 10.0
@@ -51,8 +61,8 @@ class RemoteEngine(OneAtATimeEngine):
 
     @staticmethod
     def _body(job: GenerationJob, model: ResolvedModel) -> tuple[str, dict]:
-        p = job.params
-        body = {
+        p = params_of(job, TextSettings)
+        body: dict[str, Any] = {
             "model": model.served_model,
             "stream": True,
             "stream_options": {"include_usage": True},

@@ -32,7 +32,9 @@ from genforge.engines.base import (
     ResolvedModel,
     VideoFacts,
     check_output,
+    params_of,
 )
+from genforge.engines.params import VideoSettings
 from genforge.errors import Cancelled, EngineFailed, InvalidRequest, ModelUnavailable
 
 INSTALL_HINT = "Install the video extra: `pip install 'genforge[video]'` (PyAV with FFmpeg and libx264)."
@@ -144,7 +146,7 @@ class VideoEngine(OneAtATimeEngine):
         av = _av()
         load_ms = self.load(job.model)
         start = time.perf_counter()
-        p, inputs = job.params, job.inputs
+        p, inputs = params_of(job, VideoSettings), job.inputs
         if inputs is None:
             raise InvalidRequest("a video needs its image and narration", field="params")
         try:

@@ -19,12 +19,13 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
+from genforge.contenttypes.base import pydantic_error
 from genforge.contenttypes.records import ChatMessage, PersonaUse
 from genforge.contenttypes.request import GenerateRequest
 from genforge.core.caller import Caller
 from genforge.core.service import Applied
 from genforge.engines.base import TextPolicy
+from genforge.engines.params import SEED_LIMIT
 from genforge.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from genforge.stores.db import ContentRow, Database, PersonaRow, PostRow
 

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field
 
 from genforge.contenttypes import ContentRecord
-from genforge.contenttypes.base import SEED_LIMIT
 from genforge.contenttypes.request import GenerateRequest
 from genforge.core.caller import Caller
 from genforge.core.service import ContentService
+from genforge.engines.params import SEED_LIMIT
 from genforge.errors import GenforgeError, InvalidRequest, NotFound
 from genforge.stores.db import BatchRow
 

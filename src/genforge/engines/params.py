@@ -1,0 +1,139 @@
+"""The complete, typed parameters an engine receives: what the content types' planners make of a request, what the
+record stores as its `params`, and what a client can send again to repeat it.
+
+They live here, below the content types, so that `GenerationJob.params` is one declared union (`EngineParams`)
+instead of `Any`: an engine narrows it to its own type with `params_of` and reads typed fields, and "go to
+definition" leads from a request's `params.seed` to the sampler that uses it. The content types re-export them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SEED_LIMIT = 2**32  # seeds are 0 .. 2^32-1 for every engine
+MAX_TOKENS_LIMIT = 65_536  # the schema's bound; the context size bounds it further at run time
+
+
+# --- text (llama.cpp, remote OpenAI-compatible servers) ---------------------------------------------------
+class TextSettings(BaseModel):
+    """The complete sampling parameters of a text generation, as recorded (send them as `params` to repeat it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(gt=0, le=MAX_TOKENS_LIMIT)
+    temperature: float = Field(ge=0, le=2, description="0 is greedy decoding.")
+    top_p: float = Field(gt=0, le=1)
+    seed: int = Field(ge=0, lt=SEED_LIMIT, description="Always set: drawn and recorded when not given.")
+    stop: list[str] = Field(default_factory=list, max_length=8)
+
+
+# --- images (the portrait model; diffusers checkpoints on torch or OpenVINO) -------------------------------
+# Request names of the diffusers schedulers (genforge.engines.diffusers.SCHEDULERS); "default" keeps
+# the checkpoint's own.
+ImageScheduler = Literal["default", "euler", "euler_a", "ddim", "dpmpp_2m", "heun", "pndm", "unipc", "lcm"]
+# diffusers weights: "default" is the backend's own precision (float32 on the CPU, float16 on CUDA); "int8"
+# compresses the weights to int8 with nncf (OpenVINO only; the compute stays float32); "w8a8" runs the UNet and
+# the text encoder with int8 weights and activations, calibrated on the checkpoint's own denoising (OpenVINO only;
+# about 2x OpenVINO float32's speed on a CPU with VNNI, pixels further from float32 than int8's).
+ImagePrecision = Literal["default", "int8", "w8a8"]
+# What turns the latents into pixels: "full", the checkpoint's own VAE decoder; "tiny", the AutoencoderTiny (TAESD
+# layout) of GENFORGE_IMAGE_TINY_DECODER, about 1/18 of the compute, a little less detail.
+ImageDecoder = Literal["full", "tiny"]
+
+
+class PortraitSettings(BaseModel):
+    """The portrait model's complete parameters: a square size and the seed (the face)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int
+    height: int
+    seed: int = Field(ge=0, lt=SEED_LIMIT)
+
+
+class DiffusersSettings(BaseModel):
+    """A diffusers checkpoint's complete parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    negative_prompt: str
+    scheduler: ImageScheduler
+    seed: int = Field(ge=0, lt=SEED_LIMIT)
+    precision: ImagePrecision = "default"
+    decoder: ImageDecoder = "full"
+
+
+ImageSettings = PortraitSettings | DiffusersSettings
+
+
+# --- speech (Piper, espeak-ng) ------------------------------------------------------------------------------
+class SpeechParams(BaseModel):
+    """Speech parameters. `seed`: Piper cannot seed its noise per request, so a seed asks for deterministic
+    synthesis (noise off: the same audio for the same text and settings, whatever the seed's value);
+    without one Piper samples its natural prosody. espeak-ng is always deterministic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Piper: a speaker of a multi-speaker voice; espeak-ng: its voice name (`espeak-ng --voices`, e.g. en-gb).
+    voice: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)  # Piper: length_scale = the voice's / speed
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
+    sentence_silence: float = Field(default=0.2, ge=0, le=5.0)  # seconds between sentences
+    # When no Piper voice is usable and no model is named: allow the espeak-ng fallback (recorded).
+    fallback: bool = False
+
+
+class SpeechSettings(SpeechParams):
+    """The complete speech parameters, as recorded (send them as `params` to repeat the request)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- video (the packaged h264 encoder) ----------------------------------------------------------------------
+Platform = Literal["instagram", "reels", "story", "tiktok", "x", "youtube", "square"]
+Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
+
+
+class VideoParams(BaseModel):
+    """Video parameters: the two inputs by content id, the frame size (a platform's, or width and height) and
+    the encoder's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, max_length=64, description="Content id of a succeeded image record.")
+    narration: str = Field(min_length=1, max_length=64, description="Content id of a succeeded speech record.")
+    platform: Platform | None = Field(None, description="Sets the frame size.")
+    width: int | None = Field(None, ge=128, le=3840, multiple_of=2)
+    height: int | None = Field(None, ge=128, le=3840, multiple_of=2)
+    fps: int = Field(30, ge=10, le=60)
+    zoom: float = Field(1.15, ge=1.0, le=2.0, description="How far the slow zoom goes in (1: pan only).")
+    preset: Preset = Field("ultrafast", description="libx264 speed preset (ultrafast: faster than real time).")
+    crf: int = Field(23, ge=0, le=51, description="libx264 constant quality (lower is better and larger).")
+
+    @model_validator(mode="after")
+    def _size(self) -> VideoParams:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height, or neither (a platform sets them)")
+        return self
+
+
+class VideoSettings(VideoParams):
+    """The complete video parameters, as recorded (send them as `params` to make the same video again)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Recorded as plain text (a record stays readable should a platform ever be dropped); always set by plan().
+    platform: str  # type: ignore[assignment]  # narrower in VideoParams, where a request names one
+    width: int
+    height: int
+
+
+# What a GenerationJob carries: one of these, never Any.
+EngineParams = TextSettings | PortraitSettings | DiffusersSettings | SpeechSettings | VideoSettings
+P = TypeVar("P", TextSettings, PortraitSettings, DiffusersSettings, SpeechSettings, VideoSettings)
