@@ -17,6 +17,7 @@ from genforge.db import Database
 from genforge.errors import AlreadyRunning, GenforgeError
 from genforge.jobs import JobRunner
 from genforge.posts import PostService
+from genforge.redact import redact_text
 from genforge.service import ContentService
 from genforge.storage import ArtifactStore
 from genforge.worker import EnginePool
@@ -51,7 +52,9 @@ class Check(BaseModel):
     model_config = ConfigDict(extra="allow")  # a check may add its figures (pid, restarts, depth, running)
 
     ok: bool
-    detail: str
+    detail: str | None = Field(
+        None, description="Why, with figures; shown to a valid API key only (to anyone while auth is off)."
+    )
 
 
 class Readiness(BaseModel):
@@ -139,10 +142,10 @@ class Runtime:
             current, head = self.db.migration_state()
             self.db.check_writable()
             checks["database"] = {"ok": current == head, "detail": f"schema {current}, newest {head}, writable"}
-        except GenforgeError as exc:
-            checks["database"] = {"ok": False, "detail": exc.message}
+        except GenforgeError as exc:  # a driver's error may quote its connection URL: never with the password
+            checks["database"] = {"ok": False, "detail": redact_text(exc.message)}
         except Exception as exc:  # reported as not ready, with the reason
-            checks["database"] = {"ok": False, "detail": f"unreachable: {exc}"}
+            checks["database"] = {"ok": False, "detail": f"unreachable: {redact_text(str(exc))}"}
         if self.distributed:  # the models are the workers' business: are there workers, and what do they serve?
             ok, detail = self.runner.check()
             checks["workers"] = {"ok": ok, "detail": detail}
