@@ -110,8 +110,10 @@ class Settings(BaseSettings):
     # the jobs run, so an API process's /metrics cannot have them in the celery mode.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    # The default log carries ids, counts and timings, never a prompt or a generated text (user data); failure
+    # messages, which may quote them, come at DEBUG.
     log_level: str = "INFO"
-    # The engine's live output (one line per chunk); set to WARNING to silence it.
+    # The engine's live output (one line per chunk, the generated text itself): DEBUG shows it; off otherwise.
     engine_log_level: str = "INFO"
 
     @property

@@ -339,7 +339,8 @@ class ContentService:
             except PolicyViolation as exc:
                 attempts.append({"seed": getattr(job.params, "seed", None), "code": exc.code, "message": exc.message})
                 self._retry(lambda: self._note_attempts(job.content_id, list(attempts)), SUCCESS_COMMIT_RETRY_S)  # noqa: B023
-                log.info("content=%s attempt %d broke the policy: %s", job.content_id, len(attempts), exc.message)
+                log.info("content=%s attempt %d broke the policy", job.content_id, len(attempts))
+                log.debug("content=%s attempt %d: %s", job.content_id, len(attempts), exc.message)  # may quote text
                 if len(attempts) >= self.settings.policy_attempts or getattr(job.params, "seed", None) is None:
                     exc.message = f"{exc.message} (in each of {len(attempts)} attempt(s); the last is shown)"
                     raise
@@ -412,7 +413,10 @@ class ContentService:
     def _fail(self, content_id: str, err: GenforgeError, started: float) -> None:
         """Record the failure. While the database is unavailable this waits and tries again, so that no record
         stays `pending` or `running` with no job behind it; the job is not finished until it is recorded."""
-        log.warning("content=%s failed code=%s: %s", content_id, err.code, err.message)
+        # The message may quote the request or the output (a forbidden phrase, a remote's answer): user data, in
+        # the record and at DEBUG, not in the default log.
+        log.warning("content=%s failed code=%s", content_id, err.code)
+        log.debug("content=%s failed: %s", content_id, err.message)
         status: Status = "cancelled" if err.code == "cancelled" else "failed"
 
         def commit() -> None:
