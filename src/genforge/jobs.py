@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +57,11 @@ class Job:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def listen_async(self) -> asyncio.Queue:
-        """An asyncio queue fed with this job's events (history first), for SSE responses."""
+    @contextmanager
+    def events_async(self) -> Iterator[asyncio.Queue]:
+        """An asyncio queue fed with this job's events (history first) while the block runs, for SSE responses.
+        The listener goes when the block ends, however it ends: a client that disconnects (the response's task
+        is cancelled) leaves nothing behind on the job."""
         loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
         q: asyncio.Queue = asyncio.Queue()
 
@@ -65,10 +69,38 @@ class Job:
             if threading.get_ident() == loop_thread:
                 q.put_nowait(event)
             else:
-                loop.call_soon_threadsafe(q.put_nowait, event)
+                with suppress(RuntimeError):  # the loop has closed (shutdown): nobody reads the queue any more
+                    loop.call_soon_threadsafe(q.put_nowait, event)
 
         self.listen(put)
-        return q
+        try:
+            yield q
+        finally:
+            self.unlisten(put)
+
+    async def outcome(self) -> Any:
+        """Wait for the job's end on the event loop, holding no thread (a sync HTTP request waits with this, not
+        with a pool thread blocked on `done`): its final record, or its error raised."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future = loop.create_future()
+
+        def settle() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        def on_event(event: dict) -> None:
+            if event["type"] == "final":
+                with suppress(RuntimeError):  # the loop has closed (shutdown): nobody waits any more
+                    loop.call_soon_threadsafe(settle)
+
+        self.listen(on_event)  # with the history: a job that already ended settles at once
+        try:
+            await ended
+        finally:
+            self.unlisten(on_event)
+        if self.error is not None:
+            raise self.error
+        return self.result
 
     def finish(self, result: Any, error: GenforgeError | None) -> None:
         self.result, self.error, self.state = result, error, "finished"

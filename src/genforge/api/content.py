@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from genforge import variants
 from genforge.api.deps import ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
-from genforge.api.streaming import SSE_DOC, event_stream, final_event, native_events
+from genforge.api.streaming import SSE_DOC, event_stream, final_event, generate_sync, native_events
 from genforge.contenttypes import REGISTRY, ContentRecord
 from genforge.errors import InvalidRequest, NotFound
 from genforge.records import Status
@@ -74,7 +74,7 @@ async def generate(body: GenerateRequest, svc: ServiceDep):
             field="stream",
         )
     if body.mode == "sync" and not body.stream:
-        return await run_in_threadpool(svc.generate, body)
+        return await generate_sync(svc, body)
     job = await run_in_threadpool(svc.submit, body)
     if body.mode == "async":
         record = await run_in_threadpool(svc.get, job.content_id)

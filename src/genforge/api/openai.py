@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genforge.api.deps import CatalogDep, ServiceDep
 from genforge.api.errors import error_responses, openai_error_body
-from genforge.api.streaming import SSE_DOC, Final, event_stream, follow
+from genforge.api.streaming import SSE_DOC, Final, event_stream, follow, generate_sync
 from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.base import SEED_LIMIT, pydantic_error
 from genforge.contenttypes.text import MAX_TOKENS_LIMIT
@@ -322,7 +322,7 @@ def list_openai_models(catalog: CatalogDep) -> ModelList:
 async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, response: Response):
     req = _chat_request(body)
     if not body.stream:
-        record = await run_in_threadpool(svc.generate, req)
+        record = await generate_sync(svc, req)
         response.headers[HEADER] = record.id
         return ChatCompletion(
             id=f"chatcmpl-{record.id}",
@@ -377,7 +377,7 @@ async def completions(body: CompletionRequest, svc: ServiceDep, response: Respon
         raise InvalidRequest("exactly one prompt per request is supported", field="prompt")
     req = _request(content_type="text", prompt=prompts[0], model=body.model, params=_text_params(body), raw=True)
     if not body.stream:
-        record = await run_in_threadpool(svc.generate, req)
+        record = await generate_sync(svc, req)
         response.headers[HEADER] = record.id
         return Completion(
             id=f"cmpl-{record.id}",
@@ -423,7 +423,7 @@ async def image_generations(body: ImageRequest, svc: ServiceDep, response: Respo
         model=body.model,
         params=params,
     )
-    record = await run_in_threadpool(svc.generate, req)
+    record = await generate_sync(svc, req)
     response.headers[HEADER] = record.id
     if body.response_format == "url":
         item = ImageData(url=record.artifact.url)
@@ -464,6 +464,6 @@ async def audio_speech(body: SpeechRequest, svc: ServiceDep):
         model=body.model,
         params=params,
     )
-    record = await run_in_threadpool(svc.generate, req)
+    record = await generate_sync(svc, req)
     path, media_type = await run_in_threadpool(svc.artifact, record.id)
     return Response(path.read_bytes(), media_type=media_type, headers={HEADER: record.id})

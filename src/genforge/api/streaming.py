@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from genforge.contenttypes import ContentRecord
 from genforge.errors import Conflict, GenforgeError
 from genforge.jobs import Job
+from genforge.schemas import GenerateRequest
 from genforge.service import ContentService
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -46,21 +47,29 @@ class Final:
 
 async def follow(svc: ContentService, job: Job, cancel_on_disconnect: bool) -> AsyncIterator[dict | Final]:
     """The job's engine events (token, progress) as they happen, then exactly one Final."""
-    events = job.listen_async()
     ended = False  # the final event came: Job.finish publishes it just before it sets job.done
     try:
-        while True:
-            event = await events.get()
-            if event["type"] == "final":
-                ended = True
-                record = job.result or await run_in_threadpool(svc.get, job.content_id)
-                yield Final(record, job.error)
-                return
-            yield event
+        with job.events_async() as events:  # a client that leaves takes its listener with it
+            while True:
+                event = await events.get()
+                if event["type"] == "final":
+                    ended = True
+                    break
+                yield event
+        record = job.result or await run_in_threadpool(svc.get, job.content_id)
+        yield Final(record, job.error)
     finally:
         if cancel_on_disconnect and not ended and not job.done.is_set():
             with suppress(Conflict):  # it finished on its own while the client left: nothing to stop
                 svc.cancel(job.content_id, wait=False)
+
+
+async def generate_sync(svc: ContentService, req: GenerateRequest) -> ContentRecord:
+    """A synchronous generation: accepted on a pool thread (a short database write), then awaited on the event
+    loop. A pool thread held for the whole run would let ~40 slow generations stall every route that needs one
+    (the key check, reads, /readyz)."""
+    job = await run_in_threadpool(svc.submit, req)
+    return await job.outcome()
 
 
 def sse(event: str, data: str) -> str:
