@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     generation_timeout_s: float = 600.0
     # Remote models: the longest wait for the remote's next chunk before the request is generation_timeout.
     remote_timeout_s: float = 120.0
+    # Remote models: the most bytes one answer may stream (decompressed), and the longest line of its stream (one
+    # chunk); beyond either the request fails with engine_failed instead of filling this process's memory.
+    remote_max_response_bytes: int = Field(default=16_000_000, ge=1024)
+    remote_max_line_bytes: int = Field(default=1_000_000, ge=1024)
     # On SIGTERM: how long running jobs may go on before they are stopped and recorded `interrupted`.
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 1_000_000

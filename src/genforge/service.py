@@ -44,6 +44,7 @@ from genforge.jobs import Job, JobRunner
 from genforge.limits import check_limits
 from genforge.personas import PersonaStore, apply
 from genforge.records import Artifact, ModelInfo, RecordError, Status, Timings
+from genforge.redact import redact_url
 from genforge.schemas import GenerateRequest
 from genforge.search import search_for
 from genforge.storage import ArtifactStore, sha256_file
@@ -271,7 +272,8 @@ class ContentService:
             with self.db.transaction() as conn:
                 if model.engine == "remote":
                     extra = conn.execute(select(ContentRow.extra).where(this)).scalar_one()
-                    remote = {"remote": True, "base_url": model.path, "served_model": model.served_model}
+                    base_url = redact_url(model.path)  # the record never holds the URL's password
+                    remote = {"remote": True, "base_url": base_url, "served_model": model.served_model}
                     values["extra"] = {**(extra or {}), "model": remote}
                 conn.execute(update(ContentRow).where(this).values(**values))
 
