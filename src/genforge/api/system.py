@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from genforge import __version__
-from genforge.api.auth import RESPONSES, Credentials, authenticate, authenticate_metrics
+from genforge.api.auth import RESPONSES, Credentials, authenticate, authenticate_metrics, bearer
 from genforge.runtime import Readiness
 
 router = APIRouter(tags=["system"])
@@ -85,11 +85,16 @@ def _may_see_details(request: Request, creds: Credentials) -> bool:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "Not ready: the failing checks say why."}},
+    responses={
+        503: {"model": Readiness, "description": "Not ready: the failing checks say why."},
+        401: RESPONSES[401],
+        429: RESPONSES[429],
+    },
 )
-async def readyz(request: Request, creds: Credentials):
-    """Ready or not, and each check's `ok`; each check's `detail` (and figures) needs a valid API key once the
-    server has keys."""
+async def readyz(request: Request):
+    """Ready or not, and each check's `ok`; each check's `detail` (and figures) needs a valid API key
+    (`Authorization: Bearer KEY`, optional here) once the server has keys."""
+    creds = await bearer(request)  # read here, not declared as a dependency: the schema would call it required
     details = await run_in_threadpool(_may_see_details, request, creds)  # a short key lookup
     report = await _probe(request).get()
     body = report.model_dump(mode="json")
