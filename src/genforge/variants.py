@@ -18,6 +18,7 @@ from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.base import SEED_LIMIT
 from genforge.db import BatchRow
 from genforge.errors import GenforgeError, InvalidRequest, NotFound
+from genforge.jobs import Job
 from genforge.schemas import GenerateRequest
 from genforge.service import ContentService
 
@@ -41,6 +42,19 @@ def seeds_for(n: int, given: int | None) -> list[int]:
 
 
 def generate(svc: ContentService, req: GenerateRequest) -> Batch:
+    """Submit the variants, wait for each, and answer the batch (or the first failure, with the batch id)."""
+    batch_id, jobs = submit(svc, req)
+    first_error = None
+    for job in jobs:
+        try:
+            svc.wait(job)
+        except GenforgeError as exc:
+            first_error = first_error or exc
+    return finish(svc, batch_id, first_error)
+
+
+def submit(svc: ContentService, req: GenerateRequest) -> tuple[str, list[Job]]:
+    """Queue every variant (all before any is awaited) and record the batch: (its id, the variants' jobs)."""
     if req.content_type not in SEEDED:
         raise InvalidRequest(
             f"variants: {req.content_type} cannot vary by seed; variants are for {' and '.join(SEEDED)}",
@@ -69,12 +83,11 @@ def generate(svc: ContentService, req: GenerateRequest) -> Batch:
                 created_at=datetime.now(UTC),
             )
         )
-    first_error = None
-    for job in jobs:
-        try:
-            svc.wait(job)
-        except GenforgeError as exc:
-            first_error = first_error or exc
+    return batch_id, jobs
+
+
+def finish(svc: ContentService, batch_id: str, first_error: GenforgeError | None) -> Batch:
+    """The batch once every variant ended: its records, or the first failure raised with the batch id in it."""
     if first_error is not None:
         first_error.details = {**first_error.details, "batch_id": batch_id}
         raise first_error

@@ -23,7 +23,9 @@ import uvicorn
 from conftest import (
     CONTENT,
     GENERATE,
+    MID_GENERATION_FAILURE,
     ScriptedRunner,
+    assert_error,
     engine_output,
     free_port,
     make_settings,
@@ -133,7 +135,8 @@ class SlowRunner(ScriptedRunner):
         return engine_output("slow answer", completion_tokens=2)
 
 
-def test_a_hundred_slow_sync_generations_leave_reads_key_checks_and_readyz_answering(tmp_path):
+@pytest.mark.parametrize(("requests", "variants"), [(100, None), (50, 2)], ids=["single", "variants"])
+def test_a_hundred_slow_sync_generations_leave_reads_key_checks_and_readyz_answering(tmp_path, requests, variants):
     settings = make_settings(tmp_path / "data", preload=False, queue_size=128)
     with running_app(settings) as client:
         runtime = runtime_of(client)
@@ -142,9 +145,8 @@ def test_a_hundred_slow_sync_generations_leave_reads_key_checks_and_readyz_answe
         auth = bearer(token)
 
         with ThreadPoolExecutor(100) as pool:
-            answers = [
-                pool.submit(client.post, GENERATE, json=text_body(f"Request {i}."), headers=auth) for i in range(100)
-            ]
+            bodies = [{**text_body(f"Request {i}."), "variants": variants} for i in range(requests)]
+            answers = [pool.submit(client.post, GENERATE, json=body, headers=auth) for body in bodies]
             wait_for(lambda: runtime.runner.depth >= 30, 30, 0.05, "the generations to be queued")
             slowest = {}
             for path, headers in ((CONTENT, auth), ("/api/v1/models", auth), ("/readyz", {})):
@@ -159,6 +161,14 @@ def test_a_hundred_slow_sync_generations_leave_reads_key_checks_and_readyz_answe
         assert still_queued > 0, "the generations ended before the checks: the test proved nothing"
         assert all(r.status_code == 201 for r in results), [r.text for r in results if r.status_code != 201][:2]
         assert max(slowest.values()) < 1.0, f"answer times while 100 sync generations ran: {slowest}"
+
+
+def test_a_failed_variant_still_answers_its_error_with_the_batch_id(scripted_app):
+    client = scripted_app(ScriptedRunner(error=MID_GENERATION_FAILURE))  # the variants are awaited on the loop
+    resp = client.post(GENERATE, json={**text_body("Fail twice."), "variants": 2})
+    assert_error(resp, 502, "engine_failed")
+    batch = client.get(f"/api/v1/batches/{resp.json()['error']['batch_id']}").json()
+    assert [item["status"] for item in batch["items"]] == ["failed", "failed"], batch
 
 
 # --- finding 10: a client that leaves an SSE stream takes its listener with it ------------------------------------

@@ -13,7 +13,7 @@ from genforge.api.deps import ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
 from genforge.api.streaming import SSE_DOC, event_stream, final_event, generate_sync, native_events
 from genforge.contenttypes import REGISTRY, ContentRecord
-from genforge.errors import InvalidRequest, NotFound
+from genforge.errors import GenforgeError, InvalidRequest, NotFound
 from genforge.records import Status
 from genforge.schemas import ContentType, GenerateRequest
 from genforge.service import ArtifactCheck, ContentPage
@@ -65,7 +65,14 @@ RECORD_LINKS = {
 )
 async def generate(body: GenerateRequest, svc: ServiceDep):
     if body.variants is not None:  # n records under one batch id: {"batch_id", "items"}
-        batch = await run_in_threadpool(variants.generate, svc, body)
+        batch_id, jobs = await run_in_threadpool(variants.submit, svc, body)
+        first_error = None
+        for job in jobs:  # awaited on the loop: no pool thread held while the variants run
+            try:
+                await job.outcome()
+            except GenforgeError as exc:
+                first_error = first_error or exc
+        batch = await run_in_threadpool(variants.finish, svc, batch_id, first_error)
         return JSONResponse(batch.model_dump(mode="json"), status_code=201)
     if body.mode == "async" and body.stream:
         raise InvalidRequest(
