@@ -65,6 +65,28 @@ def test_anonymous_readyz_shows_statuses_only_once_keys_exist(tmp_path):
         assert client.get("/readyz", headers=bearer("gf_000000000000_not-a-key")).status_code == 401
 
 
+def test_readyz_with_the_database_down_answers_statuses_not_an_error(tmp_path):
+    from scale_fixtures import Postgres, _pg_bin
+
+    if _pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    cluster = Postgres().start()  # a cluster of its own: this test stops it
+    try:
+        settings = make_settings(tmp_path / "data", preload=False, database_url=cluster.new_database())
+        with running_app(settings) as client:
+            _, token = client.app.state.auth.keys.create("probe", "read")
+            assert client.get("/readyz", headers=bearer(token)).status_code == 200
+            cluster.stop()  # the key can no longer be looked up
+            for headers in ({}, bearer(token)):
+                resp = client.get("/readyz", headers=headers)
+                assert resp.status_code == 503, resp.text
+                body = resp.json()
+                assert body["ready"] is False and body["checks"]["database"] == {"ok": False}, body
+    finally:
+        if cluster.proc.poll() is None:  # the test failed before it stopped the cluster
+            cluster.stop()
+
+
 def test_celery_readiness_hides_the_broker_password_and_asks_the_broker_once_a_moment(tmp_path, caplog):
     pytest.importorskip("celery", reason="celery is not installed (pip install 'genforge[distributed]')")
     from genforge.jobs_celery import CHECK_TTL_S, CeleryJobRunner

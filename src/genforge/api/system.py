@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from genforge import __version__
 from genforge.api.auth import RESPONSES, Credentials, authenticate, authenticate_metrics, bearer
+from genforge.errors import DatabaseUnavailable
 from genforge.runtime import Readiness
 
 router = APIRouter(tags=["system"])
@@ -72,13 +73,17 @@ def _probe(request: Request) -> SharedProbe:
 def _may_see_details(request: Request, creds: Credentials) -> bool:
     """The checks' details (versions, pids, paths, hosts) for a valid key; an anonymous probe gets the statuses.
     While auth is off every route is open to whoever reaches the server, so hiding them would protect nothing.
-    A key that is sent must be valid (401 otherwise), as on every other route."""
+    A key that is sent must be valid (401 otherwise), as on every other route. A database that cannot answer
+    (the probe's very subject) gives the statuses: it must not turn the probe into an error."""
     auth = request.app.state.auth
-    if not auth.active():
-        return True
-    if creds is None:
+    try:
+        if not auth.active():
+            return True
+        if creds is None:
+            return False
+        authenticate(request, creds)
+    except DatabaseUnavailable:  # whether keys exist, or this one is valid, cannot be told: statuses only
         return False
-    authenticate(request, creds)
     return True
 
 
