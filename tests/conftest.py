@@ -427,9 +427,11 @@ def free_port() -> int:
 class Server:
     """`genforge serve` in its own process, on its own port and data directory."""
 
-    def __init__(self, data_dir: Path, env: dict | None = None):
+    def __init__(self, data_dir: Path, env: dict | None = None, key: str | None = None):
         self.data_dir = data_dir
         self.env = env or {}  # GENFORGE_* settings of this server
+        # A key of this server's, if it has keys: /readyz shows its details (pid, restarts) only to a key.
+        self.key = key
         self.port = free_port()
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -453,8 +455,9 @@ class Server:
 
     def readiness(self) -> dict | None:
         assert self.proc.poll() is None, f"server exited with {self.proc.returncode}:\n{self.log()}"
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         try:
-            resp = self.http.get("/readyz", timeout=10)
+            resp = self.http.get("/readyz", timeout=10, headers=headers)
         except httpx.TransportError:
             return None
         return resp.json() if resp.status_code == 200 else None

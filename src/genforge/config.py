@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     generation_timeout_s: float = 600.0
     # Remote models: the longest wait for the remote's next chunk before the request is generation_timeout.
     remote_timeout_s: float = 120.0
+    # Remote models: the most bytes one answer may stream (decompressed), and the longest line of its stream (one
+    # chunk); beyond either the request fails with engine_failed instead of filling this process's memory.
+    remote_max_response_bytes: int = Field(default=16_000_000, ge=1024)
+    remote_max_line_bytes: int = Field(default=1_000_000, ge=1024)
     # On SIGTERM: how long running jobs may go on before they are stopped and recorded `interrupted`.
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 1_000_000
@@ -118,8 +122,10 @@ class Settings(BaseSettings):
     # the jobs run, so an API process's /metrics cannot have them in the celery mode.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    # The default log carries ids, counts and timings, never a prompt or a generated text (user data); failure
+    # messages, which may quote them, come at DEBUG.
     log_level: str = "INFO"
-    # The engine's live output (one line per chunk); set to WARNING to silence it.
+    # The engine's live output (one line per chunk, the generated text itself): DEBUG shows it; off otherwise.
     engine_log_level: str = "INFO"
 
     @property

@@ -24,6 +24,7 @@ from genforge.errors import AlreadyRunning, Conflict, DatabaseUnavailable, Genfo
 from genforge.media.private import private_dir
 from genforge.platform.personas import PersonaStore
 from genforge.platform.posts import PostService
+from genforge.redact import redact_text
 from genforge.stores.artifacts import ArtifactStore
 from genforge.stores.db import Database
 
@@ -57,7 +58,9 @@ class Check(BaseModel):
     model_config = ConfigDict(extra="allow")  # a check may add its figures (pid, restarts, depth, running)
 
     ok: bool
-    detail: str
+    detail: str | None = Field(
+        None, description="Why, with figures; shown to a valid API key only (to anyone while auth is off)."
+    )
 
 
 class Readiness(BaseModel):
@@ -151,10 +154,10 @@ class Runtime:
             current, head = self.db.migration_state()
             self.db.check_writable()
             checks["database"] = {"ok": current == head, "detail": f"schema {current}, newest {head}, writable"}
-        except GenforgeError as exc:
-            checks["database"] = {"ok": False, "detail": exc.message}
+        except GenforgeError as exc:  # a driver's error may quote its connection URL: never with the password
+            checks["database"] = {"ok": False, "detail": redact_text(exc.message)}
         except Exception as exc:  # reported as not ready, with the reason
-            checks["database"] = {"ok": False, "detail": f"unreachable: {exc}"}
+            checks["database"] = {"ok": False, "detail": f"unreachable: {redact_text(str(exc))}"}
         if isinstance(self.runner, CeleryJobRunner):  # the models are the workers' business: who serves what?
             ok, detail = self.runner.check()
             checks["workers"] = {"ok": ok, "detail": detail}

@@ -27,7 +27,8 @@ def served(tmp_path_factory):
         "admin": create_key(data, "ops", "--scope", "admin"),
         "reader": create_key(data, "viewer", "--scope", "read"),
     }
-    srv = Server(data, env={"GENFORGE_KEEP_ALIVE_TIMEOUT_S": "1", "GENFORGE_REQUEST_READ_TIMEOUT_S": "2"}).start()
+    env = {"GENFORGE_KEEP_ALIVE_TIMEOUT_S": "1", "GENFORGE_REQUEST_READ_TIMEOUT_S": "2"}
+    srv = Server(data, env=env, key=keys["reader"]).start()
     srv.wait_ready()
     yield srv, keys
     srv.stop()

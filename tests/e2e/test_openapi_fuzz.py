@@ -44,12 +44,13 @@ def test_the_fuzzer_finds_no_crash_and_nothing_undocumented(tmp_path, with_key):
     if not SCHEMATHESIS.exists():
         pytest.skip("schemathesis is not installed (the test extra)")
     data = tmp_path / "data"
-    headers = []
+    headers, key = [], None
     if with_key:
         made = run_cli(data, "keys", "create", "--name", "fuzz", "--scope", "admin")
         assert made.returncode == 0, made.stderr
-        headers = ["--header", f"Authorization: Bearer {made.stdout.strip().splitlines()[-1]}"]
-    server = Server(data, env=SMALL_LIMITS).start()
+        key = made.stdout.strip().splitlines()[-1]
+        headers = ["--header", f"Authorization: Bearer {key}"]
+    server = Server(data, env=SMALL_LIMITS, key=key).start()
     try:
         server.wait_ready()
         if with_key:

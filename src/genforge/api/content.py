@@ -10,12 +10,12 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from genforge.api.deps import CallerDep, ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
-from genforge.api.streaming import SSE_DOC, event_stream, final_event, native_events
+from genforge.api.streaming import SSE_DOC, event_stream, final_event, generate_sync, native_events
 from genforge.contenttypes import REGISTRY, ContentRecord
 from genforge.contenttypes.records import Status
 from genforge.contenttypes.request import ContentType, GenerateRequest
 from genforge.core.records import ArtifactCheck, ContentPage
-from genforge.errors import InvalidRequest, NotFound
+from genforge.errors import GenforgeError, InvalidRequest, NotFound
 from genforge.platform import variants
 from genforge.platform.variants import Batch
 
@@ -65,7 +65,14 @@ RECORD_LINKS = {
 )
 async def generate(body: GenerateRequest, svc: ServiceDep, caller: CallerDep):
     if body.variants is not None:  # n records under one batch id: {"batch_id", "items"}
-        batch = await run_in_threadpool(variants.generate, svc, body, caller)
+        batch_id, jobs = await run_in_threadpool(variants.submit, svc, body, caller)
+        first_error = None
+        for job in jobs:  # awaited on the loop: no pool thread held while the variants run
+            try:
+                await job.outcome()
+            except GenforgeError as exc:
+                first_error = first_error or exc
+        batch = await run_in_threadpool(variants.finish, svc, batch_id, first_error, caller)
         return JSONResponse(batch.model_dump(mode="json"), status_code=201)
     if body.mode == "async" and body.stream:
         raise InvalidRequest(
@@ -74,7 +81,7 @@ async def generate(body: GenerateRequest, svc: ServiceDep, caller: CallerDep):
             field="stream",
         )
     if body.mode == "sync" and not body.stream:
-        return await run_in_threadpool(svc.generate, body, caller)
+        return await generate_sync(svc, body, caller)
     job = await run_in_threadpool(svc.submit, body, caller)
     if body.mode == "async":
         record = await run_in_threadpool(svc.get, job.content_id, caller)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genforge.api.deps import CallerDep, CatalogDep, ServiceDep
 from genforge.api.errors import error_responses, openai_error_body
-from genforge.api.streaming import SSE_DOC, Final, event_stream, follow
+from genforge.api.streaming import SSE_DOC, Final, event_stream, follow, generate_sync
 from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.base import pydantic_error
 from genforge.contenttypes.image import ImageRecord
@@ -332,7 +332,7 @@ def list_openai_models(catalog: CatalogDep) -> ModelList:
 async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, caller: CallerDep, response: Response):
     req = _chat_request(body)
     if not body.stream:
-        record = record_as(await run_in_threadpool(svc.generate, req, caller), TextRecord)
+        record = record_as(await generate_sync(svc, req, caller), TextRecord)
         response.headers[HEADER] = record.id
         return ChatCompletion(
             id=f"chatcmpl-{record.id}",
@@ -388,7 +388,7 @@ async def completions(body: CompletionRequest, svc: ServiceDep, caller: CallerDe
         raise InvalidRequest("exactly one prompt per request is supported", field="prompt")
     req = _request(content_type="text", prompt=prompts[0], model=body.model, params=_text_params(body), raw=True)
     if not body.stream:
-        record = record_as(await run_in_threadpool(svc.generate, req, caller), TextRecord)
+        record = record_as(await generate_sync(svc, req, caller), TextRecord)
         response.headers[HEADER] = record.id
         return Completion(
             id=f"cmpl-{record.id}",
@@ -435,7 +435,7 @@ async def image_generations(body: ImageRequest, svc: ServiceDep, caller: CallerD
         model=body.model,
         params=params,
     )
-    record = record_as(await run_in_threadpool(svc.generate, req, caller), ImageRecord)
+    record = record_as(await generate_sync(svc, req, caller), ImageRecord)
     response.headers[HEADER] = record.id
     if body.response_format == "url":
         item = ImageData(url=present(record.artifact, "artifact", record).url)
@@ -477,7 +477,7 @@ async def audio_speech(body: SpeechRequest, svc: ServiceDep, caller: CallerDep):
         model=body.model,
         params=params,
     )
-    record = await run_in_threadpool(svc.generate, req, caller)
+    record = await generate_sync(svc, req, caller)
     path, media_type = await run_in_threadpool(svc.artifact, record.id, caller)
     # Streamed from the file in chunks by worker threads: no whole-file copy, no read on the event loop.
     return FileResponse(path, media_type=media_type, headers={HEADER: record.id})

@@ -63,9 +63,9 @@ async def post_events(post_id: str, posts: PostsDep, caller: CallerDep):
 
     async def frames():
         if job is not None:
-            events = job.listen_async()
-            while (event := await events.get())["type"] != "final":
-                yield sse(event["type"], json.dumps({k: v for k, v in event.items() if k != "type"}))
+            with job.events_async() as events:  # a client that leaves takes its listener with it
+                while (event := await events.get())["type"] != "final":
+                    yield sse(event["type"], json.dumps({k: v for k, v in event.items() if k != "type"}))
         final = await run_in_threadpool(posts.get, post_id, caller)
         yield sse("done" if final.status == "succeeded" else "failed", final.model_dump_json())
 

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from genforge.contenttypes import ContentRecord
+from genforge.contenttypes.request import GenerateRequest
 from genforge.core.caller import Caller
 from genforge.core.jobs import Job
 from genforge.core.service import ContentService
@@ -49,21 +50,30 @@ async def follow(
     svc: ContentService, job: Job, caller: Caller, cancel_on_disconnect: bool
 ) -> AsyncIterator[dict | Final]:
     """The job's engine events (token, progress) as they happen, then exactly one Final."""
-    events = job.listen_async()
     ended = False  # the final event came: Job.finish publishes it just before it sets job.done
     try:
-        while True:
-            event = await events.get()
-            if event["type"] == "final":
-                ended = True
-                record = job.result or await run_in_threadpool(svc.get, job.content_id, caller)
-                yield Final(record, job.error)
-                return
-            yield event
+        with job.events_async() as events:  # a client that leaves takes its listener with it
+            while True:
+                event = await events.get()
+                if event["type"] == "final":
+                    ended = True
+                    break
+                yield event
+        record = job.result or await run_in_threadpool(svc.get, job.content_id, caller)
+        yield Final(record, job.error)
     finally:
         if cancel_on_disconnect and not ended and not job.done.is_set():
             with suppress(Conflict):  # it finished on its own while the client left: nothing to stop
                 svc.cancel(job.content_id, caller, wait=False)
+
+
+async def generate_sync(svc: ContentService, req: GenerateRequest, caller: Caller) -> ContentRecord:
+    """A synchronous generation: accepted on a pool thread (a short database write), then awaited on the event
+    loop. A pool thread held for the whole run would let ~40 slow generations stall every route that needs one
+    (the key check, reads, /readyz)."""
+    job = await run_in_threadpool(svc.submit, req, caller)
+    record: ContentRecord = await job.outcome()
+    return record
 
 
 def sse(event: str, data: str) -> str:

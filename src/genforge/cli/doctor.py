@@ -16,6 +16,7 @@ from genforge.core.caller import LOCAL
 from genforge.engines import imagebackend
 from genforge.errors import GenforgeError, InvalidRequest
 from genforge.media.private import private_dir
+from genforge.redact import redact_text, redact_url
 from genforge.runtime import Runtime
 
 # Long enough (a few hundred tokens) to exercise multi-token prompt evaluation, where a llama.cpp
@@ -75,8 +76,9 @@ def _distributed_checks(rt: Runtime) -> tuple[list[Check], set[str]]:
         runner.redis.ping()
     except Exception as exc:  # reported as a failed check with its reason
         hint = "Start Redis and point GENFORGE_BROKER_URL at it (redis://HOST:6379/0)."
-        return [Check("broker", False, f"{settings.broker_url} unreachable: {exc}", hint)], set()
-    checks = [Check("broker", True, f"{settings.broker_url} answers")]
+        broker = redact_url(settings.broker_url)
+        return [Check("broker", False, f"{broker} unreachable: {redact_text(str(exc))}", hint)], set()
+    checks = [Check("broker", True, f"{redact_url(settings.broker_url)} answers")]
     workers = workers_serving(runner.app)
     served = {t for types in workers.values() for t in types}
     detail = "; ".join(f"{name} serves {', '.join(types)}" for name, types in sorted(workers.items()))
@@ -231,7 +233,7 @@ def run_checks(settings: Settings) -> list[Check]:
             Check(
                 "database",
                 False,
-                f"cannot open or migrate {settings.db_url}: {exc}",
+                f"cannot open or migrate {redact_url(settings.db_url)}: {redact_text(str(exc))}",
                 "Check GENFORGE_DATABASE_URL and that the data directory is writable.",
             ),
         ]

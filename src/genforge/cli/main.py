@@ -449,10 +449,17 @@ def models_add_remote(
         str | None, typer.Option(help="Environment variable with the API key (read when a request runs).")
     ] = None,
     content_type: Annotated[str, typer.Option("--type", help="Content type the model makes.")] = "text",
+    allow_insecure: Annotated[
+        bool,
+        typer.Option(
+            help="Allow sending the API key (or the URL's password) over plain http to another machine "
+            "(readable on the network)."
+        ),
+    ] = False,
 ) -> None:
     """Register a model served by an OpenAI-compatible server (vLLM, llama-server, Ollama, genforge)."""
     with runtime() as rt:
-        info = rt.catalog.add_remote(name, base_url, model, api_key_env, content_type)
+        info = rt.catalog.add_remote(name, base_url, model, api_key_env, content_type, allow_insecure)
     out.print(f"added {info.name}: remote model {model!r} at {info.path} (no local file, no sha256)")
 
 

@@ -27,6 +27,7 @@ from genforge.engines.base import ResolvedModel
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from genforge.media.files import path_stat, sha256_path
 from genforge.media.private import private_dir
+from genforge.redact import redact_url
 from genforge.stores.db import Database, ModelRow
 from genforge.stores.hub import Progress
 
@@ -397,6 +398,7 @@ class ModelCatalog:
                 True,
                 served_model=row.served_model,
                 api_key_env=row.api_key_env,
+                allow_insecure=bool(row.allow_insecure),
             )
         path = Path(row.path)
         if not path.exists():
@@ -445,7 +447,8 @@ class ModelCatalog:
             remote = row.engine == "remote"
             present = remote or Path(row.path).exists()  # a remote's availability shows on its first request
             hub, package = None, None
-            description = f"remote model {row.served_model!r} at {row.path}" if remote else "user-added file"
+            shown = redact_url(row.path) if remote else row.path  # a base URL's password is not for listing
+            description = f"remote model {row.served_model!r} at {shown}" if remote else "user-added file"
             if row.hub_repo:  # pulled from a hub
                 hub = {"repo": row.hub_repo, "revision": row.hub_revision, "file": row.hub_file}
                 package = f"hf:{row.hub_repo}" + (f"/{row.hub_file}" if row.hub_file else "")
@@ -459,7 +462,7 @@ class ModelCatalog:
                     source=row.source,
                     package=package,
                     installed=present,
-                    path=row.path,
+                    path=shown,
                     size_bytes=row.size_bytes,
                     sha256=row.sha256 or None,
                     license=row.license
@@ -522,14 +525,28 @@ class ModelCatalog:
         )
 
     def add_remote(
-        self, name: str, base_url: str, served_model: str, api_key_env: str | None = None, content_type: str = "text"
+        self,
+        name: str,
+        base_url: str,
+        served_model: str,
+        api_key_env: str | None = None,
+        content_type: str = "text",
+        allow_insecure: bool = False,
     ) -> AddedModel:
         """Register a model served by an OpenAI-compatible server at `base_url` (e.g. http://host:8080/v1).
-        Nothing is contacted here: a remote that is down is model_unavailable on the request that needs it."""
+        Nothing is contacted here: a remote that is down is model_unavailable on the request that needs it.
+        A key (or a password in the URL) over plain http to another machine needs `allow_insecure`."""
         if content_type != "text":
             raise InvalidRequest("remote models make text only (OpenAI chat completions)", field="type")
         if not base_url.startswith(("http://", "https://")):
-            raise InvalidRequest(f"--base-url must be an http(s) URL, not {base_url!r}", field="base_url")
+            raise InvalidRequest(f"--base-url must be an http(s) URL, not {redact_url(base_url)!r}", field="base_url")
+        if not allow_insecure:
+            from genforge.engines.remote import refuse_cleartext  # here: the server need not import httpx
+
+            try:
+                refuse_cleartext(name, base_url, sends_key=bool(api_key_env))
+            except ModelUnavailable as exc:  # refused now, before anything is stored
+                raise InvalidRequest(exc.message, field="base_url", hint=exc.hint) from None
         if name in PACKAGED:
             raise InvalidRequest(f"{name!r} is the name of a packaged model; choose another name", field="name")
         base_url = base_url.rstrip("/")
@@ -547,10 +564,12 @@ class ModelCatalog:
                     mtime_ns=0,
                     served_model=served_model,
                     api_key_env=api_key_env,
+                    allow_insecure=allow_insecure,
                     added_at=_now(),
                 )
             )
-        return AddedModel(name=name, path=base_url, sha256="", size_bytes=0, type=content_type, engine="remote")
+        shown = redact_url(base_url)
+        return AddedModel(name=name, path=shown, sha256="", size_bytes=0, type=content_type, engine="remote")
 
     def remove(self, name: str) -> None:
         with self.db.session() as s:

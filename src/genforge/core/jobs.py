@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, Literal, Protocol
 
 from genforge.errors import GenforgeError, QueueFull, ShuttingDown
@@ -65,8 +66,11 @@ class EventStream:
         with self._lock:
             return len(self._listeners)
 
-    def listen_async(self) -> asyncio.Queue[Event]:
-        """An asyncio queue fed with this stream's events (history first), for SSE responses."""
+    @contextmanager
+    def events_async(self) -> Iterator[asyncio.Queue[Event]]:
+        """An asyncio queue fed with this stream's events (history first) while the block runs, for SSE responses.
+        The listener goes when the block ends, however it ends: a client that disconnects (the response's task
+        is cancelled) leaves nothing behind on the stream."""
         loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
         q: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -74,10 +78,38 @@ class EventStream:
             if threading.get_ident() == loop_thread:
                 q.put_nowait(event)
             else:
-                loop.call_soon_threadsafe(q.put_nowait, event)
+                with suppress(RuntimeError):  # the loop has closed (shutdown): nobody reads the queue any more
+                    loop.call_soon_threadsafe(q.put_nowait, event)
 
         self.listen(put)
-        return q
+        try:
+            yield q
+        finally:
+            self.unlisten(put)
+
+    async def outcome(self) -> Any:
+        """Wait for the end on the event loop, holding no thread (a sync HTTP request waits with this, not with a
+        pool thread blocked on `done`): the final result, or the error raised."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        def on_event(event: Event) -> None:
+            if event["type"] == "final":
+                with suppress(RuntimeError):  # the loop has closed (shutdown): nobody waits any more
+                    loop.call_soon_threadsafe(settle)
+
+        self.listen(on_event)  # with the history: a job that already ended settles at once
+        try:
+            await ended
+        finally:
+            self.unlisten(on_event)
+        if self.error is not None:
+            raise self.error
+        return self.result
 
     def finish(self, result: Any, error: GenforgeError | None) -> None:
         self.result, self.error = result, error

@@ -64,6 +64,7 @@ from genforge.errors import (
     PolicyViolation,
 )
 from genforge.media.files import sha256_file
+from genforge.redact import redact_url
 from genforge.stores.artifacts import ArtifactStore, StoredArtifact
 from genforge.stores.credentials import Credentials, describe
 
@@ -295,7 +296,8 @@ class ContentService:
             values: dict[str, Any] = {"started_at": now(), "model_engine": model.engine}
             values["model_sha256"] = model.sha256 or None  # none for remote models
             if model.engine == "remote":
-                values["extra_model"] = {"remote": True, "base_url": model.path, "served_model": model.served_model}
+                base_url = redact_url(model.path)  # the record never holds the URL's password
+                values["extra_model"] = {"remote": True, "base_url": base_url, "served_model": model.served_model}
             run = self.records.start(content_id, runs[0] if runs else None, values)
             if not runs:
                 runs.append(run)
@@ -368,6 +370,7 @@ class ContentService:
                 attempts.append({"seed": seed, "code": exc.code, "message": exc.message})
                 self._retry(partial(self.records.note_attempts, job.content_id, list(attempts)), SUCCESS_COMMIT_RETRY_S)
                 log.info("content=%s attempt %d broke the policy (%s)", job.content_id, len(attempts), exc.code)
+                log.debug("content=%s attempt %d: %s", job.content_id, len(attempts), exc.message)  # may quote text
                 if len(attempts) >= self.settings.policy_attempts or seed is None:
                     exc.message = f"{exc.message} (in each of {len(attempts)} attempt(s); the last is shown)"
                     raise
@@ -469,7 +472,10 @@ class ContentService:
     def _fail(self, content_id: str, err: GenforgeError, started: float, run: int | None = None) -> None:
         """Record the failure. While the database is unavailable this waits and tries again, so that no record
         stays `pending` or `running` with no job behind it; the job is not finished until it is recorded."""
+        # The message may quote the request or the output (a forbidden phrase, a remote's answer): user data, in
+        # the record and at DEBUG, not in the default log.
         log.warning("content=%s failed code=%s", content_id, err.code)
+        log.debug("content=%s failed: %s", content_id, err.message)
         status: Status = "cancelled" if err.code == "cancelled" else "failed"
 
         def commit() -> None:

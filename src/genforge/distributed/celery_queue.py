@@ -44,6 +44,7 @@ from genforge.core.service import Accepted, ContentService
 from genforge.engines.base import TextPolicy
 from genforge.engines.pool import WireError
 from genforge.errors import GenforgeError, Interrupted, QueueFull, ShuttingDown, error_class
+from genforge.redact import redact_text, redact_url
 from genforge.stores.db import ContentRow
 
 log = logging.getLogger("genforge.distributed.celery_queue")
@@ -51,6 +52,10 @@ log = logging.getLogger("genforge.distributed.celery_queue")
 TASK = "genforge.run"
 MAX_ATTEMPTS = 2  # a job whose worker was lost runs once more, then ends `interrupted`
 KEY_TTL_S = 3600  # cancel flags expire; nothing else is kept in Redis
+# How long readiness reuses its answer about the broker and the workers: a /readyz probe costs at most one broker
+# ping and one remote-control broadcast (up to WORKERS_TIMEOUT_S) in this time, however often it is asked.
+CHECK_TTL_S = 1.5
+WORKERS_TIMEOUT_S = 2.0
 
 
 def queue_of(content_type: str) -> str:
@@ -121,7 +126,9 @@ def redis_client(settings: Settings):
 
 
 def _broker_down(exc: Exception) -> GenforgeError:
-    return errors.BrokerUnavailable(f"the broker cannot be reached: {exc}", details={"retry_after": 2})
+    return errors.BrokerUnavailable(
+        f"the broker cannot be reached: {redact_text(str(exc))}", details={"retry_after": 2}
+    )
 
 
 def error_of(record: ContentRecord) -> GenforgeError:
@@ -155,6 +162,8 @@ class CeleryJobRunner:
         self._jobs: dict[str, FollowedJob] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._checked: tuple[float, tuple[bool, str]] | None = None  # (when, check()'s answer)
+        self._checking = threading.Lock()
         self._pubsub = self._subscribe()  # before the first submit, so no event of ours is missed
         threading.Thread(target=self._relay, name="genforge-celery-events", daemon=True).start()
         threading.Thread(target=self._watch, name="genforge-celery-watch", daemon=True).start()
@@ -203,7 +212,7 @@ class CeleryJobRunner:
             pubsub.psubscribe(events_channel("*"))
             return pubsub
         except Exception as exc:  # the broker is down: readiness says so, the relay keeps trying
-            log.warning("cannot subscribe to the workers' events: %s", exc)
+            log.warning("cannot subscribe to the workers' events: %s", redact_text(str(exc)))
             return None
 
     def _relay(self) -> None:
@@ -233,7 +242,7 @@ class CeleryJobRunner:
             except Exception as exc:  # Redis went away: the watch loop finishes jobs from the database meanwhile
                 if self._closed:
                     return
-                log.warning("event relay lost the broker (%s); reconnecting", exc)
+                log.warning("event relay lost the broker (%s); reconnecting", redact_text(str(exc)))
                 self._pubsub = None
                 time.sleep(1)
 
@@ -335,12 +344,21 @@ class CeleryJobRunner:
 
     # --- readiness and shutdown
     def check(self) -> tuple[bool, str]:
-        """Whether the broker answers, and which workers serve which queues."""
+        """Whether the broker answers, and which workers serve which queues: asked at most once per CHECK_TTL_S
+        (callers meanwhile share the last answer, or wait for the one being asked)."""
+        with self._checking:
+            if self._checked is not None and time.monotonic() - self._checked[0] < CHECK_TTL_S:
+                return self._checked[1]
+            answer = self._check()
+            self._checked = (time.monotonic(), answer)
+            return answer
+
+    def _check(self) -> tuple[bool, str]:
         try:
             self.redis.ping()
-        except Exception as exc:
-            return False, f"broker {self.settings.broker_url} unreachable: {exc}"
-        workers = workers_serving(self.app)
+        except Exception as exc:  # the broker's URL and the error, without its password
+            return False, f"broker {redact_url(self.settings.broker_url)} unreachable: {redact_text(str(exc))}"
+        workers = workers_serving(self.app, timeout=WORKERS_TIMEOUT_S)
         if not workers:
             return False, "the broker answers, but no `genforge worker` does"
         return True, "; ".join(f"{name}: {', '.join(types)}" for name, types in sorted(workers.items()))
@@ -463,7 +481,7 @@ class WorkerSide:
                     self.redis.set(lease_key(content_id), f"{self.node}:{run}", ex=int(self.settings.worker_lease_s))
                     renewed = time.monotonic()
             except Exception as exc:  # Redis away for a moment: the lease has time to spare
-                log.warning("content=%s: broker unreachable while running (%s)", content_id, exc)
+                log.warning("content=%s: broker unreachable while running (%s)", content_id, redact_text(str(exc)))
 
     def reap_forever(self, every_s: float = 2.0) -> None:
         while not self.stopping.wait(every_s):

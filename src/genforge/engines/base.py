@@ -46,6 +46,9 @@ class ResolvedModel:
     # A remote model (engine "remote"): `path` is the server's base URL, `sha256` empty (no file here).
     served_model: str | None = None  # the model id the remote serves
     api_key_env: str | None = None  # the environment variable holding its API key, if it needs one
+    # Registered with --allow-insecure: its key (or the URL's password) may go over plain http to a host that is
+    # not this machine. Without it the engine refuses to send them there.
+    allow_insecure: bool = False
 
 
 @dataclass(frozen=True)

@@ -364,8 +364,8 @@ class EngineWorker:
                 box.put(message)
                 continue
             event = message.event
-            if event.get("type") == "token":
-                engine_log.info("content=%s %r", job_id, event["text"])
+            if event.get("type") == "token":  # user data: at DEBUG only (GENFORGE_ENGINE_LOG_LEVEL=DEBUG opts in)
+                engine_log.debug("content=%s %r", job_id, event["text"])
             if emit is not None:
                 try:
                     emit(event)

@@ -8,15 +8,22 @@ id, the remote's `system_fingerprint` and its usage, and no file sha256.
 
 Remote failures map to the one error table: connection refused or DNS failure -> model_unavailable, a remote
 5xx or a broken stream -> engine_failed, a timeout -> generation_timeout, an empty answer -> invalid_output.
+
+What a remote sends is bounded: the whole answer (GENFORGE_REMOTE_MAX_RESPONSE_BYTES) and each line of its stream
+(GENFORGE_REMOTE_MAX_LINE_BYTES); more is engine_failed. Its API key (or a password in its URL) goes over https,
+or over plain http only to this machine, unless the model was registered with --allow-insecure. The base URL is
+shown everywhere without its password (genforge/redact.py).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -31,8 +38,41 @@ from genforge.engines.base import (
 )
 from genforge.engines.params import TextSettings
 from genforge.errors import Cancelled, EngineFailed, GenerationTimeout, ModelUnavailable
+from genforge.redact import redact_text, redact_url
 
 CONNECT_TIMEOUT_S = 10.0
+ERROR_BODY_BYTES = 64 * 1024  # of an error answer, only its start is quoted
+
+
+def cleartext_host(base_url: str) -> str | None:
+    """The host a plain-http URL leads to when that host is not this machine (loopback); else None. What goes
+    there (an API key, the URL's password) crosses the network readable by anyone on the way."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http":
+        return None
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a name: it may resolve anywhere
+        pass
+    return host
+
+
+def refuse_cleartext(name: str, base_url: str, sends_key: bool) -> None:
+    """ModelUnavailable when a key or a password would go over plain http to another machine."""
+    host = cleartext_host(base_url)
+    secret = "its API key" if sends_key else "the password in its URL" if urlsplit(base_url).password else None
+    if host is None or secret is None:
+        return
+    raise ModelUnavailable(
+        f"model {name!r} would send {secret} over plain http to {host}, readable on the network",
+        field="base_url",
+        hint=f"Serve the remote over https and register it with an https:// --base-url, or, on a network you trust, "
+        f"register it again with --allow-insecure (`genforge models add-remote {name} ... --allow-insecure`).",
+    )
 
 
 class RemoteEngine(OneAtATimeEngine):
@@ -40,8 +80,10 @@ class RemoteEngine(OneAtATimeEngine):
     content_types = ("text",)
     uses_cores = False  # the remote computes; this process only relays its stream
 
-    def __init__(self, read_timeout_s: float):
+    def __init__(self, read_timeout_s: float, max_response_bytes: int, max_line_bytes: int):
         self.timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=read_timeout_s)
+        self.max_response_bytes = max_response_bytes
+        self.max_line_bytes = max_line_bytes
 
     def load(self, model: ResolvedModel) -> float:
         return 0.0  # nothing to load here; the first request finds out whether the remote answers
@@ -84,35 +126,40 @@ class RemoteEngine(OneAtATimeEngine):
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
         model = job.model
         base = model.path.rstrip("/")
+        shown = redact_url(base)  # what messages and the record say: never the URL's password
         path, body = self._body(job, model)
         url = base + path
+        headers = self._headers(model)
+        if not model.allow_insecure:
+            refuse_cleartext(model.name, base, sends_key=bool(headers))
         start = time.perf_counter()
         state = _Stream()
         try:
             with httpx.Client(timeout=self.timeout) as client:
-                with client.stream("POST", url, json=body, headers=self._headers(model)) as resp:
+                with client.stream("POST", url, json=body, headers=headers) as resp:
                     if resp.status_code >= 400:
                         raise _http_error(model, resp)
                     server = resp.headers.get("server")
-                    for line in resp.iter_lines():
+                    for line in self._lines(resp, model):
                         if cancelled():  # leaving the `with` closes the upstream request
                             raise Cancelled("cancelled during generation")
                         if state.feed(line, emit, start):
                             break
         except httpx.ConnectError as exc:
             raise ModelUnavailable(
-                f"the remote server of model {model.name!r} at {base} cannot be reached: {exc}",
-                hint=f"Start the server at {base}, or register the model again with the right --base-url "
+                f"the remote server of model {model.name!r} at {shown} cannot be reached: {redact_text(str(exc))}",
+                hint=f"Start the server at {shown}, or register the model again with the right --base-url "
                 f"(`genforge models add-remote {model.name} --base-url URL --model ID`).",
             ) from None
         except httpx.TimeoutException as exc:
             raise GenerationTimeout(
-                f"the remote server of model {model.name!r} at {base} did not answer in time ({type(exc).__name__})",
+                f"the remote server of model {model.name!r} at {shown} did not answer in time ({type(exc).__name__})",
                 hint="The remote is overloaded or stuck; try again, or raise GENFORGE_REMOTE_TIMEOUT_S.",
             ) from None
         except httpx.HTTPError as exc:  # the connection broke mid-stream, or the remote spoke no HTTP
             raise EngineFailed(
-                f"the stream from the remote server of model {model.name!r} broke: {type(exc).__name__}: {exc}",
+                f"the stream from the remote server of model {model.name!r} broke: {type(exc).__name__}: "
+                f"{redact_text(str(exc))}",
                 hint="The remote server failed during generation; check it and try again.",
             ) from None
         if state.finish is None:
@@ -138,11 +185,42 @@ class RemoteEngine(OneAtATimeEngine):
             usage={"prompt_tokens": state.usage.get("prompt_tokens"), "completion_tokens": completion},
             provenance={
                 "remote": True,
-                "base_url": base,
+                "base_url": shown,
                 "served_model": model.served_model,
                 "system_fingerprint": state.fingerprint,
             },
         )
+
+    def _lines(self, resp: httpx.Response, model: ResolvedModel) -> Iterator[str]:
+        """The stream's lines (split at LF, a CR before it dropped), with the answer's bytes and each line's
+        length bounded: httpx's own iter_lines would hold a line of any length in memory."""
+        received, pending = 0, bytearray()
+        for data in resp.iter_bytes():  # decompressed: the bound holds for what a gzip bomb unpacks to
+            received += len(data)
+            if received > self.max_response_bytes:
+                raise EngineFailed(
+                    f"the remote server of model {model.name!r} sent more than {self.max_response_bytes} bytes",
+                    hint="A text answer is far smaller: the remote misbehaves. If it is right, raise "
+                    "GENFORGE_REMOTE_MAX_RESPONSE_BYTES.",
+                )
+            pending += data
+            start = 0
+            while (end := pending.find(b"\n", start)) >= 0:
+                self._check_line(end - start, model)
+                yield pending[start:end].rstrip(b"\r").decode("utf-8", "replace")
+                start = end + 1
+            del pending[:start]
+            self._check_line(len(pending), model)  # a line still growing
+        if pending:
+            yield pending.rstrip(b"\r").decode("utf-8", "replace")
+
+    def _check_line(self, length: int, model: ResolvedModel) -> None:
+        if length > self.max_line_bytes:
+            raise EngineFailed(
+                f"the remote server of model {model.name!r} sent a line longer than {self.max_line_bytes} bytes",
+                hint="One chunk of a text stream is far shorter: the remote misbehaves. If it is right, raise "
+                "GENFORGE_REMOTE_MAX_LINE_BYTES.",
+            )
 
 
 class _Stream:
@@ -189,9 +267,13 @@ class _Stream:
 
 
 def _http_error(model: ResolvedModel, resp: httpx.Response):
-    resp.read()
-    detail = resp.text[:300]
-    where = f"the remote server of model {model.name!r} ({model.path})"
+    head = bytearray()
+    for data in resp.iter_bytes():  # only the start of the error answer, however long it is
+        head += data
+        if len(head) >= ERROR_BODY_BYTES:
+            break
+    detail = redact_text(bytes(head[:ERROR_BODY_BYTES]).decode(resp.encoding or "utf-8", "replace")[:300])
+    where = f"the remote server of model {model.name!r} ({redact_url(model.path)})"
     if resp.status_code >= 500:
         return EngineFailed(
             f"{where} failed with HTTP {resp.status_code}: {detail}",
@@ -214,4 +296,4 @@ def _http_error(model: ResolvedModel, resp: httpx.Response):
 
 
 def create(settings) -> RemoteEngine:
-    return RemoteEngine(settings.remote_timeout_s)
+    return RemoteEngine(settings.remote_timeout_s, settings.remote_max_response_bytes, settings.remote_max_line_bytes)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.request import GenerateRequest
 from genforge.core.caller import Caller
+from genforge.core.jobs import Job
 from genforge.core.service import ContentService
 from genforge.engines.params import SEED_LIMIT
 from genforge.errors import GenforgeError, InvalidRequest, NotFound
@@ -42,7 +43,21 @@ def seeds_for(n: int, given: int | None) -> list[int]:
 
 
 def generate(svc: ContentService, req: GenerateRequest, caller: Caller) -> Batch:
-    """Make the variants as `caller` (each submitted through the core, so each is authorized on its final plan)."""
+    """Submit the variants as `caller`, wait for each, and answer the batch (or the first failure, with the batch
+    id). Each variant goes through the core's one path, so each is authorized on its final plan."""
+    batch_id, jobs = submit(svc, req, caller)
+    first_error = None
+    for job in jobs:
+        try:
+            svc.wait(job)
+        except GenforgeError as exc:
+            first_error = first_error or exc
+    return finish(svc, batch_id, first_error, caller)
+
+
+def submit(svc: ContentService, req: GenerateRequest, caller: Caller) -> tuple[str, list[Job]]:
+    """Queue every variant (all before any is awaited) and record the batch, owned by `caller`: (its id, the
+    variants' jobs)."""
     if req.content_type not in SEEDED:
         raise InvalidRequest(
             f"variants: {req.content_type} cannot vary by seed; variants are for {' and '.join(SEEDED)}",
@@ -73,12 +88,11 @@ def generate(svc: ContentService, req: GenerateRequest, caller: Caller) -> Batch
                 owner=caller.id,
             )
         )
-    first_error = None
-    for job in jobs:
-        try:
-            svc.wait(job)
-        except GenforgeError as exc:
-            first_error = first_error or exc
+    return batch_id, jobs
+
+
+def finish(svc: ContentService, batch_id: str, first_error: GenforgeError | None, caller: Caller) -> Batch:
+    """The batch once every variant ended: its records, or the first failure raised with the batch id in it."""
     if first_error is not None:
         first_error.details = {**first_error.details, "batch_id": batch_id}
         raise first_error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -100,6 +100,8 @@ class ModelRow(Base):
     # environment variable that holds the API key.
     served_model: Mapped[str | None] = mapped_column(String(200))
     api_key_env: Mapped[str | None] = mapped_column(String(100))
+    # Registered with --allow-insecure: its key may go over plain http to another machine (engines/remote.py).
+    allow_insecure: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     added_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # Pulled from a model hub: where from (the commit the revision resolved to) and the declared licence.
     hub_repo: Mapped[str | None] = mapped_column(String(200))
