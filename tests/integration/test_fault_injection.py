@@ -39,7 +39,6 @@ from genforge.engines.base import Done, Failed, GenerationJob
 from genforge.engines.llama import LlamaEngine
 from genforge.errors import DatabaseUnavailable
 from genforge.stores import artifacts as storage
-from genforge.stores.db import ContentRow
 
 
 def artifacts(client) -> list:
@@ -153,22 +152,24 @@ def test_directory_sync_failing_after_the_rename_leaves_no_file(scripted_app, mo
 
 @pytest.fixture
 def commit_of_success_fails():
-    """Make the database refuse the final commit of any record turning `succeeded` (disk full)."""
+    """Make the database refuse the final commit of any record turning `succeeded` (disk full): every statement
+    that writes `succeeded` into the content table fails, whichever way the record store writes it."""
     attached = []
 
     def attach(client):
-        sessions = runtime_of(client).db.sessions
+        engine = runtime_of(client).db.engine
 
-        def refuse(session, _ctx, _instances):
-            if any(isinstance(o, ContentRow) and o.status == "succeeded" for o in session.dirty | session.new):
-                raise OperationalError("COMMIT", {}, Exception("database or disk is full"))
+        def refuse(_conn, _cursor, statement, parameters, _context, _executemany):
+            values = parameters.values() if isinstance(parameters, dict) else parameters or ()
+            if statement.lstrip().upper().startswith("UPDATE CONTENT") and "succeeded" in list(values):
+                raise OperationalError(statement, parameters, Exception("database or disk is full"))
 
-        event.listen(sessions, "before_flush", refuse)
-        attached.append((sessions, refuse))
+        event.listen(engine, "before_cursor_execute", refuse)
+        attached.append((engine, refuse))
 
     yield attach
-    for sessions, refuse in attached:
-        event.remove(sessions, "before_flush", refuse)
+    for engine, refuse in attached:
+        event.remove(engine, "before_cursor_execute", refuse)
 
 
 def test_db_commit_failing_leaves_no_orphan_file(scripted_app, commit_of_success_fails):
