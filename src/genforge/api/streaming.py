@@ -59,7 +59,7 @@ async def follow(
                     ended = True
                     break
                 yield event
-        record = job.result or await run_in_threadpool(svc.get, job.content_id, caller)
+        record = job.result if job.result is not None else await run_in_threadpool(svc.get, job.content_id, caller)
         yield Final(record, job.error)
     finally:
         if cancel_on_disconnect and not ended and not job.done.is_set():

@@ -15,8 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from genforge.contenttypes import ContentRecord
 from genforge.errors import GenforgeError, QueueFull, ShuttingDown
 
 log = logging.getLogger("genforge.core.jobs")
@@ -26,7 +27,10 @@ Event = dict[str, Any]  # {"type": "token" | "progress" | "retry" | "part" | "fi
 Listener = Callable[[Event], None]
 
 
-class EventStream:
+R = TypeVar("R")  # what a stream ends with: a record (a job), a post
+
+
+class EventStream(Generic[R]):
     """Events of one piece of work, fanned out to listeners (the sync caller, SSE clients, a post's stream):
     `publish` from the working thread, `listen` (with the history replayed) from anywhere, and `finish` once,
     which publishes the closing {"type": "final"} and sets `done`. Jobs are event streams; a post is one too."""
@@ -34,7 +38,7 @@ class EventStream:
     def __init__(self, key: str):
         self.key = key
         self.done = threading.Event()
-        self.result: Any = None  # the final record (genforge.contenttypes.ContentRecord) once succeeded
+        self.result: R | None = None  # what it ended with, once it succeeded
         self.error: GenforgeError | None = None
         self.history: list[Event] = []
         self._listeners: list[Listener] = []
@@ -87,7 +91,7 @@ class EventStream:
         finally:
             self.unlisten(put)
 
-    async def outcome(self) -> Any:
+    async def outcome(self) -> R:
         """Wait for the end on the event loop, holding no thread (a sync HTTP request waits with this, not with a
         pool thread blocked on `done`): the final result, or the error raised."""
         loop = asyncio.get_running_loop()
@@ -107,27 +111,33 @@ class EventStream:
             await ended
         finally:
             self.unlisten(on_event)
+        return self.ended()
+
+    def ended(self) -> R:
+        """What the finished stream ended with: its result, or its error raised."""
         if self.error is not None:
             raise self.error
+        if self.result is None:
+            raise GenforgeError(f"internal error: {self.key} ended with neither a result nor an error")
         return self.result
 
-    def finish(self, result: Any, error: GenforgeError | None) -> None:
+    def finish(self, result: R | None, error: GenforgeError | None) -> None:
         self.result, self.error = result, error
         self.publish({"type": "final"})
         self.done.set()
 
 
-class Job(EventStream):
+class Job(EventStream[ContentRecord]):
     """A content record's work: its event stream, its cancel flag, and (in the embedded runner) what runs it."""
 
-    def __init__(self, content_id: str, run: Callable[[Job], Any] | None = None):
+    def __init__(self, content_id: str, run: Callable[[Job], ContentRecord] | None = None):
         super().__init__(content_id)
         self.content_id = content_id
         self.run = run  # returns the final record; None where another process runs it (distributed mode)
         self.cancel = threading.Event()
         self.state: JobState = "queued"
 
-    def finish(self, result: Any, error: GenforgeError | None) -> None:
+    def finish(self, result: ContentRecord | None, error: GenforgeError | None) -> None:
         self.state = "finished"
         super().finish(result, error)
 
@@ -153,7 +163,7 @@ class JobQueue(Protocol):
     def submit(
         self,
         content_id: str,
-        run: Callable[[Job], Any],
+        run: Callable[[Job], ContentRecord],
         on_accept: Callable[[], None] | None = None,
         content_type: str | None = None,
     ) -> Job: ...
@@ -190,7 +200,7 @@ class JobRunner:
     def submit(
         self,
         content_id: str,
-        run: Callable[[Job], Any],
+        run: Callable[[Job], ContentRecord],
         on_accept: Callable[[], None] | None = None,
         content_type: str | None = None,
     ) -> Job:

@@ -245,10 +245,7 @@ class ContentService:
         while not job.done.wait(0.1):
             if cancel is not None and cancel.is_set() and not job.cancel.is_set():
                 self._cancel(job.content_id)
-        if job.error is not None:
-            raise job.error
-        result: ContentRecord = job.result
-        return result
+        return job.ended()
 
     def cancel(self, content_id: str, caller: Caller, wait: bool = True) -> ContentRecord | None:
         """Stop queued or running work; the record ends `cancelled`, without an artifact."""

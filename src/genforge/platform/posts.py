@@ -138,7 +138,7 @@ class PostService:
         self.service = service
         self.personas = personas
         self.db = service.db
-        self._events: dict[str, EventStream] = {}  # live posts' event streams
+        self._events: dict[str, EventStream[Post]] = {}  # live posts' event streams
         self._lock = threading.Lock()
 
     @staticmethod
@@ -171,7 +171,7 @@ class PostService:
             video = req.params.get("video", {})
             caller.check_model(video["model"] if "model" in video else self.service.catalog.default_for("video"))
 
-    def start(self, req: PostRequest, caller: Caller) -> tuple[str, EventStream]:
+    def start(self, req: PostRequest, caller: Caller) -> tuple[str, EventStream[Post]]:
         """Write the post (running), pinned to the persona's version now; its parts are made by `run`."""
         persona = self.personas.resolve(req.persona, caller)
         self._preflight(req, f"{persona.name}@{persona.version}", caller)
@@ -191,13 +191,13 @@ class PostService:
                     owner=caller.id,
                 )
             )
-        events = EventStream(post_id)
+        events: EventStream[Post] = EventStream(post_id)
         with self._lock:
             self._events[post_id] = events
         log.info("post=%s started persona=%s@%d parts=%s", post_id, persona.name, persona.version, req.parts)
         return post_id, events
 
-    def run(self, post_id: str, req: PostRequest, events: EventStream, caller: Caller) -> Post:
+    def run(self, post_id: str, req: PostRequest, events: EventStream[Post], caller: Caller) -> Post:
         """Make the parts; returns the post (succeeded or failed). Never raises for a part's failure."""
         with self.db.session() as s:
             row = self._row(s, post_id)
@@ -362,7 +362,7 @@ class PostService:
                 deleted.add(part)
         return parts, deleted
 
-    def events(self, post_id: str) -> EventStream | None:
+    def events(self, post_id: str) -> EventStream[Post] | None:
         return self._events.get(post_id)
 
     def error_of(self, post: Post) -> GenforgeError:
