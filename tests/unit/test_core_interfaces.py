@@ -121,11 +121,12 @@ def test_a_stale_workers_late_success_after_its_job_was_requeued_is_refused(reco
 
 def test_cancel_and_start_race_to_one_winner(records):
     cid = pending(records)
-    assert records.cancel_pending(cid)
+    assert records.cancel_pending(cid, errors.Cancelled("cancelled while waiting in the queue"))
     with pytest.raises(NotFound):
         records.start(cid, None, {})
-    assert not records.cancel_pending(cid)
-    assert records.get(cid).status == "cancelled"
+    assert not records.cancel_pending(cid, errors.Cancelled("again"))
+    rec = records.get(cid)
+    assert rec.status == "cancelled" and rec.error is not None and rec.error.code == "cancelled"
 
 
 def test_moves_outside_the_table_are_refused_and_extra_keys_are_declared(records):

@@ -229,7 +229,7 @@ class ContentRecordStore(Protocol):
     def finish(
         self, content_id: str, status: Status, err: GenforgeError, run: int | None = None, **values: Any
     ) -> bool: ...
-    def cancel_pending(self, content_id: str) -> bool: ...
+    def cancel_pending(self, content_id: str, err: GenforgeError) -> bool: ...
     def requeue(self, content_id: str, run: int) -> bool: ...
     def get(self, content_id: str, position: int | None = None) -> ContentRecord: ...
     def status_of(self, content_id: str) -> tuple[Status, str | None] | None: ...
@@ -401,8 +401,17 @@ class SqlContentRecords:
             **values,
         )
 
-    def cancel_pending(self, content_id: str) -> bool:
-        return self._move(content_id, "cancelled", ("pending",), finished_at=now())
+    def cancel_pending(self, content_id: str, err: GenforgeError) -> bool:
+        """pending -> cancelled, with its error, only if it has not been taken to run (a worker's take races it)."""
+        return self._move(
+            content_id,
+            "cancelled",
+            ("pending",),
+            error_code=err.code,
+            error_message=err.message,
+            error_hint=err.hint,
+            finished_at=now(),
+        )
 
     def requeue(self, content_id: str, run: int) -> bool:
         """A lost worker's run goes back to pending (its next take is run+1, so its late success is refused)."""

@@ -43,7 +43,7 @@ from genforge.core.records import SqlContentRecords
 from genforge.core.service import Accepted, ContentService
 from genforge.engines.base import TextPolicy
 from genforge.engines.pool import WireError
-from genforge.errors import GenforgeError, Interrupted, QueueFull, ShuttingDown, error_class
+from genforge.errors import Cancelled, GenforgeError, Interrupted, QueueFull, ShuttingDown, error_class
 from genforge.redact import redact_text, redact_url
 from genforge.stores.db import ContentRow
 
@@ -324,7 +324,7 @@ class CeleryJobRunner:
     def cancel(self, content_id: str) -> Job | None:
         """A pending record is cancelled here (its task will not run); a running one is told to stop (its worker
         reads the flag between tokens or steps). None when the record is already finished."""
-        took = self.records.cancel_pending(content_id)
+        took = self.records.cancel_pending(content_id, Cancelled("cancelled while waiting in the queue"))
         found = None if took else self.records.status_of(content_id)
         status = found[0] if found else None
         if not took and status != "running":
