@@ -449,13 +449,12 @@ class WorkerSide:
                 log.info("content=%s is not pending (cancelled, or run already): task dropped", content_id)
                 return
             row, run = taken
-            self.redis.set(lease, f"{self.node}:{run}", ex=int(self.settings.worker_lease_s))
             waited = (_now() - row.created_at).total_seconds()
             accepted = accepted_of(row, run, time.perf_counter() - waited)
             job = Job(content_id)
             job.listen(lambda event: self.redis.publish(events_channel(content_id), json.dumps(event)))
             stop = threading.Event()
-            watcher = threading.Thread(target=self._keep, args=(content_id, run, job, stop), daemon=True)
+            watcher = threading.Thread(target=self._keep, args=(content_id, job, stop), daemon=True)
             watcher.start()
             wire = None
             try:
@@ -469,7 +468,7 @@ class WorkerSide:
         finally:
             self.redis.delete(lease)
 
-    def _keep(self, content_id: str, run: int, job: Job, stop: threading.Event) -> None:
+    def _keep(self, content_id: str, job: Job, stop: threading.Event) -> None:
         """While the job runs: renew its lease, and pass a cancel from any API process to it."""
         renew_every = self.settings.worker_lease_s / 3
         renewed = time.monotonic()
@@ -478,7 +477,7 @@ class WorkerSide:
                 if self.redis.exists(cancel_key(content_id)):
                     job.cancel.set()
                 if time.monotonic() - renewed > renew_every:
-                    self.redis.set(lease_key(content_id), f"{self.node}:{run}", ex=int(self.settings.worker_lease_s))
+                    self.redis.set(lease_key(content_id), self.node, ex=int(self.settings.worker_lease_s))
                     renewed = time.monotonic()
             except Exception as exc:  # Redis away for a moment: the lease has time to spare
                 log.warning("content=%s: broker unreachable while running (%s)", content_id, redact_text(str(exc)))
