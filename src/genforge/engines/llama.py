@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -269,7 +270,9 @@ class LlamaEngine(BatchingEngine):
         if self._lltokenizer is None:  # ~0.4 s for a 49k vocabulary, once per loaded model
             from llguidance.llamacpp import lltokenizer_from_vocab
 
-            self._lltokenizer = lltokenizer_from_vocab(self._loaded_llm.vocab, n_vocab=self._n_vocab)
+            with warnings.catch_warnings():  # llguidance's bridge asks each token's attributes by a deprecated name
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._lltokenizer = lltokenizer_from_vocab(self._loaded_llm.vocab, n_vocab=self._n_vocab)
         matcher = LLMatcher(self._lltokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise InvalidRequest(f"the grammar of the answer could not be compiled: {matcher.get_error()}")
