@@ -95,6 +95,17 @@ class InvalidOutput(GenforgeError):
     hint = "The model produced unusable output. Try again with another seed, prompt or model."
 
 
+class OffSchema(InvalidOutput):
+    """An answer that is cut, unparsable or off its JSON schema, or a tool call of an unknown function or with
+    arguments off its parameters. Its code stays invalid_output; the service retries it with the next seed, as it
+    does a policy violation."""
+
+    hint = (
+        "Every attempt gave an answer that does not match its schema; raise max_tokens, simplify the schema, or "
+        "raise GENFORGE_POLICY_ATTEMPTS."
+    )
+
+
 class PolicyViolation(InvalidOutput):
     code = "policy_violation"
     hint = (

@@ -2,7 +2,9 @@
 
 Every call is recorded in the history like a native one; its content id is in the
 X-Genforge-Content-Id header. A parameter genforge cannot honour is a 400 unless it has its
-neutral value (n=1, zero penalties, no tools, ...); unknown parameters are refused, not ignored.
+neutral value (n=1, zero penalties, ...); unknown parameters are refused, not ignored.
+`response_format` (json_object, json_schema) and `tools` become the native `params.response_format` and
+`params.tools`: the answer is validated against its schema before it is a success.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from genforge.api.streaming import SSE_DOC, Final, event_stream, follow, generat
 from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.base import pydantic_error
 from genforge.contenttypes.image import ImageRecord
-from genforge.contenttypes.records import present, record_as
+from genforge.contenttypes.records import ToolCallOut, present, record_as
 from genforge.contenttypes.request import GenerateRequest
 from genforge.contenttypes.text import MAX_TOKENS_LIMIT, TextRecord
 from genforge.core.caller import Caller
@@ -47,12 +49,8 @@ NEUTRAL: dict[str, tuple] = {
     "logit_bias": (None, {}),
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
-    "tools": (None, []),
     "functions": (None, []),
-    "tool_choice": (None, "none", "auto"),
     "function_call": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False),
-    "response_format": (None, {"type": "text"}),
     "echo": (None, False),
     "suffix": (None, ""),
     "store": (None, False),
@@ -93,8 +91,63 @@ class _OpenAIBody(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict] | None = None
+    tool_calls: list[ToolCallOut] | None = None
+    tool_call_id: str | None = Field(None, max_length=100)
+
+
+# Fields of an assistant message genforge returned (or the SDK adds to it) that are sent back as they were.
+ECHOED: dict[str, tuple[Any, ...]] = {
+    "refusal": (None,),
+    "annotations": (None, []),
+    "audio": (None,),
+    "function_call": (None,),
+}
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class OpenAIResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    def native(self) -> dict[str, Any] | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        if self.json_schema is None:
+            raise InvalidRequest("response_format json_schema needs its json_schema", field="response_format")
+        schema = self.json_schema.schema_ if self.json_schema.schema_ is not None else {"type": "object"}
+        return {"type": "json_schema", "json_schema": schema, "name": self.json_schema.name, "strict": True}
+
+
+class OpenAIFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class OpenAITool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: OpenAIFunction
+
+
+class NamedChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: dict[str, str]
 
 
 class ChatCompletionRequest(_OpenAIBody):
@@ -107,6 +160,10 @@ class ChatCompletionRequest(_OpenAIBody):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     stop: str | list[str] | None = None
     stream: bool = False
+    response_format: OpenAIResponseFormat | None = None
+    tools: list[OpenAITool] | None = Field(None, max_length=64)
+    tool_choice: Literal["none", "auto", "required"] | NamedChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_OpenAIBody):
@@ -118,6 +175,7 @@ class CompletionRequest(_OpenAIBody):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     stop: str | list[str] | None = None
     stream: bool = False
+    response_format: OpenAIResponseFormat | None = None
 
 
 class ImageRequest(_OpenAIBody):
@@ -230,7 +288,16 @@ def _text_params(body) -> dict:
         "top_p": body.top_p,
         "seed": body.seed,
         "stop": body.stop,
+        "response_format": body.response_format.native() if body.response_format else None,
     }
+    tools: list[OpenAITool] | None = getattr(body, "tools", None)
+    if tools:
+        params["tools"] = [t.function.model_dump(exclude_none=True, exclude={"strict"}) for t in tools]
+        choice = body.tool_choice
+        params["tool_choice"] = choice.function.get("name") if isinstance(choice, NamedChoice) else choice
+        params["parallel_tool_calls"] = body.parallel_tool_calls
+    elif getattr(body, "tool_choice", None) not in (None, "none", "auto"):
+        raise InvalidRequest("tool_choice needs tools", field="tool_choice")
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -249,12 +316,26 @@ def _message_text(message: ChatMessage) -> str:
     return "".join(parts)
 
 
+def _chat_message(m: ChatMessage) -> dict[str, Any]:
+    """The native chat turn of an OpenAI message. An assistant message genforge returned comes back as it was
+    (`message.model_dump()`): its calls are kept; its other fields must be empty."""
+    for name, value in (m.model_extra or {}).items():
+        if name not in ECHOED:
+            raise InvalidRequest(f"unsupported message field {name!r}", field="messages")
+        if value not in ECHOED[name]:
+            raise InvalidRequest(f"message field {name}={json.dumps(value)} is not supported", field="messages")
+    # OpenAI's `developer` messages are system instructions for the chat template.
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)}
+    if m.tool_calls:
+        out["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
 def _chat_request(body: ChatCompletionRequest) -> GenerateRequest:
     body.unsupported()
-    # OpenAI's `developer` messages are system instructions for the chat template.
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)} for m in body.messages
-    ]
+    messages = [_chat_message(m) for m in body.messages]
     users = [m["content"] for m in messages if m["role"] == "user"]
     if not users or not users[-1].strip():
         raise InvalidRequest("messages must contain a user message with text", field="messages")
@@ -279,6 +360,17 @@ def _usage(record: TextRecord) -> Usage | None:
     return Usage(**usage.model_dump(), total_tokens=usage.prompt_tokens + usage.completion_tokens)
 
 
+def _message(record: TextRecord) -> dict[str, Any]:
+    """The assistant's message: its text, or (finish_reason tool_calls) the calls it made."""
+    if record.tool_calls:
+        return {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in record.tool_calls]}
+    return {"role": "assistant", "content": record.text}
+
+
+def _finish_reason(record: TextRecord) -> str | None:
+    return "tool_calls" if record.tool_calls else record.finish_reason
+
+
 def _created(record: ContentRecord) -> int:
     return int(record.created_at.timestamp())
 
@@ -299,8 +391,8 @@ async def _openai_frames(
     yield _data(chunk(None, role=True))
     async for item in follow(svc, job, caller, cancel_on_disconnect=True):
         if not isinstance(item, Final):
-            if item["type"] == "token":
-                yield _data(chunk(item["text"]))
+            if item["type"] == "token" and (frame := chunk(item["text"])) is not None:
+                yield _data(frame)
             continue
         if item.error is not None:
             yield _data(openai_error_body(item.error))
@@ -340,16 +432,13 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, caller:
             created=_created(record),
             model=record.model.name,
             system_fingerprint=f"genforge-{record.model.engine_version}",
-            choices=[
-                ChatChoice(
-                    index=0,
-                    message={"role": "assistant", "content": record.text},
-                    finish_reason=record.finish_reason,
-                )
-            ],
+            choices=[ChatChoice(index=0, message=_message(record), finish_reason=_finish_reason(record))],
             usage=_usage(record),
         )
     job = await run_in_threadpool(svc.submit, req, caller)
+    # A constrained answer is sent once it is validated: a try that fails its schema is retried with the next seed,
+    # and its tokens, once streamed, could not be taken back.
+    hold = "response_format" in req.params or bool(req.params.get("tools"))
     base = {
         "id": f"chatcmpl-{job.content_id}",
         "object": "chat.completion.chunk",
@@ -358,20 +447,31 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, caller:
     }
     include_usage = bool(((body.model_extra or {}).get("stream_options") or {}).get("include_usage"))
 
-    def chunk(text: str | None, role: bool = False) -> dict:
+    def chunk(text: str | None, role: bool = False) -> dict | None:
+        if hold and not role:
+            return None
         delta = {"role": "assistant", "content": ""} if role else {"content": text}
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]}
 
     def final_chunks(any_record: ContentRecord) -> list[dict]:
         record = record_as(any_record, TextRecord)
+        held: list[dict] = []
+        if hold:
+            message = _message(record)
+            delta: dict[str, Any] = {"content": message["content"]}
+            if record.tool_calls:
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+            held = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]}]
         last = {
             **base,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": record.finish_reason, "logprobs": None}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(record), "logprobs": None}],
         }
         usage = _usage(record)
-        return (
-            [last, {**base, "choices": [], "usage": usage.model_dump() if usage else None}] if include_usage else [last]
-        )
+        return [
+            *held,
+            last,
+            *([{**base, "choices": [], "usage": usage.model_dump() if usage else None}] if include_usage else []),
+        ]
 
     return _stream_response(svc, job, caller, chunk, final_chunks)
 
@@ -406,12 +506,21 @@ async def completions(body: CompletionRequest, svc: ServiceDep, caller: CallerDe
         "model": req.model,
     }
 
-    def chunk(text: str | None, role: bool = False) -> dict:
+    hold = "response_format" in req.params  # sent once validated (see chat_completions)
+
+    def chunk(text: str | None, role: bool = False) -> dict | None:
+        if hold and not role:
+            return None
         return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": None, "logprobs": None}]}
 
-    def final_chunks(record: ContentRecord) -> list[dict]:
-        finish_reason = record_as(record, TextRecord).finish_reason
-        choice = {"index": 0, "text": "", "finish_reason": finish_reason, "logprobs": None}
+    def final_chunks(any_record: ContentRecord) -> list[dict]:
+        record = record_as(any_record, TextRecord)
+        choice = {
+            "index": 0,
+            "text": record.text if hold else "",
+            "finish_reason": record.finish_reason,
+            "logprobs": None,
+        }
         return [{**base, "choices": [choice]}]
 
     return _stream_response(svc, job, caller, chunk, final_chunks)

@@ -64,11 +64,12 @@ class PersonaUse(BaseModel):
 
 
 class Attempt(BaseModel):
-    """A generation that ran but broke the request's policy (a forbidden phrase, a character limit)."""
+    """A generation that ran but broke the request's policy (a forbidden phrase, a character limit) or its schema
+    (params.response_format, params.tools)."""
 
     seed: int | None
-    code: str = Field(description="policy_violation.")
-    message: str = Field(description="What broke the policy, naming the phrase or the limit.")
+    code: str = Field(description="policy_violation, or invalid_output for an answer off its schema.")
+    message: str = Field(description="What broke the policy or the schema, naming the phrase, limit or keyword.")
 
 
 class RecordBase(BaseModel):
@@ -99,7 +100,8 @@ class RecordBase(BaseModel):
     persona: PersonaUse | None = Field(None, description="The persona (name, version) the record was made with.")
     attempts: list[Attempt] = Field(
         default_factory=list,
-        description="Runs that broke the policy, each retried with the next seed (GENFORGE_POLICY_ATTEMPTS).",
+        description="Runs that broke the policy or the schema, each retried with the next seed "
+        "(GENFORGE_POLICY_ATTEMPTS).",
     )
 
 
@@ -139,8 +141,30 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-class ChatMessage(BaseModel):
+class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=100_000)
+    name: str = Field(max_length=64)
+    arguments: str = Field(max_length=100_000, description="The arguments object as JSON text (OpenAI's shape).")
+
+
+class ToolCallOut(BaseModel):
+    """A call of a declared function in an assistant's answer, in OpenAI's shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(max_length=100)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    """A chat turn. An assistant's turn may hold the calls it made (`tool_calls`); a `tool` turn answers one
+    (`tool_call_id`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field("", max_length=100_000)
+    tool_calls: list[ToolCallOut] | None = Field(None, max_length=64)
+    tool_call_id: str | None = Field(None, max_length=100)

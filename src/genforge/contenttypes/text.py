@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
-from genforge.contenttypes.records import ChatMessage, RecordBase, Usage
-from genforge.engines.base import TextFacts, TextPolicy
-from genforge.engines.params import MAX_TOKENS_LIMIT, SEED_LIMIT, TextSettings
+from genforge.contenttypes.records import ChatMessage, RecordBase, ToolCallOut, Usage
+from genforge.engines import structured
+from genforge.engines.base import TextFacts, TextPolicy, params_of
+from genforge.engines.params import MAX_TOKENS_LIMIT, SEED_LIMIT, ResponseFormat, TextSettings, ToolFunction
 from genforge.errors import InvalidOutput, InvalidRequest, PolicyViolation
 
 if TYPE_CHECKING:
@@ -33,6 +35,12 @@ class TextParams(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     stop: list[str] | None = Field(default=None, max_length=8)
+    response_format: ResponseFormat | None = Field(
+        default=None, description="JSON output: json_object, or json_schema with its schema (validated)."
+    )
+    tools: list[ToolFunction] | None = Field(default=None, max_length=64, description="Functions it may call.")
+    tool_choice: str | None = Field(default=None, description="none, auto (the default), required, or a name.")
+    parallel_tool_calls: bool | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -67,6 +75,13 @@ class TextRecord(TextFacts, RecordBase):
     usage: Usage
     messages: list[ChatMessage] | None = Field(None, description="The chat, when one was sent instead of a prompt.")
     raw: bool = Field(False, description="Raw continuation of the prompt, without the chat template.")
+    parsed: Any = Field(None, description="params.response_format: the answer's JSON, parsed (it matched).")
+    schema_sha256: str | None = Field(
+        None, description="params.response_format: sha256 of the schema's canonical JSON (sorted keys)."
+    )
+    tool_calls: list[ToolCallOut] | None = Field(
+        None, description="params.tools: the calls in the answer, each checked against its function's parameters."
+    )
 
 
 def plan(req, settings, catalog) -> Plan:
@@ -79,7 +94,12 @@ def plan(req, settings, catalog) -> Plan:
         top_p=given.top_p or preset.top_p,
         seed=draw_seed(given.seed),
         stop=given.stop or [],
+        response_format=given.response_format,
+        tools=given.tools or [],
+        tool_choice=given.tool_choice,
+        parallel_tool_calls=True if given.parallel_tool_calls is None else given.parallel_tool_calls,
     )
+    structured.check_request(params)
     if params.max_tokens >= settings.context_size:
         raise InvalidRequest(
             f"params.max_tokens: {params.max_tokens} does not fit the context of {settings.context_size} tokens",
@@ -87,7 +107,7 @@ def plan(req, settings, catalog) -> Plan:
             hint=f"Ask for fewer than {settings.context_size} tokens.",
         )
     check_model(catalog, model, "text")
-    messages = [m.model_dump() for m in req.messages] if req.messages else None
+    messages = [m.model_dump(exclude_none=True) for m in req.messages] if req.messages else None
     return Plan(model, params, messages=messages, raw=req.raw)
 
 
@@ -104,6 +124,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
         raise InvalidOutput(f"unknown finish reason {out.finish_reason!r}")
     if not (out.usage or {}).get("completion_tokens"):
         raise InvalidOutput("the engine reported no generated tokens")
+    structured.check_output(decoded, out.finish_reason, params_of(job, TextSettings))
     check_policy(decoded, job.policy)
 
 
@@ -142,6 +163,7 @@ def check_model_path(path: Path) -> str:
 def record_section(row) -> dict:
     extra = row.extra or {}
     return {
+        **_structured_section(row),
         **facts_of(row, TextFacts),
         "text": row.text,
         "finish_reason": row.finish_reason,
@@ -149,6 +171,32 @@ def record_section(row) -> dict:
         "messages": extra.get("messages"),
         "raw": bool(extra.get("raw", False)),
     }
+
+
+def _structured_section(row) -> dict:
+    """The parsed answer, its schema's sha256 and the tool calls: read from the stored text, which the validator
+    checked before the record succeeded."""
+    try:
+        params = TextSettings.model_validate(row.params or {})
+    except ValueError:  # a record written before these parameters existed, or a failed plan
+        return {}
+    section: dict[str, Any] = {}
+    schema = structured.json_schema_of(params)
+    if schema is not None:
+        section["schema_sha256"] = structured.schema_sha256(schema)
+        if row.status == "succeeded" and row.text is not None:
+            section["parsed"] = json.loads(row.text)
+    if params.tools and params.tool_choice != "none" and row.status == "succeeded" and row.text is not None:
+        calls = structured.parse_tool_calls(row.text, params)
+        section["tool_calls"] = [
+            {
+                "id": f"call_{row.id.replace('-', '')[:20]}_{i}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
+            for i, c in enumerate(calls)
+        ] or None
+    return section
 
 
 SPEC = ContentTypeSpec(

@@ -61,6 +61,7 @@ from genforge.errors import (
     InvalidOutput,
     InvalidRequest,
     NotFound,
+    OffSchema,
     PolicyViolation,
 )
 from genforge.media.files import sha256_file
@@ -349,9 +350,10 @@ class ContentService:
         self, job: GenerationJob, emit: Emit, cancel: threading.Event, started: Callable[[], None] | None
     ) -> tuple[EngineOutput, GenerationJob]:
         """Run the engine and the validator. Output that breaks the job's policy (a forbidden phrase, a character
-        limit) is retried with the next seed, up to GENFORGE_POLICY_ATTEMPTS runs; each broken run is listed in
-        the record's `attempts`, and the record keeps the seed that passed. Returns (output, the job that made it).
-        `started` runs once, as soon as the engine has the first run (the engines call it; see engines/pool.py)."""
+        limit) or its schema (params.response_format, params.tools) is retried with the next seed, up to
+        GENFORGE_POLICY_ATTEMPTS runs; each broken run is listed in the record's `attempts`, and the record keeps the
+        seed that passed. Returns (output, the job that made it). `started` runs once, as soon as the engine has the
+        first run (the engines call it; see engines/pool.py)."""
         spec = spec_of(job.content_type)
         attempts: list[dict[str, Any]] = []
         while True:
@@ -362,7 +364,7 @@ class ContentService:
             try:
                 spec.validate(out, job)
                 return out, job
-            except PolicyViolation as exc:
+            except (PolicyViolation, OffSchema) as exc:  # a run that broke the policy or the schema: next seed
                 seed = getattr(job.params, "seed", None)
                 attempts.append({"seed": seed, "code": exc.code, "message": exc.message})
                 self._retry(partial(self.records.note_attempts, job.content_id, list(attempts)), SUCCESS_COMMIT_RETRY_S)

@@ -17,7 +17,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -140,6 +140,14 @@ class TextFacts(_Facts):
     batch_size_max: int | None = Field(None, description="Most sequences decoded together with this one.")
     prompt_tokens_cached: int | None = Field(None, description="Prompt tokens reused from a slot's KV cache.")
     kv_cache_type: str | None = Field(None, description="llama.cpp: the KV cache's precision, f16 or q8_0.")
+    forced_tokens: int | None = Field(
+        None, description="Constrained answers: tokens the grammar forced, decoded in batches without sampling."
+    )
+    tool_template: Literal["model", "generic"] | None = Field(
+        None,
+        description="With tools: 'model' when the model's chat template rendered them, 'generic' when genforge "
+        "described them in the system message (templates without tool support).",
+    )
 
 
 class ImageDetails(BaseModel):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import codecs
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from genforge.engines import structured
 from genforge.engines.base import (
     BatchingEngine,
     Done,
@@ -37,15 +39,17 @@ try:  # the text extra; its absence is reported when a model is loaded
     from llama_cpp import _internals
 except ImportError:  # pragma: no cover - depends on the installation
     llama_cpp = None  # type: ignore[assignment]  # the text extra is optional: load() checks for None
+from llguidance import LLMatcher, LLTokenizer
 
 if TYPE_CHECKING:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-    from llama_cpp.llama_types import ChatCompletionRequestMessage
+    from llama_cpp.llama_types import ChatCompletionRequestMessage, ChatCompletionTool
 
     from genforge.config import Settings
     from genforge.contenttypes.text import TextSettings
 
 PREFILL_CHUNK = 512  # prompt tokens per llama_decode call (the context's n_batch)
+FORCED_MAX = 64  # tokens a grammar forces, decoded together in one step (the rest at the next)
 log = logging.getLogger(__name__)
 KV_CACHE_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0"}  # setting -> llama_cpp's ggml type
 
@@ -76,6 +80,9 @@ class Sequence:
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
+    matcher: LLMatcher | None = None  # the grammar of a structured answer or a tool call
+    forced: list[int] = field(default_factory=list)  # tokens the grammar forced after next_token, decoded with it
+    forced_total: int = 0  # tokens the grammar forced (decoded without sampling)
 
     def sampled(self) -> int:
         """The token sampled last, which the next step decodes (set once the prompt is evaluated)."""
@@ -109,6 +116,8 @@ class LlamaEngine(BatchingEngine):
         # slot -> the greedy sampler attached to it (see _sample_in_graph)
         self._in_graph: dict[int, _internals.LlamaSampler] = {}
         self._pieces: dict[int, bytes] = {}  # token -> its text's bytes, for the loaded model
+        self._lltokenizer: LLTokenizer | None = None  # llguidance's view of the vocabulary (made on first use)
+        self._template: str | None = None
         self.released_bytes = 0  # zeroed context memory given back to the kernel at the last load
 
     @property
@@ -154,6 +163,7 @@ class LlamaEngine(BatchingEngine):
         self._in_graph = {}  # after the context that held them is gone
         self._pieces = {}
         self._slot_tokens = {}
+        self._lltokenizer = None
         try:
             # The model alone (tokenizer, metadata, weights): llama_cpp.Llama would add a context of its own that
             # no sequence uses (8 MB). Like Llama(verbose=False), llama.cpp's log then shows only its errors.
@@ -191,6 +201,7 @@ class LlamaEngine(BatchingEngine):
         self._llm, self._model = llm, model
         self._n_vocab = llm.n_vocab()
         self._formatter = self._chat_formatter(llm) if model.chat else None
+        self._template = llm.metadata().get("tokenizer.chat_template") if model.chat else None
         return (time.perf_counter() - start) * 1000
 
     @staticmethod
@@ -220,16 +231,52 @@ class LlamaEngine(BatchingEngine):
         recognised by id, and holding text back for it would delay every streamed token.
         """
         llm = self._loaded_llm
+        p = params_of(job, TextSettings)
         if self._formatter is None or job.raw:
+            if p.tools:
+                raise InvalidRequest(
+                    "tools need a chat model and its chat template (not a raw prompt)", field="params.tools"
+                )
             text = (job.system + "\n\n" if job.system else "") + job.prompt
             return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         messages = job.messages or [
             *([{"role": "system", "content": job.system}] if job.system else []),
             {"role": "user", "content": job.prompt},
         ]
-        # ChatMessage dumps ({"role", "content"}) or the dicts above: the shape of llama_cpp's message TypedDicts
-        formatted = self._formatter(messages=cast("list[ChatCompletionRequestMessage]", messages))
+        tools = None
+        if self.tool_template(p) == "model":  # the template renders the tools and earlier calls itself
+            tools = [{"type": "function", "function": fn.model_dump(exclude_none=True)} for fn in p.tools]
+        elif p.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            messages = _generic_tool_chat(messages, p)
+        # ChatMessage dumps or the dicts above: the shape of llama_cpp's message TypedDicts
+        formatted = self._formatter(
+            messages=cast("list[ChatCompletionRequestMessage]", messages),
+            tools=cast("list[ChatCompletionTool] | None", tools),
+        )
         return llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+
+    def tool_template(self, p: TextSettings) -> str | None:
+        """How tools reach the prompt: "model" (the GGUF's chat template renders `tools`), "generic" (a system
+        message genforge writes, for templates without tool support), None without tools."""
+        if not p.tools:
+            return None
+        return "model" if self._template and "tools" in self._template else "generic"
+
+    def _matcher(self, p: TextSettings) -> LLMatcher | None:
+        """The grammar's matcher for a constrained job (None when sampling is free)."""
+        grammar = structured.grammar(p)
+        if grammar is None:
+            return None
+        if self._lltokenizer is None:  # ~0.4 s for a 49k vocabulary, once per loaded model
+            from llguidance.llamacpp import lltokenizer_from_vocab
+
+            with warnings.catch_warnings():  # llguidance's bridge asks each token's attributes by a deprecated name
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._lltokenizer = lltokenizer_from_vocab(self._loaded_llm.vocab, n_vocab=self._n_vocab)
+        matcher = LLMatcher(self._lltokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise InvalidRequest(f"the grammar of the answer could not be compiled: {matcher.get_error()}")
+        return matcher
 
     @staticmethod
     def _sampler(p: TextSettings) -> _internals.LlamaSampler | None:
@@ -264,8 +311,20 @@ class LlamaEngine(BatchingEngine):
     def _sample(self, seq: Sequence, row: int) -> int:
         """The next token from a batch row. Greedy is the argmax, the first highest logit: picked in the graph
         (see _sample_in_graph) or else read in place; the sampler chain would first copy all 49k logits into a
-        candidate array, 90 us per token, more than 1 % of a 4-sequence step."""
+        candidate array, 90 us per token, more than 1 % of a 4-sequence step. A constrained sequence's row has
+        the tokens its grammar forbids set to -inf first (in llama.cpp's logits, which its sampler then reads)."""
         ctx = self._loaded_ctx
+        if seq.matcher is not None:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, row), shape=(self._n_vocab,))
+            mask = np.zeros((self._n_vocab + 31) // 32, dtype=np.int32)
+            seq.matcher.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+            if seq.matcher.is_error():
+                raise EngineFailed(f"the grammar failed: {seq.matcher.get_error()}")
+            allowed = np.unpackbits(mask.view(np.uint8), bitorder="little")[: self._n_vocab].astype(bool)
+            logits[~allowed] = -np.inf
+            if seq.sampler is None:
+                return int(logits.argmax())
+            return seq.sampler.sample(ctx, row)
         if seq.sampler is None:
             if seq.slot in self._in_graph:
                 token = llama_cpp.llama_get_sampled_token_ith(ctx.ctx, row)
@@ -312,7 +371,8 @@ class LlamaEngine(BatchingEngine):
         slot, reuse = self._pick_slot(prompt)
         llama_cpp.llama_memory_seq_rm(self._loaded_ctx.memory, slot, reuse, -1)
         sampler = self._sampler(p)
-        self._sample_in_graph(slot, greedy=sampler is None)
+        matcher = self._matcher(p)
+        self._sample_in_graph(slot, greedy=sampler is None and matcher is None)  # a grammar needs the logits
         seq = Sequence(
             job=job,
             slot=slot,
@@ -325,6 +385,7 @@ class LlamaEngine(BatchingEngine):
             kv_tokens=prompt[:reuse],
             n_past=reuse,
             prompt_cached=reuse,
+            matcher=matcher,
         )
         self._active[job.content_id] = seq
         return []
@@ -401,8 +462,10 @@ class LlamaEngine(BatchingEngine):
             n += 1
 
         generating = [s for s in self._active.values() if s.n_past >= len(s.prompt)]
-        for seq in generating:
-            add(seq, seq.sampled(), seq.n_past, True)
+        for seq in generating:  # its sampled token, then the tokens its grammar forced after it (one decode)
+            tokens = [seq.sampled(), *seq.forced]
+            for i, token in enumerate(tokens):
+                add(seq, token, seq.n_past + i, i == len(tokens) - 1)
         fed: list[tuple[Sequence, list[int]]] = []
         for seq in [s for s in self._active.values() if s.n_past < len(s.prompt)]:
             if n >= PREFILL_CHUNK:
@@ -416,8 +479,9 @@ class LlamaEngine(BatchingEngine):
         b.n_tokens = n
         self._decode()
         for seq in generating:
-            seq.kv_tokens.append(seq.sampled())
-            seq.n_past += 1
+            seq.kv_tokens += [seq.sampled(), *seq.forced]
+            seq.n_past += 1 + len(seq.forced)
+            seq.forced = []
             seq.batch_size_max = max(seq.batch_size_max, len(generating))
         for seq, chunk in fed:
             seq.kv_tokens.extend(chunk)
@@ -428,32 +492,60 @@ class LlamaEngine(BatchingEngine):
         return events
 
     def _accept(self, seq: Sequence, token: int) -> list[EngineEvent]:
-        """Take one sampled token: stop, or add its text and emit what is safe to show."""
+        """Take one sampled token: stop, or add its text and emit what is safe to show. A constrained sequence's
+        grammar takes it too, and then says which tokens it forces next: those are added now and decoded
+        together with this one at the next step (fast-forward), instead of one step each."""
         events: list[EngineEvent] = []
-        llm = self._loaded_llm
-        if llama_cpp.llama_vocab_is_eog(llm.vocab, token):
+        if llama_cpp.llama_vocab_is_eog(self._loaded_llm.vocab, token):
             seq.finish = "stop"
         else:
-            seq.generated += 1
-            if seq.first_token_ms is None:
-                seq.first_token_ms = (time.perf_counter() - seq.started) * 1000
-            piece = self._pieces.get(token)
-            if piece is None:  # each token's bytes are asked of llama.cpp once per model
-                piece = self._pieces[token] = llm.detokenize([token], special=False)
-            seq.text += seq.decoder.decode(piece)
-            cut = min((i for i in (seq.text.find(s) for s in seq.stops) if i >= 0), default=-1)
-            if cut >= 0:
-                seq.text, seq.finish = seq.text[:cut], "stop"
-            else:
-                safe = len(seq.text) - seq.hold
-                if safe > seq.emitted:
-                    events.append(Update(seq.job.content_id, {"type": "token", "text": seq.text[seq.emitted : safe]}))
-                    seq.emitted = safe
-                if seq.generated >= seq.max_tokens:
-                    seq.finish = "length"
+            events += self._append(seq, token)
+            if not seq.finish:
                 seq.next_token = token
+            if seq.matcher is not None and not seq.finish:
+                events += self._fast_forward(seq, seq.matcher, token)
         if seq.finish:
             events += self._finish(seq)
+        return events
+
+    def _fast_forward(self, seq: Sequence, matcher: LLMatcher, token: int) -> list[EngineEvent]:
+        if not matcher.consume_token(token):
+            raise EngineFailed(f"the grammar refused a token it allowed: {matcher.get_error()}")
+        events: list[EngineEvent] = []
+        forced = matcher.compute_ff_tokens()[: min(FORCED_MAX, seq.max_tokens - seq.generated)]
+        if forced and not matcher.consume_tokens(forced):
+            raise EngineFailed(f"the grammar refused the tokens it forced: {matcher.get_error()}")
+        for f in forced:
+            events += self._append(seq, f)
+            seq.forced.append(f)
+            seq.forced_total += 1
+            if seq.finish:
+                return events
+        if matcher.is_stopped():  # complete: nothing but the end may follow
+            seq.finish = "stop"
+        return events
+
+    def _append(self, seq: Sequence, token: int) -> list[EngineEvent]:
+        """Add a generated token's text; emit what can no longer become a stop string; finish at a stop string
+        or at max_tokens."""
+        seq.generated += 1
+        if seq.first_token_ms is None:
+            seq.first_token_ms = (time.perf_counter() - seq.started) * 1000
+        piece = self._pieces.get(token)
+        if piece is None:  # each token's bytes are asked of llama.cpp once per model
+            piece = self._pieces[token] = self._loaded_llm.detokenize([token], special=False)
+        seq.text += seq.decoder.decode(piece)
+        cut = min((i for i in (seq.text.find(s) for s in seq.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            seq.text, seq.finish = seq.text[:cut], "stop"
+            return []
+        events: list[EngineEvent] = []
+        safe = len(seq.text) - seq.hold
+        if safe > seq.emitted:
+            events.append(Update(seq.job.content_id, {"type": "token", "text": seq.text[seq.emitted : safe]}))
+            seq.emitted = safe
+        if seq.generated >= seq.max_tokens:
+            seq.finish = "length"
         return events
 
     def _finish(self, seq: Sequence) -> list[EngineEvent]:
@@ -485,9 +577,32 @@ class LlamaEngine(BatchingEngine):
                 prompt_tokens_cached=seq.prompt_cached,
                 kv_cache_type=self.kv_cache_type,
                 warnings=warnings,
+                forced_tokens=seq.forced_total if seq.matcher is not None else None,
+                tool_template=self.tool_template(params_of(seq.job, TextSettings)),
             ),
         )
         return [*events, Done(seq.job.content_id, out)]
+
+
+def _generic_tool_chat(messages: list[dict[str, Any]], p: TextSettings) -> list[dict[str, Any]]:
+    """The chat for a template without tool support: the tools described in the system message, earlier calls
+    written as the model writes them, tool results as `tool` turns."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        content = m.get("content") or ""
+        if m.get("tool_calls"):
+            calls = "\n".join(
+                structured.call_text(c["function"]["name"], c["function"]["arguments"]) for c in m["tool_calls"]
+            )
+            content = f"{content}\n{calls}" if content else calls
+        out.append({"role": m["role"], "content": content})
+    if p.tools:
+        described = structured.tools_prompt(list(p.tools))
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{described}"}
+        else:
+            out.insert(0, {"role": "system", "content": described})
+    return out
 
 
 def _typed(exc: Exception, what: str) -> GenforgeError:

@@ -8,7 +8,7 @@ definition" leads from a request's `params.seed` to the sampler that uses it. Th
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,6 +17,34 @@ MAX_TOKENS_LIMIT = 65_536  # the schema's bound; the context size bounds it furt
 
 
 # --- text (llama.cpp, remote OpenAI-compatible servers) ---------------------------------------------------
+class ResponseFormat(BaseModel):
+    """What shape the answer takes: free text, any JSON object, or JSON matching `json_schema` (checked with
+    jsonschema before the record succeeds; sampling constrained to it by llguidance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = Field(None, description="json_schema: the JSON schema of the answer.")
+    name: str | None = Field(None, max_length=64, description="The schema's name (OpenAI's json_schema.name).")
+    strict: bool = Field(True, description="Always enforced: the answer matches its schema or the record fails.")
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given exactly when type is json_schema")
+        return self
+
+
+class ToolFunction(BaseModel):
+    """A function the model may call: its name, what it does, and the JSON schema of its arguments."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = Field(None, max_length=4000)
+    parameters: dict[str, Any] | None = Field(None, description="JSON schema of the arguments object.")
+
+
 class TextSettings(BaseModel):
     """The complete sampling parameters of a text generation, as recorded (send them as `params` to repeat it)."""
 
@@ -27,6 +55,12 @@ class TextSettings(BaseModel):
     top_p: float = Field(gt=0, le=1)
     seed: int = Field(ge=0, lt=SEED_LIMIT, description="Always set: drawn and recorded when not given.")
     stop: list[str] = Field(default_factory=list, max_length=8)
+    response_format: ResponseFormat | None = Field(None, description="JSON output (None: free text).")
+    tools: list[ToolFunction] = Field(default_factory=list, max_length=64, description="Functions it may call.")
+    tool_choice: str | None = Field(
+        None, description="none, auto, required, or a function's name (None: auto when tools are given)."
+    )
+    parallel_tool_calls: bool = Field(True, description="Whether one answer may hold several calls.")
 
 
 # --- images (the portrait model; diffusers checkpoints on torch or OpenVINO) -------------------------------

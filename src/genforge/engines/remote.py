@@ -37,7 +37,7 @@ from genforge.engines.base import (
     params_of,
 )
 from genforge.engines.params import TextSettings
-from genforge.errors import Cancelled, EngineFailed, GenerationTimeout, ModelUnavailable
+from genforge.errors import Cancelled, EngineFailed, GenerationTimeout, InvalidRequest, ModelUnavailable
 from genforge.redact import redact_text, redact_url
 
 CONNECT_TIMEOUT_S = 10.0
@@ -104,6 +104,12 @@ class RemoteEngine(OneAtATimeEngine):
     @staticmethod
     def _body(job: GenerationJob, model: ResolvedModel) -> tuple[str, dict]:
         p = params_of(job, TextSettings)
+        if (p.response_format is not None and p.response_format.type != "text") or p.tools:
+            raise InvalidRequest(
+                f"model {model.name!r} is remote: structured output and tools run on local llama.cpp models only",
+                field="params",
+                hint="Use a local model for response_format and tools.",
+            )
         body: dict[str, Any] = {
             "model": model.served_model,
             "stream": True,
