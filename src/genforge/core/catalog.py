@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
+from genforge.contenttypes.image import check_lora_path
 from genforge.engines import imagebackend
 from genforge.engines.base import ResolvedModel
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
@@ -505,9 +506,9 @@ class ModelCatalog:
         """Register a user's model (file or directory) where it lies (no copy), recording its sha256."""
         path = Path(path).expanduser().resolve()
         spec = REGISTRY.get(content_type)
-        check = spec.check_model_path if spec else None
+        check = check_lora_path if content_type == "lora" else spec.check_model_path if spec else None
         if check is None:
-            addable = [name for name, t in REGISTRY.items() if t.check_model_path]
+            addable = [name for name, t in REGISTRY.items() if t.check_model_path] + ["lora"]
             raise InvalidRequest(
                 f"models of type {content_type!r} cannot be added; types: {', '.join(addable)}", field="type"
             )
