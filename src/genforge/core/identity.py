@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from genforge.core.catalog import FACE_ENCODER, FACE_LANDMARKS, ModelCatalog
 from genforge.engines.base import IdentityFacts, IdentityPolicy
 from genforge.errors import InvalidOutput, PolicyViolation
 from genforge.media import faces
@@ -35,12 +36,28 @@ def _rgb(data: bytes) -> Any:
 
 
 class IdentityCheck:
-    """Measures outputs against reference faces; reference embeddings are kept by the file's sha256."""
+    """Measures outputs against reference faces; reference embeddings are kept by the file's sha256. The model
+    files are resolved by the catalog (packaged entries, their sha256 checked) on first use."""
 
-    def __init__(self) -> None:
-        self.embedder = faces.FaceEmbedder()
+    def __init__(self, catalog: ModelCatalog) -> None:
+        self.catalog = catalog
+        self._embedder: faces.FaceEmbedder | None = None
+        self._model = faces.MODEL
         self._refs: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    @property
+    def embedder(self) -> faces.FaceEmbedder:
+        with self._lock:
+            if self._embedder is None:
+                encoder = self.catalog.resolve(FACE_ENCODER, "identity")
+                landmarks = self.catalog.resolve(FACE_LANDMARKS, "identity")
+                self._embedder = faces.FaceEmbedder(encoder.path, landmarks.path)
+                self._model = (
+                    f"{FACE_ENCODER} (sha256 {encoder.sha256[:12]}) + {FACE_LANDMARKS} (sha256 "
+                    f"{landmarks.sha256[:12]}), dlib"
+                )
+            return self._embedder
 
     def _reference(self, ref: Reference) -> Any:
         with self._lock:
@@ -74,7 +91,7 @@ class IdentityCheck:
             similarity=round(best, 4),
             threshold=policy.min_similarity,
             reference=[ref.ref for ref in references],
-            model=faces.MODEL,
+            model=self._model,
         )
         if best < policy.min_similarity:
             raise PolicyViolation(

@@ -153,7 +153,7 @@ class ContentService:
         self.uploads = UploadStore(
             records.db, settings.uploads_dir, settings.upload_max_bytes, settings.upload_max_pixels
         )
-        self.identity = IdentityCheck()  # a persona's face, measured (its models load on first use)
+        self.identity = IdentityCheck(catalog)  # a persona's face, measured (its models load on first use)
         self.personas = personas  # set by the runtime (the platform's PersonaStore); None: requests name none
         self.closing = False  # set when the runtime shuts down: database retries give up
         self.credentials = Credentials(settings.data_dir, enabled=settings.credentials != "off")

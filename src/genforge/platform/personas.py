@@ -64,7 +64,7 @@ class TextDefaults(BaseModel):
     quality: Literal["draft", "standard", "high"] | None = None
 
 
-DEFAULT_MIN_SIMILARITY = 0.6  # calibrated on the portrait model's faces: docs/benchmarks.md, "Face identity"
+DEFAULT_MIN_SIMILARITY = 0.65  # calibrated on the portrait model's faces: docs/benchmarks.md, "Face identity"
 
 
 class IdentitySettings(BaseModel):
