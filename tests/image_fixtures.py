@@ -192,3 +192,40 @@ def stats(png: bytes) -> dict:
         "std": float(rgb.std()),
         "red_minus_blue": float(rgb[..., 0].mean() - rgb[..., 2].mean()),
     }
+
+
+def build_tiny_lora(checkpoint: Path, path: Path, *, kohya: bool = False, seed: int = 5) -> Path:
+    """A LoRA with random non-zero weights for the tiny pipeline's UNet attention layers, saved as safetensors in
+    the diffusers/PEFT key layout (`unet.NAME.lora_A.weight`) or, with `kohya`, in kohya's
+    (`lora_unet_NAME.lora_down.weight`, with alpha)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(str(checkpoint / "unet"))
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, mod in unet.named_modules():
+        if not isinstance(mod, torch.nn.Linear) or not (".attn1." in name or ".attn2." in name):
+            continue
+        if name.rsplit(".attn", 1)[1].split(".", 1)[1] not in ("to_q", "to_k", "to_v", "to_out.0"):
+            continue
+        down = torch.randn(4, mod.in_features, generator=g) * 0.5
+        up = torch.randn(mod.out_features, 4, generator=g) * 0.5
+        if kohya:
+            key = "lora_unet_" + name.replace(".", "_")
+            state |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(4.0)}
+        else:
+            state |= {f"unet.{name}.lora_A.weight": down, f"unet.{name}.lora_B.weight": up}
+    save_file(state, str(path))
+    return path
+
+
+def png_bytes(rgb, fmt: str = "PNG", **save) -> bytes:
+    """An array (H, W, 3) or a PIL image as a file of `fmt`."""
+    from PIL import Image
+
+    im = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **save)
+    return buf.getvalue()

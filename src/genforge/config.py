@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 100_000  # prompt + system prompt (+ chat messages)
     max_tokens: int = 4096  # text: the most tokens one request may ask for (also below context_size)
     image_max_pixels: int = 2048 * 2048  # width x height
+    # Uploads (POST /api/v1/uploads): the most bytes and pixels one picture may have (checked before decoding).
+    upload_max_bytes: int = Field(default=20_000_000, gt=0)
+    upload_max_pixels: int = Field(default=40_000_000, gt=0)
 
     # Access control (see README, "Access control"). auto: keys are required as soon as one exists;
     # required: always (no key yet means every API request is refused).
@@ -135,6 +138,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.artifact_dir or self.data_dir / "artifacts"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Uploaded pictures: beside the artifacts (a shared artifact directory shares them with the workers)."""
+        return self.artifacts_dir.parent / "uploads"
 
     @property
     def models_dir(self) -> Path:

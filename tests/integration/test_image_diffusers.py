@@ -90,6 +90,10 @@ def test_generation_through_http_is_a_real_png_with_a_complete_record(first, che
         "scheduler": "default",
         "precision": "default",
         "decoder": "full",
+        "init_image": None,
+        "mask": None,
+        "strength": None,
+        "loras": [],
     }
     assert rec["image"]["decoder"] == "full" and rec["image"]["decoder_sha256"] is None
     assert set(rec["image"]["stage_ms"]) == {"text_encoder", "denoise", "decoder"}

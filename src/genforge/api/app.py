@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from genforge import __version__
-from genforge.api import auth, content, keys, models, openai, personas, posts, system
+from genforge.api import auth, content, keys, models, openai, personas, posts, system, uploads
 from genforge.api.errors import BodySizeLimit, install_error_handlers
 from genforge.api.network import HostOriginGuard
 from genforge.api.web import WebUI
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="genforge", version=__version__, lifespan=lifespan, generate_unique_id_function=lambda route: route.name
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.upload_max_bytes)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -64,5 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router, dependencies=auth.GUARD, responses=auth.OPENAI_RESPONSES)
     app.include_router(personas.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.include_router(posts.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(uploads.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.mount("/", WebUI(), name="web")  # last: every API route above wins
     return app

@@ -193,30 +193,38 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(GenforgeError(f"internal error: {type(exc).__name__}"), request.url.path)
 
 
+UPLOAD_PATHS = ("/api/v1/uploads", "/v1/images/edits")  # multipart picture uploads
+UPLOAD_FORM_OVERHEAD = 1_000_000  # the other form fields (a prompt, a mask) beside the picture
+
+
 class BodySizeLimit:
     """Refuse bodies over the configured size with 413 before they are read into memory."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, upload_bytes: int = 0):
         self.app = app
         self.max_bytes = max_bytes
+        # picture uploads (multipart) may be larger: GENFORGE_UPLOAD_MAX_BYTES and the form's own overhead
+        self.upload_bytes = max(max_bytes, upload_bytes + UPLOAD_FORM_OVERHEAD)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        limit = self.upload_bytes if path.endswith(UPLOAD_PATHS) else self.max_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await error_response(self._too_large(), scope.get("path", ""))(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await error_response(self._too_large(limit), path)(scope, receive, send)
         seen = 0
 
         async def limited_receive():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # FastAPI passes HTTPExceptions from body reading through
-                raise StarletteHTTPException(413, self._too_large().message)
+            if seen > limit:  # FastAPI passes HTTPExceptions from body reading through
+                raise StarletteHTTPException(413, self._too_large(limit).message)
             return message
 
         return await self.app(scope, limited_receive, send)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the body is larger than the limit of {self.max_bytes} bytes")
+    def _too_large(self, limit: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genforge.api.deps import CallerDep, CatalogDep, ServiceDep
 from genforge.api.errors import error_responses, openai_error_body
 from genforge.api.streaming import SSE_DOC, Final, event_stream, follow, generate_sync
+from genforge.api.uploads import read_limited
 from genforge.contenttypes import ContentRecord
 from genforge.contenttypes.base import pydantic_error
 from genforge.contenttypes.image import ImageRecord
@@ -32,6 +34,7 @@ from genforge.contenttypes.text import MAX_TOKENS_LIMIT, TextRecord
 from genforge.core.caller import Caller
 from genforge.core.jobs import Job
 from genforge.core.service import ContentService
+from genforge.core.uploads import mask_of_openai
 from genforge.engines.params import SEED_LIMIT
 from genforge.errors import InvalidRequest
 
@@ -590,3 +593,111 @@ async def audio_speech(body: SpeechRequest, svc: ServiceDep, caller: CallerDep):
     path, media_type = await run_in_threadpool(svc.artifact, record.id, caller)
     # Streamed from the file in chunks by worker threads: no whole-file copy, no read on the event loop.
     return FileResponse(path, media_type=media_type, headers={HEADER: record.id})
+
+
+# --- /v1/images/edits: OpenAI's multipart form -----------------------------------------------------------------
+EDIT_FIELDS = {"image", "image[]", "mask", "prompt", "model", "n", "size", "response_format", "user", "seed"}
+
+
+def _form_text(form: Any, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name}: expected a text field, not a file", field=name)
+    return value
+
+
+async def _form_file(form: Any, name: str, limit: int) -> bytes | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise InvalidRequest(f"{name}: expected a file", field=name)
+    data: bytes = await read_limited(value, limit)
+    return data
+
+
+@router.post(
+    "/images/edits",
+    response_model=ImagesResponse,
+    responses=GEN_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image", "prompt"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            "mask": {"type": "string", "format": "binary"},
+                            "prompt": {"type": "string"},
+                            "model": {"type": "string"},
+                            "n": {"type": "integer"},
+                            "size": {"type": "string"},
+                            "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                            "seed": {"type": "integer"},
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
+async def image_edits(request: Request, svc: ServiceDep, caller: CallerDep, response: Response):
+    """Edit a picture (OpenAI's images.edit): with a `mask` (OpenAI's convention: transparent = repaint; an opaque
+    grey mask is read as white = repaint) it is inpainting, without one img2img over the whole picture at
+    strength 0.75 (params.strength's default). The pictures are stored as uploads of the caller."""
+    form = await request.form()
+    try:
+        unknown = sorted(set(form.keys()) - EDIT_FIELDS)
+        if unknown:
+            raise InvalidRequest(f"{unknown[0]}: not supported by this server", field=unknown[0])
+        limit = svc.uploads.max_bytes
+        image = await _form_file(form, "image", limit) or await _form_file(form, "image[]", limit)
+        if image is None:
+            raise InvalidRequest("image: a picture is required", field="image")
+        mask = await _form_file(form, "mask", limit)
+        prompt = _form_text(form, "prompt")
+        n, size, fmt = _form_text(form, "n"), _form_text(form, "size"), _form_text(form, "response_format") or "url"
+        seed = _form_text(form, "seed")
+    finally:
+        await form.close()
+    if not prompt:
+        raise InvalidRequest("prompt: required", field="prompt")
+    if n not in (None, "1"):
+        raise InvalidRequest("n: this server makes one image per request", field="n")
+    if fmt not in ("url", "b64_json"):
+        raise InvalidRequest("response_format: url or b64_json", field="response_format")
+    if size is not None and not re.fullmatch(r"[0-9]{1,5}x[0-9]{1,5}", size):
+        raise InvalidRequest("size: WIDTHxHEIGHT, e.g. 512x512", field="size")
+    if seed is not None and not seed.isdigit():
+        raise InvalidRequest("seed: a whole number", field="seed")
+    init = await run_in_threadpool(svc.uploads.create, image, caller)
+    params: dict[str, Any] = {"init_image": init.id, **_size(size)}
+    if size is None:  # the picture's own size, to a multiple of 8
+        params |= {"width": max(8, init.width // 8 * 8), "height": max(8, init.height // 8 * 8)}
+    if mask is not None:
+        params["mask"] = (await run_in_threadpool(svc.uploads.create, mask_of_openai(mask), caller)).id
+    if seed is not None:
+        params["seed"] = int(seed)
+    req = _request(
+        {"params.width": "size", "params.height": "size"},
+        content_type="image",
+        prompt=prompt,
+        model=_form_text(form, "model"),
+        params=params,
+    )
+    record = record_as(await generate_sync(svc, req, caller), ImageRecord)
+    response.headers[HEADER] = record.id
+    if fmt == "url":
+        item = ImageData(url=present(record.artifact, "artifact", record).url)
+    else:
+        path, _ = await run_in_threadpool(svc.artifact, record.id, caller)
+        data = await run_in_threadpool(path.read_bytes)
+        item = ImageData(b64_json=base64.b64encode(data).decode("ascii"))
+    return ImagesResponse(
+        created=_created(record), data=[item], genforge={"content_id": record.id, "warnings": record.warnings}
+    )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from genforge.engines.base import TextPolicy
+from genforge.engines.base import IdentityPolicy, TextPolicy
 from genforge.engines.params import EngineParams
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 
@@ -35,6 +35,8 @@ class Plan:
     inputs: dict[str, tuple[str, str]] | None = None
     # Text: what the output must respect (genforge.engines.base.TextPolicy); set by personas and posts.
     policy: TextPolicy | None = None
+    # Images: the persona's face, measured on the output (genforge.core.identity); set by personas.
+    identity: IdentityPolicy | None = None
 
 
 class StoredRow(Protocol):

@@ -14,12 +14,15 @@ from genforge.contenttypes.records import RecordBase
 from genforge.engines import imagebackend
 from genforge.engines.base import ImageFacts
 from genforge.engines.params import (
+    IMG2IMG_STRENGTH,
+    INPAINT_STRENGTH,
     SEED_LIMIT,
     DiffusersSettings,
     ImageDecoder,
     ImagePrecision,
     ImageScheduler,
     ImageSettings,
+    LoraUse,
     PortraitSettings,
 )
 from genforge.errors import InvalidOutput, InvalidRequest
@@ -54,6 +57,16 @@ class ImageParams(BaseModel):
     scheduler: ImageScheduler | None = None
     precision: ImagePrecision | None = None
     decoder: ImageDecoder | None = None
+    init_image: str | None = Field(
+        default=None, min_length=1, max_length=64, description="img2img: a content id of an image, or an upload id."
+    )
+    mask: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Inpainting (white = repaint): a content or upload id."
+    )
+    strength: float | None = Field(default=None, gt=0, le=1)
+    loras: list[LoraUse] | None = Field(default=None, max_length=8)
+    reference_images: list[str] | None = Field(default=None, max_length=8)
+    reference_scale: float | None = Field(default=None, ge=0, le=2)
 
 
 class ImageRecord(ImageFacts, RecordBase):
@@ -63,7 +76,18 @@ class ImageRecord(ImageFacts, RecordBase):
 
 def _portrait_params(given: ImageParams) -> PortraitSettings:
     """The portrait model makes square faces at a few sizes from a seed; it has nothing else to set."""
-    for name in ("steps", "guidance_scale", "negative_prompt", "scheduler", "precision", "decoder"):
+    for name in (
+        "steps",
+        "guidance_scale",
+        "negative_prompt",
+        "scheduler",
+        "precision",
+        "decoder",
+        "init_image",
+        "mask",
+        "strength",
+        "loras",
+    ):
         if getattr(given, name) is not None:
             raise InvalidRequest(
                 f"params.{name}: the portrait model has no {name} (it makes a face from the seed alone)",
@@ -87,7 +111,49 @@ def _portrait_params(given: ImageParams) -> PortraitSettings:
     return PortraitSettings(width=width, height=height, seed=draw_seed(given.seed))
 
 
-def _diffusers_params(given: ImageParams, settings, path: str | None) -> DiffusersSettings:
+def _control(given: ImageParams, settings, catalog) -> dict[str, Any]:
+    """img2img, inpainting and LoRA settings, checked: a mask needs an init image, strength needs one, each LoRA
+    must be a registered LoRA, and the OpenVINO backend (when chosen, not auto) refuses what it cannot run."""
+    if given.reference_images or given.reference_scale is not None:
+        field = "params.reference_images" if given.reference_images else "params.reference_scale"
+        raise InvalidRequest(
+            f"{field}: reference images (IP-Adapter) are not available on this server yet",
+            field=field,
+            hint="Use params.init_image (img2img) or a persona's reference_images with an identity policy.",
+        )
+    if given.mask and not given.init_image:
+        raise InvalidRequest("params.mask: inpainting needs params.init_image too", field="params.mask")
+    if given.strength is not None and not given.init_image:
+        raise InvalidRequest("params.strength: it applies to params.init_image (img2img)", field="params.strength")
+    names = [lora.name for lora in given.loras or []]
+    for i, name in enumerate(names):
+        if catalog.type_of(name) != "lora":
+            raise InvalidRequest(
+                f"params.loras.{i}.name: {name!r} is no registered LoRA",
+                field=f"params.loras.{i}.name",
+                hint="Register one with `genforge models add FILE --type lora --name NAME`.",
+            )
+        if names.index(name) != i:
+            raise InvalidRequest(f"params.loras.{i}.name: {name!r} is named twice", field=f"params.loras.{i}.name")
+    wants = [
+        w
+        for w, on in (("img2img", given.init_image and not given.mask), ("inpainting", given.mask), ("LoRA", names))
+        if on
+    ]
+    if wants and settings.image_backend == "openvino":
+        raise InvalidRequest(
+            f"params: {' and '.join(wants)} run on the torch backend only; this server's "
+            "GENFORGE_IMAGE_BACKEND is openvino",
+            field="params.init_image" if given.init_image else "params.loras",
+            hint="Set GENFORGE_IMAGE_BACKEND=auto (such requests then run on torch) or torch.",
+        )
+    strength = given.strength
+    if given.init_image and strength is None:
+        strength = INPAINT_STRENGTH if given.mask else IMG2IMG_STRENGTH
+    return {"init_image": given.init_image, "mask": given.mask, "strength": strength, "loras": tuple(given.loras or ())}
+
+
+def _diffusers_params(given: ImageParams, settings, path: str | None, control: dict[str, Any]) -> DiffusersSettings:
     native = (diffusers_native_size(path) if path else None) or 512
     width, height = given.width or native, given.height or native
     for name, value in (("width", width), ("height", height)):
@@ -135,6 +201,7 @@ def _diffusers_params(given: ImageParams, settings, path: str | None) -> Diffuse
         negative_prompt=given.negative_prompt or "",
         scheduler=given.scheduler or "default",
         seed=draw_seed(given.seed),
+        **control,
     )
 
 
@@ -153,7 +220,15 @@ def plan(req, settings, catalog) -> Plan:
     if engine == "portrait":
         return Plan(model, _portrait_params(given))
     # No model at all still gets complete parameters: the service answers 503 with the ways forward.
-    return Plan(model, _diffusers_params(given, settings, path))
+    params = _diffusers_params(given, settings, path, _control(given, settings, catalog))
+    if params.strength is not None and int(params.steps * params.strength) < 1:
+        raise InvalidRequest(
+            f"params.strength: {params.strength} of {params.steps} steps runs no denoising step",
+            field="params.strength",
+            hint="Raise strength or steps so that steps x strength is at least 1.",
+        )
+    inputs = {role: (ref, "image") for role, ref in (("init_image", params.init_image), ("mask", params.mask)) if ref}
+    return Plan(model, params, inputs=inputs or None)
 
 
 def validate(out: EngineOutput, job: GenerationJob) -> None:
@@ -242,6 +317,34 @@ def check_model_path(path: Path) -> str:
             field="path",
         )
     return "diffusers"
+
+
+LORA_KEY_MARKS = ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up")
+LORA_HEADER_LIMIT = 100_000_000  # bytes of JSON header read to recognise a LoRA
+
+
+def check_lora_path(path: Path) -> str:
+    """`models add FILE --type lora`: a .safetensors file whose tensors are LoRA pairs (kohya's lora_down/lora_up,
+    or the diffusers/PEFT lora_A/lora_B layout). Read from the header only."""
+    if not path.is_file() or path.suffix.lower() != ".safetensors":
+        raise InvalidRequest(f"{path} is not a LoRA: expected one .safetensors file", field="path")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if not 2 <= size <= min(LORA_HEADER_LIMIT, path.stat().st_size - 8):
+            raise InvalidRequest(f"{path} is not a safetensors file (its header is not valid)", field="path")
+        try:
+            header = json.loads(f.read(size))
+        except ValueError:
+            raise InvalidRequest(f"{path} is not a safetensors file (its header is not JSON)", field="path") from None
+    keys = [k for k in header if k != "__metadata__"] if isinstance(header, dict) else []
+    if not any(mark in k for k in keys for mark in LORA_KEY_MARKS):
+        raise InvalidRequest(
+            f"{path} holds no LoRA weights (no lora_A/lora_B or lora_down/lora_up tensors)",
+            field="path",
+            hint="Register a full checkpoint with --type image instead.",
+        )
+    return "lora"
 
 
 def record_section(row) -> dict:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, facts_of, parse_params
 from genforge.contenttypes.records import RecordBase
-from genforge.engines.base import VideoFacts, check_output, params_of
+from genforge.engines.base import VideoFacts, VideoInputs, check_output, params_of
 from genforge.engines.params import Platform, VideoParams, VideoSettings
 from genforge.errors import GenforgeError, InvalidOutput, InvalidRequest
 
@@ -68,7 +68,7 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
     facts = out.facts
     if not isinstance(facts, VideoFacts):
         raise InvalidOutput(f"the video engine reported {type(facts).__name__}, not VideoFacts")
-    if job.inputs is None:  # the service resolves a video's inputs before the engine runs
+    if not isinstance(job.inputs, VideoInputs):  # the service resolves a video's inputs before the engine runs
         raise GenforgeError("a video job reached validation without its inputs")
     try:
         with av.open(io.BytesIO(out.data), mode="r") as c:

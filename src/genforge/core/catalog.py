@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from genforge.config import Settings
 from genforge.contenttypes import REGISTRY
+from genforge.contenttypes.image import check_lora_path
 from genforge.engines import imagebackend
 from genforge.engines.base import ResolvedModel
 from genforge.errors import InvalidRequest, ModelNotFound, ModelUnavailable
@@ -57,6 +58,8 @@ class PackagedModel:
             return f"Install it with `apt-get install {self.distribution}` (Debian/Ubuntu)."
         return f"Install it with `genforge models pull {self.name}`."
 
+
+FACE_ENCODER, FACE_LANDMARKS = "dlib-face-resnet", "dlib-face-landmarks-5"
 
 PACKAGED: dict[str, PackagedModel] = {
     m.name: m
@@ -97,6 +100,32 @@ PACKAGED: dict[str, PackagedModel] = {
             description="Photorealistic faces from a seed (MobileStyleGAN, FFHQ, 1024x1024, OpenVINO); "
             "IGNORES THE PROMPT; used only when a request names it",
             no_deps=True,
+            prompt_conditioned=False,
+            by_name_only=True,
+        ),
+        # A persona's face identity check (core/identity.py): not generators; used only by that check.
+        PackagedModel(
+            name=FACE_ENCODER,
+            content_type="identity",
+            engine="dlib",
+            distribution="face-recognition-models",
+            filename="dlib_face_recognition_resnet_model_v1.dat",
+            sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+            license="CC0-1.0 (Davis King, dlib-models: the model is in the public domain); dlib Boost-1.0",
+            description="dlib's face recognition ResNet: 128-d face embeddings for a persona's identity check",
+            prompt_conditioned=False,
+            by_name_only=True,
+        ),
+        PackagedModel(
+            name=FACE_LANDMARKS,
+            content_type="identity",
+            engine="dlib",
+            distribution="face-recognition-models",
+            filename="shape_predictor_5_face_landmarks.dat",
+            sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+            license="CC0-1.0 (Davis King, dlib-models; his own 5-point data). The package's 68-point model is "
+            "never used: its training data (iBUG 300-W) is licensed for non-commercial use only",
+            description="dlib's 5-point face landmarks: aligns a face for the identity check's embedding",
             prompt_conditioned=False,
             by_name_only=True,
         ),
@@ -505,9 +534,9 @@ class ModelCatalog:
         """Register a user's model (file or directory) where it lies (no copy), recording its sha256."""
         path = Path(path).expanduser().resolve()
         spec = REGISTRY.get(content_type)
-        check = spec.check_model_path if spec else None
+        check = check_lora_path if content_type == "lora" else spec.check_model_path if spec else None
         if check is None:
-            addable = [name for name, t in REGISTRY.items() if t.check_model_path]
+            addable = [name for name, t in REGISTRY.items() if t.check_model_path] + ["lora"]
             raise InvalidRequest(
                 f"models of type {content_type!r} cannot be added; types: {', '.join(addable)}", field="type"
             )

@@ -53,6 +53,7 @@ class RecordExtra(TypedDict, total=False):
     persona: dict[str, Any]
     policy: dict[str, Any]
     inputs: dict[str, list[str]]
+    identity_policy: dict[str, Any]  # a persona's face policy (engines.base.IdentityPolicy)
     # what the run added
     attempts: list[dict[str, Any]]
     warnings: list[str]

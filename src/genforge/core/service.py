@@ -33,8 +33,9 @@ from genforge.contenttypes.records import PersonaUse, Status
 from genforge.contenttypes.request import GenerateRequest
 from genforge.core import metrics
 from genforge.core.access import JobSlots
-from genforge.core.caller import Caller
+from genforge.core.caller import LOCAL, Caller
 from genforge.core.catalog import ModelCatalog
+from genforge.core.identity import IdentityCheck, Reference
 from genforge.core.jobs import Job, JobQueue
 from genforge.core.limits import check_inputs, check_limits, output_limits
 from genforge.core.records import (
@@ -48,8 +49,21 @@ from genforge.core.records import (
     elapsed_ms,
     now,
 )
-from genforge.engines.base import Emit, EngineClient, EngineOutput, GenerationJob, TextPolicy, VideoInputs
-from genforge.engines.params import SEED_LIMIT
+from genforge.core.uploads import UploadStore
+from genforge.engines.base import (
+    Emit,
+    EngineClient,
+    EngineOutput,
+    GenerationJob,
+    IdentityPolicy,
+    ImageFacts,
+    ImageInputRef,
+    ImageInputs,
+    LoraFile,
+    TextPolicy,
+    VideoInputs,
+)
+from genforge.engines.params import SEED_LIMIT, DiffusersSettings, LoraUse
 from genforge.errors import (
     ArtifactChanged,
     ArtifactLost,
@@ -60,6 +74,7 @@ from genforge.errors import (
     Interrupted,
     InvalidOutput,
     InvalidRequest,
+    ModelUnavailable,
     NotFound,
     OffSchema,
     PolicyViolation,
@@ -82,6 +97,7 @@ class Applied:
     request: GenerateRequest
     use: PersonaUse
     policy: TextPolicy | None
+    identity: IdentityPolicy | None = None  # images: the persona's face, measured (core/identity.py)
 
 
 class PersonaSource(Protocol):
@@ -135,6 +151,10 @@ class ContentService:
         self.engines = engines
         self.runner = runner
         self.slots = slots or JobSlots()
+        self.uploads = UploadStore(
+            records.db, settings.uploads_dir, settings.upload_max_bytes, settings.upload_max_pixels
+        )
+        self.identity = IdentityCheck(catalog)  # a persona's face, measured (its models load on first use)
         self.personas = personas  # set by the runtime (the platform's PersonaStore); None: requests name none
         self.closing = False  # set when the runtime shuts down: database retries give up
         self.credentials = Credentials(settings.data_dir, enabled=settings.credentials != "off")
@@ -147,12 +167,12 @@ class ContentService:
         caller may use), the content type's planner run, the server's limits checked, the model the plan will
         run checked against the caller's allow-list, and the stored inputs it names checked to be the caller's.
         `policy` (a post's character limit) joins the persona's forbidden phrases as the text's policy."""
-        use = None
+        use, identity = None, None
         if req.persona:
             if self.personas is None:
                 raise InvalidRequest("persona: this server has no personas", field="persona")
             applied = self.personas.apply(req.persona, req, caller, self._engine_of)
-            req, use = applied.request, applied.use
+            req, use, identity = applied.request, applied.use, applied.identity
             if applied.policy is not None:
                 policy = replace(policy or TextPolicy(), forbidden_phrases=applied.policy.forbidden_phrases)
         plan = spec_of(req.content_type).plan(req, self.settings, self.catalog)
@@ -160,8 +180,11 @@ class ContentService:
         check_limits(req, plan.params, self.settings)
         if policy is not None and req.content_type == "text":
             plan = replace(plan, policy=policy)
+        if identity is not None and req.content_type == "image":
+            plan = replace(plan, identity=identity)
         self._check_inputs(plan, caller)  # a video's inputs must exist, and be the caller's, before its record
-        check_inputs(self._input_files(plan), self.settings)  # and be within the server's limits (a narration)
+        if req.content_type == "video":  # and be within the server's limits (a narration)
+            check_inputs(self._video_files(plan), self.settings)
         return Planned(req, plan, use)
 
     def _engine_of(self, model: str | None) -> str | None:
@@ -188,6 +211,8 @@ class ContentService:
             extra["policy"] = asdict(plan.policy)
         if plan.inputs:
             extra["inputs"] = {role: list(ref) for role, ref in plan.inputs.items()}
+        if plan.identity:  # what a worker needs to measure the same face (distributed/celery_queue.py)
+            extra["identity_policy"] = asdict(plan.identity)
         pending = PendingRecord(
             id=accepted.content_id,
             content_type=req.content_type,
@@ -288,6 +313,11 @@ class ContentService:
         req, plan, content_id = accepted.request, accepted.plan, accepted.content_id
         model = self.catalog.resolve(plan.model, req.content_type)
         inputs = self._input_files(plan)
+        input_refs = (
+            [self._input_path(role, ref)[1] for role, (ref, _) in plan.inputs.items()]
+            if plan.inputs and isinstance(plan.params, DiffusersSettings)
+            else None
+        )
         runs: list[int] = [] if accepted.run is None else [accepted.run]
 
         def running() -> None:  # called once the engine has the job: the commit overlaps its first step
@@ -314,8 +344,11 @@ class ContentService:
             inputs=inputs,
             limits=output_limits(req.content_type, self.settings),
         )
+        job = self._image_job(job, plan)
         # `job`: after a policy retry, the one whose seed passed
-        out, job = self._generate_checked(job, emit, cancel, running)
+        out, job = self._generate_checked(job, emit, cancel, running, plan.identity)
+        if input_refs and isinstance(out.facts, ImageFacts):
+            out.facts.inputs = input_refs  # the record names what it was made from (ids and sha256)
         signed = self.credentials.sign(  # Content Credentials; the signed file is what is stored and hashed
             content_id=content_id,
             content_type=req.content_type,
@@ -323,6 +356,7 @@ class ContentService:
             data=out.data,
             model=model,
             params=job.params.model_dump(mode="json"),
+            **self._signed_facts(out),
         )
         extra = {**signed.extra, **({"model_source": model.source} if model.source else {})}
         suffix = spec_of(req.content_type).suffix
@@ -347,15 +381,23 @@ class ContentService:
         return result
 
     def _generate_checked(
-        self, job: GenerationJob, emit: Emit, cancel: threading.Event, started: Callable[[], None] | None
+        self,
+        job: GenerationJob,
+        emit: Emit,
+        cancel: threading.Event,
+        started: Callable[[], None] | None,
+        identity: IdentityPolicy | None = None,
     ) -> tuple[EngineOutput, GenerationJob]:
         """Run the engine and the validator. Output that breaks the job's policy (a forbidden phrase, a character
-        limit) or its schema (params.response_format, params.tools) is retried with the next seed, up to
-        GENFORGE_POLICY_ATTEMPTS runs; each broken run is listed in the record's `attempts`, and the record keeps the
-        seed that passed. Returns (output, the job that made it). `started` runs once, as soon as the engine has the
-        first run (the engines call it; see engines/pool.py)."""
+        limit, a persona's face not measured as hers: `identity`) or its schema (params.response_format,
+        params.tools) is retried with the next seed, up to GENFORGE_POLICY_ATTEMPTS runs (an identity policy's own
+        `attempts`); each broken run is listed in the record's `attempts`, and the record keeps the seed that passed.
+        Returns (output, the job that made it). `started` runs once, as soon as the engine has the first run (the
+        engines call it; see engines/pool.py)."""
         spec = spec_of(job.content_type)
         attempts: list[dict[str, Any]] = []
+        references = self._references(identity) if identity else []
+        limit = (identity.attempts if identity else None) or self.settings.policy_attempts
         while True:
             out = self.engines.generate(job, emit=emit, cancel=cancel, started=started)
             started = None
@@ -363,6 +405,8 @@ class ContentService:
                 raise InvalidOutput(f"the engine reported {type(out.facts).__name__}, not {spec.facts.__name__}")
             try:
                 spec.validate(out, job)
+                if identity is not None and isinstance(out.facts, ImageFacts):  # the persona's face, measured
+                    out.facts.identity = self.identity.measure(out.data, identity, references)
                 return out, job
             except (PolicyViolation, OffSchema) as exc:  # a run that broke the policy or the schema: next seed
                 seed = getattr(job.params, "seed", None)
@@ -370,7 +414,7 @@ class ContentService:
                 self._retry(partial(self.records.note_attempts, job.content_id, list(attempts)), SUCCESS_COMMIT_RETRY_S)
                 log.info("content=%s attempt %d broke the policy (%s)", job.content_id, len(attempts), exc.code)
                 log.debug("content=%s attempt %d: %s", job.content_id, len(attempts), exc.message)  # may quote text
-                if len(attempts) >= self.settings.policy_attempts or seed is None:
+                if len(attempts) >= limit or seed is None:
                     exc.message = f"{exc.message} (in each of {len(attempts)} attempt(s); the last is shown)"
                     raise
                 emit({"type": "retry", "attempt": len(attempts) + 1, "reason": exc.message})
@@ -417,8 +461,9 @@ class ContentService:
         return record
 
     def _check_inputs(self, plan: Plan, caller: Caller) -> None:
-        """The stored records a plan names (a video's image and narration) must be succeeded records of the
-        right types that the caller may see; another key's record answers exactly like an unknown id."""
+        """The stored inputs a plan names (a video's image and narration, an image's init image and mask) must be
+        succeeded records of the right types, or for an image input an upload, that the caller may see; another
+        key's record or upload answers exactly like an unknown id."""
         for role, (content_id, content_type) in (plan.inputs or {}).items():
             try:
                 found: StoredFile | None = self.records.file_of(content_id)
@@ -426,9 +471,12 @@ class ContentService:
                 found = None
             if found is not None and not caller.owns(found.owner):
                 found = None
+            if found is None and content_type == "image" and self.uploads.find(content_id, caller) is not None:
+                continue
             if found is None:
+                what = "an upload or a succeeded image record" if content_type == "image" else None
                 raise InvalidRequest(
-                    f"params.{role}: {content_id!r} is no record, not a succeeded {content_type} record",
+                    f"params.{role}: {content_id!r} is no record, not {what or f'a succeeded {content_type} record'}",
                     field=f"params.{role}",
                 )
             if found.content_type != content_type or found.status != "succeeded":
@@ -438,20 +486,81 @@ class ContentService:
                     field=f"params.{role}",
                 )
 
-    def _input_files(self, plan: Plan) -> VideoInputs | None:
-        """The stored files of a plan's inputs (checked for the caller when it was submitted)."""
+    def _input_path(self, role: str, ref: str) -> tuple[str, ImageInputRef]:
+        """(path, what the record says of it) for a stored input: a record's artifact, else an upload."""
+        try:
+            found: StoredFile | None = self.records.file_of(ref)
+        except NotFound:
+            found = None
+        if found is None:
+            upload = self.uploads.find(ref, LOCAL)  # the caller's own: checked when it was submitted
+            if upload is None:
+                raise ArtifactLost(f"the {role} {ref} no longer exists (deleted since the request was accepted)")
+            if not upload.path.is_file():
+                raise ArtifactLost(f"the file of the uploaded {role} {ref} is missing")
+            return str(upload.path), ImageInputRef(role=role, upload_id=ref, sha256=upload.sha256)
+        if found.relpath is None or found.sha256 is None:
+            raise ArtifactLost(f"{role} {ref} has no file", content_id=ref)
+        path = self.store.resolve(found.relpath)
+        if not path.is_file():
+            raise ArtifactLost(f"the file of {role} {ref} is missing", content_id=ref)
+        return str(path), ImageInputRef(role=role, content_id=ref, sha256=found.sha256)
+
+    def _input_files(self, plan: Plan) -> VideoInputs | ImageInputs | None:
+        """The stored files of a plan's inputs (checked for the caller when it was submitted), and an image's
+        LoRA files (their sha256 checked against what a repeated request names)."""
+        if isinstance(plan.params, DiffusersSettings):
+            paths = {role: self._input_path(role, ref)[0] for role, (ref, _) in (plan.inputs or {}).items()}
+            loras = tuple(self._lora_file(use) for use in plan.params.loras)
+            if not paths and not loras:
+                return None
+            return ImageInputs(init_image=paths.get("init_image"), mask=paths.get("mask"), loras=loras)
+        return self._video_files(plan)
+
+    def _video_files(self, plan: Plan) -> VideoInputs | None:
         if not plan.inputs:
             return None
-        paths = {}
-        for role, (content_id, _) in plan.inputs.items():
-            found = self.records.file_of(content_id)
-            if found.relpath is None:
-                raise ArtifactLost(f"{role} {content_id} has no file", content_id=content_id)
-            path = self.store.resolve(found.relpath)
-            if not path.is_file():
-                raise ArtifactLost(f"the file of {role} {content_id} is missing", content_id=content_id)
-            paths[role] = str(path)
-        return VideoInputs(image_path=paths["image"], narration_path=paths["narration"])
+        found = {role: self._input_path(role, ref)[0] for role, (ref, _) in plan.inputs.items()}
+        return VideoInputs(image_path=found["image"], narration_path=found["narration"])
+
+    @staticmethod
+    def _signed_facts(out: EngineOutput) -> dict[str, Any]:
+        """What an image's Content Credentials add: its inputs (ids and sha256) and its measured identity."""
+        facts = out.facts
+        if not isinstance(facts, ImageFacts):
+            return {}
+        return {
+            "inputs": [i.model_dump(mode="json", exclude_none=True) for i in facts.inputs or []] or None,
+            "identity": facts.identity.model_dump(mode="json") if facts.identity else None,
+        }
+
+    def _references(self, identity: IdentityPolicy) -> list[Reference]:
+        """A persona's reference faces as files (records or uploads; checked when the persona was written)."""
+        found = []
+        for ref in identity.references:
+            path, info = self._input_path("reference", ref)
+            found.append(Reference(ref, info.sha256, path))
+        return found
+
+    def _lora_file(self, use: LoraUse) -> LoraFile:
+        model = self.catalog.resolve(use.name, "lora")
+        if model.content_type != "lora":
+            raise InvalidRequest(f"params.loras: {use.name!r} is no LoRA", field="params.loras")
+        if use.sha256 and use.sha256 != model.sha256:
+            raise ModelUnavailable(
+                f"LoRA {use.name!r} is now a file with sha256 {model.sha256[:12]}…, not the requested "
+                f"{use.sha256[:12]}…",
+                hint="Leave sha256 out to use the registered file, or register the file that was used.",
+            )
+        return LoraFile(use.name, model.path, model.sha256, use.weight)
+
+    def _image_job(self, job: GenerationJob, plan: Plan) -> GenerationJob:
+        """An image job's parameters as they will run and be recorded: each LoRA with its file's sha256."""
+        p, inputs = job.params, job.inputs
+        if not isinstance(p, DiffusersSettings) or not isinstance(inputs, ImageInputs) or not inputs.loras:
+            return job
+        loras = tuple(LoraUse(name=f.name, weight=f.weight, sha256=f.sha256) for f in inputs.loras)
+        return replace(job, params=p.model_copy(update={"loras": loras}))
 
     def _retry(self, commit: Callable[[], T], within_s: float | None) -> T:
         """Run a database commit again while the database is unavailable (locked, full): for `within_s`

@@ -41,7 +41,7 @@ from genforge.contenttypes.request import GenerateRequest
 from genforge.core.jobs import Job
 from genforge.core.records import SqlContentRecords
 from genforge.core.service import Accepted, ContentService
-from genforge.engines.base import TextPolicy
+from genforge.engines.base import IdentityPolicy, TextPolicy
 from genforge.engines.pool import WireError
 from genforge.errors import Cancelled, GenforgeError, Interrupted, QueueFull, ShuttingDown, error_class
 from genforge.redact import redact_text, redact_url
@@ -414,8 +414,16 @@ def accepted_of(row: ContentRow, run: int, started: float) -> Accepted:
         fallback_reason=extra.get("fallback_reason"),
         inputs={role: (ref[0], ref[1]) for role, ref in inputs.items()} if inputs else None,
         policy=_policy(extra.get("policy")),
+        identity=_identity(extra.get("identity_policy")),
     )
     return Accepted(row.id, req, plan, started, run)
+
+
+def _identity(recorded: dict[str, Any] | None) -> IdentityPolicy | None:
+    """A persona's face policy as the API process planned it."""
+    if not recorded:
+        return None
+    return IdentityPolicy(**{**recorded, "references": tuple(recorded.get("references", ()))})
 
 
 def _policy(recorded: dict[str, Any] | None) -> TextPolicy | None:

@@ -60,6 +60,26 @@ class VideoInputs:
 
 
 @dataclass(frozen=True)
+class LoraFile:
+    """A LoRA adapter resolved for a job: its file, its sha256, the weight to apply."""
+
+    name: str
+    path: str
+    sha256: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """Images (diffusers): the stored pictures a job starts from, by path, and the LoRAs it applies. The engine
+    never reads the database: the service resolved them (content ids or uploads the caller may use)."""
+
+    init_image: str | None = None
+    mask: str | None = None  # white = repaint; the unmasked pixels are pasted back from the init image
+    loras: tuple[LoraFile, ...] = ()
+
+
+@dataclass(frozen=True)
 class TextPolicy:
     """Text only: what a generated text must respect to count as a success (a persona's forbidden phrases, a
     platform's character limit). The text validator enforces it; the service retries with the next seed."""
@@ -67,6 +87,17 @@ class TextPolicy:
     forbidden_phrases: tuple[str, ...] = ()
     max_chars: int | None = None
     min_words: int | None = None  # e.g. a caption that will be spoken: emoji alone are not a caption
+
+
+@dataclass(frozen=True)
+class IdentityPolicy:
+    """What a persona's images must show: its face, as measured against its reference images (content ids or
+    upload ids) by genforge.core.identity. Below `min_similarity` the service retries with the next seed, up to
+    `attempts` runs (GENFORGE_POLICY_ATTEMPTS when None)."""
+
+    references: tuple[str, ...]
+    min_similarity: float
+    attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +125,7 @@ class GenerationJob:
     # Speech only: why the espeak-ng fallback runs (the request allowed it), for the record's warnings.
     fallback_reason: str | None = None
     policy: TextPolicy | None = None
-    inputs: VideoInputs | None = None
+    inputs: VideoInputs | ImageInputs | None = None
     limits: OutputLimits | None = None
 
 
@@ -183,6 +214,35 @@ class ImageDetails(BaseModel):
     )
     stages: list[str] | None = Field(None, description="Portrait: the stages reported as progress steps.")
     license: str | None = Field(None, description="Portrait: the licence of the weights.")
+    mode: str | None = Field(None, description="diffusers: txt2img, img2img or inpaint.")
+    strength: float | None = Field(None, description="img2img and inpaint: how much of the schedule ran.")
+    loras: list[dict[str, Any]] | None = Field(None, description="LoRAs applied: name, weight, sha256.")
+
+
+class ImageInputRef(BaseModel):
+    """An input picture of an image record: a content id or an upload (and the sha256 of its file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = Field(description="init_image, mask, or reference (a persona's face).")
+    content_id: str | None = Field(None, description="The image record it came from.")
+    upload_id: str | None = Field(None, description="The upload it came from.")
+    sha256: str = Field(description="sha256 of the input's file.")
+
+
+class IdentityFacts(BaseModel):
+    """A persona's face identity, measured on the output (genforge.core.identity)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    similarity: float = Field(
+        description="1 - the Euclidean distance between the dlib face embeddings of the output and the nearest "
+        "reference face (1: the same embedding; two different portrait faces measured at most 0.65, median 0.3: "
+        "docs/benchmarks.md)."
+    )
+    threshold: float = Field(description="The persona's min_similarity: lower is refused (policy_violation).")
+    reference: list[str] = Field(description="The reference images (content ids or upload ids).")
+    model: str = Field(description="The face embedding model and its landmark model.")
 
 
 class ImageFacts(_Facts):
@@ -193,6 +253,8 @@ class ImageFacts(_Facts):
     )
     image: ImageDetails | None = None
     content_hash: str | None = Field(None, description="sha256 of the decoded pixels: finds a stripped copy.")
+    inputs: list[ImageInputRef] | None = Field(None, description="The pictures it was made from (img2img, mask).")
+    identity: IdentityFacts | None = Field(None, description="A persona's face, measured on this image.")
 
 
 class SpeechFacts(_Facts):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from genforge.engines.base import (
     GenerationJob,
     ImageDetails,
     ImageFacts,
+    ImageInputs,
+    LoraFile,
     OneAtATimeEngine,
     ResolvedModel,
     params_of,
@@ -81,6 +84,7 @@ class DiffusersEngine(OneAtATimeEngine):
         self._full_vae = None  # the checkpoint's VAE, put back for params.decoder "full"
         self._model: ResolvedModel | None = None
         self._pipe = None
+        self._variants: dict[str, Any] = {}  # img2img / inpaint pipelines sharing the loaded one's components
         self._default_scheduler = None
         self._version = ""
         self._device = "cpu"
@@ -118,6 +122,7 @@ class DiffusersEngine(OneAtATimeEngine):
         diffusers, _, torch = self._imports()
         start = time.perf_counter()
         self._model = self._pipe = self._default_scheduler = None
+        self._variants = {}
         if self.threads:
             torch.set_num_threads(self.threads)
         cuda = torch.cuda.is_available()
@@ -190,24 +195,76 @@ class DiffusersEngine(OneAtATimeEngine):
         )
         if p.decoder == "tiny":  # loading the tiny decoder
             load_ms += (time.perf_counter() - start) * 1000
-        return render(
-            self._pipe,
-            job,
-            emit,
-            cancelled,
-            scheduler=self.scheduler_for(self._default_scheduler, p.scheduler),
-            engine=self.kind,
-            engine_version=self._version,
-            load_ms=load_ms,
-            details={
-                "device": self._device,
-                "dtype": str(self._dtype).removeprefix("torch."),
-                "backend": "torch",
-                "backend_version": torch.__version__,
-                "precision": "fp16" if self._dtype == torch.float16 else "fp32",
-                **decoder,
-            },
-        )
+        inputs = job.inputs if isinstance(job.inputs, ImageInputs) else ImageInputs()
+        pipe = self.variant("inpaint" if inputs.mask else "img2img" if inputs.init_image else "txt2img")
+        with applied_loras(self._pipe, inputs.loras):
+            return render(
+                pipe,
+                job,
+                emit,
+                cancelled,
+                scheduler=self.scheduler_for(self._default_scheduler, p.scheduler),
+                engine=self.kind,
+                engine_version=self._version,
+                load_ms=load_ms,
+                details={
+                    "device": self._device,
+                    "dtype": str(self._dtype).removeprefix("torch."),
+                    "backend": "torch",
+                    "backend_version": torch.__version__,
+                    "precision": "fp16" if self._dtype == torch.float16 else "fp32",
+                    **decoder,
+                },
+            )
+
+    def variant(self, mode: str):
+        """The loaded pipeline for txt2img, or diffusers' img2img / inpainting pipeline made from its very
+        components (no second copy of the weights)."""
+        if mode == "txt2img":
+            return self._pipe
+        if mode not in self._variants:
+            import diffusers
+
+            cls = diffusers.AutoPipelineForInpainting if mode == "inpaint" else diffusers.AutoPipelineForImage2Image
+            try:
+                variant = cls.from_pipe(self._pipe)
+            except Exception as exc:  # a pipeline class diffusers has no img2img/inpaint counterpart for
+                raise ModelUnavailable(
+                    f"{mode}: diffusers has no {mode} pipeline for {type(self._pipe).__name__}: {exc}",
+                    hint="Use a Stable Diffusion (1.x, 2.x or XL) checkpoint for img2img and inpainting.",
+                ) from None
+            variant.set_progress_bar_config(disable=True)
+            self._variants[mode] = variant
+        return self._variants[mode]
+
+
+@contextmanager
+def applied_loras(pipe, loras: tuple[LoraFile, ...]) -> Iterator[list[dict[str, Any]]]:
+    """The LoRAs loaded into the pipeline (diffusers + peft) at their weights for one job, and unloaded after it, so
+    the next job runs the base weights. Never silently skipped: a LoRA that does not load fails the job."""
+    if not loras:
+        yield []
+        return
+    names = [f"lora{i}" for i in range(len(loras))]
+    try:
+        for name, lora in zip(names, loras, strict=True):
+            pipe.load_lora_weights(lora.path, adapter_name=name)
+        pipe.set_adapters(names, [lora.weight for lora in loras])
+    except Exception as exc:
+        _unload(pipe)
+        raise ModelUnavailable(
+            f"the LoRA could not be loaded into {type(pipe).__name__}: {type(exc).__name__}: {str(exc)[:300]}",
+            hint="A LoRA must be made for this checkpoint's architecture (kohya or diffusers safetensors); "
+            "loading one needs the `peft` package (the image extra).",
+        ) from None
+    try:
+        yield [{"name": lora.name, "weight": lora.weight, "sha256": lora.sha256} for lora in loras]
+    finally:
+        _unload(pipe)
+
+
+def _unload(pipe) -> None:
+    pipe.unload_lora_weights()
 
 
 def render(
@@ -238,18 +295,19 @@ def render(
         return kwargs
 
     generator = torch.Generator("cpu").manual_seed(p.seed)  # CPU noise: the same latents on any device
+    inputs = job.inputs if isinstance(job.inputs, ImageInputs) else ImageInputs()
+    init, mask, control = _control_images(inputs, p)
     clock = StageClock(pipe)
     with torch.inference_mode(), clock:
         result = pipe(
             prompt=job.prompt,
             negative_prompt=p.negative_prompt or None,
-            width=p.width,
-            height=p.height,
             num_inference_steps=p.steps,
             guidance_scale=p.guidance_scale,
             generator=generator,
             output_type="np",
             callback_on_step_end=on_step_end,
+            **control,
         )
     if any(getattr(result, "nsfw_content_detected", None) or []):
         raise InvalidOutput(
@@ -263,11 +321,21 @@ def render(
             hint="Try another seed, fewer steps or a lower guidance_scale; on CUDA, float16 overflow is a known cause.",
         )
     rgb = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if init is not None and mask is not None:  # what was not masked does not move: pasted back after decoding
+        from PIL import Image
+
+        pasted = pipe.image_processor.apply_overlay(mask, init, Image.fromarray(rgb))
+        rgb = np.asarray(pasted.convert("RGB"), dtype=np.uint8)
+    mode = "inpaint" if mask is not None else "img2img" if init is not None else "txt2img"
+    loras = [{"name": f.name, "weight": f.weight, "sha256": f.sha256} for f in inputs.loras]
     info = ImageDetails(
         pipeline=type(pipe).__name__,
         scheduler=type(pipe.scheduler).__name__,
         denoising_steps=pipe.num_timesteps,
         stage_ms=clock.ms,
+        mode=mode,
+        strength=p.strength if init is not None else None,
+        loras=loras or None,
         **details,
     )
     text = images.provenance(
@@ -291,6 +359,29 @@ def render(
         facts=ImageFacts(width=rgb.shape[1], height=rgb.shape[0], steps=p.steps, image=info),
         pixels=pixels,
     )
+
+
+def _control_images(inputs: ImageInputs, p: DiffusersSettings) -> tuple[Any, Any, dict[str, Any]]:
+    """(init image, mask, the pipeline call's size or image arguments): the init image scaled to the requested
+    size (RGB), the mask to the same size (L, white = repaint)."""
+    if inputs.init_image is None:
+        return None, None, {"width": p.width, "height": p.height}
+    from PIL import Image
+
+    size = (p.width, p.height)
+    try:
+        with Image.open(inputs.init_image) as im:
+            init = im.convert("RGB").resize(size, Image.Resampling.LANCZOS) if im.size != size else im.convert("RGB")
+        mask = None
+        if inputs.mask is not None:
+            with Image.open(inputs.mask) as im:
+                mask = im.convert("L").resize(size, Image.Resampling.NEAREST) if im.size != size else im.convert("L")
+    except (OSError, ValueError) as exc:
+        raise InvalidOutput(f"an input image does not decode: {exc}") from None
+    strength = p.strength if p.strength is not None else 1.0
+    if mask is None:
+        return init, None, {"image": init, "strength": strength}
+    return init, mask, {"image": init, "mask_image": mask, "strength": strength, "width": p.width, "height": p.height}
 
 
 class StageClock:

@@ -34,7 +34,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genforge.engines.base import Emit, EngineOutput, GenerationJob, OneAtATimeEngine, ResolvedModel, params_of
+from genforge.engines.base import (
+    Emit,
+    EngineOutput,
+    GenerationJob,
+    ImageInputs,
+    OneAtATimeEngine,
+    ResolvedModel,
+    params_of,
+)
 from genforge.engines.diffusers import DiffusersEngine, render
 from genforge.engines.params import DiffusersSettings
 from genforge.engines.tiny_decoder import TinyDecoder, use_decoder
@@ -631,6 +639,17 @@ class OpenVINODiffusersEngine(OneAtATimeEngine):
     # --- generation --------------------------------------------------------------------------------
     def generate(self, job: GenerationJob, emit: Emit, cancelled: Callable[[], bool]) -> EngineOutput:
         p = params_of(job, DiffusersSettings)
+        if isinstance(job.inputs, ImageInputs):  # img2img, inpainting, LoRAs: torch only for now
+            wanted = "inpainting" if job.inputs.mask else "img2img" if job.inputs.init_image else "LoRAs"
+            if not self.fallback:
+                raise ModelUnconvertible(
+                    f"{wanted} run on the torch backend only, and GENFORGE_IMAGE_BACKEND is openvino",
+                    hint="Set GENFORGE_IMAGE_BACKEND=auto (such requests then run on torch) or torch.",
+                )
+            out = self.torch_engine.generate(job, emit, cancelled)
+            out.engine = self.torch_engine.kind
+            out.facts.warnings.append(f"ran on torch: the OpenVINO engine does not run {wanted}")
+            return out
         try:
             load_ms = self._load(job.model, p.precision, emit)
             start = time.perf_counter()

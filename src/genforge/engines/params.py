@@ -87,6 +87,23 @@ class PortraitSettings(BaseModel):
     seed: int = Field(ge=0, lt=SEED_LIMIT)
 
 
+class LoraUse(BaseModel):
+    """A LoRA adapter applied to a diffusers checkpoint (`genforge models add FILE --type lora --name NAME`).
+    `sha256` is recorded by the run (the file that ran); sent again, the run refuses a file that differs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    weight: float = Field(1.0, ge=-4.0, le=4.0, description="0 leaves the base model's output unchanged.")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+# strength when params.init_image is given without one: img2img keeps the init image's layout at 0.75 (a quarter
+# of the noise schedule is skipped); inpainting repaints the masked region from noise (1.0).
+IMG2IMG_STRENGTH = 0.75
+INPAINT_STRENGTH = 1.0
+
+
 class DiffusersSettings(BaseModel):
     """A diffusers checkpoint's complete parameters."""
 
@@ -101,6 +118,11 @@ class DiffusersSettings(BaseModel):
     seed: int = Field(ge=0, lt=SEED_LIMIT)
     precision: ImagePrecision = "default"
     decoder: ImageDecoder = "full"
+    # img2img and inpainting: the init image and the mask (white = repaint) by content id or upload id
+    init_image: str | None = None
+    mask: str | None = None
+    strength: float | None = Field(None, gt=0, le=1, description="Set whenever init_image is.")
+    loras: tuple[LoraUse, ...] = ()
 
 
 ImageSettings = PortraitSettings | DiffusersSettings

@@ -31,6 +31,7 @@ from genforge.engines.base import (
     OneAtATimeEngine,
     ResolvedModel,
     VideoFacts,
+    VideoInputs,
     check_output,
     params_of,
 )
@@ -147,7 +148,7 @@ class VideoEngine(OneAtATimeEngine):
         load_ms = self.load(job.model)
         start = time.perf_counter()
         p, inputs = params_of(job, VideoSettings), job.inputs
-        if inputs is None:
+        if not isinstance(inputs, VideoInputs):
             raise InvalidRequest("a video needs its image and narration", field="params")
         try:
             image = Image.open(inputs.image_path).convert("RGB")

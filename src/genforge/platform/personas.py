@@ -24,10 +24,10 @@ from genforge.contenttypes.records import ChatMessage, PersonaUse
 from genforge.contenttypes.request import GenerateRequest
 from genforge.core.caller import Caller
 from genforge.core.service import Applied
-from genforge.engines.base import TextPolicy
+from genforge.engines.base import IdentityPolicy, TextPolicy
 from genforge.engines.params import SEED_LIMIT
 from genforge.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from genforge.stores.db import ContentRow, Database, PersonaRow, PostRow
+from genforge.stores.db import ContentRow, Database, PersonaRow, PostRow, UploadRow
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _REF = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63})(?:@([1-9][0-9]{0,8}))?$")
@@ -64,6 +64,23 @@ class TextDefaults(BaseModel):
     quality: Literal["draft", "standard", "high"] | None = None
 
 
+DEFAULT_MIN_SIMILARITY = 0.65  # calibrated on the portrait model's faces: docs/benchmarks.md, "Face identity"
+
+
+class IdentitySettings(BaseModel):
+    """A persona's face policy: every image made for it must show the face of its reference images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_similarity: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description=f"1 - the dlib embedding distance to the nearest reference face; default {DEFAULT_MIN_SIMILARITY}.",
+    )
+    attempts: int | None = Field(None, ge=1, le=20, description="Seeds tried; default GENFORGE_POLICY_ATTEMPTS.")
+
+
 class ImageDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,6 +93,14 @@ class ImageDefaults(BaseModel):
     negative: str | None = Field(None, max_length=2_000, description="Negative prompt (diffusers models).")
     width: int | None = Field(None, gt=0, le=4096, multiple_of=8)
     height: int | None = Field(None, gt=0, le=4096, multiple_of=8)
+    reference_images: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="The persona's face: image content ids or upload ids of the persona's owner.",
+    )
+    identity: IdentitySettings | None = Field(
+        None, description="Measure every image made for the persona against reference_images (needs them)."
+    )
 
 
 class SpeechDefaults(BaseModel):
@@ -169,8 +194,37 @@ class PersonaStore:
         for model in body.models():
             caller.check_model(model)
 
+    def _check_references(self, body: PersonaBody, caller: Caller) -> None:
+        """A persona's reference images must be succeeded image records or uploads its writer may use (another
+        key's answers like an unknown id); an identity policy needs at least one."""
+        refs = body.image.reference_images
+        if body.image.identity is not None and not refs:
+            raise InvalidRequest(
+                "image.identity: an identity policy needs image.reference_images (the persona's face)",
+                field="image.identity",
+            )
+        with self.db.session() as s:
+            for i, ref in enumerate(refs):
+                row = s.get(ContentRow, ref)
+                ok = row is not None and caller.owns(row.owner)
+                if ok and row is not None and (row.content_type != "image" or row.status != "succeeded"):
+                    raise InvalidRequest(
+                        f"image.reference_images.{i}: {ref!r} is a {row.status} {row.content_type} record, not a "
+                        "succeeded image",
+                        field=f"image.reference_images.{i}",
+                    )
+                if not ok:
+                    upload = s.get(UploadRow, ref)
+                    ok = upload is not None and caller.owns(upload.owner)
+                if not ok:
+                    raise InvalidRequest(
+                        f"image.reference_images.{i}: {ref!r} is no image record or upload",
+                        field=f"image.reference_images.{i}",
+                    )
+
     def create(self, body: PersonaBody, caller: Caller) -> Persona:
         self._check_models(body, caller)
+        self._check_references(body, caller)
         with self.db.session() as s:
             if s.query(PersonaRow).filter(PersonaRow.name == body.name).count():
                 raise Conflict(
@@ -245,6 +299,8 @@ class PersonaStore:
         except ValidationError as exc:  # a section's field of the wrong type or unknown: 422 naming it
             raise pydantic_error(exc) from None
         self._check_models(body, caller)
+        if body.image != current.image:  # references kept from an earlier version were checked then
+            self._check_references(body, caller)
         with self.db.session() as s:
             row = PersonaRow(
                 version=current.version + 1,
@@ -278,8 +334,15 @@ class PersonaStore:
         self, ref: str, req: GenerateRequest, caller: Caller, engine_of: Callable[[str | None], str | None]
     ) -> Applied:
         """The core's PersonaSource: the persona `ref` names (one the caller may use) applied to `req`."""
-        merged, use, policy = apply(self.resolve(ref, caller), req, engine_of)
-        return Applied(merged, use, policy)
+        persona = self.resolve(ref, caller)
+        merged, use, policy = apply(persona, req, engine_of)
+        identity = None
+        i = persona.image
+        if req.content_type == "image" and i.identity is not None and i.reference_images:
+            threshold = DEFAULT_MIN_SIMILARITY if i.identity.min_similarity is None else i.identity.min_similarity
+            identity = IdentityPolicy(tuple(i.reference_images), threshold, i.identity.attempts)
+            use.applied["identity"] = {"min_similarity": threshold, "reference_images": list(i.reference_images)}
+        return Applied(merged, use, policy, identity)
 
 
 def _text_system(t: TextDefaults) -> str | None:

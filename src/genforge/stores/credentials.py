@@ -109,7 +109,15 @@ class Credentials:
 
     # --- signing -----------------------------------------------------------------------------------------
     def manifest(
-        self, *, label: str, content_id: str, content_type: str, model: ResolvedModel, params: dict[str, Any]
+        self,
+        *,
+        label: str,
+        content_id: str,
+        content_type: str,
+        model: ResolvedModel,
+        params: dict[str, Any],
+        inputs: list[dict[str, Any]] | None = None,
+        identity: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The manifest definition every artifact gets (PNG, WAV embedded; text as a sidecar)."""
         agent = {"name": "genforge", "version": __version__}
@@ -123,6 +131,10 @@ class Credentials:
         }
         if model.source:
             model_facts["source"] = model.source
+        if inputs:  # what it was made from (img2img, a mask): content ids or uploads, each with its sha256
+            provenance["inputs"] = inputs
+        if identity:  # a persona's face, measured on this picture
+            provenance["identity"] = identity
         return {
             "label": label,
             "title": f"genforge {content_type} {content_id}",
@@ -153,6 +165,8 @@ class Credentials:
         data: bytes,
         model: ResolvedModel,
         params: dict[str, Any],
+        inputs: list[dict[str, Any]] | None = None,
+        identity: dict[str, Any] | None = None,
     ) -> Signed:
         """The artifact with its Content Credentials and what the record says about them. Raises
         CredentialsFailed: an artifact that should be signed is never stored unsigned."""
@@ -160,7 +174,13 @@ class Credentials:
             return Signed(data, {"credentials": {"signed": False, "reason": "GENFORGE_CREDENTIALS=off"}})
         label = f"urn:c2pa:{uuid.uuid4()}"
         definition = self.manifest(
-            label=label, content_id=content_id, content_type=content_type, model=model, params=params
+            label=label,
+            content_id=content_id,
+            content_type=content_type,
+            model=model,
+            params=params,
+            inputs=inputs,
+            identity=identity,
         )
         try:
             chain, key, fingerprint = self._signer_material()

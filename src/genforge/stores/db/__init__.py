@@ -1,4 +1,4 @@
 from genforge.stores.db.database import Database
-from genforge.stores.db.tables import ApiKeyRow, BatchRow, ContentRow, ModelRow, PersonaRow, PostRow
+from genforge.stores.db.tables import ApiKeyRow, BatchRow, ContentRow, ModelRow, PersonaRow, PostRow, UploadRow
 
-__all__ = ["Database", "ApiKeyRow", "BatchRow", "ContentRow", "ModelRow", "PersonaRow", "PostRow"]
+__all__ = ["Database", "ApiKeyRow", "BatchRow", "ContentRow", "ModelRow", "PersonaRow", "PostRow", "UploadRow"]

@@ -176,3 +176,21 @@ class BatchRow(Base):
     item_ids: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     owner: Mapped[str | None] = mapped_column(String(32))  # the key that made it (None: the operator)
+
+
+class UploadRow(Base):
+    """An image a key uploaded (decoded and re-encoded once as PNG, EXIF gone): an input of image requests. The
+    file is content-addressed under DATA_DIR/uploads; two uploads of the same picture share it."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # of the stored (re-encoded) PNG
+    media_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    relpath: Mapped[str] = mapped_column(Text)
+    original_media_type: Mapped[str] = mapped_column(String(32))  # what the client sent (PNG, JPEG or WebP)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
