@@ -1,4 +1,29 @@
 from genforge.stores.db.database import Database
-from genforge.stores.db.tables import ApiKeyRow, BatchRow, ContentRow, ModelRow, PersonaRow, PostRow
+from genforge.stores.db.tables import (
+    ApiKeyRow,
+    BatchRow,
+    ChannelRow,
+    ContentRow,
+    DeliveryRow,
+    ModelRow,
+    PersonaRow,
+    PostRow,
+    PublicationRow,
+    ReviewRow,
+    WebhookRow,
+)
 
-__all__ = ["Database", "ApiKeyRow", "BatchRow", "ContentRow", "ModelRow", "PersonaRow", "PostRow"]
+__all__ = [
+    "Database",
+    "ApiKeyRow",
+    "BatchRow",
+    "ChannelRow",
+    "ContentRow",
+    "DeliveryRow",
+    "ModelRow",
+    "PersonaRow",
+    "PostRow",
+    "PublicationRow",
+    "ReviewRow",
+    "WebhookRow",
+]
