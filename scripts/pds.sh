@@ -80,11 +80,14 @@ start() {
   plc_port="$(free_port)"
   pds_port="$(free_port)"
   # PostgreSQL for the PLC directory
-  rm -rf "$DIR/pg" && mkdir -p "$DIR/pg"
-  [ "$(id -u)" = "0" ] && chown postgres:postgres "$DIR/pg" && chmod 755 "$DIR"
-  as_postgres "$bin/initdb" -D "$DIR/pg" -A trust -U postgres --no-sync >"$DIR/initdb.log" 2>&1 \
+  # its own folder under the temp dir: as root the cluster runs as `postgres`, which may not reach DIR
+  local pg
+  pg="$(mktemp -d "${TMPDIR:-/tmp}/gf-pds-pg-XXXXXX")"
+  echo "$pg" >"$DIR/pg.dir"
+  [ "$(id -u)" = "0" ] && chown postgres:postgres "$pg"
+  as_postgres "$bin/initdb" -D "$pg" -A trust -U postgres --no-sync >"$DIR/initdb.log" 2>&1 \
     || die "initdb failed: $(tail -1 "$DIR/initdb.log")"
-  setsid "${AS_PG[@]}" "$bin/postgres" -D "$DIR/pg" -p "$pg_port" -k "$DIR/pg" -h 127.0.0.1 -c fsync=off \
+  setsid "${AS_PG[@]}" "$bin/postgres" -D "$pg" -p "$pg_port" -k "$pg" -h 127.0.0.1 -c fsync=off \
     >"$DIR/pg.log" 2>&1 </dev/null &
   echo $! >"$DIR/pg.pid"
   local end=$((SECONDS + 30))
@@ -154,6 +157,10 @@ stop() {
   stop_pid "$DIR/pds.pid"
   stop_pid "$DIR/plc.pid"
   stop_pid "$DIR/pg.pid"
+  if [ -f "$DIR/pg.dir" ]; then
+    rm -rf "$(cat "$DIR/pg.dir")"
+    rm -f "$DIR/pg.dir"
+  fi
 }
 
 case "${1:-}" in
