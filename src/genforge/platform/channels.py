@@ -111,7 +111,11 @@ def _now() -> datetime:
 
 
 def check_url(url: str, what: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.hostname, parts.port
+    except ValueError as exc:  # a bad port or bracketed address
+        raise InvalidRequest(f"the {what} cannot be read: {exc}", field="url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"the {what} must be an http(s) URL with a host", field="url")
     return url.rstrip("/")

@@ -94,15 +94,18 @@ def _now() -> datetime:
 
 def check_address(url: str, allow_private: bool) -> None:
     """Refuse what a webhook may never call (InvalidRequest naming why)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").rstrip(".").lower(), parts.port
+    except ValueError as exc:  # a bad port or bracketed address
+        raise InvalidRequest(f"the webhook url cannot be read: {exc}", field="url") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise InvalidRequest("a webhook url must be http(s) with a host", field="url")
-    host = parts.hostname.rstrip(".").lower()
     if host == "metadata.google.internal":
         raise InvalidRequest("a webhook may not call a cloud metadata address", field="url")
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
-    except OSError as exc:
+        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
+    except (OSError, UnicodeError) as exc:
         raise InvalidRequest(f"the webhook's host {host!r} does not resolve: {exc}", field="url") from None
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
