@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # how long one network call may take before the publication fails (publish_failed).
     publish_poll_s: float = Field(default=0.5, gt=0)
     publish_timeout_s: float = Field(default=30.0, gt=0)
+    # How often a published post is read back again (marked `removed` or `altered` when the network no longer
+    # shows it as made); 0: never.
+    recheck_interval_s: float = Field(default=86_400.0, ge=0)
     # Webhooks: loopback and private addresses are allowed (self-hosted receivers live there); link-local and
     # cloud metadata addresses never are. `public` narrows it to public addresses only.
     webhook_addresses: Literal["private", "public"] = "private"

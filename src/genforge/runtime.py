@@ -135,7 +135,9 @@ class Runtime:
         )
         posts = PostService(service, personas, events=webhooks)
         channels = ChannelStore(db, box)
-        publications = PublicationService(posts, channels, webhooks, timeout_s=settings.publish_timeout_s)
+        publications = PublicationService(
+            posts, channels, webhooks, timeout_s=settings.publish_timeout_s, recheck_s=settings.recheck_interval_s
+        )
         if recover and not (settings.queue == "celery" and not worker):
             service.recover()
             posts.recover()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from atproto import Client as AtClient
+from atproto import models
 from standardwebhooks.webhooks import Webhook
 
 from conftest import assert_error, free_port, make_settings, running_app, wait_for
@@ -188,6 +190,19 @@ def test_review_publish_read_back_idempotent_and_signed(app, pds):
     hooks = app.get("/api/v1/webhooks", headers=owner).json()
     deliveries = app.get(f"/api/v1/webhooks/{hooks[0]['id']}/deliveries", headers=owner).json()
     assert all(d["status"] == "delivered" and d["attempts"][0]["status"] == 204 for d in deliveries)
+    # a re-check reads it back: still there; once deleted on the network, `removed` (and a webhook says so)
+    resp = app.post(f"/api/v1/publications/{pub['id']}/recheck", headers=owner)
+    assert resp.status_code == 200 and resp.json()["status"] == "published", resp.text
+    assert resp.json()["checked_at"] > pub["checked_at"]
+    network = AtClient(base_url=pds["url"])
+    network.login(pds["handle"], pds["password"], fetch_bsky_profile=False)
+    network.com.atproto.repo.delete_record(
+        models.ComAtprotoRepoDeleteRecord.Data(repo=did, collection=collection, rkey=rkey)
+    )
+    resp = app.post(f"/api/v1/publications/{pub['id']}/recheck", headers=owner)
+    assert resp.status_code == 200 and resp.json()["status"] == "removed", resp.text
+    assert resp.json()["error"]["message"] == "the network no longer shows the post"
+    wait_for(lambda: any(b"publication.removed" in b for _, b in hook.calls), 30, 0.2, "the removed callback")
     # the password is in no answer and not in the database file
     assert pds["password"] not in app.get("/api/v1/channels", headers=owner).text
     data_dir = app.app.state.runtime.settings.data_dir

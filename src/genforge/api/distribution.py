@@ -52,6 +52,14 @@ def get_publication(pub_id: str, rt: RuntimeDep, caller: CallerDep) -> Publicati
 
 
 @router.post(
+    "/api/v1/publications/{pub_id}/recheck", response_model=Publication, responses=error_responses(404, 409, *COMMON)
+)
+def recheck_publication(pub_id: str, rt: RuntimeDep, caller: CallerDep) -> Publication:
+    """Read a published post back now: `removed` or `altered` when the network no longer shows it as made."""
+    return rt.publications.recheck_now(pub_id, caller)
+
+
+@router.post(
     "/api/v1/channels", status_code=201, response_model=ChannelInfo, responses=error_responses(409, 422, *COMMON)
 )
 def create_channel(body: ChannelRequest, rt: RuntimeDep, caller: CallerDep) -> ChannelInfo:

@@ -78,7 +78,9 @@ class Publication(BaseModel):
     id: str
     post_id: str
     channel: str = Field(description="The channel's id.")
-    status: Literal["pending", "published", "failed"]
+    status: Literal["pending", "published", "failed", "removed", "altered"] = Field(
+        description="removed / altered: a re-check found the post gone from the network, or different."
+    )
     publish_at: Timestamp | None
     uri: str | None = Field(description="The post's URI on the network (at://...), once published.")
     cid: str | None
@@ -87,6 +89,7 @@ class Publication(BaseModel):
     attempts: int
     created_at: Timestamp
     published_at: Timestamp | None
+    checked_at: Timestamp | None = Field(description="When the live post was last read back and matched.")
 
 
 def _now() -> datetime:
@@ -156,12 +159,14 @@ class PublicationService:
         webhooks: WebhookService,
         *,
         timeout_s: float = 30.0,
+        recheck_s: float = 86_400.0,
     ):
         self.posts = posts
         self.channels = channels
         self.webhooks = webhooks
         self.db = posts.db
         self.timeout_s = timeout_s
+        self.recheck_s = recheck_s
         self._sessions: dict[str, Any] = {}  # channel id -> the network session (fewer logins)
 
     # --- the API side ----------------------------------------------------------------------------------
@@ -183,6 +188,7 @@ class PublicationService:
             attempts=row.attempts,
             created_at=row.created_at,
             published_at=row.published_at,
+            checked_at=row.checked_at,
         )
 
     def publish(self, post_id: str, req: PublishRequest, caller: Caller) -> tuple[Publication, bool]:
@@ -342,6 +348,86 @@ class PublicationService:
             log.exception("publication=%s failed unexpectedly", pub_id)
             self._finish(pub_id, "failed", None, checks, GenforgeError(f"internal error: {type(exc).__name__}"))
 
+    # --- re-checks -------------------------------------------------------------------------------------
+    def due_rechecks(self, limit: int = 10) -> builtins.list[str]:
+        if self.recheck_s <= 0:
+            return []
+        now = _now()
+        with self.db.session() as s:
+            rows = (
+                s.query(PublicationRow.id)
+                .filter(PublicationRow.status == "published")
+                .filter(PublicationRow.checked_at < now - timedelta(seconds=self.recheck_s))
+                .filter(or_(PublicationRow.claimed_until.is_(None), PublicationRow.claimed_until < now))
+                .limit(limit)
+                .all()
+            )
+        return [r[0] for r in rows if self._claim_published(r[0])]
+
+    def _claim_published(self, pub_id: str) -> bool:
+        now = _now()
+        with self.db.session() as s:
+            res = s.execute(
+                update(PublicationRow)
+                .where(PublicationRow.id == pub_id, PublicationRow.status == "published")
+                .where(or_(PublicationRow.claimed_until.is_(None), PublicationRow.claimed_until < now))
+                .values(claimed_until=now + timedelta(seconds=LEASE_S))
+            )
+            return bool(getattr(res, "rowcount", 0) == 1)
+
+    def recheck_now(self, pub_id: str, caller: Caller) -> Publication:
+        """Read a published post back now (POST /api/v1/publications/{id}/recheck)."""
+        pub = self.get(pub_id, caller)
+        if pub.status != "published":
+            raise Conflict(f"publication {pub_id} is {pub.status}; only a published one is re-checked")
+        if not self._claim_published(pub_id):
+            raise Conflict(f"publication {pub_id} is being published or re-checked right now; ask again shortly")
+        self.recheck(pub_id)
+        return self.get(pub_id, caller)
+
+    def recheck(self, pub_id: str) -> None:
+        """Read a published post back: `removed` when the network no longer has it, `altered` when its text or
+        image differs from what was published; otherwise its `checked_at` moves on. A network error changes
+        nothing (the next round tries again). Never raises."""
+        with self.db.session() as s:
+            row = s.get(PublicationRow, pub_id)
+            if row is None:
+                return
+            s.expunge(row)
+        status, reason = "published", None
+        try:
+            secret = self.channels.secret_of(row.channel_id)
+            channel = KINDS[secret.info.kind](secret, self.timeout_s, self._sessions)
+            live = channel.find(row.rkey)
+            caller = LOCAL if row.owner is None else Caller(id=row.owner, name="publisher", scope="generate")
+            post = self.posts.get(row.post_id, caller)
+            caption = post.parts.get("caption")
+            text = (caption.text or "").strip() if isinstance(caption, TextRecord) else ""
+            image = (row.checks or {}).get("image", {}).get("sha256")
+            if live is None:
+                status, reason = "removed", "the network no longer shows the post"
+            elif live.text.strip() != text:
+                status, reason = "altered", "the network's post text differs from the caption"
+            elif image and [hashlib.sha256(b).hexdigest() for b in live.images] != [image]:
+                status, reason = "altered", "the network's image differs from the one published"
+        except GenforgeError as exc:
+            log.info("publication=%s re-check could not read the post back (%s)", pub_id, exc.code)
+            with self.db.session() as s:
+                s.execute(update(PublicationRow).where(PublicationRow.id == pub_id).values(claimed_until=None))
+            return
+        with self.db.session() as s:
+            found = s.get(PublicationRow, pub_id)
+            if found is None:
+                return
+            found.claimed_until, found.checked_at, found.status = None, _now(), status
+            if reason is not None:
+                found.error_code, found.error_message = PublishMismatch.code, reason
+                found.error_hint = "Look at the post on the network; publish it again with a new post if needed."
+            owner, model = found.owner, self._model(found)
+        if status != "published":
+            log.info("publication=%s %s on re-check", pub_id, status)
+            self.webhooks.emit(f"publication.{status}", owner, model.model_dump(mode="json"))
+
     @staticmethod
     def _match(live: Live, prepared: Prepared) -> dict[str, Any]:
         """Compare the live post with what genforge made; PublishMismatch naming the difference."""
@@ -371,6 +457,7 @@ class PublicationService:
             row.status, row.claimed_until, row.finished_at, row.checks = status, None, _now(), checks
             if live is not None:
                 row.uri, row.cid, row.published_at = live.uri, live.cid, _now()
+                row.checked_at = row.published_at
             if exc is not None:
                 row.error_code, row.error_message, row.error_hint = exc.code, exc.message, exc.hint
             owner, model = row.owner, self._model(row)
@@ -402,6 +489,8 @@ class PublisherLoop:
                 for pub_id in self.publications.due():
                     if self.publications.claim(pub_id):
                         self.pool.submit(self.publications.run, pub_id)
+                for pub_id in self.publications.due_rechecks():  # claimed already
+                    self.pool.submit(self.publications.recheck, pub_id)
                 if self._hooks_busy.acquire(blocking=False):
                     self.hooks.submit(self._deliver)
             except Exception:  # a database hiccup: logged, the next round tries again

@@ -238,6 +238,7 @@ class PublicationRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    checked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # the last read-back (re-checks)
 
     __table_args__ = (
         UniqueConstraint("post_id", "channel_id", name="uq_publications_post_channel"),

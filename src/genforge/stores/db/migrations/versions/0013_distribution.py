@@ -61,6 +61,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("published_at", sa.DateTime(timezone=True)),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("checked_at", sa.DateTime(timezone=True)),
         sa.UniqueConstraint("post_id", "channel_id", name="uq_publications_post_channel"),
     )
     op.create_index("ix_publications_due", "publications", ["status", "publish_at"])
