@@ -125,6 +125,18 @@ class Settings(BaseSettings):
     # the jobs run, so an API process's /metrics cannot have them in the celery mode.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    # Publishing (platform/publishing.py): how often due publications and webhook deliveries are looked for, and
+    # how long one network call may take before the publication fails (publish_failed).
+    publish_poll_s: float = Field(default=0.5, gt=0)
+    publish_timeout_s: float = Field(default=30.0, gt=0)
+    # How often a published post is read back again (marked `removed` or `altered` when the network no longer
+    # shows it as made); 0: never.
+    recheck_interval_s: float = Field(default=86_400.0, ge=0)
+    # Webhooks: loopback and private addresses are allowed (self-hosted receivers live there); link-local and
+    # cloud metadata addresses never are. `public` narrows it to public addresses only.
+    webhook_addresses: Literal["private", "public"] = "private"
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
     # The default log carries ids, counts and timings, never a prompt or a generated text (user data); failure
     # messages, which may quote them, come at DEBUG.
     log_level: str = "INFO"

@@ -225,6 +225,22 @@ class CredentialsFailed(GenforgeError):
 BY_CODE.setdefault(GenforgeError.code, GenforgeError)
 
 
+class PublishFailed(GenforgeError):
+    code = "publish_failed"
+    hint = (
+        "The network could not be reached or refused the post; check the channel (URL, handle, app password) and "
+        "publish again (the same publication is retried, never posted twice)."
+    )
+
+
+class PublishMismatch(PublishFailed):
+    code = "publish_mismatch"
+    hint = (
+        "The network shows something other than what genforge made (text or image); look at the post there "
+        "before publishing again."
+    )
+
+
 def error_class(code: str) -> type[GenforgeError]:
     """The class of an error code (for errors that crossed a process boundary as their code, or were stored as
     one); an unknown code is an internal error."""

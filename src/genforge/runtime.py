@@ -22,11 +22,15 @@ from genforge.distributed.celery_queue import TASK, CeleryJobRunner, WorkerSide,
 from genforge.engines.pool import EnginePool
 from genforge.errors import AlreadyRunning, Conflict, DatabaseUnavailable, GenforgeError
 from genforge.media.private import private_dir
+from genforge.platform.channels import ChannelStore
 from genforge.platform.personas import PersonaStore
 from genforge.platform.posts import PostService
+from genforge.platform.publishing import PublicationService, PublisherLoop
+from genforge.platform.webhooks import WebhookService
 from genforge.redact import redact_text
 from genforge.stores.artifacts import ArtifactStore
 from genforge.stores.db import Database
+from genforge.stores.secrets import SecretBox
 
 log = logging.getLogger("genforge.runtime")
 
@@ -81,6 +85,10 @@ class Runtime:
     service: ContentService
     personas: PersonaStore
     posts: PostService
+    channels: ChannelStore
+    webhooks: WebhookService
+    publications: PublicationService
+    publisher: PublisherLoop | None = None
     load_error: str | None = None
     preloaded: bool = False
     closed: bool = False
@@ -121,12 +129,29 @@ class Runtime:
             runner = JobRunner(workers=0 if worker else settings.parallel, queue_size=settings.queue_size)
         personas = PersonaStore(db)
         service = ContentService(settings, records, catalog, store, engines, runner, personas=personas)
-        posts = PostService(service, personas)
+        box = SecretBox(settings.data_dir)
+        webhooks = WebhookService(
+            db, box, allow_private=settings.webhook_addresses == "private", timeout_s=settings.webhook_timeout_s
+        )
+        posts = PostService(service, personas, events=webhooks)
+        channels = ChannelStore(db, box)
+        publications = PublicationService(
+            posts, channels, webhooks, timeout_s=settings.publish_timeout_s, recheck_s=settings.recheck_interval_s
+        )
         if recover and not (settings.queue == "celery" and not worker):
             service.recover()
             posts.recover()
         metrics.track_runner(runner)
-        return cls(settings, db, catalog, store, engines, runner, service, personas, posts)
+        return cls(
+            settings, db, catalog, store, engines, runner, service, personas, posts, channels, webhooks, publications
+        )
+
+    def start_publisher(self) -> None:
+        """The server's background publishing (due publications, webhook deliveries): every API process runs
+        one; each publication and delivery is claimed by compare-and-set, so exactly one process sends it."""
+        if self.publisher is None:
+            self.publisher = PublisherLoop(self.publications, self.webhooks, poll_s=self.settings.publish_poll_s)
+            self.publisher.start()
 
     def preload(self) -> None:
         """Load the default text model into the engine worker so the first request is warm."""
@@ -195,6 +220,8 @@ class Runtime:
     def close(self, drain_s: float = 0.0) -> None:
         """Stop: let running jobs finish for up to `drain_s` seconds, record what is left `interrupted`."""
         self.closed = True
+        if self.publisher is not None:
+            self.publisher.stop()
         self.service.shutdown(drain_s)
         self.runner.close()
         self.worker.stop()

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from genforge import __version__
-from genforge.api import auth, content, keys, models, openai, personas, posts, system, uploads
+from genforge.api import auth, content, distribution, keys, models, openai, personas, posts, system, uploads
 from genforge.api.errors import BodySizeLimit, install_error_handlers
 from genforge.api.network import HostOriginGuard
 from genforge.api.web import WebUI
@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.worker.attach_loop()  # engine events are read on this loop, not by a thread each
         app.state.runtime = runtime
         app.state.auth = Auth(settings, runtime.db)
+        runtime.start_publisher()
         if settings.preload:
             threading.Thread(target=runtime.preload, name="genforge-preload", daemon=True).start()
         yield
@@ -65,5 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(personas.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.include_router(posts.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.include_router(uploads.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(distribution.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.mount("/", WebUI(), name="web")  # last: every API route above wins
     return app

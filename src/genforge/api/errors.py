@@ -55,6 +55,8 @@ STATUS: dict[str, int] = {
     "too_many_jobs": 429,
     "model_integrity_failed": 502,
     "credentials_failed": 500,
+    "publish_failed": 502,  # the network failed or refused (a publication's error; 502 when answered at once)
+    "publish_mismatch": 502,  # the live post read back differs from what genforge made
     "internal_error": 500,  # a bug in genforge
     "already_running": 409,  # another server holds the data dir (a start-up error; in the table for completeness)
     "interrupted": 503,  # the server stopped (or lost the worker) while it ran: submit it again

@@ -13,8 +13,9 @@ from typing import Literal
 
 from genforge.errors import Forbidden
 
-Scope = Literal["read", "generate", "admin"]
-SCOPES: tuple[Scope, ...] = ("read", "generate", "admin")  # each includes the ones before it
+Scope = Literal["read", "generate", "review", "admin"]
+# each includes the ones before it; `review` may also approve or reject posts (platform/posts.py)
+SCOPES: tuple[Scope, ...] = ("read", "generate", "review", "admin")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import threading
 import uuid
 import zipfile
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
@@ -34,6 +34,7 @@ from genforge.core.service import ContentService
 from genforge.engines.base import TextPolicy
 from genforge.errors import (
     ArtifactChanged,
+    Conflict,
     Forbidden,
     GenforgeError,
     Interrupted,
@@ -42,7 +43,7 @@ from genforge.errors import (
     error_class,
 )
 from genforge.platform.personas import PersonaStore
-from genforge.stores.db import PostRow
+from genforge.stores.db import PostRow, ReviewRow
 
 log = logging.getLogger("genforge.platform.posts")
 
@@ -52,8 +53,9 @@ NEEDS: dict[str, tuple[str, ...]] = {"narration": ("caption",), "video": ("image
 CONTENT_TYPE = {"caption": "text", "image": "image", "narration": "speech", "video": "video"}
 # Caption limits in characters (the platforms' own); a longer caption is regenerated with the next seed, then
 # failed (policy_violation), never cut.
-Platform = Literal["x", "threads", "instagram", "tiktok", "linkedin", "youtube", "facebook"]
+Platform = Literal["x", "threads", "instagram", "tiktok", "linkedin", "youtube", "facebook", "bluesky"]
 PLATFORM_LIMITS: dict[Platform, int] = {
+    "bluesky": 300,  # graphemes; counted here as characters, never fewer (a character is at most a grapheme)
     "x": 280,
     "threads": 500,
     "instagram": 2200,
@@ -64,11 +66,26 @@ PLATFORM_LIMITS: dict[Platform, int] = {
 }
 # The caption's default length in tokens: short platforms get short captions (what the model is asked for, so
 # that most first attempts fit; the limit is still enforced on the text).
-CAPTION_TOKENS = {"x": 56}
+CAPTION_TOKENS = {"x": 56, "bluesky": 60}
 CAPTION_TOKENS_DEFAULT = 96
 CAPTION_MIN_WORDS = 3  # a caption is spoken by the narration: emoji or a lone hashtag are not one
 # deleted: the part's record was deleted after it was made (DELETE /api/v1/content/{id}); the post stays readable
 PartState = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped", "deleted"]
+# A post's review, apart from its generation status: a post that succeeds waits for review (in_review); only an
+# approved post may be published. Every transition is a ReviewRow (who, when, the comment, what was seen).
+ReviewState = Literal["draft", "in_review", "approved", "rejected"]
+REVIEW_TRANSITIONS: dict[str, frozenset[str]] = {
+    "draft": frozenset({"in_review"}),
+    "in_review": frozenset({"approved", "rejected"}),
+    "approved": frozenset({"rejected", "in_review"}),
+    "rejected": frozenset({"approved", "in_review"}),
+}
+
+
+class EventSink(Protocol):
+    """Where a platform service reports what happened (platform/webhooks.py WebhookService.emit)."""
+
+    def emit(self, event: str, owner: str | None, data: dict[str, Any]) -> None: ...
 
 
 class PostRequest(BaseModel):
@@ -106,9 +123,32 @@ class PostError(RecordError):
     part: str = Field(description="The part that failed.")
 
 
+class ReviewRequest(BaseModel):
+    """POST /api/v1/posts/{id}/review."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approved", "rejected"]
+    comment: str | None = Field(None, max_length=5000)
+
+
+class ReviewEntry(BaseModel):
+    """One review transition."""
+
+    from_state: ReviewState
+    to_state: ReviewState
+    by: str = Field(description="The key's name (or `local`, the operator; `genforge` for automatic moves).")
+    by_key: str | None = Field(description="The key's id; null for the operator and automatic moves.")
+    at: Timestamp
+    comment: str | None
+    seen: dict[str, Any] = Field(description="What the reviewer saw: the persona version, each part's sha256.")
+
+
 class Post(BaseModel):
     id: str
     status: Status
+    review: ReviewState = Field(description="The review state, apart from the generation status.")
+    reviews: list[ReviewEntry] = Field(description="Every review transition, oldest first.")
     persona: PersonaRef
     platform: str
     brief: str
@@ -134,9 +174,10 @@ class PostService:
     and authorized for the caller before the post is written: a part whose model (the persona's) the key may
     not run refuses the whole post with 403 and records nothing."""
 
-    def __init__(self, service: ContentService, personas: PersonaStore):
+    def __init__(self, service: ContentService, personas: PersonaStore, events: EventSink | None = None):
         self.service = service
         self.personas = personas
+        self.sink = events
         self.db = service.db
         self._events: dict[str, EventStream[Post]] = {}  # live posts' event streams
         self._lock = threading.Lock()
@@ -230,6 +271,9 @@ class PostService:
             failed = failed or ("post", GenforgeError(f"internal error: {type(exc).__name__}: {exc}"))
         self._finish(post_id, failed)
         post = self.get(post_id, caller)
+        if self.sink is not None:
+            summary = {"id": post.id, "status": post.status, "review": post.review}
+            self.sink.emit(f"post.{post.status}", caller.id, summary)
         events.finish(post, None if failed is None else self.error_of(post))
         with self._lock:
             self._events.pop(post_id, None)
@@ -290,6 +334,8 @@ class PostService:
         with self.db.session() as s:
             row = self._row(s, post_id)
             row.status, row.finished_at = ("failed" if failed else "succeeded"), _now()
+            if not failed:  # a made post waits for review
+                self._transition(s, row, "in_review", None, "genforge", None, {})
             if failed:
                 part, exc = failed
                 row.error_part, row.error_code = part, exc.code
@@ -315,6 +361,18 @@ class PostService:
             if row is None or not caller.owns(row.owner):
                 raise NotFound(f"no post with id {post_id!r}", field="id")
             snapshot = {c.name: getattr(row, c.name) for c in PostRow.__table__.columns}
+            reviews = [
+                ReviewEntry(
+                    from_state=r.from_state,
+                    to_state=r.to_state,
+                    by=r.by_name,
+                    by_key=r.by_key,
+                    at=r.at,
+                    comment=r.comment,
+                    seen=r.seen,
+                )
+                for r in s.query(ReviewRow).filter(ReviewRow.post_id == post_id).order_by(ReviewRow.id)
+            ]
         parts, deleted = self._part_records(snapshot["part_ids"], caller)
         states: dict[str, str] = {}
         for part in snapshot["parts"]:
@@ -338,6 +396,8 @@ class PostService:
         return Post(
             id=post_id,
             status=snapshot["status"],
+            review=snapshot["review"],
+            reviews=reviews,
             persona=PersonaRef(name=snapshot["persona_name"], version=snapshot["persona_version"]),
             platform=snapshot["platform"],
             brief=snapshot["brief"],
@@ -348,6 +408,56 @@ class PostService:
             created_at=snapshot["created_at"],
             finished_at=snapshot["finished_at"],
         )
+
+    # --- review ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _transition(
+        s: Session, row: PostRow, to: str, by_key: str | None, by_name: str, comment: str | None, seen: dict
+    ) -> None:
+        if to not in REVIEW_TRANSITIONS[row.review]:
+            raise Conflict(
+                f"post {row.id} is {row.review}; it cannot become {to}",
+                field="decision",
+                hint="A post is reviewed once it succeeded (in_review); see its `reviews`.",
+            )
+        s.add(
+            ReviewRow(
+                post_id=row.id,
+                from_state=row.review,
+                to_state=to,
+                by_key=by_key,
+                by_name=by_name,
+                at=_now(),
+                comment=comment,
+                seen=seen,
+            )
+        )
+        row.review = to
+
+    def review(self, post_id: str, req: ReviewRequest, caller: Caller) -> Post:
+        """Approve or reject a post that waits for review (a `review` or admin key), recording what was seen."""
+        post = self.get(post_id, caller)  # 404 for another key's post
+        caller.check_scope("review", "reviewing a post")
+        seen: dict[str, Any] = {
+            "persona": post.persona.model_dump(),
+            "parts": {
+                part: {"id": r.id, "sha256": r.artifact.sha256 if r.artifact else None, "status": r.status}
+                for part, r in post.parts.items()
+            },
+        }
+        caption = post.parts.get("caption")
+        limit = PLATFORM_LIMITS.get(cast(Platform, post.platform))
+        if isinstance(caption, TextRecord) and limit is not None:
+            text = caption.text or ""
+            seen["policy"] = {"max_chars": limit, "chars": len(text), "ok": len(text) <= limit}
+        with self.db.session() as s:
+            row = self._row(s, post_id)
+            self._transition(s, row, req.decision, caller.id, caller.name, req.comment, seen)
+            owner = row.owner
+        log.info("post=%s review %s by %s", post_id, req.decision, caller.name)
+        if self.sink is not None:
+            self.sink.emit("post.reviewed", owner, {"id": post_id, "review": req.decision, "by": caller.name})
+        return self.get(post_id, caller)
 
     def _part_records(self, part_ids: dict[str, str], caller: Caller) -> tuple[dict[str, ContentRecord], set[str]]:
         """The records of the parts, and the parts whose record was deleted since. A part record may be deleted

@@ -18,7 +18,7 @@ from genforge.media.private import private_file
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision (a test holds it equal to Alembic's head). A database already there needs no
 # Alembic at all: the server then never imports it (about 11 MB of memory and a quarter second of start-up).
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another writer before it is database_unavailable
 
 

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -164,6 +177,106 @@ class PostRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     owner: Mapped[str | None] = mapped_column(String(32), index=True)  # the key that made it (None: the operator)
+    # Its review (migration 0013): draft -> in_review (when it succeeds) -> approved | rejected; reviews table.
+    review: Mapped[str] = mapped_column(String(16), default="draft", server_default="draft")
+
+
+class ReviewRow(Base):
+    """One review transition of a post: who, when, the comment, and what the reviewer saw."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    post_id: Mapped[str] = mapped_column(String(36), index=True)
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    by_key: Mapped[str | None] = mapped_column(String(32))  # the key's id (None: the operator)
+    by_name: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    comment: Mapped[str | None] = mapped_column(Text)
+    seen: Mapped[dict] = mapped_column(JSON, default=dict)  # persona version, parts' sha256, policy results
+
+
+class ChannelRow(Base):
+    """A destination a key publishes to (Bluesky); its secret is encrypted with the data dir's key."""
+
+    __tablename__ = "channels"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    handle: Mapped[str] = mapped_column(String(253))
+    secret: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet token of the password (stores/secrets.py)
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_channels_owner_name"),)
+
+
+class PublicationRow(Base):
+    """A post published to a channel: pending -> published (only after the live post was read back and matched)
+    | failed. One per (post, channel): publishing again returns it, or retries it (same key) after a failure."""
+
+    __tablename__ = "publications"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    post_id: Mapped[str] = mapped_column(String(36), index=True)
+    channel_id: Mapped[str] = mapped_column(String(36), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    rkey: Mapped[str] = mapped_column(String(64))  # the network record key (idempotent retries)
+    publish_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a publisher's lease (compare-and-set)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    uri: Mapped[str | None] = mapped_column(Text)
+    cid: Mapped[str | None] = mapped_column(String(128))
+    checks: Mapped[dict] = mapped_column(JSON, default=dict)  # what the read-back compared
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_hint: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    checked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # the last read-back (re-checks)
+
+    __table_args__ = (
+        UniqueConstraint("post_id", "channel_id", name="uq_publications_post_channel"),
+        Index("ix_publications_due", "status", "publish_at"),
+    )
+
+
+class WebhookRow(Base):
+    """A key's webhook: signed JSON callbacks (Standard Webhooks) for the events it names."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet token of the whsec_ secret
+    events: Mapped[list | None] = mapped_column(JSON)  # None: every event
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DeliveryRow(Base):
+    """One event for one webhook, with its attempts: pending -> delivered | failed (after the last retry)."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the webhook-id header (msg_...)
+    webhook_id: Mapped[str] = mapped_column(String(36), index=True)
+    event: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    log: Mapped[list] = mapped_column(JSON, default=list)  # each attempt: at, status code or error
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_deliveries_due", "status", "next_at"),)
 
 
 class BatchRow(Base):
