@@ -23,7 +23,7 @@ from atproto import Client as AtClient
 from atproto import models
 from standardwebhooks.webhooks import Webhook
 
-from conftest import assert_error, free_port, make_settings, running_app, wait_for
+from conftest import assert_error, free_port, make_settings, run_cli, running_app, wait_for
 
 pytestmark = pytest.mark.both_modes
 
@@ -268,3 +268,29 @@ def test_channel_and_webhook_input_refused(app_with):
     assert_error(public.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/x"}), 422, "invalid_request")
     # an unknown channel in a publish body, an unknown post
     assert_error(client.post("/api/v1/posts/nope/publish", json={"channel": "x"}), 404, "not_found")
+
+
+@pytest.mark.only_in("embedded", reason="the CLI opens the data dir's SQLite database, not the distributed one")
+def test_the_cli_reviews_and_publishes(app, pds):
+    owner = key(app, "cli-maker", "admin")
+    body = {"name": "cli", "kind": "bluesky", "url": pds["url"], "handle": pds["handle"], "password": pds["password"]}
+    assert app.post("/api/v1/channels", json=body, headers=owner).status_code == 201
+    persona = {"name": "dune", "image": {"model": "portrait", "seed": 9, "width": 256, "height": 256}}
+    assert app.post("/api/v1/personas", json=persona, headers=owner).status_code == 201
+    post = make_post(app, owner, "wind over the dunes", persona="dune")
+    data_dir = app.app.state.runtime.settings.data_dir
+    made = run_cli(data_dir, "publish", post["id"], "--channel", "cli")
+    assert made.returncode != 0 and "approved" in made.stderr  # not approved: refused, nothing published
+    made = run_cli(data_dir, "review", post["id"], "approved", "--comment", "from the shell")
+    assert made.returncode == 0, made.stderr
+    assert f"post {post['id']}: approved" in made.stdout
+    made = run_cli(data_dir, "publish", post["id"], "--channel", "cli", "--json")
+    assert made.returncode == 0, made.stderr
+    uri = made.stdout.strip().splitlines()[-1].split()[-1]
+    assert uri.startswith("at://"), made.stdout
+    # the PDS has it, with the caption
+    did, collection, rkey = uri[len("at://") :].split("/")
+    got = httpx.get(
+        f"{pds['url']}/xrpc/com.atproto.repo.getRecord", params={"repo": did, "collection": collection, "rkey": rkey}
+    ).json()
+    assert got["value"]["text"] == post["parts"]["caption"]["text"].strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +15,10 @@ from rich.table import Table
 from genforge.cli.common import app, err, fail, out, runtime
 from genforge.contenttypes.base import pydantic_error
 from genforge.core.caller import LOCAL
+from genforge.errors import error_class
 from genforge.platform.personas import PersonaBody, PersonaPatch
-from genforge.platform.posts import PARTS, PostRequest
+from genforge.platform.posts import PARTS, PostRequest, ReviewRequest
+from genforge.platform.publishing import PublishRequest
 
 personas_app = typer.Typer(help="Personas: versioned defaults for text, image and speech.", no_args_is_help=True)
 app.add_typer(personas_app, name="personas")
@@ -172,7 +175,9 @@ def personas_rm(name: str, force: Annotated[bool, Opt(help="Delete even while re
 def post(
     persona: str,
     brief: str,
-    platform: Annotated[str, Opt(help="x, instagram, tiktok, threads, linkedin, youtube, facebook.")] = "instagram",
+    platform: Annotated[
+        str, Opt(help="x, instagram, tiktok, threads, linkedin, youtube, facebook, bluesky.")
+    ] = "instagram",
     parts: Annotated[str, Opt(help="Comma-separated parts.")] = ",".join(PARTS),
     export: Annotated[Path | None, Opt(help="Write the post's zip (artifacts + manifest.json) here.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the post as JSON.")] = False,
@@ -200,3 +205,41 @@ def post(
         out.print(f"{part}: {record.id}" + (f"  {escape(json.dumps(text))}" if text else ""))
     if export is not None:
         out.print(f"export: {export}", soft_wrap=True)
+
+
+@app.command("review")
+def review(
+    post_id: str,
+    decision: Annotated[str, typer.Argument(help="approved or rejected.")],
+    comment: Annotated[str | None, Opt(help="Why (kept with the transition).")] = None,
+) -> None:
+    """Approve or reject a post that waits for review (as the operator)."""
+    req = _validated(ReviewRequest, {"decision": decision, "comment": comment})
+    with runtime() as rt:
+        result = rt.posts.review(post_id, req, LOCAL)
+    out.print(f"post {result.id}: {result.review}")
+
+
+@app.command("publish")
+def publish(
+    post_id: str,
+    channel: Annotated[str, Opt(help="The channel's name or id (POST /api/v1/channels registers one).")],
+    at: Annotated[str | None, Opt(help="When, ISO 8601 with its zone; the running server publishes it then.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the publication as JSON.")] = False,
+) -> None:
+    """Publish an approved post to a channel and read it back; with --at, leave it to the server's schedule."""
+    req = _validated(PublishRequest, {"channel": channel, "publish_at": at})
+    with runtime() as rt:
+        pub, _ = rt.publications.publish(post_id, req, LOCAL)
+        if pub.status == "pending" and req.publish_at is None:
+            if rt.publications.claim(pub.id):
+                rt.publications.run(pub.id)  # here and now
+            deadline = time.monotonic() + 4 * rt.settings.publish_timeout_s
+            while (pub := rt.publications.get(pub.id, LOCAL)).status == "pending" and time.monotonic() < deadline:
+                time.sleep(0.5)  # a running server claimed it first: its result
+        pub = rt.publications.get(pub.id, LOCAL)
+    if as_json:
+        out.print_json(pub.model_dump_json())
+    out.print(f"publication {pub.id}: {pub.status}" + (f" {pub.uri}" if pub.uri else ""))
+    if pub.status == "failed" and pub.error is not None:
+        raise fail(error_class(pub.error.code)(pub.error.message, hint=pub.error.hint))
