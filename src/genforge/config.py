@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     # with the next seed, may be tried before the record fails with policy_violation.
     policy_attempts: int = Field(default=3, ge=1, le=20)
 
+    # Listen-back (params.listen_back): the most word error rate a narration may have against its text, and how
+    # many narrations (the asked one, then deterministic synthesis) are tried before it fails invalid_output.
+    listen_back_max_wer: float = Field(default=0.3, ge=0.0, le=1.0)
+    listen_back_attempts: int = Field(default=2, ge=1, le=5)
+    # Transcripts: the largest audio file one upload may be (413 beyond it).
+    upload_max_bytes: int = Field(default=50_000_000, gt=0)
+
     # Speech: the longest text one request may speak (longer is 422; split it into several requests).
     speech_max_chars: int = 5000
     # Speech and video: the longest audio or video one request may make, and its largest file. A speech request

@@ -14,7 +14,10 @@ outcome ends `failed` (or `cancelled`) with a typed error that carries the recor
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -31,6 +34,7 @@ from genforge.config import Settings
 from genforge.contenttypes import ContentRecord, Plan, spec_of
 from genforge.contenttypes.records import PersonaUse, Status
 from genforge.contenttypes.request import GenerateRequest
+from genforge.contenttypes.transcript import word_error_rate, words_of
 from genforge.core import metrics
 from genforge.core.access import JobSlots
 from genforge.core.caller import Caller
@@ -48,8 +52,20 @@ from genforge.core.records import (
     elapsed_ms,
     now,
 )
-from genforge.engines.base import Emit, EngineClient, EngineOutput, GenerationJob, TextPolicy, VideoInputs
-from genforge.engines.params import SEED_LIMIT
+from genforge.engines.base import (
+    AudioInput,
+    CaptionWord,
+    Emit,
+    EngineClient,
+    EngineOutput,
+    GenerationJob,
+    ListenBack,
+    SpeechFacts,
+    TextPolicy,
+    VideoFacts,
+    VideoInputs,
+)
+from genforge.engines.params import SEED_LIMIT, SpeechSettings, TranscriptSettings, VideoSettings
 from genforge.errors import (
     ArtifactChanged,
     ArtifactLost,
@@ -61,6 +77,7 @@ from genforge.errors import (
     InvalidOutput,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     PolicyViolation,
 )
 from genforge.media.files import sha256_file
@@ -72,6 +89,8 @@ log = logging.getLogger("genforge.core.service")
 CANCEL_WAIT_S = 15.0  # how long a job told to stop at shutdown may take to record that it stopped
 SUCCESS_COMMIT_RETRY_S = 30.0  # how long a finished generation waits for a locked database before it fails
 T = TypeVar("T")
+# Audio a transcript may be made of (decoded by PyAV); an upload is stored as SHA256.SUFFIX under uploads/OWNER/.
+UPLOAD_SUFFIXES = frozenset({".wav", ".mp3", ".ogg", ".oga", ".flac", ".m4a", ".mp4", ".mpeg", ".mpga", ".webm"})
 
 
 @dataclass(frozen=True)
@@ -161,6 +180,7 @@ class ContentService:
             plan = replace(plan, policy=policy)
         self._check_inputs(plan, caller)  # a video's inputs must exist, and be the caller's, before its record
         check_inputs(self._input_files(plan), self.settings)  # and be within the server's limits (a narration)
+        self._check_upload(plan, caller.id)
         return Planned(req, plan, use)
 
     def _engine_of(self, model: str | None) -> str | None:
@@ -290,6 +310,7 @@ class ContentService:
         req, plan, content_id = accepted.request, accepted.plan, accepted.content_id
         model = self.catalog.resolve(plan.model, req.content_type)
         inputs = self._input_files(plan)
+        audio = self._audio_input(plan, content_id)
         runs: list[int] = [] if accepted.run is None else [accepted.run]
 
         def running() -> None:  # called once the engine has the job: the commit overlaps its first step
@@ -315,9 +336,18 @@ class ContentService:
             policy=plan.policy,
             inputs=inputs,
             limits=output_limits(req.content_type, self.settings),
+            audio=audio,
         )
+        captions = None
+        if isinstance(plan.params, VideoSettings) and plan.params.captions and inputs is not None:
+            captions, transcript_id = self._caption_words(content_id, inputs.narration_path, emit, cancel)
+            job = replace(job, captions=captions)
         # `job`: after a policy retry, the one whose seed passed
         out, job = self._generate_checked(job, emit, cancel, running)
+        if isinstance(job.params, SpeechSettings) and job.params.listen_back:
+            out, job = self._listen_back(out, job, emit, cancel)
+        if captions is not None and isinstance(out.facts, VideoFacts) and out.facts.captions is not None:
+            out.facts.captions = out.facts.captions.model_copy(update={"transcript_id": transcript_id})
         signed = self.credentials.sign(  # Content Credentials; the signed file is what is stored and hashed
             content_id=content_id,
             content_type=req.content_type,
@@ -376,6 +406,162 @@ class ContentService:
                     raise
                 emit({"type": "retry", "attempt": len(attempts) + 1, "reason": exc.message})
                 job = replace(job, params=job.params.model_copy(update={"seed": (seed + 1) % SEED_LIMIT}))
+
+    # --- transcripts inside other runs: listen-back and captions -------------------------------------------
+    def _transcribe(
+        self, owner: str | None, params: dict[str, Any], prompt: str, emit: Emit, cancel: threading.Event
+    ) -> tuple[ContentRecord, dict[str, Any]]:
+        """A transcript record made for another record's run (listen-back, captions), owned by that record's
+        owner, through the same run as any record (engine, validator, credentials, store, final commit); the
+        record and its JSON. It runs in the calling job's thread, not through the queue (which may be full of
+        the jobs waiting on it)."""
+        req = GenerateRequest(content_type="transcript", prompt=prompt, params=params)
+        plan = spec_of("transcript").plan(req, self.settings, self.catalog)
+        accepted = Accepted(str(uuid.uuid4()), req, plan, time.perf_counter())
+        extra: RecordExtra = {}
+        if plan.inputs:
+            extra["inputs"] = {role: list(ref) for role, ref in plan.inputs.items()}
+        pending = PendingRecord(
+            id=accepted.content_id,
+            content_type="transcript",
+            prompt=prompt,
+            system=None,
+            quality="standard",
+            params=plan.params.model_dump(mode="json"),
+            model_name=plan.model,
+            extra=extra,
+            owner=owner,
+            persona_name=None,
+            persona_version=None,
+        )
+        self._retry(partial(self.records.accept, pending), SUCCESS_COMMIT_RETRY_S)
+        try:
+            record = self._run(accepted, lambda event: None, cancel)
+        except GenforgeError as exc:
+            exc.content_id = accepted.content_id
+            self._fail(accepted.content_id, exc, accepted.started)
+            raise
+        found = self.records.file_of(record.id)
+        if found.relpath is None:
+            raise ArtifactLost(f"transcript {record.id} has no file", content_id=record.id)
+        doc: dict[str, Any] = json.loads(self.store.resolve(found.relpath).read_bytes())
+        return record, doc
+
+    def _listen_back(
+        self, out: EngineOutput, job: GenerationJob, emit: Emit, cancel: threading.Event
+    ) -> tuple[EngineOutput, GenerationJob]:
+        """Listen-back: the narration is transcribed and compared with the text the voice was given (WER after
+        normalising case, punctuation and numbers). Over GENFORGE_LISTEN_BACK_MAX_WER the narration is made again
+        (deterministic synthesis: another rendering), up to GENFORGE_LISTEN_BACK_ATTEMPTS narrations; each one
+        that failed is in the record's `attempts`; the last failure is `invalid_output` naming the WER."""
+        owner = self.records.file_of(job.content_id).owner
+        threshold = self.settings.listen_back_max_wer
+        attempts: list[dict[str, Any]] = []
+        language = voice_language(job.model.path)
+        while True:
+            upload = self.save_upload(out.data, ".wav", owner)
+            record, doc = self._transcribe(
+                owner, {"upload": upload, "language": language}, f"listen-back of {job.content_id}", emit, cancel
+            )
+            heard = str(doc.get("text", ""))
+            wer = round(word_error_rate(job.prompt, heard), 4)
+            if wer <= threshold and isinstance(out.facts, SpeechFacts):
+                out.facts.listen_back = ListenBack(
+                    wer=wer,
+                    threshold=threshold,
+                    transcript_id=record.id,
+                    model=record.model.name or "",
+                    heard=heard,
+                    attempts=len(attempts) + 1,
+                )
+                return out, job
+            p = job.params
+            seed = p.seed if isinstance(p, SpeechSettings) else None
+            message = f"listen-back: the narration's word error rate is {wer:.2f}, over the threshold {threshold:.2f}"
+            attempts.append(
+                {"seed": seed, "code": "invalid_output", "message": message, "wer": wer, "transcript_id": record.id}
+            )
+            self._retry(partial(self.records.note_attempts, job.content_id, list(attempts)), SUCCESS_COMMIT_RETRY_S)
+            log.info("content=%s listen-back attempt %d: WER %.2f", job.content_id, len(attempts), wer)
+            if len(attempts) >= self.settings.listen_back_attempts:
+                raise InvalidOutput(
+                    f"{message} in each of {len(attempts)} narration(s) (the last transcript is {record.id})",
+                    hint="The voice did not say the text: try another voice or simpler wording (numbers, names), "
+                    "or raise GENFORGE_LISTEN_BACK_MAX_WER.",
+                    details={"wer": wer, "threshold": threshold, "transcript_id": record.id},
+                )
+            emit({"type": "retry", "attempt": len(attempts) + 1, "reason": message})
+            next_seed = 0 if seed is None else (seed + 1) % SEED_LIMIT  # a seed: deterministic synthesis
+            job = replace(job, params=job.params.model_copy(update={"seed": next_seed}))
+            out, job = self._generate_checked(job, emit, cancel, None)
+
+    def _caption_words(
+        self, content_id: str, narration_path: str, emit: Emit, cancel: threading.Event
+    ) -> tuple[tuple[CaptionWord, ...], str]:
+        """The narration's words and their timings, from a transcript of the narration's file (a record)."""
+        owner = self.records.file_of(content_id).owner
+        data = Path(narration_path).read_bytes()
+        upload = self.save_upload(data, ".wav", owner)
+        record, doc = self._transcribe(owner, {"upload": upload}, f"captions of {content_id}", emit, cancel)
+        words = tuple(CaptionWord(str(w["word"]), float(w["start"]), float(w["end"])) for w in words_of(doc))
+        if not words:
+            raise InvalidOutput(
+                f"captions: no words were heard in the narration (transcript {record.id})",
+                hint="Make the video without captions, or with a narration that speaks.",
+            )
+        return words, record.id
+
+    # --- uploads (audio to transcribe) ------------------------------------------------------------------
+    def _uploads_dir(self, owner: str | None) -> Path:
+        return self.settings.data_dir / "uploads" / (owner or "local")
+
+    def save_upload(self, data: bytes, suffix: str, owner: str | None) -> str:
+        """Store audio to transcribe for `owner` (content-addressed, atomically); its upload id."""
+        suffix = suffix.lower()
+        if suffix not in UPLOAD_SUFFIXES:
+            raise InvalidRequest(
+                f"file: {suffix or 'no suffix'} is not an audio file genforge reads",
+                field="file",
+                hint=f"Send one of {', '.join(sorted(UPLOAD_SUFFIXES))}.",
+            )
+        if len(data) > self.settings.upload_max_bytes:
+            raise PayloadTooLarge(
+                f"file: {len(data)} bytes is over the upload limit of {self.settings.upload_max_bytes}",
+                hint="Send a shorter or compressed file, or raise GENFORGE_UPLOAD_MAX_BYTES.",
+            )
+        if not data:
+            raise InvalidRequest("file: the file is empty", field="file")
+        upload_id = hashlib.sha256(data).hexdigest() + suffix
+        folder = self._uploads_dir(owner)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / upload_id
+        if not path.is_file():
+            tmp = folder / f".{upload_id}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return upload_id
+
+    def upload(self, data: bytes, filename: str, caller: Caller) -> str:
+        """An uploaded audio file of `caller`, stored for transcripts (`params.upload`)."""
+        return self.save_upload(data, Path(filename).suffix, caller.id)
+
+    def _check_upload(self, plan: Plan, owner: str | None) -> None:
+        """A transcript's upload must be one its caller uploaded (another key's answers like an unknown one)."""
+        p = plan.params
+        if isinstance(p, TranscriptSettings) and p.upload and not (self._uploads_dir(owner) / p.upload).is_file():
+            raise InvalidRequest(f"params.upload: {p.upload!r} is no uploaded file", field="params.upload")
+
+    def _audio_input(self, plan: Plan, content_id: str) -> AudioInput | None:
+        """A transcript's audio file: the stored speech record's, or the record owner's upload."""
+        p = plan.params
+        if not isinstance(p, TranscriptSettings):
+            return None
+        if p.upload:
+            path = self._uploads_dir(self.records.file_of(content_id).owner) / p.upload
+            if not path.is_file():
+                raise ArtifactLost(f"the uploaded file {p.upload} is missing", content_id=content_id)
+            return AudioInput(str(path))
+        return AudioInput(self._input_paths(plan)["audio"])
 
     def _succeed(
         self,
@@ -440,11 +626,16 @@ class ContentService:
                 )
 
     def _input_files(self, plan: Plan) -> VideoInputs | None:
-        """The stored files of a plan's inputs (checked for the caller when it was submitted)."""
-        if not plan.inputs:
+        """A video's stored input files (checked for the caller when it was submitted)."""
+        if not plan.inputs or "image" not in plan.inputs:
             return None
-        paths = {}
-        for role, (content_id, _) in plan.inputs.items():
+        paths = self._input_paths(plan)
+        return VideoInputs(image_path=paths["image"], narration_path=paths["narration"])
+
+    def _input_paths(self, plan: Plan) -> dict[str, str]:
+        """The stored files of a plan's inputs, by role."""
+        paths: dict[str, str] = {}
+        for role, (content_id, _) in (plan.inputs or {}).items():
             found = self.records.file_of(content_id)
             if found.relpath is None:
                 raise ArtifactLost(f"{role} {content_id} has no file", content_id=content_id)
@@ -452,7 +643,7 @@ class ContentService:
             if not path.is_file():
                 raise ArtifactLost(f"the file of {role} {content_id} is missing", content_id=content_id)
             paths[role] = str(path)
-        return VideoInputs(image_path=paths["image"], narration_path=paths["narration"])
+        return paths
 
     def _retry(self, commit: Callable[[], T], within_s: float | None) -> T:
         """Run a database commit again while the database is unavailable (locked, full): for `within_s`
@@ -625,3 +816,10 @@ class ContentService:
                 "recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed", len(stale), len(orphans)
             )
         return {"interrupted": stale, "orphans_removed": len(orphans)}
+
+
+def voice_language(model_path: str) -> str | None:
+    """The language of a Piper voice from its file name (en_US-joe-medium.onnx: "en"); None when it does not say
+    (the transcription model then detects it)."""
+    head = Path(model_path).name.split("_", 1)[0].split("-", 1)[0]
+    return head.lower() if len(head) == 2 and head.isalpha() and "_" in Path(model_path).name else None
