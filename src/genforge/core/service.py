@@ -485,7 +485,7 @@ class ContentService:
             log.info("content=%s listen-back attempt %d: WER %.2f", job.content_id, len(attempts), wer)
             if len(attempts) >= self.settings.listen_back_attempts:
                 raise InvalidOutput(
-                    f"{message} in each of {len(attempts)} narration(s) (the last transcript is {record.id})",
+                    f"{message}, in each of {len(attempts)} narration(s) (the last transcript is {record.id})",
                     hint="The voice did not say the text: try another voice or simpler wording (numbers, names), "
                     "or raise GENFORGE_LISTEN_BACK_MAX_WER.",
                     details={"wer": wer, "threshold": threshold, "transcript_id": record.id},
