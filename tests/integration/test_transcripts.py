@@ -21,6 +21,7 @@ from conftest import CONTENT, GENERATE, make_settings, running_app, runtime_of
 from genforge.contenttypes.transcript import normalise, repetition_loop, word_error_rate
 from genforge.core.catalog import PACKAGED
 from genforge.engines.base import GenerationJob
+from genforge.platform.posts import speakable
 from speech_fixtures import SENTENCE, TWO_SENTENCES, needs_piper, read_wav
 
 pytestmark = [pytest.mark.slow, needs_piper]
@@ -127,6 +128,9 @@ def test_listen_back_records_the_wer_and_its_transcript(client):
     assert rec["params"]["listen_back"] is True and isinstance(lb["wer"], float) and lb["wer"] <= lb["threshold"]
     t = client.get(f"{CONTENT}/{lb['transcript_id']}").json()
     assert t["content_type"] == "transcript" and t["status"] == "succeeded" and t["text"] == lb["heard"]
+    # the narration's Content Credentials carry the verdict
+    creds = json.dumps(client.get(f"{CONTENT}/{rec['id']}/credentials").json())
+    assert '"listen_back"' in creds and lb["transcript_id"] in creds
 
 
 class SkipsLastSentence:
@@ -166,6 +170,9 @@ def test_a_narration_that_skips_a_sentence_fails_listen_back(client):
 
 
 def test_normalisation_and_loops():
+    assert (
+        speakable("Dawn 🌅 at the #harbour with @mira https://x.example/p?q=1 !") == "Dawn at the harbour with mira !"
+    )
     assert normalise("It's 60% of 1,200 Cats!") == "it's sixty percent of one thousand two hundred cats"
     assert word_error_rate("Sixty two birds.", "62 birds") == 0.0
     assert repetition_loop("thank you thank you thank you thank you".split()) == "thank you"
@@ -239,3 +246,14 @@ def test_another_keys_speech_answers_like_an_unknown_id(client, narration):
     unknown = client.post(GENERATE, json={**body, "params": {"audio": "no-such-id"}}, headers=headers)
     assert theirs.status_code == unknown.status_code == 422
     assert theirs.json()["error"]["field"] == unknown.json()["error"]["field"] == "params.audio"
+    # an upload is its key's: another key naming it gets the answer an unknown upload gets
+    up = client.post("/api/v1/uploads", files={"file": ("quiet.wav", silence_wav(1.0), "audio/wav")}, headers=headers)
+    assert up.status_code == 201, up.text
+    mine = {"content_type": "transcript", "prompt": "x", "params": {"upload": up.json()["upload"]}}
+    made = client.post(GENERATE, json=mine, headers=headers)
+    assert made.status_code == 201 and made.json()["no_speech"] is True, made.text
+    _, other = client.app.state.auth.keys.create("mal", "generate")
+    stolen = client.post(GENERATE, json=mine, headers={"Authorization": f"Bearer {other}"})
+    assert stolen.status_code == 422 and stolen.json()["error"]["field"] == "params.upload", stolen.text
+    bad = client.post("/api/v1/uploads", files={"file": ("notes.txt", b"hello", "text/plain")}, headers=headers)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "file"

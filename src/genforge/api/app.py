@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(system.router)  # /healthz, /readyz without a key; /metrics guards itself
     app.include_router(content.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
+    app.include_router(content.uploads_router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.include_router(models.router, dependencies=auth.GUARD, responses=auth.RESPONSES)
     app.include_router(keys.router, responses=auth.RESPONSES)  # admin keys only (its own guard)
     app.include_router(openai.router, dependencies=auth.GUARD, responses=auth.OPENAI_RESPONSES)

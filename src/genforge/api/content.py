@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
 
 from genforge.api.deps import CallerDep, ServiceDep
 from genforge.api.errors import COMMON, GENERATION, error_responses
@@ -187,3 +189,25 @@ def get_credentials(content_id: str, svc: ServiceDep, caller: CallerDep) -> dict
 def delete_content(content_id: str, svc: ServiceDep, caller: CallerDep) -> Response:
     svc.delete(content_id, caller)
     return Response(status_code=204)
+
+
+# --- uploads: audio to transcribe ------------------------------------------------------------------------------
+uploads_router = APIRouter(prefix="/api/v1/uploads", tags=["content"])
+
+
+class Upload(BaseModel):
+    upload: str = Field(description="The upload's id: send it as a transcript's params.upload.")
+    size_bytes: int
+
+
+@uploads_router.post("", status_code=201, response_model=Upload, responses=error_responses(*COMMON))
+async def upload_audio(
+    svc: ServiceDep,
+    caller: CallerDep,
+    file: Annotated[UploadFile, File(description="Audio to transcribe: WAV, MP3, OGG, FLAC, M4A.")],
+) -> Upload:
+    """Store an audio file for this key; a transcript request names it (`params.upload`). Another key's upload
+    answers as an unknown one."""
+    data = await file.read()
+    upload = await run_in_threadpool(svc.upload, data, file.filename or "audio.wav", caller)
+    return Upload(upload=upload, size_bytes=len(data))

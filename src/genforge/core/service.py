@@ -355,6 +355,7 @@ class ContentService:
             data=out.data,
             model=model,
             params=job.params.model_dump(mode="json"),
+            checks=checks_of(out),
         )
         extra = {**signed.extra, **({"model_source": model.source} if model.source else {})}
         suffix = spec_of(req.content_type).suffix
@@ -823,3 +824,11 @@ def voice_language(model_path: str) -> str | None:
     (the transcription model then detects it)."""
     head = Path(model_path).name.split("_", 1)[0].split("-", 1)[0]
     return head.lower() if len(head) == 2 and head.isalpha() and "_" in Path(model_path).name else None
+
+
+def checks_of(out: EngineOutput) -> dict[str, Any] | None:
+    """What the output was verified against, for its Content Credentials: a narration's listen-back."""
+    if isinstance(out.facts, SpeechFacts) and out.facts.listen_back is not None:
+        lb = out.facts.listen_back
+        return {"listen_back": {"wer": lb.wer, "threshold": lb.threshold, "transcript_id": lb.transcript_id}}
+    return None

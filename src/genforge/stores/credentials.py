@@ -109,7 +109,14 @@ class Credentials:
 
     # --- signing -----------------------------------------------------------------------------------------
     def manifest(
-        self, *, label: str, content_id: str, content_type: str, model: ResolvedModel, params: dict[str, Any]
+        self,
+        *,
+        label: str,
+        content_id: str,
+        content_type: str,
+        model: ResolvedModel,
+        params: dict[str, Any],
+        checks: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The manifest definition every artifact gets (PNG, WAV embedded; text as a sidecar)."""
         agent = {"name": "genforge", "version": __version__}
@@ -123,6 +130,7 @@ class Credentials:
         }
         if model.source:
             model_facts["source"] = model.source
+        provenance.update(checks or {})  # what the output was checked against (a narration's listen-back)
         return {
             "label": label,
             "title": f"genforge {content_type} {content_id}",
@@ -153,6 +161,7 @@ class Credentials:
         data: bytes,
         model: ResolvedModel,
         params: dict[str, Any],
+        checks: dict[str, Any] | None = None,
     ) -> Signed:
         """The artifact with its Content Credentials and what the record says about them. Raises
         CredentialsFailed: an artifact that should be signed is never stored unsigned."""
@@ -160,7 +169,7 @@ class Credentials:
             return Signed(data, {"credentials": {"signed": False, "reason": "GENFORGE_CREDENTIALS=off"}})
         label = f"urn:c2pa:{uuid.uuid4()}"
         definition = self.manifest(
-            label=label, content_id=content_id, content_type=content_type, model=model, params=params
+            label=label, content_id=content_id, content_type=content_type, model=model, params=params, checks=checks
         )
         try:
             chain, key, fingerprint = self._signer_material()
