@@ -81,6 +81,7 @@ from genforge.errors import (
     PolicyViolation,
 )
 from genforge.media.files import sha256_file
+from genforge.media.private import open_private, private_dir
 from genforge.redact import redact_url
 from genforge.stores.artifacts import ArtifactStore, StoredArtifact
 from genforge.stores.credentials import Credentials, describe
@@ -89,7 +90,8 @@ log = logging.getLogger("genforge.core.service")
 CANCEL_WAIT_S = 15.0  # how long a job told to stop at shutdown may take to record that it stopped
 SUCCESS_COMMIT_RETRY_S = 30.0  # how long a finished generation waits for a locked database before it fails
 T = TypeVar("T")
-# Audio a transcript may be made of (decoded by PyAV); an upload is stored as SHA256.SUFFIX under uploads/OWNER/.
+# Audio a transcript may be made of (decoded by PyAV); an upload is stored as SHA256.SUFFIX under
+# ARTIFACTS/uploads/OWNER/.
 UPLOAD_SUFFIXES = frozenset({".wav", ".mp3", ".ogg", ".oga", ".flac", ".m4a", ".mp4", ".mpeg", ".mpga", ".webm"})
 
 
@@ -462,7 +464,11 @@ class ContentService:
         while True:
             upload = self.save_upload(out.data, ".wav", owner)
             record, doc = self._transcribe(
-                owner, {"upload": upload, "language": language}, f"listen-back of {job.content_id}", emit, cancel
+                owner,
+                {"upload": upload, "language": language, "word_timestamps": False},  # the words, not their times
+                f"listen-back of {job.content_id}",
+                emit,
+                cancel,
             )
             heard = str(doc.get("text", ""))
             wer = round(word_error_rate(job.prompt, heard), 4)
@@ -514,7 +520,8 @@ class ContentService:
 
     # --- uploads (audio to transcribe) ------------------------------------------------------------------
     def _uploads_dir(self, owner: str | None) -> Path:
-        return self.settings.data_dir / "uploads" / (owner or "local")
+        """Beside the artifacts (shared with the distributed workers), never a name the store gives its files."""
+        return self.settings.artifacts_dir / "uploads" / (owner or "local")
 
     def save_upload(self, data: bytes, suffix: str, owner: str | None) -> str:
         """Store audio to transcribe for `owner` (content-addressed, atomically); its upload id."""
@@ -533,12 +540,12 @@ class ContentService:
         if not data:
             raise InvalidRequest("file: the file is empty", field="file")
         upload_id = hashlib.sha256(data).hexdigest() + suffix
-        folder = self._uploads_dir(owner)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = private_dir(self._uploads_dir(owner))
         path = folder / upload_id
         if not path.is_file():
             tmp = folder / f".{upload_id}.{os.getpid()}.{threading.get_ident()}.tmp"
-            tmp.write_bytes(data)
+            with open_private(tmp) as f:
+                f.write(data)
             tmp.replace(path)
         return upload_id
 

@@ -27,6 +27,7 @@ FONT_HINT = "Install the font: `apt-get install fonts-dejavu-core` (Debian/Ubunt
 SIZE_OF_WIDTH = {"small": 0.055, "medium": 0.075, "large": 0.1}  # font size as a share of the frame's width
 PHRASE_WORDS = 4  # highlight mode: words shown together
 HOLD_LAST_S = 0.4  # the last word stays this long after it ends
+MAX_WIDTH = 0.9  # the widest a caption's box may be, as a share of the frame's width
 HIGHLIGHT = (255, 214, 0, 255)
 WHITE = (255, 255, 255, 255)
 
@@ -80,7 +81,7 @@ class CaptionRenderer:
         self.font_file = font_path()
         self.font = ImageFont.truetype(self.font_file, max(12, round(width * SIZE_OF_WIDTH[style.size])))
         self.cues = cues_of(words, style, duration)
-        self.patches: dict[int, tuple[Any, Any, int, int]] = {}  # cue index -> (rgb, alpha, x, y)
+        self.patches: dict[int, tuple[Any, Any, int, int]] = {}  # cue index -> (planes, -, x, y)
         self.index = 0
 
     def _patch(self, i: int) -> tuple[Any, Any, int, int]:
@@ -91,11 +92,15 @@ class CaptionRenderer:
         from PIL import Image, ImageDraw
 
         cue = self.cues[i]
-        stroke = max(2, self.font.size // 14)
-        space = self.font.getlength(" ")
-        lengths = [self.font.getlength(w) for w in cue.words]
-        ascent, descent = self.font.getmetrics()
-        pad = self.font.size // 3
+        font = self.font
+        text_w = font.getlength(" ".join(cue.words)) + 2 * (font.size // 3)
+        if text_w > self.width * MAX_WIDTH:  # too wide for the frame: this cue's font is smaller, to fit
+            font = font.font_variant(size=max(10, int(font.size * self.width * MAX_WIDTH / text_w)))
+        stroke = max(2, font.size // 14)
+        space = font.getlength(" ")
+        lengths = [font.getlength(w) for w in cue.words]
+        ascent, descent = font.getmetrics()
+        pad = font.size // 3
         text_w = sum(lengths) + space * (len(lengths) - 1)
         box_w, box_h = round(min(self.width, text_w + 2 * pad)), round(ascent + descent + pad)
         img = Image.new("RGBA", (box_w, box_h), (0, 0, 0, 0))
@@ -104,15 +109,30 @@ class CaptionRenderer:
         x: float = pad
         for k, (word, length) in enumerate(zip(cue.words, lengths, strict=True)):
             fill = HIGHLIGHT if (self.style.highlight and k == cue.current) else WHITE
-            draw.text((x, pad // 2), word, font=self.font, fill=fill, stroke_width=stroke, stroke_fill=(0, 0, 0, 255))
+            draw.text((x, pad // 2), word, font=font, fill=fill, stroke_width=stroke, stroke_fill=(0, 0, 0, 255))
             x += length + space
-        arr = np.asarray(img)
-        rgb = arr[:, :, :3].astype(np.float32)
-        alpha = arr[:, :, 3:4].astype(np.float32) / 255.0
-        px = max(0, (self.width - box_w) // 2)
-        py = round(self.height * safe_center_y(self.style.position, self.width, self.height) - box_h / 2)
-        py = min(max(0, py), self.height - box_h)
-        found = (rgb * alpha, 1.0 - alpha, px, py)
+        arr = np.asarray(img).astype(np.float32) / 255.0
+        if box_w % 2 or box_h % 2:  # even sizes and offsets: the chroma planes are half the size
+            arr = np.pad(arr, ((0, box_h % 2), (0, box_w % 2), (0, 0)))
+        r, g, b, alpha = arr[:, :, 0], arr[:, :, 1], arr[:, :, 2], arr[:, :, 3]
+        # BT.601 limited range: what FFmpeg's scaler makes of RGB for yuv420p (the frames' own conversion)
+        y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+        u = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+        v = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+
+        def half(plane: Any) -> Any:  # 2x2 means
+            return plane.reshape(plane.shape[0] // 2, 2, plane.shape[1] // 2, 2).mean(axis=(1, 3))
+
+        alpha_c = half(alpha)
+        px = max(0, (self.width - arr.shape[1]) // 2) & ~1
+        py = round(self.height * safe_center_y(self.style.position, self.width, self.height) - arr.shape[0] / 2)
+        py = min(max(0, py), self.height - arr.shape[0]) & ~1
+        found = (
+            (y * alpha, 1.0 - alpha, half(u * alpha), half(v * alpha), 1.0 - alpha_c),
+            None,
+            px,
+            py,
+        )
         self.patches = {i: found}  # cues come in order: keep only the current one
         return found
 
@@ -124,15 +144,22 @@ class CaptionRenderer:
         return None
 
     def draw(self, frame: Any, t: float) -> Any:
-        """`frame` (an RGB uint8 array of the output size) with the caption on screen at `t` blended in."""
+        """`frame` (a yuv420p array as PyAV lays it out: the Y rows, then U's and V's, each half as wide, packed
+        two to a row) with the caption on screen at `t` blended into its box, in place."""
         import numpy as np
 
         i = self.cue_at(t)
         if i is None:
             return frame
-        premult, keep, x, y = self._patch(i)
-        h, w = premult.shape[:2]
-        region = frame[y : y + h, x : x + w].astype(np.float32)
-        frame = frame.copy() if not frame.flags.writeable else frame
-        frame[y : y + h, x : x + w] = (premult + region * keep).astype(np.uint8)
+        (y_pm, y_keep, u_pm, v_pm, c_keep), _, x, y = self._patch(i)
+        h, w = y_pm.shape
+        height, width = self.height, self.width
+        luma = frame[:height]
+        u = frame[height : height + height // 4].reshape(height // 2, width // 2)
+        v = frame[height + height // 4 :].reshape(height // 2, width // 2)
+        region = luma[y : y + h, x : x + w]
+        region[...] = (y_pm + region * y_keep).astype(np.uint8)
+        for plane, pm in ((u, u_pm), (v, v_pm)):
+            part = plane[y // 2 : y // 2 + h // 2, x // 2 : x // 2 + w // 2]
+            part[...] = (pm + part * c_keep).astype(np.uint8)
         return frame

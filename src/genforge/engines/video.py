@@ -182,12 +182,12 @@ class VideoEngine(OneAtATimeEngine):
                 i, box = item
                 x0, y0, x1, y1 = (round(v) for v in box)
                 crop = av.VideoFrame.from_ndarray(np.ascontiguousarray(source[y0:y1, x0:x1]), format="rgb24")
+                frame = crop.reformat(p.width, p.height, "yuv420p", interpolation="FAST_BILINEAR")
                 if captions is None:
-                    return crop.reformat(p.width, p.height, "yuv420p", interpolation="FAST_BILINEAR")
-                # captions: drawn on the RGB frame of the output size (the box alone is blended), then to yuv420p
-                rgb = crop.reformat(p.width, p.height, "rgb24", interpolation="FAST_BILINEAR").to_ndarray()
-                rgb = captions.draw(rgb, i / p.fps)
-                return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+                    return frame
+                # captions: blended into the caption's box of the yuv420p planes (no other pixel is touched)
+                planes = captions.draw(frame.to_ndarray(), i / p.fps)
+                return av.VideoFrame.from_ndarray(planes, format="yuv420p")
 
             total = math.ceil(duration)
             for i, frame in enumerate(_ahead(make, enumerate(boxes))):

@@ -107,7 +107,7 @@ class WhisperEngine(OneAtATimeEngine):
             beam_size=p.beam_size,
             temperature=p.temperature if p.temperature > 0 else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
             initial_prompt=p.initial_prompt,
-            word_timestamps=True,
+            word_timestamps=p.word_timestamps,
             vad_filter=True,
             condition_on_previous_text=False,  # a repetition cannot feed the next window
         )
