@@ -143,23 +143,19 @@ class CaptionRenderer:
             return self.index
         return None
 
-    def draw(self, frame: Any, t: float) -> Any:
-        """`frame` (a yuv420p array as PyAV lays it out: the Y rows, then U's and V's, each half as wide, packed
-        two to a row) with the caption on screen at `t` blended into its box, in place."""
+    def draw(self, planes: tuple[Any, Any, Any], t: float) -> None:
+        """Blend the caption on screen at `t` into its box of a yuv420p frame, in place: `planes` are the frame's
+        Y, U and V planes as 2-D uint8 arrays (rows of the plane's line size; U and V half as wide and high)."""
         import numpy as np
 
         i = self.cue_at(t)
         if i is None:
-            return frame
+            return
         (y_pm, y_keep, u_pm, v_pm, c_keep), _, x, y = self._patch(i)
         h, w = y_pm.shape
-        height, width = self.height, self.width
-        luma = frame[:height]
-        u = frame[height : height + height // 4].reshape(height // 2, width // 2)
-        v = frame[height + height // 4 :].reshape(height // 2, width // 2)
+        luma, u, v = planes
         region = luma[y : y + h, x : x + w]
         region[...] = (y_pm + region * y_keep).astype(np.uint8)
         for plane, pm in ((u, u_pm), (v, v_pm)):
             part = plane[y // 2 : y // 2 + h // 2, x // 2 : x // 2 + w // 2]
             part[...] = (pm + part * c_keep).astype(np.uint8)
-        return frame

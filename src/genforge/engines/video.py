@@ -185,9 +185,11 @@ class VideoEngine(OneAtATimeEngine):
                 frame = crop.reformat(p.width, p.height, "yuv420p", interpolation="FAST_BILINEAR")
                 if captions is None:
                     return frame
-                # captions: blended into the caption's box of the yuv420p planes (no other pixel is touched)
-                planes = captions.draw(frame.to_ndarray(), i / p.fps)
-                return av.VideoFrame.from_ndarray(planes, format="yuv420p")
+                # captions: blended into the caption's box of the frame's own yuv420p planes, in place (a copy of
+                # the frame each way cost more than the drawing)
+                planes = [np.frombuffer(pl, np.uint8).reshape(pl.height, pl.line_size) for pl in frame.planes]
+                captions.draw((planes[0], planes[1], planes[2]), i / p.fps)
+                return frame
 
             total = math.ceil(duration)
             for i, frame in enumerate(_ahead(make, enumerate(boxes))):
