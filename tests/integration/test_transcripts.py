@@ -133,6 +133,16 @@ def test_listen_back_records_the_wer_and_its_transcript(client):
     assert '"listen_back"' in creds and lb["transcript_id"] in creds
 
 
+def test_a_personas_policy_turns_listen_back_on_unless_the_request_says(client):
+    made = client.post("/api/v1/personas", json={"name": "careful", "speech": {"listen_back": True}})
+    assert made.status_code == 201, made.text
+    body = {"content_type": "speech", "prompt": SENTENCE, "persona": "careful"}
+    on = client.post(GENERATE, json=body).json()
+    assert on["params"]["listen_back"] is True and on["listen_back"]["wer"] <= on["listen_back"]["threshold"]
+    off = client.post(GENERATE, json={**body, "params": {"listen_back": False}}).json()
+    assert off["params"]["listen_back"] is False and off["listen_back"] is None
+
+
 class SkipsLastSentence:
     """The real engine worker, except that speech jobs lose their last sentence: a voice that skips words."""
 

@@ -195,6 +195,12 @@ class PostService:
     def start(self, req: PostRequest, caller: Caller) -> tuple[str, EventStream]:
         """Write the post (running), pinned to the persona's version now; its parts are made by `run`."""
         persona = self.personas.resolve(req.persona, caller)
+        if "narration" in req.parts:
+            # listen-back: the request's choice, else the persona's, else on when a transcription model is installed
+            narration = req.params.setdefault("narration", {})
+            chosen = persona.speech.listen_back
+            installed = self.service.catalog.default_for("transcript") is not None
+            narration.setdefault("listen_back", installed if chosen is None else chosen)
         self._preflight(req, f"{persona.name}@{persona.version}", caller)
         post_id = str(uuid.uuid4())
         with self.db.session() as s:
@@ -284,8 +290,6 @@ class PostService:
             caption = records.get("caption")
             text = caption.text if isinstance(caption, TextRecord) else None
             prompt = speakable(stand_in["caption"] if stand_in is not None else (text or "").strip())
-            # listen-back on by default for a post's narration when a transcription model is installed
-            params.setdefault("listen_back", self.service.catalog.default_for("transcript") is not None)
         else:
             params = {"image": records["image"].id, "narration": records["narration"].id, **params}
             params.setdefault("platform", req.platform if req.platform in PLATFORM_SIZES else None)
