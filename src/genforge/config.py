@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # with the next seed, may be tried before the record fails with policy_violation.
     policy_attempts: int = Field(default=3, ge=1, le=20)
 
+    # Listen-back (params.listen_back): the most word error rate a narration may have against its text, and how
+    # many narrations (the asked one, then deterministic synthesis) are tried before it fails invalid_output.
+    listen_back_max_wer: float = Field(default=0.3, ge=0.0, le=1.0)
+    listen_back_attempts: int = Field(default=2, ge=1, le=5)
+
     # Speech: the longest text one request may speak (longer is 422; split it into several requests).
     speech_max_chars: int = 5000
     # Speech and video: the longest audio or video one request may make, and its largest file. A speech request
@@ -84,8 +89,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 100_000  # prompt + system prompt (+ chat messages)
     max_tokens: int = 4096  # text: the most tokens one request may ask for (also below context_size)
     image_max_pixels: int = 2048 * 2048  # width x height
-    # Uploads (POST /api/v1/uploads): the most bytes and pixels one picture may have (checked before decoding).
-    upload_max_bytes: int = Field(default=20_000_000, gt=0)
+    # Uploads (POST /api/v1/uploads): the most bytes one file may have (a picture or audio to transcribe; 413
+    # beyond it), and the most pixels one picture may have (checked before decoding).
+    upload_max_bytes: int = Field(default=50_000_000, gt=0)
     upload_max_pixels: int = Field(default=40_000_000, gt=0)
 
     # Access control (see README, "Access control"). auto: keys are required as soon as one exists;

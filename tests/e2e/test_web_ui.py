@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from conftest import CONTENT, GENERATE, Server, long_generation_body, text_body
+from conftest import CONTENT, GENERATE, Server, long_generation_body, run_cli, text_body
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +107,21 @@ def test_speech_ends_in_an_audio_player_with_a_duration(page):
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("[aria-live].complete audio")).to_be_attached()
     page.wait_for_function("() => document.querySelector('[aria-live] audio').duration > 0.3")
+
+
+def test_an_uploaded_audio_file_becomes_a_transcript_with_its_timings(page, server, tmp_path):
+    pulled = run_cli(server.data_dir, "models", "pull", "whisper-base")
+    assert pulled.returncode == 0, pulled.stderr
+    speech = create(server, {"content_type": "speech", "prompt": "Please check the weather report tomorrow."})
+    wav = tmp_path / "note.wav"
+    wav.write_bytes(server.http.get(speech["artifact"]["url"]).content)
+    page.goto(page.base + "/")
+    page.get_by_label("Content type").select_option("transcript")
+    page.get_by_label("Audio file").set_input_files(str(wav))
+    page.get_by_role("button", name="Generate").click()
+    segments = page.locator("[aria-live].complete .transcript ol.segments li")
+    expect(segments.first).to_contain_text(re.compile("weather", re.IGNORECASE))
+    expect(segments.first).to_contain_text(re.compile(r"\d\.\d\d–\d\.\d\d s"))
 
 
 def test_a_failed_generation_shows_its_code_hint_and_failed_record(page):

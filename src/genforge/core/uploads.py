@@ -23,19 +23,35 @@ from genforge.stores.artifacts import ArtifactStore
 from genforge.stores.db import Database, UploadRow
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+# Audio a transcript may be made of (decoded by PyAV when it runs), by the file's suffix; stored as sent.
+AUDIO_SUFFIXES = {
+    ".wav": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".mpga": "audio/mpeg",
+    ".mpeg": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".flac": "audio/flac",
+    ".m4a": "audio/mp4",
+    ".mp4": "audio/mp4",
+    ".webm": "audio/webm",
+}
 MIN_SIDE = 8  # pixels: anything smaller is no picture to start from
 
 
 class Upload(BaseModel):
     """POST /api/v1/uploads answers this."""
 
-    id: str = Field(description="Use it as params.init_image, params.mask or a persona's reference_images.")
-    sha256: str = Field(description="sha256 of the stored PNG (the upload re-encoded, EXIF stripped).")
-    media_type: str = Field(description="image/png: every upload is stored re-encoded as PNG.")
-    width: int
-    height: int
+    id: str = Field(
+        description="A picture: params.init_image, params.mask or a persona's reference_images; audio: a "
+        "transcript's params.upload."
+    )
+    sha256: str = Field(description="sha256 of the stored file (a picture re-encoded as PNG, EXIF stripped).")
+    media_type: str = Field(description="image/png for every picture (re-encoded); audio as it was sent.")
+    width: int | None = Field(None, description="Pictures only.")
+    height: int | None = Field(None, description="Pictures only.")
     size_bytes: int
-    original_media_type: str = Field(description="What was sent: image/png, image/jpeg or image/webp.")
+    original_media_type: str = Field(description="What was sent: image/png, image/jpeg, image/webp or audio/*.")
     created_at: datetime
     owner: str | None = None
 
@@ -119,7 +135,12 @@ class UploadStore:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
 
-    def create(self, data: bytes, caller: Caller) -> Upload:
+    def create(self, data: bytes, caller: Caller, filename: str | None = None) -> Upload:
+        """A picture (decoded and re-encoded), or audio to transcribe (a file named .wav, .mp3, ...: stored as
+        sent, decoded when a transcript runs)."""
+        suffix = Path(filename or "").suffix.lower()
+        if suffix in AUDIO_SUFFIXES:
+            return self.create_audio(data, suffix, caller.id)
         png, original, width, height = reencode(data, self.max_bytes, self.max_pixels)
         with self.files.guard():
             stored = self.files.write(png, "image/png", ".png")
@@ -134,6 +155,41 @@ class UploadStore:
                     size_bytes=stored.size_bytes,
                     relpath=stored.relpath,
                     original_media_type=original,
+                    created_at=datetime.now(UTC),
+                )
+                s.add(row)
+                s.flush()
+                return _upload(row)
+
+    def create_audio(self, data: bytes, suffix: str, owner: str | None) -> Upload:
+        """Audio for a transcript, owned by `owner` (a key's upload, or a narration listen-back transcribes)."""
+        media_type = AUDIO_SUFFIXES.get(suffix.lower())
+        if media_type is None:
+            raise InvalidRequest(
+                f"file: {suffix or 'no suffix'} is not an audio file genforge reads",
+                field="file",
+                hint=f"Send one of {', '.join(sorted(AUDIO_SUFFIXES))}, or a PNG, JPEG or WebP picture.",
+            )
+        if len(data) > self.max_bytes:
+            raise PayloadTooLarge(
+                f"file: the upload is {len(data)} bytes, over the limit of {self.max_bytes}",
+                hint="Send a shorter or compressed file, or raise GENFORGE_UPLOAD_MAX_BYTES.",
+            )
+        if not data:
+            raise InvalidRequest("file: the upload is empty", field="file")
+        with self.files.guard():
+            stored = self.files.write(data, media_type, suffix.lower())
+            with self.db.session() as s:
+                row = UploadRow(
+                    id=str(uuid.uuid4()),
+                    owner=owner,
+                    sha256=stored.sha256,
+                    media_type=media_type,
+                    width=None,
+                    height=None,
+                    size_bytes=stored.size_bytes,
+                    relpath=stored.relpath,
+                    original_media_type=media_type,
                     created_at=datetime.now(UTC),
                 )
                 s.add(row)

@@ -13,6 +13,7 @@ ENGINE_MODULES: dict[str, str] = {
     "espeak-ng": "genforge.engines.espeak",
     "remote": "genforge.engines.remote",
     "video": "genforge.engines.video",
+    "faster-whisper": "genforge.engines.whisper",
 }
 
 

@@ -80,6 +80,22 @@ class ImageInputs:
 
 
 @dataclass(frozen=True)
+class AudioInput:
+    """Transcripts only: the audio file to transcribe (a stored speech record's, or an upload), by path."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class CaptionWord:
+    """Video captions: one spoken word of the narration and when it is spoken (seconds)."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class TextPolicy:
     """Text only: what a generated text must respect to count as a success (a persona's forbidden phrases, a
     platform's character limit). The text validator enforces it; the service retries with the next seed."""
@@ -127,6 +143,8 @@ class GenerationJob:
     policy: TextPolicy | None = None
     inputs: VideoInputs | ImageInputs | None = None
     limits: OutputLimits | None = None
+    audio: AudioInput | None = None  # transcripts: what to transcribe
+    captions: tuple[CaptionWord, ...] | None = None  # videos with captions: the narration's timed words
 
 
 def check_output(
@@ -257,6 +275,19 @@ class ImageFacts(_Facts):
     identity: IdentityFacts | None = Field(None, description="A persona's face, measured on this image.")
 
 
+class ListenBack(BaseModel):
+    """Listen-back of a narration: what a transcription model heard, against the text the voice was given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wer: float = Field(description="Word error rate of the transcript against the text (after normalisation).")
+    threshold: float = Field(description="The most WER a narration may have (GENFORGE_LISTEN_BACK_MAX_WER).")
+    transcript_id: str = Field(description="The transcript record of what was heard.")
+    model: str = Field(description="The transcription model.")
+    heard: str = Field(description="The transcript's text.")
+    attempts: int = Field(description="Narrations made until one passed (each is in the record's attempts).")
+
+
 class SpeechFacts(_Facts):
     sample_rate: int | None = Field(None, description="Samples per second of the WAV.")
     duration_s: float | None = Field(None, description="Length of the audio in seconds.")
@@ -264,6 +295,28 @@ class SpeechFacts(_Facts):
     sentences: int | None = Field(None, description="Sentences synthesised (one progress step each).")
     deterministic: bool | None = Field(None, description="Whether the same request gives the same audio bytes.")
     content_hash: str | None = Field(None, description="sha256 of the decoded samples: finds a stripped copy.")
+    listen_back: ListenBack | None = Field(None, description="Listen-back's verdict, when it ran.")
+
+
+class TranscriptFacts(_Facts):
+    language: str | None = Field(None, description="The language transcribed (given, or detected).")
+    language_probability: float | None = Field(None, description="How sure the detection was (1 when given).")
+    duration_s: float | None = Field(None, description="Length of the audio in seconds.")
+    speech_s: float | None = Field(None, description="Seconds of it that voice activity detection found speech in.")
+    segments: int | None = Field(None, description="Segments transcribed.")
+    words: int | None = Field(None, description="Words transcribed (each with its timing in the artifact).")
+    no_speech: bool | None = Field(None, description="True when the audio holds no speech: the text is empty.")
+    task: str | None = Field(None, description="transcribe, or translate (into English).")
+    source: str | None = Field(None, description="What was transcribed: a record's id, or upload:SHA256.")
+
+
+class CaptionsFacts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transcript_id: str = Field(description="The transcript of the narration whose word timings the captions use.")
+    words: int = Field(description="Captioned words.")
+    style: dict[str, Any] = Field(description="The caption style (position, size, highlight).")
+    font: str = Field(description="The font file that drew them.")
 
 
 class VideoFacts(_Facts):
@@ -276,6 +329,7 @@ class VideoFacts(_Facts):
     video_codec: str | None = Field(None, description="h264.")
     audio_codec: str | None = Field(None, description="aac.")
     realtime_factor: float | None = Field(None, description="Seconds of video encoded per second of encoding.")
+    captions: CaptionsFacts | None = Field(None, description="Burned-in captions, when asked for.")
 
 
 @dataclass

@@ -143,6 +143,10 @@ class SpeechParams(BaseModel):
     sentence_silence: float = Field(default=0.2, ge=0, le=5.0)  # seconds between sentences
     # When no Piper voice is usable and no model is named: allow the espeak-ng fallback (recorded).
     fallback: bool = False
+    # Listen-back: transcribe the narration (whisper-base) and fail it when its word error rate against the text
+    # is over GENFORGE_LISTEN_BACK_MAX_WER (after retries). None: off for a plain request, on for a post's
+    # narration when a transcription model is installed. Recorded as true or false.
+    listen_back: bool | None = None
 
 
 class SpeechSettings(SpeechParams):
@@ -154,6 +158,18 @@ class SpeechSettings(SpeechParams):
 # --- video (the packaged h264 encoder) ----------------------------------------------------------------------
 Platform = Literal["instagram", "reels", "story", "tiktok", "x", "youtube", "square"]
 Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
+
+
+class CaptionStyle(BaseModel):
+    """How burned-in captions look: white DejaVu Sans Bold with a dark outline on a dark box, inside the
+    platform's safe area."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    position: Literal["bottom", "middle", "top"] = "bottom"
+    size: Literal["small", "medium", "large"] = "medium"
+    # False: one word at a time (the word being spoken); True: the phrase, its current word in yellow.
+    highlight: bool = False
 
 
 class VideoParams(BaseModel):
@@ -171,6 +187,8 @@ class VideoParams(BaseModel):
     zoom: float = Field(1.15, ge=1.0, le=2.0, description="How far the slow zoom goes in (1: pan only).")
     preset: Preset = Field("ultrafast", description="libx264 speed preset (ultrafast: faster than real time).")
     crf: int = Field(23, ge=0, le=51, description="libx264 constant quality (lower is better and larger).")
+    captions: bool = Field(False, description="Burn word-level captions of the narration into the frames.")
+    caption_style: CaptionStyle = Field(default_factory=lambda: CaptionStyle())
 
     @model_validator(mode="after")
     def _size(self) -> VideoParams:
@@ -190,6 +208,39 @@ class VideoSettings(VideoParams):
     height: int
 
 
+# --- transcripts (faster-whisper) -----------------------------------------------------------------------------
+
+
+class TranscriptParams(BaseModel):
+    """Transcript parameters: the audio (a speech record's id, or an upload's id from POST /api/v1/uploads or
+    /v1/audio/transcriptions), the language (ISO 639-1; none: detected) and the task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio: str | None = Field(None, min_length=1, max_length=64, description="Content id of a speech record.")
+    upload: str | None = Field(
+        None, min_length=1, max_length=64, description="An uploaded audio file's id (POST /api/v1/uploads)."
+    )
+    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$", description="ISO 639-1 code; none: detected.")
+    task: Literal["transcribe", "translate"] = Field("transcribe", description="translate: into English.")
+    initial_prompt: str | None = Field(None, max_length=1000, description="Words and spelling to expect.")
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    beam_size: int = Field(1, ge=1, le=10, description="1: greedy decoding (fastest).")
+    word_timestamps: bool = Field(True, description="Time every word (about 6 % more work); false: segments only.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TranscriptParams:
+        if (self.audio is None) == (self.upload is None):
+            raise ValueError("give exactly one of audio (a speech record's id) and upload (an uploaded file's id)")
+        return self
+
+
+class TranscriptSettings(TranscriptParams):
+    """The complete transcript parameters, as recorded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 # What a GenerationJob carries: one of these, never Any.
-EngineParams = TextSettings | PortraitSettings | DiffusersSettings | SpeechSettings | VideoSettings
-P = TypeVar("P", TextSettings, PortraitSettings, DiffusersSettings, SpeechSettings, VideoSettings)
+EngineParams = TextSettings | PortraitSettings | DiffusersSettings | SpeechSettings | VideoSettings | TranscriptSettings
+P = TypeVar("P", TextSettings, PortraitSettings, DiffusersSettings, SpeechSettings, VideoSettings, TranscriptSettings)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from genforge.engines.base import (
+    CaptionsFacts,
     Emit,
     EngineOutput,
     GenerationJob,
@@ -35,6 +36,7 @@ from genforge.engines.base import (
     check_output,
     params_of,
 )
+from genforge.engines.captions import CaptionRenderer
 from genforge.engines.params import VideoSettings
 from genforge.errors import Cancelled, EngineFailed, InvalidRequest, ModelUnavailable
 
@@ -171,13 +173,27 @@ class VideoEngine(OneAtATimeEngine):
             aus = out.add_stream("aac", rate=rate, layout="mono")
             aus.bit_rate = 96_000
 
-            def make(box):
+            captions = None
+            if p.captions:
+                if not job.captions:
+                    raise InvalidRequest("captions were asked for without the narration's word timings", field="params")
+                captions = CaptionRenderer(job.captions, p.caption_style, p.width, p.height, duration)
+
+            def make(item):
+                i, box = item
                 x0, y0, x1, y1 = (round(v) for v in box)
                 crop = av.VideoFrame.from_ndarray(np.ascontiguousarray(source[y0:y1, x0:x1]), format="rgb24")
-                return crop.reformat(p.width, p.height, "yuv420p", interpolation="FAST_BILINEAR")
+                frame = crop.reformat(p.width, p.height, "yuv420p", interpolation="FAST_BILINEAR")
+                if captions is None:
+                    return frame
+                # captions: blended into the caption's box of the frame's own yuv420p planes, in place (a copy of
+                # the frame each way cost more than the drawing)
+                planes = [np.frombuffer(pl, np.uint8).reshape(pl.height, pl.line_size) for pl in frame.planes]
+                captions.draw((planes[0], planes[1], planes[2]), i / p.fps)
+                return frame
 
             total = math.ceil(duration)
-            for i, frame in enumerate(_ahead(make, boxes)):
+            for i, frame in enumerate(_ahead(make, enumerate(boxes))):
                 frame.pts = i
                 out.mux(vs.encode(frame))
                 if (i + 1) % p.fps == 0:
@@ -212,6 +228,14 @@ class VideoEngine(OneAtATimeEngine):
                 video_codec="h264",
                 audio_codec="aac",
                 realtime_factor=round(duration / encode_s, 2) if encode_s else None,
+                captions=CaptionsFacts(
+                    transcript_id="",  # the service names the transcript it took the timings from
+                    words=len(job.captions or ()),
+                    style=p.caption_style.model_dump(),
+                    font=captions.font_file,
+                )
+                if captions is not None
+                else None,
             ),
         )
 

@@ -109,6 +109,8 @@ class SpeechDefaults(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=200)
     voice: str | None = Field(None, min_length=1, max_length=64)
     speed: float | None = Field(None, ge=0.25, le=4.0)
+    # Listen-back for this persona's narrations (params.listen_back); None: the request's, or a post's default.
+    listen_back: bool | None = None
 
 
 class PersonaBody(BaseModel):
@@ -402,6 +404,8 @@ def apply(
             params["voice"] = sp.voice
         if sp.speed is not None and "speed" not in req.params:
             params["speed"] = sp.speed
+        if sp.listen_back is not None and "listen_back" not in req.params:
+            params["listen_back"] = sp.listen_back
     applied = {**{k: v for k, v in fields.items() if k != "messages"}, **{f"params.{k}": v for k, v in params.items()}}
     if policy:
         applied["policy.forbidden_phrases"] = list(policy.forbidden_phrases)

@@ -14,7 +14,9 @@ import hashlib
 import io
 import json
 import logging
+import re
 import threading
+import unicodedata
 import uuid
 import zipfile
 from datetime import UTC, datetime
@@ -27,7 +29,8 @@ from genforge.contenttypes import REGISTRY, ContentRecord
 from genforge.contenttypes.records import RecordError, Status, Timestamp
 from genforge.contenttypes.request import GenerateRequest
 from genforge.contenttypes.text import TextRecord
-from genforge.contenttypes.video import PLATFORM_SIZES
+from genforge.contenttypes.transcript import to_vtt
+from genforge.contenttypes.video import PLATFORM_SIZES, VideoRecord
 from genforge.core.caller import Caller
 from genforge.core.jobs import EventStream, Job
 from genforge.core.service import ContentService
@@ -101,6 +104,9 @@ class PostRequest(BaseModel):
         default_factory=dict, description="Per part, params that override the persona's and the post's defaults."
     )
     mode: Literal["sync", "async"] = Field("sync", description="async: 202 at once; follow the Location.")
+    captions: bool = Field(
+        False, description="Burn word-level captions of the narration into the video (and export them as WebVTT)."
+    )
 
     @field_validator("parts")
     @classmethod
@@ -160,6 +166,21 @@ class Post(BaseModel):
     finished_at: Timestamp | None
 
 
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+
+
+def speakable(text: str) -> str:
+    """What the narration speaks of a caption: without URLs and emoji, hashtags and mentions as their words.
+    Listen-back compares the narration with this text."""
+    text = _URL.sub(" ", text)
+    text = re.sub(r"[#@](\w)", r"\1", text)
+    kept = "".join(
+        ch for ch in text if unicodedata.category(ch) not in ("So", "Sk", "Cs", "Co", "Cn") and ch != "\ufe0f"
+    )
+    kept = " ".join(kept.split())
+    return kept if any(ch.isalnum() for ch in kept) else text.strip()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -215,6 +236,12 @@ class PostService:
     def start(self, req: PostRequest, caller: Caller) -> tuple[str, EventStream[Post]]:
         """Write the post (running), pinned to the persona's version now; its parts are made by `run`."""
         persona = self.personas.resolve(req.persona, caller)
+        if "narration" in req.parts:
+            # listen-back: the request's choice, else the persona's, else on when a transcription model is installed
+            narration = req.params.setdefault("narration", {})
+            chosen = persona.speech.listen_back
+            installed = self.service.catalog.default_for("transcript") is not None
+            narration.setdefault("listen_back", installed if chosen is None else chosen)
         self._preflight(req, f"{persona.name}@{persona.version}", caller)
         post_id = str(uuid.uuid4())
         with self.db.session() as s:
@@ -306,10 +333,12 @@ class PostService:
         elif part == "narration":
             caption = records.get("caption")
             text = caption.text if isinstance(caption, TextRecord) else None
-            prompt = stand_in["caption"] if stand_in is not None else (text or "").strip()
+            prompt = speakable(stand_in["caption"] if stand_in is not None else (text or "").strip())
         else:
             params = {"image": records["image"].id, "narration": records["narration"].id, **params}
             params.setdefault("platform", req.platform if req.platform in PLATFORM_SIZES else None)
+            if req.captions:
+                params.setdefault("captions", True)
             params = {k: v for k, v in params.items() if v is not None}
             prompt = req.brief
         try:
@@ -501,8 +530,15 @@ class PostService:
             return len(stale)
 
     # --- export ----------------------------------------------------------------------------------------
+    def _captions_vtt(self, transcript_id: str, caller: Caller) -> str:
+        """The sidecar WebVTT of a captioned video: its narration's transcript as cues."""
+        path, _ = self.service.artifact(transcript_id, caller)
+        doc: dict[str, Any] = json.loads(path.read_bytes())
+        return to_vtt(doc)
+
     def export(self, post_id: str, caller: Caller) -> bytes:
-        """A zip: each part's artifact (caption.txt, image.png, narration.wav, video.mp4), the caption as text,
+        """A zip: each part's artifact (caption.txt, image.png, narration.wav, video.mp4, and video.vtt when it has
+        captions), the caption as text,
         and manifest.json with the post, every part's record and the sha256 of each file as it was read."""
         post = self.get(post_id, caller)
         buf = io.BytesIO()
@@ -519,5 +555,13 @@ class PostService:
                 name = f"{part}{REGISTRY[record.content_type].suffix}"
                 z.writestr(name, data)
                 manifest["files"][name] = {"part": part, "sha256": digest, "record": record.model_dump(mode="json")}
+                if isinstance(record, VideoRecord) and record.captions is not None:
+                    vtt = self._captions_vtt(record.captions.transcript_id, caller).encode("utf-8")
+                    z.writestr(f"{part}.vtt", vtt)
+                    manifest["files"][f"{part}.vtt"] = {
+                        "part": part,
+                        "sha256": hashlib.sha256(vtt).hexdigest(),
+                        "transcript": record.captions.transcript_id,
+                    }
             z.writestr("manifest.json", json.dumps(manifest, indent=2))
         return buf.getvalue()

@@ -118,6 +118,7 @@ class Credentials:
         params: dict[str, Any],
         inputs: list[dict[str, Any]] | None = None,
         identity: dict[str, Any] | None = None,
+        checks: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The manifest definition every artifact gets (PNG, WAV embedded; text as a sidecar)."""
         agent = {"name": "genforge", "version": __version__}
@@ -135,6 +136,7 @@ class Credentials:
             provenance["inputs"] = inputs
         if identity:  # a persona's face, measured on this picture
             provenance["identity"] = identity
+        provenance.update(checks or {})  # what the output was checked against (a narration's listen-back)
         return {
             "label": label,
             "title": f"genforge {content_type} {content_id}",
@@ -167,6 +169,7 @@ class Credentials:
         params: dict[str, Any],
         inputs: list[dict[str, Any]] | None = None,
         identity: dict[str, Any] | None = None,
+        checks: dict[str, Any] | None = None,
     ) -> Signed:
         """The artifact with its Content Credentials and what the record says about them. Raises
         CredentialsFailed: an artifact that should be signed is never stored unsigned."""
@@ -181,6 +184,7 @@ class Credentials:
             params=params,
             inputs=inputs,
             identity=identity,
+            checks=checks,
         )
         try:
             chain, key, fingerprint = self._signer_material()

@@ -4,7 +4,7 @@
 
 const KEY_STORE = "genforge.apiKey"; // sessionStorage: this tab only
 const PAGE_SIZE = 24;
-const TYPES = ["text", "image", "speech"];
+const TYPES = ["text", "image", "speech", "transcript"];
 const STATUSES = ["pending", "running", "succeeded", "failed", "cancelled"];
 
 // --- DOM: one builder, text only ---------------------------------------------------------------------
@@ -134,7 +134,8 @@ async function api(path, opts = {}) {
     const headers = new Headers(opts.headers || {});
     const key = sessionStorage.getItem(KEY_STORE);
     if (key) headers.set("Authorization", `Bearer ${key}`);
-    if (opts.body && !headers.has("Content-Type")) headers.set("Content-Type", "application/json");
+    // FormData (an audio upload) sets its own multipart Content-Type
+    if (opts.body && !(opts.body instanceof FormData) && !headers.has("Content-Type")) headers.set("Content-Type", "application/json");
     const resp = await fetch(path, { ...opts, headers, signal: opts.signal || page?.aborts.signal });
     if (resp.status !== 401) return resp;
     const body = await resp.json().catch(() => null);
@@ -202,7 +203,32 @@ async function mediaFor(rec, { thumb = false } = {}) {
   if (rec.content_type === "speech") {
     const audio = h("audio", { controls: true, preload: "metadata", "aria-label": `speech ${rec.id}` });
     fileUrl(rec.id).then((u) => (audio.src = u), () => audio.replaceWith(h("p", {}, "the file could not be loaded")));
+    if (rec.listen_back) {
+      const lb = rec.listen_back;
+      return h("div", {}, audio, h("p", { class: "note" }, `listen-back: WER ${lb.wer} (threshold ${lb.threshold}), heard “${lb.heard}”`));
+    }
     return audio;
+  }
+  if (rec.content_type === "transcript") {
+    const box = h("div", { class: "transcript", "aria-label": `transcript ${rec.id}` });
+    if (rec.no_speech) box.append(h("p", { class: "note" }, "No speech was found in the audio: the transcript is empty."));
+    if (thumb) {
+      box.append(h("pre", { class: "excerpt" }, firstLines(rec.text || "")));
+      return box;
+    }
+    // the segments with their timings, from the stored JSON (text only, never markup)
+    api(`api/v1/content/${encodeURIComponent(rec.id)}/file`)
+      .then((r) => (r.ok ? r.json() : Promise.reject(new Error(String(r.status)))))
+      .then((doc) => {
+        const list = h("ol", { class: "segments" });
+        for (const s of doc.segments || []) {
+          const words = (s.words || []).map((w) => `${w.word} ${w.start.toFixed(2)}–${w.end.toFixed(2)}`).join(" · ");
+          list.append(h("li", {}, h("span", { class: "time" }, `${s.start.toFixed(2)}–${s.end.toFixed(2)} s `), s.text, words ? h("small", { class: "note" }, ` (${words})`) : null));
+        }
+        box.append(h("p", {}, `${doc.language} · ${doc.duration} s`), list);
+      })
+      .catch(() => box.append(h("p", {}, "the file could not be loaded")));
+    return box;
   }
   return null;
 }
@@ -233,11 +259,15 @@ async function renderGenerate(view) {
   const steps = h("input", { name: "steps", type: "number", min: 1, step: 1, placeholder: "default" });
   const voice = h("input", { name: "voice", type: "text", placeholder: "the voice's default" });
   const speed = h("input", { name: "speed", type: "number", min: 0.25, max: 4, step: 0.05, value: "1" });
+  const listenBack = h("input", { name: "listen_back", type: "checkbox" });
+  const audioFile = h("input", { name: "file", type: "file", accept: "audio/*,.wav,.mp3,.ogg,.flac,.m4a" });
+  const language = h("input", { name: "language", type: "text", placeholder: "detected", pattern: "[a-z]{2,3}" });
 
   const groups = {
     text: h("fieldset", {}, h("legend", {}, "Text"), field("Quality", quality), field("Max tokens", maxTokens), field("Temperature", temperature)),
     image: h("fieldset", {}, h("legend", {}, "Image"), field("Image size", size), field("Steps", steps)),
-    speech: h("fieldset", {}, h("legend", {}, "Speech"), field("Voice", voice), field("Speed", speed)),
+    speech: h("fieldset", {}, h("legend", {}, "Speech"), field("Voice", voice), field("Speed", speed), field("Listen back", listenBack)),
+    transcript: h("fieldset", {}, h("legend", {}, "Transcript"), field("Audio file", audioFile), field("Language", language)),
   };
   const modelNote = h("small", { class: "note" });
 
@@ -254,6 +284,7 @@ async function renderGenerate(view) {
   }
   function sync() {
     for (const [t, g] of Object.entries(groups)) g.hidden = t !== type.value;
+    prompt.required = type.value !== "transcript"; // a transcript's prompt is only its label
     const chosen = models.find((m) => m.name === model.value);
     const portrait = chosen?.engine === "portrait";
     steps.closest(".field").hidden = portrait;
@@ -279,6 +310,7 @@ async function renderGenerate(view) {
     groups.text,
     groups.image,
     groups.speech,
+    groups.transcript,
     h("div", { class: "actions" }, submit, stop),
   );
   view.append(h("h1", {}, "Generate"), form, state, output);
@@ -295,7 +327,11 @@ async function renderGenerate(view) {
     if (t === "text") Object.assign(params, { max_tokens: num(maxTokens, true), temperature: num(temperature) });
     if (t === "image") Object.assign(params, { width: size.value ? Number(size.value) : undefined, height: size.value ? Number(size.value) : undefined });
     if (t === "image" && !steps.closest(".field").hidden) params.steps = num(steps, true);
-    if (t === "speech") Object.assign(params, { voice: voice.value.trim() || undefined, speed: num(speed) });
+    if (t === "speech") Object.assign(params, { voice: voice.value.trim() || undefined, speed: num(speed), listen_back: listenBack.checked || undefined });
+    if (t === "transcript") {
+      delete params.seed;
+      Object.assign(params, { language: language.value.trim() || undefined });
+    }
     const b = { content_type: t, prompt: prompt.value, params: JSON.parse(JSON.stringify(params)), stream: true };
     if (model.value) b.model = model.value;
     if (t === "text") b.quality = quality.value;
@@ -309,7 +345,19 @@ async function renderGenerate(view) {
     submit.disabled = true;
     stop.onclick = () => controller.abort();
     try {
-      await runStream(body(), output, state, controller.signal);
+      const b = body();
+      if (b.content_type === "transcript") {
+        // the audio goes up first (POST api/v1/uploads); the transcript names the upload
+        if (!audioFile.files.length) throw new ApiError(422, { error: { code: "invalid_request", message: "choose an audio file to transcribe" } });
+        const upload = new FormData();
+        upload.append("file", audioFile.files[0]);
+        const up = await json("api/v1/uploads", { method: "POST", body: upload });
+        b.params.upload = up.id;
+        if (!prompt.value.trim()) b.prompt = `transcription of ${audioFile.files[0].name}`;
+      }
+      await runStream(b, output, state, controller.signal);
+    } catch (err) {
+      output.replaceChildren(errorBox(err.code ? err : { code: "error", message: String(err) }));
     } finally {
       stop.hidden = true;
       submit.disabled = false;

@@ -301,8 +301,8 @@ class UploadRow(Base):
     owner: Mapped[str | None] = mapped_column(String(32), index=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)  # of the stored (re-encoded) PNG
     media_type: Mapped[str] = mapped_column(String(32))
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer)  # pictures only
+    height: Mapped[int | None] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     relpath: Mapped[str] = mapped_column(Text)
     original_media_type: Mapped[str] = mapped_column(String(32))  # what the client sent (PNG, JPEG or WebP)

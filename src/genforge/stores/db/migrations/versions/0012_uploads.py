@@ -20,8 +20,8 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(32)),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("media_type", sa.String(32), nullable=False),
-        sa.Column("width", sa.Integer(), nullable=False),
-        sa.Column("height", sa.Integer(), nullable=False),
+        sa.Column("width", sa.Integer()),  # pictures only
+        sa.Column("height", sa.Integer()),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("relpath", sa.Text(), nullable=False),
         sa.Column("original_media_type", sa.String(32), nullable=False),
