@@ -260,3 +260,20 @@ def test_another_keys_upload_answers_like_an_unknown_one(client, base):
     finally:
         keys.revoke("images-a")
         keys.revoke("images-b")
+
+
+def test_backup_and_restore_carry_the_uploads(client, tmp_path):
+    from genforge.stores.backup import backup, restore
+
+    settings = client.app.state.runtime.settings
+    up = upload(client, png_bytes(np.full((32, 32, 3), 200, dtype=np.uint8)), headers=_admin(client)).json()
+    manifest = backup(settings, tmp_path / "bk")
+    assert manifest["uploads"] >= 1 and not [m for m in manifest["missing"] if m.startswith("uploads/")]
+    target = make_settings(tmp_path / "restored")
+    restored = restore(target, tmp_path / "bk")
+    assert restored["uploads"] == manifest["uploads"]
+    assert (target.uploads_dir / up["sha256"][:2] / f"{up['sha256']}.png").is_file()
+
+
+def _admin(client) -> dict:
+    return {"Authorization": f"Bearer {client.app.state.auth.keys.create('images-admin', 'admin')[1]}"}
