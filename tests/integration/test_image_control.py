@@ -282,3 +282,21 @@ def test_backup_and_restore_carry_the_uploads(client, tmp_path):
 
 def _admin(client) -> dict:
     return {"Authorization": f"Bearer {client.app.state.auth.keys.create('images-admin', 'admin')[1]}"}
+
+
+def test_openvino_backend_runs_image_control_on_torch_under_auto_and_refuses_it_when_chosen(app_with, files):
+    checkpoint, lora, _ = files
+    picture = png_bytes(np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    auto = app_with(preload=False, image_backend="auto", image_device="cpu")  # CPU: the OpenVINO engine
+    auto.app.state.runtime.catalog.add(checkpoint, MODEL, "image")
+    init = upload(auto, picture).json()["id"]
+    rec, _ = generate(auto, body(init_image=init, strength=0.5))
+    assert rec["model"]["engine"] == "diffusers" and rec["image"]["backend"] == "torch"
+    assert any("ran on torch" in w and "img2img" in w for w in rec["warnings"])
+    chosen = app_with(preload=False, image_backend="openvino")
+    chosen.app.state.runtime.catalog.add(checkpoint, MODEL, "image")
+    chosen.app.state.runtime.catalog.add(lora, "tiny-lora", "lora")
+    init = upload(chosen, picture).json()["id"]
+    err = assert_bad_input(chosen.post(GENERATE, json=body(init_image=init)), "params.init_image")
+    assert "openvino" in err["message"]
+    assert_bad_input(chosen.post(GENERATE, json=body(loras=[{"name": "tiny-lora"}])), "params.loras")
