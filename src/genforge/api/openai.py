@@ -414,7 +414,8 @@ def _stream_response(svc: ContentService, job: Job, caller: Caller, chunk, final
 # --- routes -----------------------------------------------------------------------------------------
 @router.get("/models", response_model=ModelList, responses=error_responses(400, openai=True))
 def list_openai_models(catalog: CatalogDep) -> ModelList:
-    entries = [e for e in catalog.entries() if e.installed]
+    # what a request can name as its model: not the identity check's models, nor LoRAs (they are params)
+    entries = [e for e in catalog.entries() if e.installed and e.type not in ("identity", "lora")]
     return ModelList(
         object="list",
         data=[ModelObject(id=e.name, object="model", created=0, owned_by="genforge", type=e.type) for e in entries],

@@ -141,10 +141,11 @@ def _control(given: ImageParams, settings, catalog) -> dict[str, Any]:
         if on
     ]
     if wants and settings.image_backend == "openvino":
+        field = "params.init_image" if given.init_image else "params.loras"
         raise InvalidRequest(
-            f"params: {' and '.join(wants)} run on the torch backend only; this server's "
+            f"{field}: {' and '.join(wants)} run on the torch backend only; this server's "
             "GENFORGE_IMAGE_BACKEND is openvino",
-            field="params.init_image" if given.init_image else "params.loras",
+            field=field,
             hint="Set GENFORGE_IMAGE_BACKEND=auto (such requests then run on torch) or torch.",
         )
     strength = given.strength

@@ -64,6 +64,34 @@ def _artifact_paths(db_file: Path) -> list[tuple[str, str, int]]:
         conn.close()
 
 
+def _upload_paths(db_file: Path) -> list[tuple[str, str]]:
+    """(relpath, sha256) of every uploaded picture (uploads/, beside the artifacts) this database refers to."""
+    conn = sqlite3.connect(db_file)
+    try:
+        return conn.execute("SELECT DISTINCT relpath, sha256 FROM uploads").fetchall()
+    except sqlite3.OperationalError:  # a database from before migration 0012 has no uploads
+        return []
+    finally:
+        conn.close()
+
+
+def _copy_checked(root: Path, dest_root: Path, relpath: str, digest: str) -> bool:
+    """Copy root/relpath to dest_root/relpath when it is inside both and has the recorded sha256."""
+    try:
+        src_file = contained(root, relpath)
+        target = contained(dest_root, relpath)
+    except ArtifactOutsideStore:
+        return False
+    try:
+        copy_private(src_file, target)
+    except FileNotFoundError:
+        return False
+    if sha256_file(target) != digest:  # changed behind genforge's back: not a faithful copy
+        target.unlink()
+        return False
+    return True
+
+
 def _copy_db(source: Path, target: Path) -> None:
     """SQLite's online backup API: page by page, consistent even while another process writes."""
     private_file(target)  # SQLite would create it 0644
@@ -93,22 +121,16 @@ def backup(settings: Settings, dest: Path) -> dict:
         raise StorageFailed(f"the database backup failed: {exc}", hint="Check free space at the destination.") from exc
     copied, missing = 0, []
     for relpath, digest, _size in _artifact_paths(db_copy):
-        try:
-            src_file = contained(settings.artifacts_dir, relpath)
-            target = contained(dest / "artifacts", relpath)
-        except ArtifactOutsideStore:
+        if _copy_checked(settings.artifacts_dir, dest / "artifacts", relpath, digest):
+            copied += 1
+        else:
             missing.append(relpath)
-            continue
-        try:
-            copy_private(src_file, target)
-        except FileNotFoundError:
-            missing.append(relpath)
-            continue
-        if sha256_file(target) != digest:  # changed behind genforge's back: not a faithful copy
-            target.unlink()
-            missing.append(relpath)
-            continue
-        copied += 1
+    uploads = 0
+    for relpath, digest in _upload_paths(db_copy):
+        if _copy_checked(settings.uploads_dir, dest / "uploads", relpath, digest):
+            uploads += 1
+        else:
+            missing.append(f"uploads/{relpath}")
     keystore = Credentials(settings.data_dir).keystore
     has_keystore = keystore.is_file()
     if has_keystore:
@@ -117,6 +139,7 @@ def backup(settings: Settings, dest: Path) -> dict:
         "created_at": datetime.now(UTC).isoformat(),
         "database": DB_NAME,
         "artifacts": copied,
+        "uploads": uploads,
         "missing": missing,
         "credentials": KEYSTORE if has_keystore else None,
     }
@@ -187,11 +210,17 @@ def restore(settings: Settings, src: Path) -> dict:
             if path.is_file():
                 copy_private(path, artifacts_dir / path.relative_to(src / "artifacts"))
                 files += 1
+    uploads = 0
+    if (src / "uploads").is_dir():
+        for path in sorted((src / "uploads").rglob("*")):
+            if path.is_file():
+                copy_private(path, contained(settings.uploads_dir, path.relative_to(src / "uploads").as_posix()))
+                uploads += 1
     keystore = src / KEYSTORE
     if keystore.is_file():
         copy_private(keystore, Credentials(data_dir).keystore)
     os.sync()
-    return {"database": str(target_db), "artifacts": files, "credentials": keystore.is_file()}
+    return {"database": str(target_db), "artifacts": files, "uploads": uploads, "credentials": keystore.is_file()}
 
 
 def check_artifact(

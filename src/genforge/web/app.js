@@ -257,6 +257,11 @@ async function renderGenerate(view) {
   const temperature = h("input", { name: "temperature", type: "number", min: 0, max: 2, step: 0.05, placeholder: "preset" });
   const size = select("size", [["", "model default"], ["256", "256 × 256"], ["512", "512 × 512"], ["768", "768 × 768"], ["1024", "1024 × 1024"]], "");
   const steps = h("input", { name: "steps", type: "number", min: 1, step: 1, placeholder: "default" });
+  const initImage = h("input", { name: "init_image", type: "file", accept: "image/png,image/jpeg,image/webp" });
+  const strength = h("input", { name: "strength", type: "number", min: 0.05, max: 1, step: 0.05, placeholder: "0.75 (inpainting 1)" });
+  const mask = h("input", { name: "mask", type: "file", accept: "image/png,image/jpeg,image/webp" });
+  const lora = h("select", { name: "lora" });
+  const loraWeight = h("input", { name: "lora_weight", type: "number", min: -4, max: 4, step: 0.05, value: "1" });
   const voice = h("input", { name: "voice", type: "text", placeholder: "the voice's default" });
   const speed = h("input", { name: "speed", type: "number", min: 0.25, max: 4, step: 0.05, value: "1" });
   const listenBack = h("input", { name: "listen_back", type: "checkbox" });
@@ -265,12 +270,24 @@ async function renderGenerate(view) {
 
   const groups = {
     text: h("fieldset", {}, h("legend", {}, "Text"), field("Quality", quality), field("Max tokens", maxTokens), field("Temperature", temperature)),
-    image: h("fieldset", {}, h("legend", {}, "Image"), field("Image size", size), field("Steps", steps)),
+    image: h(
+      "fieldset",
+      {},
+      h("legend", {}, "Image"),
+      field("Image size", size),
+      field("Steps", steps),
+      field("Start from a picture (img2img)", initImage, h("small", { class: "note" }, "uploaded first; diffusers models")),
+      field("Strength", strength),
+      field("Mask (white = repaint)", mask),
+      field("LoRA", lora),
+      field("LoRA weight", loraWeight),
+    ),
     speech: h("fieldset", {}, h("legend", {}, "Speech"), field("Voice", voice), field("Speed", speed), field("Listen back", listenBack)),
     transcript: h("fieldset", {}, h("legend", {}, "Transcript"), field("Audio file", audioFile), field("Language", language)),
   };
   const modelNote = h("small", { class: "note" });
 
+  lora.replaceChildren(option("", "none"), ...models.filter((m) => m.type === "lora" && m.installed).map((m) => option(m.name, m.name)));
   function fillModels() {
     const t = type.value;
     const mine = models.filter((m) => m.type === t);
@@ -287,7 +304,7 @@ async function renderGenerate(view) {
     prompt.required = type.value !== "transcript"; // a transcript's prompt is only its label
     const chosen = models.find((m) => m.name === model.value);
     const portrait = chosen?.engine === "portrait";
-    steps.closest(".field").hidden = portrait;
+    for (const input of [steps, initImage, strength, mask, lora, loraWeight]) input.closest(".field").hidden = portrait;
     modelNote.textContent = chosen
       ? `${chosen.engine}${chosen.prompt_conditioned === false ? " · ignores the prompt: the output depends on the seed only" : ""} · licence: ${chosen.license}`
       : "";
@@ -321,12 +338,25 @@ async function renderGenerate(view) {
     const v = Number(input.value);
     return int ? Math.trunc(v) : v;
   };
-  function body() {
+  async function uploaded(input) {
+    const file = input.files && input.files[0];
+    if (!file || input.closest(".field").hidden) return undefined;
+    const form = new FormData();
+    form.append("file", file);
+    return (await json("api/v1/uploads", { method: "POST", body: form })).id;
+  }
+  async function body() {
     const t = type.value;
     const params = { seed: num(seed, true) };
     if (t === "text") Object.assign(params, { max_tokens: num(maxTokens, true), temperature: num(temperature) });
     if (t === "image") Object.assign(params, { width: size.value ? Number(size.value) : undefined, height: size.value ? Number(size.value) : undefined });
-    if (t === "image" && !steps.closest(".field").hidden) params.steps = num(steps, true);
+    if (t === "image" && !steps.closest(".field").hidden) {
+      params.steps = num(steps, true);
+      params.init_image = await uploaded(initImage);
+      params.mask = params.init_image ? await uploaded(mask) : undefined;
+      if (params.init_image) params.strength = num(strength);
+      if (lora.value) params.loras = [{ name: lora.value, weight: num(loraWeight) ?? 1 }];
+    }
     if (t === "speech") Object.assign(params, { voice: voice.value.trim() || undefined, speed: num(speed), listen_back: listenBack.checked || undefined });
     if (t === "transcript") {
       delete params.seed;
@@ -345,19 +375,23 @@ async function renderGenerate(view) {
     submit.disabled = true;
     stop.onclick = () => controller.abort();
     try {
-      const b = body();
-      if (b.content_type === "transcript") {
-        // the audio goes up first (POST api/v1/uploads); the transcript names the upload
-        if (!audioFile.files.length) throw new ApiError(422, { error: { code: "invalid_request", message: "choose an audio file to transcribe" } });
-        const upload = new FormData();
-        upload.append("file", audioFile.files[0]);
-        const up = await json("api/v1/uploads", { method: "POST", body: upload });
-        b.params.upload = up.id;
-        if (!prompt.value.trim()) b.prompt = `transcription of ${audioFile.files[0].name}`;
+      let b;
+      try {
+        b = await body(); // uploads the picture and the mask first
+        if (b.content_type === "transcript") {
+          // the audio goes up first (POST api/v1/uploads); the transcript names the upload
+          if (!audioFile.files.length) throw new ApiError(422, { error: { code: "invalid_request", message: "choose an audio file to transcribe" } });
+          const upload = new FormData();
+          upload.append("file", audioFile.files[0]);
+          const up = await json("api/v1/uploads", { method: "POST", body: upload });
+          b.params.upload = up.id;
+          if (!prompt.value.trim()) b.prompt = `transcription of ${audioFile.files[0].name}`;
+        }
+      } catch (err) {
+        output.replaceChildren(errorBox(err.code ? err : { code: "error", message: String(err) }));
+        return;
       }
       await runStream(b, output, state, controller.signal);
-    } catch (err) {
-      output.replaceChildren(errorBox(err.code ? err : { code: "error", message: String(err) }));
     } finally {
       stop.hidden = true;
       submit.disabled = false;
