@@ -128,9 +128,12 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise InvalidRequest(f"{field} is not a valid JSON schema: {exc.message}", field=field) from None
-    is_error, messages = LLMatcher.validate_grammar_with_warnings(
-        LLMatcher.grammar_from_json_schema(schema, overrides=COMPACT)  # type: ignore[arg-type]
-    )
+    try:
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(
+            LLMatcher.grammar_from_json_schema(schema, overrides=COMPACT)  # type: ignore[arg-type]
+        )
+    except (ValueError, RuntimeError) as exc:  # llguidance refuses the schema outright
+        is_error, messages = True, [str(exc)]
     if is_error:
         raise _refusal(messages[0] if messages else "the schema cannot be compiled", field)
 
