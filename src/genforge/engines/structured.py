@@ -189,8 +189,9 @@ def _parse_json(text: str, finish_reason: str | None, p: TextSettings, what: str
 
 def parse_tool_calls(text: str, p: TextSettings, finish_reason: str | None = None) -> list[ToolCall]:
     """The calls in a text, each checked: a known function, arguments matching its parameters (OffSchema if not).
-    A text without `<tool_call>` has none."""
-    if CALL_OPEN not in text:
+    A text that does not start with `<tool_call>` has none (the grammar of `auto` lets an answer be text or calls,
+    never text then a call)."""
+    if not text.startswith(CALL_OPEN):
         return []
     if finish_reason == "length" and text.count(CALL_OPEN) != text.count(CALL_CLOSE):
         raise OffSchema(
