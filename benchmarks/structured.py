@@ -119,7 +119,8 @@ def report(name: str, r: dict, requests: int) -> None:
         f"{name:26s} {r['valid']}/{requests} valid, {r['invalid_200']} invalid with 200, {r['refused']} refused; "
         f"{per_obj:.2f} s per valid object, {r['valid'] / r['wall_s']:.3f} objects/s, "
         f"{r['tokens'] / r['wall_s']:.1f} tokens/s"
-        + (f", {r['forced']} of {r['tokens']} tokens forced" if r["forced"] else "")
+        + (f", {r['forced']} of {r['tokens']} tokens forced" if r["forced"] else ""),
+        flush=True,
     )
 
 
@@ -128,22 +129,23 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=200)
     args = ap.parse_args()
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     results: dict[str, dict] = {}
     with Server({"GENFORGE_PARALLEL": "1"}) as srv:
         run(srv.url, 1, 16, True, True)  # warm: the model and llguidance's tokenizer
         results["genforge json_schema"] = run(srv.url, args.requests, args.max_tokens, True, True)
+        report("genforge json_schema", results["genforge json_schema"], args.requests)  # as each phase ends
         results["genforge free"] = run(srv.url, args.requests, args.max_tokens, False, True)
+        report("genforge free", results["genforge free"], args.requests)
     ref = llama_server(1)
     if ref is not None:
         proc, url = ref
         try:
             run(url, 1, 16, True, False)
             results["llama-server json_schema"] = run(url, args.requests, args.max_tokens, True, False)
+            report("llama-server json_schema", results["llama-server json_schema"], args.requests)
         finally:
             proc.kill()
-    for name, r in results.items():
-        report(name, r, args.requests)
     g, free = results["genforge json_schema"], results["genforge free"]
     if g["sampled_tps"] and free["sampled_tps"]:
         print(

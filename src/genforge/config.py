@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     # Empty: "tiny" is refused.
     image_tiny_decoder: str = ""
 
-    # Text with a policy (a persona's forbidden phrases, a post's character limit): how many generations, each
-    # with the next seed, may be tried before the record fails with policy_violation.
+    # Text with a policy (a persona's forbidden phrases, a post's character limit) or a schema (response_format,
+    # tools): how many generations, each with the next seed, may be tried before the record fails with
+    # policy_violation (or invalid_output).
     policy_attempts: int = Field(default=3, ge=1, le=20)
 
     # Listen-back (params.listen_back): the most word error rate a narration may have against its text, and how

@@ -254,3 +254,36 @@ def test_constrained_and_free_sequences_share_a_batch_and_the_free_ones_are_unch
     assert together["a storm"].startswith('<tool_call>{"name":"get_weather","arguments":{')
     alone = {j.content_id: _run(engine, [j])[j.content_id] for j in free}
     assert {k: together[k] for k in alone} == alone
+
+
+def test_variants_of_a_constrained_request_each_validate_and_a_repeat_gives_the_same_object(live):
+    fmt = {"type": "json_schema", "json_schema": REVIEW}
+    body = {**native("Review a day at the sea.", response_format=fmt, seed=11), "variants": 3}
+    resp = live.client.post(GENERATE, json=body)
+    assert resp.status_code == 201, resp.text
+    items = resp.json()["items"]
+    assert len(items) == 3 and all(i["status"] == "succeeded" for i in items)
+    for item in items:
+        jsonschema.validate(item["parsed"], REVIEW)
+    one = items[1]
+    alone = live.client.post(GENERATE, json={**native("Review a day at the sea."), "params": one["params"]}).json()
+    assert alone["text"] == one["text"]  # the recorded params (schema and seed included) make it again
+
+
+def test_auto_answers_with_text_or_a_valid_call_and_says_which(live):
+    body = {
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+        "tools": TOOLS,
+        "parallel_tool_calls": False,
+        "max_tokens": 60,
+    }
+    for seed in (2, 3):
+        resp = live.client.post("/v1/chat/completions", json={**body, "seed": seed})
+        assert resp.status_code == 200, resp.text
+        choice = resp.json()["choices"][0]
+        if choice["finish_reason"] == "tool_calls":
+            for call in choice["message"]["tool_calls"]:
+                jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+        else:
+            assert choice["message"]["content"].strip() and not choice["message"]["content"].startswith("<tool_call>")

@@ -55,6 +55,7 @@ def test_tool_calls_are_parsed_and_checked():
         ('<tool_call>{"name":"rm_rf","arguments":{}}</tool_call>', "'rm_rf', which is not a function"),
         ('<tool_call>{"name":"get_weather","arguments":{"city":3}}</tool_call>', "do not match its parameters"),
         ("It is sunny.", "asked for a call; the answer has none"),
+        ('Sure. <tool_call>{"name":"get_weather","arguments":{"city":"x"}}</tool_call>', "the answer has none"),
         ('<tool_call>{"name":"get_weather","arguments":{"city":"x"}}</tool_call>\n' * 2, "parallel_tool_calls is"),
     ]:
         with pytest.raises(OffSchema) as err:

@@ -444,7 +444,8 @@ async def chat_completions(body: ChatCompletionRequest, svc: ServiceDep, caller:
     job = await run_in_threadpool(svc.submit, req, caller)
     # A constrained answer is sent once it is validated: a try that fails its schema is retried with the next seed,
     # and its tokens, once streamed, could not be taken back.
-    hold = "response_format" in req.params or bool(req.params.get("tools"))
+    calls = bool(req.params.get("tools")) and req.params.get("tool_choice") != "none"
+    hold = "response_format" in req.params or calls
     base = {
         "id": f"chatcmpl-{job.content_id}",
         "object": "chat.completion.chunk",

@@ -60,7 +60,7 @@ class Sequence:
 
     job: GenerationJob
     slot: int
-    prompt: list[int]
+    prompt: list[int]  # what is evaluated before the first sampled token (with the tokens a grammar forces first)
     max_tokens: int
     stops: list[str]
     sampler: _internals.LlamaSampler | None  # None: greedy (argmax of the logits)
@@ -83,6 +83,7 @@ class Sequence:
     matcher: LLMatcher | None = None  # the grammar of a structured answer or a tool call
     forced: list[int] = field(default_factory=list)  # tokens the grammar forced after next_token, decoded with it
     forced_total: int = 0  # tokens the grammar forced (decoded without sampling)
+    n_prompt: int = 0  # the prompt's own tokens (usage), without the forced ones appended to it
 
     def sampled(self) -> int:
         """The token sampled last, which the next step decodes (set once the prompt is evaluated)."""
@@ -386,9 +387,28 @@ class LlamaEngine(BatchingEngine):
             n_past=reuse,
             prompt_cached=reuse,
             matcher=matcher,
+            n_prompt=len(prompt),
         )
         self._active[job.content_id] = seq
+        if matcher is not None and not seq.stops:
+            return self._force_first(seq, matcher)
         return []
+
+    def _force_first(self, seq: Sequence, matcher: LLMatcher) -> list[EngineEvent]:
+        """What the grammar forces before anything is sampled (`{"` and the first key; `<tool_call>` and the name
+        of the only function) is evaluated with the prompt, in its chunk, instead of one step each. At least one
+        token is left to sample."""
+        forced = matcher.compute_ff_tokens()[: min(FORCED_MAX, seq.max_tokens - 1, self.n_ctx - len(seq.prompt) - 1)]
+        if not forced:
+            return []
+        if not matcher.consume_tokens(forced):
+            raise EngineFailed(f"the grammar refused the tokens it forced: {matcher.get_error()}")
+        events: list[EngineEvent] = []
+        for f in forced:
+            events += self._append(seq, f)
+        seq.prompt = [*seq.prompt, *forced]
+        seq.forced_total += len(forced)
+        return events
 
     def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
         """A free slot, preferring the one whose cached tokens share the longest prefix with `prompt`
@@ -559,7 +579,7 @@ class LlamaEngine(BatchingEngine):
         requested = params_of(seq.job, TextSettings).max_tokens
         if seq.max_tokens < requested:
             warnings.append(
-                f"max_tokens {requested} did not fit the context beside the {len(seq.prompt)}-token "
+                f"max_tokens {requested} did not fit the context beside the {seq.n_prompt}-token "
                 f"prompt; generation was limited to {seq.max_tokens} tokens"
             )
         out = EngineOutput(
@@ -570,7 +590,7 @@ class LlamaEngine(BatchingEngine):
             generate_ms=(time.perf_counter() - seq.started) * 1000,
             text=seq.text,
             finish_reason=seq.finish,
-            usage={"prompt_tokens": len(seq.prompt), "completion_tokens": seq.generated},
+            usage={"prompt_tokens": seq.n_prompt, "completion_tokens": seq.generated},
             facts=TextFacts(
                 ttft_ms=round(seq.first_token_ms, 2) if seq.first_token_ms is not None else None,
                 batch_size_max=seq.batch_size_max,

@@ -128,9 +128,12 @@ def _check_schema(schema: dict[str, Any], field: str) -> None:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise InvalidRequest(f"{field} is not a valid JSON schema: {exc.message}", field=field) from None
-    is_error, messages = LLMatcher.validate_grammar_with_warnings(
-        LLMatcher.grammar_from_json_schema(schema, overrides=COMPACT)  # type: ignore[arg-type]
-    )
+    try:
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(
+            LLMatcher.grammar_from_json_schema(schema, overrides=COMPACT)  # type: ignore[arg-type]
+        )
+    except (ValueError, RuntimeError) as exc:  # llguidance refuses the schema outright
+        is_error, messages = True, [str(exc)]
     if is_error:
         raise _refusal(messages[0] if messages else "the schema cannot be compiled", field)
 
@@ -186,8 +189,9 @@ def _parse_json(text: str, finish_reason: str | None, p: TextSettings, what: str
 
 def parse_tool_calls(text: str, p: TextSettings, finish_reason: str | None = None) -> list[ToolCall]:
     """The calls in a text, each checked: a known function, arguments matching its parameters (OffSchema if not).
-    A text without `<tool_call>` has none."""
-    if CALL_OPEN not in text:
+    A text that does not start with `<tool_call>` has none (the grammar of `auto` lets an answer be text or calls,
+    never text then a call)."""
+    if not text.startswith(CALL_OPEN):
         return []
     if finish_reason == "length" and text.count(CALL_OPEN) != text.count(CALL_CLOSE):
         raise OffSchema(
