@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from genforge.contenttypes.base import ContentTypeSpec, Plan, check_model, draw_seed, facts_of, parse_params
 from genforge.contenttypes.records import ChatMessage, RecordBase, ToolCallOut, Usage
@@ -74,6 +74,12 @@ class TextRecord(TextFacts, RecordBase):
     )
     usage: Usage
     messages: list[ChatMessage] | None = Field(None, description="The chat, when one was sent instead of a prompt.")
+
+    @field_serializer("messages")
+    def _messages_as_sent(self, messages: list[ChatMessage] | None) -> list[dict[str, Any]] | None:
+        """Each turn with the fields it has: a plain turn stays {"role", "content"} (no null tool fields)."""
+        return [m.model_dump(exclude_none=True) for m in messages] if messages is not None else None
+
     raw: bool = Field(False, description="Raw continuation of the prompt, without the chat template.")
     parsed: Any = Field(None, description="params.response_format: the answer's JSON, parsed (it matched).")
     schema_sha256: str | None = Field(
