@@ -33,8 +33,15 @@ def main() -> None:
     engine = DiffusersEngine(threads=os.cpu_count() or 1)
     model = ResolvedModel("bench", "image", "diffusers", str(args.checkpoint), sha256_path(args.checkpoint), 0, False)
     engine.load(model)
-    common = dict(width=args.size, height=args.size, steps=args.steps, guidance_scale=7.5, negative_prompt="",
-                  scheduler="default", seed=1)
+    common = dict(
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        guidance_scale=7.5,
+        negative_prompt="",
+        scheduler="default",
+        seed=1,
+    )
     init = Path(tempfile.mkdtemp()) / "init.png"
 
     def run(params: DiffusersSettings, inputs: ImageInputs | None) -> tuple[float, bytes]:
@@ -52,7 +59,9 @@ def main() -> None:
         params = DiffusersSettings(**common, init_image="bench", strength=0.5)
         i2i.append(run(params, ImageInputs(init_image=str(init)))[0])
     t, i = statistics.median(txt), statistics.median(i2i)
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.size}x{args.size}, {args.steps} steps")
+    print(
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.size}x{args.size}, {args.steps} steps"
+    )
     print(f"text-to-image {t:.3f} s (reference); img2img at strength 0.5 {i:.3f} s; ratio {i / t:.2f}")
 
 
