@@ -88,7 +88,12 @@ def test_everything_genforge_creates_is_private_whatever_the_umask(tmp_path):
     hub.files["o/r/m.gguf"] = HubFile(packaged_model_path().read_bytes())
     server = hub.serve()
     try:
-        env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HOME": str(tmp_path / "hf")}
+        # The hub is this local one: HF_HUB_OFFLINE, if an earlier test in this process set it, does not apply.
+        env = {
+            "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_OFFLINE": "0",
+        }
         pulled = tmp_path / "pulled"
         run = cli(pulled, "models", "pull", "hf:o/r/m.gguf", env=env)
         assert run.returncode == 0, run.stdout + run.stderr

@@ -239,7 +239,7 @@ def test_the_keys_api_declares_its_answers_in_the_schema(app):
     assert answer("/api/v1/keys", "post", "201").endswith("/KeyCreated")
     assert answer("/api/v1/keys/{name}", "delete", "200").endswith("/KeyInfo")
     info = app.get("/openapi.json").json()["components"]["schemas"]["KeyInfo"]
-    assert info["properties"]["scope"]["enum"] == ["read", "generate", "admin"]
+    assert info["properties"]["scope"]["enum"] == ["read", "generate", "review", "admin"]
     assert "token" not in info["properties"]
 
 
