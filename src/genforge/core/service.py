@@ -761,9 +761,13 @@ class ContentService:
         return found
 
     def get(self, content_id: str, caller: Caller) -> ContentRecord:
-        found = self._visible(content_id, caller)
-        position = self.runner.position(content_id) if found.status == "pending" else None
-        return self.records.get(content_id, position)
+        """The record, if the caller may see it (one read: the record names its owner)."""
+        record = self.records.get(content_id)
+        if not caller.owns(record.owner):
+            raise NotFound(f"no content with id {content_id!r}", field="id")
+        if record.status == "pending":
+            return record.model_copy(update={"queue_position": self.runner.position(content_id)})
+        return record
 
     def list(
         self,
